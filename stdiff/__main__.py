@@ -1,0 +1,3 @@
+from stdiff.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Boundary checks shared by every plug-in: errors name the parameter, its value and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``value`` if it is a finite number > 0, else raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = True) -> float:
+    """Return ``value`` if it lies in ``(low, high]`` (or ``[low, high]`` when ``low_open=False``)."""
+    inside = (value > low if low_open else value >= low) and value <= high
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must lie in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: int, minimum: int) -> int:
+    """Return ``value`` if it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
+    """Message for an unknown registry name: lists the valid names and the closest match."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not close:  # case-insensitive second try: "rbf" -> "RBF"
+        lowered = {v.lower(): v for v in valid}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}.{hint} Valid {kind} names: {', '.join(valid)}"
+
+
+def lookup(kind: str, registry: dict, name: str):
+    """``registry[name]`` with a helpful ``ValueError`` for unknown names."""
+    if name not in registry:
+        raise ValueError(unknown_name_message(kind, name, registry))
+    return registry[name]

@@ -1,0 +1,119 @@
+"""``stdiff``: the LightningCLI entry point (``fit / validate / test / predict``) driven by YAML."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import stdiff.data  # noqa: F401  (imported so short class names resolve)
+from stdiff._validation import unknown_name_message
+from stdiff.kernels import KERNELS
+from stdiff.module import DiffusionModule
+from stdiff.nn import ATTENTIONS, BACKBONES
+from stdiff.schedules import SCHEDULES
+
+DATAMODULES = {"GPDataModule": stdiff.data.GPDataModule}
+
+# Which registry a config key draws from, by its last component; used to explain unknown names.
+REGISTRIES = {
+    "kernel": KERNELS,
+    "schedule": SCHEDULES,
+    "backbone": BACKBONES,
+    "attention": ATTENTIONS,
+    "data module": DATAMODULES,
+}
+_KEY_KIND = {
+    "temporal": "kernel",
+    "spatial": "kernel",
+    "kernel": "kernel",
+    "kernels": "kernel",
+    "schedule": "schedule",
+    "backbone": "backbone",
+    "attention": "attention",
+    "data": "data module",
+}
+_UNKNOWN = [
+    re.compile(r"Expected a dot import path string: (?P<name>[\w.]+)"),
+    re.compile(r"Problem with given class_path '(?P<name>[\w.]+)'"),
+    re.compile(r"does not correspond to a subclass of .*?: (?P<name>[\w.]+)"),
+]
+
+
+def explain_unknown_name(message: str) -> str | None:
+    """For a parse error about an unknown class name, a line listing the valid names."""
+    for pattern in _UNKNOWN:
+        if match := pattern.search(message):
+            break
+    else:
+        return None
+    name = match["name"].rsplit(".", 1)[-1]
+    key = re.search(r'Parser key "(?P<key>[^"]+)"', message)
+    parts = [p for p in (key["key"].split(".") if key else []) if p != "init_args" and not p.isdigit()]
+    kind = next((_KEY_KIND[p] for p in reversed(parts) if p in _KEY_KIND), None)
+    if kind is None:  # fall back on the registry holding the closest name
+        import difflib
+
+        scored = [(difflib.SequenceMatcher(None, name, v).ratio(), k) for k, r in REGISTRIES.items() for v in r]
+        kind = max(scored)[1]
+    return unknown_name_message(kind, name, REGISTRIES[kind]) + " (or a full class_path of your own subclass)"
+
+
+class StdiffArgumentParser(LightningArgumentParser):
+    """Lightning's parser, with errors that list valid names for an unknown class name."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["dump_header"] = [f"stdiff=={stdiff_version()}"]  # heads every saved config.yaml
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, *args, **kwargs):
+        hint = explain_unknown_name(message)
+        if hint:
+            message = f"{hint}\n{message}"
+        return super().error(message, *args, **kwargs)
+
+
+class StdiffCLI(LightningCLI):
+    """LightningCLI for stdiff: ``DiffusionModule`` as the model, any ``LightningDataModule`` by
+    ``class_path`` as the data, the sample shape linked from data to model."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("model_class", DiffusionModule)
+        kwargs.setdefault("datamodule_class", L.LightningDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)  # one optimizer path: the module's
+        super().__init__(*args, **kwargs)
+
+    parser_class = StdiffArgumentParser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The data decides the sample shape; the model is built for it (never written twice).
+        parser.link_arguments("data.sample_shape", "model.sample_shape", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        # A ValueError from a constructor is a configuration error: report it like a parse
+        # error (usage line, message, exit code 2) before anything is written to disk.
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            self.parser.error(f"invalid configuration: {err}")
+
+
+def stdiff_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stdiff")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console script ``stdiff``."""
+    StdiffCLI(args=args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

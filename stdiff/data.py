@@ -1,0 +1,139 @@
+"""``GPDataModule``: batches of Gaussian-process sequences, streamed fresh or from a fixed set.
+
+Seeds: every batch of the infinite stream has its own seed, derived from
+``(seed, STREAM, global rank, worker id, batch index)`` with NumPy's ``SeedSequence``, so DDP ranks
+and DataLoader workers draw from independent, non-overlapping streams, and the same seed
+reproduces the same stream. The fixed training set and the validation set are drawn from their
+own keys ``(seed, TRAIN)`` and ``(seed, VAL)`` and are identical on every rank (Lightning's
+distributed sampler splits them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from stdiff._validation import check_int
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import Kernel
+
+# Purposes of derived seeds: each gets its own, independent branch of the seed tree.
+STREAM, TRAIN, VAL = 0, 1, 2
+
+
+def derive_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed for ``torch.Generator`` from ``seed`` and a spawn key (SeedSequence hashing)."""
+    state = np.random.SeedSequence(seed, spawn_key=key).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def sample_fixed(gp: KroneckerGP, n: int, seed: int, chunk: int = 4096) -> Tensor:
+    """``n`` samples ``(n, T, *space)`` from one seeded generator, drawn in chunks to bound memory."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([gp.sample(min(chunk, n - i), generator) for i in range(0, n, chunk)])
+
+
+class GPStream(IterableDataset):
+    """Infinite stream of batches ``(batch_size, T, *space)``; batch k of worker w on rank r is
+    drawn from ``derive_seed(seed, STREAM, r, w, k)``."""
+
+    def __init__(self, gp: KroneckerGP, batch_size: int, seed: int, rank: int = 0) -> None:
+        self.gp, self.batch_size, self.seed, self.rank = gp, batch_size, seed, rank
+
+    def batch(self, worker: int, index: int) -> Tensor:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM, self.rank, worker, index))
+        return self.gp.sample(self.batch_size, generator)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        index = 0
+        while True:
+            yield self.batch(worker, index)
+            index += 1
+
+
+class Samples(Dataset):
+    """A fixed tensor of samples ``(n, T, *space)`` as a map-style dataset."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.x[i]
+
+
+class GPDataModule(L.LightningDataModule):
+    """Sequences ``(B, T, *space_shape)`` from a ``KroneckerGP`` with covariance Γ ⊗ Σ.
+
+    Args:
+        temporal: kernel on frame times (Γ).
+        spatial: kernel on the spatial grid (Σ); ``None`` for Σ = I.
+        frames: T, the number of frames (>= 2).
+        space_shape: the spatial grid, ``[S]`` or ``[H, W]``.
+        mean: constant mean of every coordinate.
+        jitter: added to the diagonals of Γ and Σ (0 = exact kernel); see ``KroneckerGP``.
+        batch_size: samples per batch on each device.
+        num_train: size of a fixed training set (sample-complexity studies); ``None`` streams
+            fresh samples forever, so steps, not epochs, bound training.
+        num_val: size of the fixed, seeded validation set.
+        seed: root of every derived seed.
+        num_workers: DataLoader worker processes (0 = generate in the main process).
+    """
+
+    def __init__(
+        self,
+        temporal: Kernel,
+        spatial: Kernel | None = None,
+        frames: int = 32,
+        space_shape: Sequence[int] = (8,),
+        mean: float = 0.0,
+        jitter: float = 0.0,
+        batch_size: int = 64,
+        num_train: int | None = None,
+        num_val: int = 512,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_train = None if num_train is None else check_int("num_train", num_train, 1)
+        self.num_val = check_int("num_val", num_val, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        # Built here, not in setup(): a bad kernel fails before any run directory exists.
+        self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
+        self._train: Tensor | None = None
+        self._val: Tensor | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(T, *space_shape)``, linked to the model by the CLI."""
+        return self.gp.sample_shape
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.num_train is not None and self._train is None:
+            self._train = sample_fixed(self.gp, self.num_train, derive_seed(self.seed, TRAIN))
+        if stage in ("fit", "validate") and self._val is None:
+            self._val = sample_fixed(self.gp, self.num_val, derive_seed(self.seed, VAL))
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if self.num_train is None:
+            # The stream is already batched: batch_size=None disables automatic batching.
+            return DataLoader(GPStream(self.gp, self.batch_size, self.seed, self._rank()), batch_size=None, **common)
+        return DataLoader(Samples(self._train), batch_size=self.batch_size, shuffle=True, **common)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(Samples(self._val), batch_size=self.batch_size, num_workers=self.num_workers)

@@ -1,0 +1,40 @@
+"""Covariance kernels for time (Γ) and space (Σ). Every implementation is imported here, so that
+LightningCLI resolves short names (``class_path: Matern``), and listed in ``KERNELS``."""
+
+from stdiff._validation import lookup
+from stdiff.kernels.base import Kernel, Product, Scaled, StationaryKernel, Sum
+from stdiff.kernels.stationary import (
+    RBF,
+    GeneralizedCauchy,
+    LogarithmicDecay,
+    Matern,
+    Periodic,
+    PoweredExponential,
+    RationalQuadratic,
+    White,
+)
+
+KERNELS: dict[str, type[Kernel]] = {
+    cls.__name__: cls
+    for cls in (
+        PoweredExponential,
+        GeneralizedCauchy,
+        LogarithmicDecay,
+        RBF,
+        Matern,
+        RationalQuadratic,
+        Periodic,
+        White,
+        Sum,
+        Product,
+        Scaled,
+    )
+}
+
+
+def get_kernel(name: str) -> type[Kernel]:
+    """The kernel class registered as ``name``; an unknown name lists the valid ones."""
+    return lookup("kernel", KERNELS, name)
+
+
+__all__ = ["KERNELS", "Kernel", "StationaryKernel", "get_kernel", *KERNELS]

@@ -1,0 +1,142 @@
+"""The ``Kernel`` contract, shared helpers and composition (sum, product, scaling).
+
+A kernel maps coordinates ``x1 (N, k)`` and ``x2 (M, k)`` to a covariance matrix ``(N, M)``. The
+same kernels build the temporal covariance Γ (frame times, k = 1) and the spatial covariance Σ
+(grid points, k = 1 or 2). Kernel algebra runs in float64: Γ and Σ are factorised downstream and
+float32 round-off is enough to make a smooth kernel indefinite.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from stdiff._validation import check_positive
+
+
+def _as_coords(x: Tensor, name: str) -> Tensor:
+    """Coordinates as a float64 ``(N, k)`` tensor; a 1-D tensor is read as N points in 1-D."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim == 1:
+        x = x[:, None]  # (N,) -> (N, 1)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, k) or (N,), got shape {tuple(x.shape)}")
+    return x
+
+
+def distance(x1: Tensor, x2: Tensor) -> Tensor:
+    """Euclidean distances ``(N, M)``, computed exactly (the matmul shortcut loses precision near 0)."""
+    return torch.cdist(x1, x2, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+class Kernel(ABC):
+    """Covariance function on coordinates: ``kernel(x1 (N, k), x2 (M, k)) -> (N, M)`` in float64.
+
+    Subclass and implement ``forward``; ``+``, ``*`` and multiplication by a positive number build
+    ``Sum``, ``Product`` and ``Scaled`` kernels, the same classes YAML composes through nested
+    ``class_path`` entries.
+    """
+
+    def __call__(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+        x1 = _as_coords(x1, "x1")
+        x2 = x1 if x2 is None else _as_coords(x2, "x2")
+        if x1.shape[1] != x2.shape[1]:
+            raise ValueError(f"x1 and x2 must have the same coordinate dimension, got {x1.shape[1]} and {x2.shape[1]}")
+        return self.forward(x1, x2)
+
+    @abstractmethod
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """Covariance ``(N, M)`` between float64 coordinates ``x1 (N, k)`` and ``x2 (M, k)``."""
+
+    def __add__(self, other: Kernel) -> Sum:
+        if not isinstance(other, Kernel):
+            return NotImplemented
+        return Sum([self, other])
+
+    def __mul__(self, other: Kernel | float) -> Kernel:
+        if isinstance(other, Kernel):
+            return Product([self, other])
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            return Scaled(self, other)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        # Parameters as passed to __init__, so error messages name the exact configuration.
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in names if hasattr(self, n))
+        return f"{type(self).__name__}({args})"
+
+
+class StationaryKernel(Kernel):
+    """Isotropic kernel ``k(x1, x2) = profile(‖x1 − x2‖ / lengthscale)`` with ``profile(0) = 1``.
+
+    Args:
+        lengthscale: distance at which correlations decay, in grid units (frames for time,
+            grid points for space). Must be > 0.
+    """
+
+    def __init__(self, lengthscale: float = 1.0) -> None:
+        self.lengthscale = check_positive(f"{type(self).__name__}.lengthscale", lengthscale)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return self.profile(distance(x1, x2) / self.lengthscale)
+
+    @abstractmethod
+    def profile(self, r: Tensor) -> Tensor:
+        """Correlation as a function of the scaled distance ``r = h / lengthscale >= 0``."""
+
+
+class Sum(Kernel):
+    """Sum of kernels, ``k(x, y) = Σ_i k_i(x, y)``.
+
+    Args:
+        kernels: the kernels to add (at least one).
+    """
+
+    def __init__(self, kernels: list[Kernel]) -> None:
+        if len(kernels) == 0:
+            raise ValueError("Sum.kernels must hold at least one kernel, got an empty list")
+        self.kernels = list(kernels)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return sum(k.forward(x1, x2) for k in self.kernels)
+
+
+class Product(Kernel):
+    """Elementwise product of kernels, ``k(x, y) = Π_i k_i(x, y)`` (positive definite by Schur).
+
+    Args:
+        kernels: the kernels to multiply (at least one).
+    """
+
+    def __init__(self, kernels: list[Kernel]) -> None:
+        if len(kernels) == 0:
+            raise ValueError("Product.kernels must hold at least one kernel, got an empty list")
+        self.kernels = list(kernels)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        out = self.kernels[0].forward(x1, x2)
+        for k in self.kernels[1:]:
+            out = out * k.forward(x1, x2)
+        return out
+
+
+class Scaled(Kernel):
+    """A kernel times a positive variance, ``k(x, y) = scale · kernel(x, y)``.
+
+    Args:
+        kernel: the kernel to scale.
+        scale: the variance factor, > 0.
+    """
+
+    def __init__(self, kernel: Kernel, scale: float = 1.0) -> None:
+        self.kernel = kernel
+        self.scale = check_positive("Scaled.scale", scale)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return self.scale * self.kernel.forward(x1, x2)
