@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 
@@ -35,30 +36,36 @@ _KEY_KIND = {
     "attention": "attention",
     "data": "data module",
 }
-_UNKNOWN = [
-    re.compile(r"Expected a dot import path string: (?P<name>[\w.]+)"),
-    re.compile(r"Problem with given class_path '(?P<name>[\w.]+)'"),
-    re.compile(r"does not correspond to a subclass of .*?: (?P<name>[\w.]+)"),
-]
+# jsonargparse's words for a class name it cannot resolve: a short name, or a dotted path.
+_UNKNOWN = re.compile(
+    r"Expected a dot import path string: (?P<short>[\w.]+)"
+    r"|Problem with given class_path '(?P<path>[\w.]+)':\s*\n\s*(?:module '[\w.]+' has no attribute|No module named)"
+)
+_KEY = re.compile(r'Parser key "(?P<key>[^"]+)"')
 
 
 def explain_unknown_name(message: str) -> str | None:
-    """For a parse error about an unknown class name, a line listing the valid names."""
-    for pattern in _UNKNOWN:
-        if match := pattern.search(message):
-            break
-    else:
+    """For a parse error about an unknown class name, one line naming it, the closest valid name
+    and all valid names of the registry the parameter draws from."""
+    matches = list(_UNKNOWN.finditer(message))
+    if not matches:
         return None
-    name = match["name"].rsplit(".", 1)[-1]
-    key = re.search(r'Parser key "(?P<key>[^"]+)"', message)
-    parts = [p for p in (key["key"].split(".") if key else []) if p != "init_args" and not p.isdigit()]
+    match = matches[-1]  # the innermost: wrappers around a nested config report first
+    name = (match["short"] or match["path"]).rsplit(".", 1)[-1]
+    keys = [k["key"] for k in _KEY.finditer(message, 0, match.start())]
+    parts = [p for p in (keys[-1].split(".") if keys else []) if p != "init_args" and not p.isdigit()]
     kind = next((_KEY_KIND[p] for p in reversed(parts) if p in _KEY_KIND), None)
     if kind is None:  # fall back on the registry holding the closest name
-        import difflib
-
         scored = [(difflib.SequenceMatcher(None, name, v).ratio(), k) for k, r in REGISTRIES.items() for v in r]
         kind = max(scored)[1]
-    return unknown_name_message(kind, name, REGISTRIES[kind]) + " (or a full class_path of your own subclass)"
+    return unknown_name_message(kind, name, REGISTRIES[kind]) + " (or the full class_path of your own subclass)"
+
+
+def innermost_message(err: BaseException) -> str:
+    """The message of the original error under jsonargparse's wrappers ("Does not validate...")."""
+    while (inner := err.__cause__ or err.__context__) is not None and isinstance(inner, ValueError):
+        err = inner
+    return str(err)
 
 
 class StdiffArgumentParser(LightningArgumentParser):
@@ -83,10 +90,9 @@ class StdiffCLI(LightningCLI):
         kwargs.setdefault("model_class", DiffusionModule)
         kwargs.setdefault("datamodule_class", L.LightningDataModule)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", StdiffArgumentParser)
         kwargs.setdefault("auto_configure_optimizers", False)  # one optimizer path: the module's
         super().__init__(*args, **kwargs)
-
-    parser_class = StdiffArgumentParser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the sample shape; the model is built for it (never written twice).
@@ -98,7 +104,7 @@ class StdiffCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:
-            self.parser.error(f"invalid configuration: {err}")
+            self.parser.error(f"invalid configuration: {innermost_message(err)}")
 
 
 def stdiff_version() -> str:

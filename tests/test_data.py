@@ -1,0 +1,100 @@
+"""GPDataModule: disjoint, reproducible streams across ranks and workers; fixed sets."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from stdiff.data import GPDataModule, GPStream
+from stdiff.kernels import RBF, PoweredExponential
+
+
+def make_dm(**kwargs):
+    defaults = dict(temporal=PoweredExponential(3.0), spatial=RBF(1.0), frames=6, space_shape=(4,), batch_size=8)
+    return GPDataModule(**{**defaults, **kwargs})
+
+
+def first_batches(dm, n, rank=0):
+    dm.trainer = SimpleNamespace(global_rank=rank)
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    return [next(it) for _ in range(n)]
+
+
+def rows(batches):
+    return torch.cat([b.reshape(len(b), -1) for b in batches])
+
+
+def assert_disjoint(a, b):
+    # No sample of one stream occurs in the other (continuous draws: any overlap means a replay).
+    assert torch.cdist(rows(a), rows(b)).min() > 1e-3
+
+
+def test_stream_batches_have_sample_shape():
+    (batch,) = first_batches(make_dm(), 1)
+    assert batch.shape == (8, 6, 4) and batch.dtype == torch.float32
+
+
+def test_ranks_get_disjoint_streams():
+    assert_disjoint(first_batches(make_dm(), 5, rank=0), first_batches(make_dm(), 5, rank=1))
+
+
+def test_same_seed_reproduces_the_stream_and_another_seed_does_not():
+    a, b = first_batches(make_dm(seed=3), 4), first_batches(make_dm(seed=3), 4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert_disjoint(a, first_batches(make_dm(seed=4), 4))
+
+
+def test_workers_get_disjoint_streams():
+    dm = make_dm()
+    stream = GPStream(dm.gp, batch_size=8, seed=0, rank=0)
+    loader = DataLoader(stream, batch_size=None, num_workers=2)
+    it = iter(loader)
+    batches = [next(it) for _ in range(4)]
+    # The loader alternates workers: batch k of worker w is drawn from its own seed.
+    expected = [stream.batch(worker=k % 2, index=k // 2) for k in range(4)]
+    assert all(torch.equal(x, y) for x, y in zip(batches, expected))
+    assert_disjoint(batches[0::2], batches[1::2])
+    assert_disjoint(batches, first_batches(make_dm(), 4, rank=1))
+
+
+def test_fixed_training_set_is_reused_and_seeded():
+    dm = make_dm(num_train=20, batch_size=8)
+    dm.setup("fit")
+    epoch = rows(list(dm.train_dataloader()))
+    assert epoch.shape == (20, 24)
+    train = dm._train.reshape(20, -1)
+    assert torch.equal(epoch[torch.argsort(epoch[:, 0])], train[torch.argsort(train[:, 0])])
+    other = make_dm(num_train=20, batch_size=8)
+    other.setup("fit")
+    assert torch.equal(other._train, dm._train)
+
+
+def test_validation_set_is_fixed_and_separate_from_training():
+    dm, again = make_dm(num_val=16), make_dm(num_val=16)
+    dm.setup("fit")
+    again.setup("validate")
+    val = rows(list(dm.val_dataloader()))
+    assert val.shape == (16, 24)
+    assert torch.equal(val, rows(list(again.val_dataloader())))
+    assert_disjoint([val], first_batches(make_dm(), 3))
+
+
+def test_sample_shape_is_exposed_for_linking():
+    assert make_dm(space_shape=(3, 5)).sample_shape == (6, 3, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
+        (dict(num_train=0), r"num_train must be an integer >= 1, got 0"),
+        (dict(num_val=-5), r"num_val must be an integer >= 1, got -5"),
+        (dict(seed=-1), r"seed must be an integer >= 0, got -1"),
+        (dict(frames=1), r"frames must be an integer >= 2"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_dm(**kwargs)

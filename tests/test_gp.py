@@ -1,0 +1,139 @@
+"""KroneckerGP against dense float64 oracles: covariance of samples, log-density, exact score."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import (
+    RBF,
+    GeneralizedCauchy,
+    LogarithmicDecay,
+    Matern,
+    PoweredExponential,
+    RationalQuadratic,
+    White,
+)
+
+
+def random_gp(seed: int) -> KroneckerGP:
+    """A random GP with T·S <= 256: random kernel families, parameters, grid shape and mean."""
+    rng = random.Random(seed)
+    families = [
+        lambda: PoweredExponential(rng.uniform(0.5, 6), rng.uniform(0.3, 2.0)),
+        lambda: GeneralizedCauchy(rng.uniform(0.5, 6), rng.uniform(0.3, 2.0), rng.uniform(0.2, 3)),
+        lambda: LogarithmicDecay(rng.uniform(0.5, 6), rng.uniform(0.3, 2)),
+        lambda: Matern(rng.uniform(0.5, 3), rng.choice([0.5, 1.5, 2.5])),
+        lambda: RationalQuadratic(rng.uniform(0.5, 2), rng.uniform(0.3, 3)),
+        lambda: RBF(rng.uniform(0.3, 1.2)) + 0.1 * White(),
+    ]
+    frames = rng.randint(2, 16)
+    space = rng.choice([(rng.randint(1, 256 // frames),), (rng.randint(1, 4), rng.randint(1, 4))])
+    spatial = rng.choice(families)() if rng.random() < 0.8 else None
+    return KroneckerGP(rng.choice(families)(), spatial, frames, space, mean=rng.uniform(-2, 2))
+
+
+def test_sample_covariance_matches_kronecker_product():
+    gp = KroneckerGP(PoweredExponential(3.0, 1.5), Matern(1.5, 2.5), frames=12, space_shape=(2, 4), mean=0.7)
+    n = 20_000
+    x = gp.sample(n, torch.Generator().manual_seed(0)).double().reshape(n, -1)
+    k = gp.covariance()
+    centred = x - 0.7
+    emp = centred.T @ centred / n
+    # Var of an empirical covariance entry of a Gaussian: (K_ii K_jj + K_ij²) / n.
+    sd = ((k.diag()[:, None] * k.diag()[None, :] + k**2) / n).sqrt()
+    z = (emp - k) / sd
+    assert z.abs().max() < 5.5, f"largest deviation {z.abs().max():.2f} standard errors"
+    assert 0.7 < (z**2).mean() < 1.3, "spread of deviations does not match the sample size"
+    mean_z = (x.mean(0) - 0.7) / (k.diag() / n).sqrt()
+    assert mean_z.abs().max() < 5.5
+
+
+def test_sample_shape_dtype_and_reproducibility():
+    gp = KroneckerGP(RBF(2.0), None, frames=5, space_shape=(3, 4))
+    a = gp.sample(7, torch.Generator().manual_seed(1))
+    b = gp.sample(7, torch.Generator().manual_seed(1))
+    assert a.shape == (7, 5, 3, 4) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert gp.sample(2, dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_score_matches_dense_solve(seed):
+    gp = random_gp(seed)
+    assert gp.dim <= 256
+    gen = torch.Generator().manual_seed(seed)
+    b = 6
+    alpha = torch.rand(b, generator=gen, dtype=torch.float64) * 0.99 + 0.01
+    sigma = torch.rand(b, generator=gen, dtype=torch.float64) * 0.99 + 0.01
+    x_t = torch.randn(b, *gp.sample_shape, generator=gen, dtype=torch.float64) * 2
+    score = gp.score(x_t, alpha, sigma).reshape(b, -1)
+    k, mu = gp.covariance(), gp.mean.reshape(-1)
+    for i in range(b):
+        a = alpha[i] ** 2 * k + sigma[i] ** 2 * torch.eye(gp.dim, dtype=torch.float64)
+        dense = -torch.linalg.solve(a, x_t[i].reshape(-1) - alpha[i] * mu)
+        rel = (score[i] - dense).norm() / dense.norm()
+        assert rel < 1e-8, f"{gp}: relative error {rel:.2e}"
+
+
+def test_score_accepts_scalars_and_keeps_dtype():
+    gp = KroneckerGP(Matern(2.0), RBF(1.0), frames=4, space_shape=(3,))
+    x = torch.randn(2, 4, 3)
+    s = gp.score(x, 0.5, math.sqrt(0.75))
+    assert s.shape == x.shape and s.dtype == torch.float32
+    torch.testing.assert_close(s, gp.score(x, torch.tensor([0.5, 0.5]), torch.tensor([0.75, 0.75]).sqrt()))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_log_prob_matches_multivariate_normal(seed):
+    gp = random_gp(100 + seed)
+    dense = torch.distributions.MultivariateNormal(gp.mean.reshape(-1), covariance_matrix=gp.covariance())
+    x = gp.sample(5, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = dense.log_prob(x.reshape(5, -1))
+    torch.testing.assert_close(gp.log_prob(x), expected, rtol=1e-8, atol=1e-8)
+
+
+def test_identity_spatial_covariance():
+    gp = KroneckerGP(PoweredExponential(2.0), None, frames=6, space_shape=(5,))
+    torch.testing.assert_close(gp.sigma, torch.eye(5, dtype=torch.float64))
+
+
+def test_not_positive_definite_names_kernel_parameters_and_eigenvalue():
+    with pytest.raises(ValueError, match=r"temporal kernel RBF\(lengthscale=20.0\) is not positive definite on 64 "
+                       r"frames: smallest eigenvalue -?\d\.\d+e[-+]\d+"):
+        KroneckerGP(RBF(20.0), frames=64)
+    with pytest.raises(ValueError, match=r"spatial kernel .* a \(32, 32\) grid"):
+        KroneckerGP(Matern(1.0), RBF(30.0), frames=4, space_shape=(32, 32))
+
+
+def test_jitter_makes_an_ill_conditioned_kernel_usable():
+    gp = KroneckerGP(RBF(20.0), frames=64, jitter=1e-6)
+    cond_t, _ = gp.condition_numbers()
+    assert cond_t < 1e12
+    torch.testing.assert_close(gp.gamma.diag(), torch.full((64,), 1 + 1e-6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(frames=1), r"frames must be an integer >= 2, got 1"),
+        (dict(frames=0), r"frames must be an integer >= 2, got 0"),
+        (dict(space_shape=()), r"space_shape must have 1 or 2 entries"),
+        (dict(space_shape=(0,)), r"space_shape entry .* must be an integer >= 1, got 0"),
+        (dict(space_shape=(4, -2)), r"space_shape entry .* got -2"),
+        (dict(space_shape=(2, 2, 2)), r"space_shape must have 1 or 2 entries"),
+        (dict(jitter=-1.0), r"jitter must be a finite number >= 0, got -1.0"),
+        (dict(mean=float("nan")), r"mean must be a finite number"),
+    ],
+)
+def test_bad_shapes_name_the_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KroneckerGP(PoweredExponential(2.0), **kwargs)
+
+
+def test_score_rejects_wrong_shape():
+    gp = KroneckerGP(PoweredExponential(2.0), frames=4, space_shape=(3,))
+    with pytest.raises(ValueError, match=r"x_t must end in the sample shape \(4, 3\)"):
+        gp.score(torch.zeros(2, 4, 5), 1.0, 0.1)

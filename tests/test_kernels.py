@@ -1,0 +1,158 @@
+"""Kernel contract, parametrised over the registry: symmetry, positive definiteness, closed-form
+values, composition, and errors for bad parameters."""
+
+import math
+
+import pytest
+import torch
+
+from stdiff.gp import grid
+from stdiff.kernels import (
+    KERNELS,
+    RBF,
+    GeneralizedCauchy,
+    Kernel,
+    LogarithmicDecay,
+    Matern,
+    Periodic,
+    PoweredExponential,
+    Product,
+    RationalQuadratic,
+    Scaled,
+    Sum,
+    White,
+    get_kernel,
+)
+
+# One configured instance per registered kernel (a new kernel must add one here).
+EXAMPLES = {
+    "PoweredExponential": PoweredExponential(lengthscale=2.0, power=0.5),
+    "GeneralizedCauchy": GeneralizedCauchy(lengthscale=2.0, alpha=1.0, beta=3.0),
+    "LogarithmicDecay": LogarithmicDecay(lengthscale=2.0, power=1.0),
+    "RBF": RBF(lengthscale=2.0),
+    "Matern": Matern(lengthscale=2.0, nu=1.5),
+    "RationalQuadratic": RationalQuadratic(lengthscale=2.0, alpha=0.5),
+    "Periodic": Periodic(lengthscale=0.3, period=7.3),
+    "White": White(),
+    "Sum": Sum([RBF(2.0), White()]),
+    "Product": Product([PoweredExponential(3.0), Periodic(0.3, 7.3)]),
+    "Scaled": Scaled(Matern(2.0, nu=2.5), scale=3.0),
+}
+
+# Two 2-D points at distance 3 (Δ = (1.8, 2.4)), and the kernel value expected there.
+P0, P1 = torch.tensor([[0.0, 0.0]], dtype=torch.float64), torch.tensor([[1.8, 2.4]], dtype=torch.float64)
+r = 3.0 / 2.0  # distance over lengthscale
+s3, s5 = math.sqrt(3) * r, math.sqrt(5) * r
+EXPECTED = {
+    "PoweredExponential": math.exp(-(r**0.5)),
+    "GeneralizedCauchy": (1 + r) ** -3.0,
+    "LogarithmicDecay": 1 / (1 + math.log(1 + r)),
+    "RBF": math.exp(-0.5 * r**2),
+    "Matern": (1 + s3) * math.exp(-s3),
+    "RationalQuadratic": (1 + r**2) ** -0.5,
+    "Periodic": math.exp(-2 * (math.sin(math.pi * 1.8 / 7.3) ** 2 + math.sin(math.pi * 2.4 / 7.3) ** 2) / 0.09),
+    "White": 0.0,
+    "Sum": math.exp(-0.5 * r**2),
+    "Product": math.exp(-1.0)
+    * math.exp(-2 * (math.sin(math.pi * 1.8 / 7.3) ** 2 + math.sin(math.pi * 2.4 / 7.3) ** 2) / 0.09),
+    "Scaled": 3.0 * (1 + s5 + s5**2 / 3) * math.exp(-s5),
+}
+EXPECTED_AT_ZERO = {"Sum": 2.0, "Scaled": 3.0}
+
+
+def concrete_subclasses(cls):
+    out = set()
+    for sub in cls.__subclasses__():
+        if not getattr(sub, "__abstractmethods__", None):
+            out.add(sub)
+        out |= concrete_subclasses(sub)
+    return out
+
+
+def test_registry_is_the_set_of_concrete_subclasses():
+    stdiff_classes = {c for c in concrete_subclasses(Kernel) if c.__module__.startswith("stdiff.")}
+    assert set(KERNELS.values()) == stdiff_classes
+    assert set(EXAMPLES) == set(KERNELS)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("space", [(40,), (6, 7)], ids=["1d", "2d"])
+def test_symmetric_and_positive_definite(name, space):
+    k = EXAMPLES[name](grid(space))
+    assert k.dtype == torch.float64 and k.shape == (math.prod(space),) * 2
+    torch.testing.assert_close(k, k.T, rtol=0, atol=1e-14)
+    evals = torch.linalg.eigvalsh(k)
+    assert evals[0] > 1e-10 * evals[-1], f"{name}: smallest eigenvalue {evals[0]:.3e}"
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_closed_form_values(name):
+    kernel = EXAMPLES[name]
+    assert kernel(P0, P1).item() == pytest.approx(EXPECTED[name], rel=1e-12, abs=1e-15)
+    assert kernel(P1, P0).item() == pytest.approx(EXPECTED[name], rel=1e-12, abs=1e-15)
+    assert kernel(P0, P0).item() == pytest.approx(EXPECTED_AT_ZERO.get(name, 1.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("nu,expected", [(0.5, math.exp(-r)), (1.5, (1 + s3) * math.exp(-s3)),
+                                         (2.5, (1 + s5 + s5**2 / 3) * math.exp(-s5))])
+def test_matern_smoothness_values(nu, expected):
+    assert Matern(2.0, nu=nu)(P0, P1).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_powered_exponential_special_cases():
+    x = torch.arange(10.0)
+    torch.testing.assert_close(PoweredExponential(2.0, power=1.0)(x), Matern(2.0, nu=0.5)(x))
+    torch.testing.assert_close(PoweredExponential(math.sqrt(2) * 2.0, power=2.0)(x), RBF(2.0)(x))
+
+
+def test_operators_build_composites():
+    a, b = RBF(2.0), White()
+    x = torch.arange(5.0)
+    assert isinstance(a + b, Sum) and isinstance(a * b, Product)
+    assert isinstance(2.0 * a, Scaled) and isinstance(a * 2.0, Scaled)
+    torch.testing.assert_close((a + b)(x), a(x) + b(x))
+    torch.testing.assert_close((a * b)(x), a(x) * b(x))
+    torch.testing.assert_close((2.0 * a)(x), 2.0 * a(x))
+
+
+@pytest.mark.parametrize("lengthscale", [0.3, 1.0, 4.0, 16.0])
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("space", [(64,), (16, 16)], ids=["1d", "2d"])
+def test_logarithmic_decay_positive_definite_on_grids(lengthscale, power, space):
+    evals = torch.linalg.eigvalsh(LogarithmicDecay(lengthscale, power)(grid(space)))
+    assert evals[0] > 0
+
+
+def test_logarithmic_decay_decays_like_inverse_log():
+    h = torch.tensor([[1e6], [1e12]])
+    k = LogarithmicDecay(lengthscale=1.0)(torch.zeros(1, 1), h)[0]
+    torch.testing.assert_close(k * torch.log(h[:, 0].double()), torch.ones(2, dtype=torch.float64), rtol=0.1, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: PoweredExponential(1.0, power=2.5), r"PoweredExponential.power must lie in \(0.0, 2.0\], got 2.5"),
+        (lambda: PoweredExponential(1.0, power=0.0), r"PoweredExponential.power"),
+        (lambda: RBF(lengthscale=0.0), r"RBF.lengthscale must be a finite number > 0, got 0.0"),
+        (lambda: Matern(lengthscale=-1.0), r"Matern.lengthscale .* got -1.0"),
+        (lambda: Matern(1.0, nu=2.0), r"Matern.nu must be one of 0.5, 1.5, 2.5, got 2.0"),
+        (lambda: GeneralizedCauchy(1.0, alpha=3.0), r"GeneralizedCauchy.alpha"),
+        (lambda: GeneralizedCauchy(1.0, beta=0.0), r"GeneralizedCauchy.beta"),
+        (lambda: LogarithmicDecay(1.0, power=-1.0), r"LogarithmicDecay.power"),
+        (lambda: RationalQuadratic(1.0, alpha=0.0), r"RationalQuadratic.alpha"),
+        (lambda: Periodic(1.0, period=0.0), r"Periodic.period"),
+        (lambda: Scaled(RBF(), scale=-2.0), r"Scaled.scale"),
+        (lambda: Sum([]), r"Sum.kernels must hold at least one kernel"),
+        (lambda: RBF(lengthscale=float("nan")), r"RBF.lengthscale"),
+    ],
+)
+def test_bad_parameters_name_the_parameter(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_unknown_name_lists_valid_names_and_closest_match():
+    with pytest.raises(ValueError, match=r"unknown kernel 'Matren'\. Did you mean 'Matern'\? Valid kernel names: .*RBF"):
+        get_kernel("Matren")
+    assert get_kernel("RBF") is RBF
