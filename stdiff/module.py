@@ -47,9 +47,9 @@ class DiffusionModule(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
 
-    def forward(self, x_t: Tensor, c: Tensor) -> Tensor:
-        """The backbone: ``x_t (B, T, *space)``, ``c (B,)`` log-SNR -> ε̂ ``(B, T, *space)``."""
-        return self.backbone(x_t, c)
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The noise model: ``x_t (B, T, *space)``, diffusion times ``t (B,)`` -> ε̂ ``(B, T, *space)``."""
+        return self.backbone(x_t, self.schedule.log_snr(t))
 
     def training_step(self, x0: Tensor, batch_idx: int) -> Tensor:
         t = self.schedule.sample_time(len(x0), device=x0.device)
@@ -57,12 +57,17 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, x0: Tensor, batch_idx: int) -> None:
-        # Times and noise are seeded by the batch index: every validation pass scores the same
-        # (x0, t, ε) triples, so val/loss moves only when the model does.
+    def validation_inputs(self, x0: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Times ``(B,)`` and noise ``(B, T, *space)`` for validation batch ``batch_idx``, seeded by
+        the batch index: every validation pass scores the same (x0, t, ε) triples, so val/loss
+        moves only when the model does."""
         generator = torch.Generator().manual_seed(batch_idx)
         t = self.schedule.sample_time(len(x0), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        return t, noise
+
+    def validation_step(self, x0: Tensor, batch_idx: int) -> None:
+        t, noise = self.validation_inputs(x0, batch_idx)
         loss = denoising_loss(self, self.schedule, x0, t, noise).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from stdiff.diffusion import denoising_loss, diffuse, predict_noise, score_from_noise
+from stdiff.diffusion import ExactNoiseModel, denoising_loss, denoising_loss_floor, diffuse, score_from_noise
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.module import DiffusionModule
@@ -61,31 +61,26 @@ def test_ou_schedule_closed_form():
         OrnsteinUhlenbeck(t_min=0.0)
 
 
-def test_oracle_denoising_loss_equals_its_analytic_floor():
+def test_exact_noise_model_loss_equals_its_analytic_floor():
     """With ε̂ = −σ ∇log p_t (the exact posterior mean of ε), the ε-MSE at time t is
     (1/d) Σ_k α²λ_k / (α²λ_k + σ²), λ_k the eigenvalues of Γ ⊗ Σ."""
     gp = KroneckerGP(PoweredExponential(3.0), RBF(1.0), frames=8, space_shape=(4,), mean=0.5)
     schedule = OrnsteinUhlenbeck()
-
-    def oracle(x_t, log_snr):  # a network-shaped callable: (x_t, c) -> ε̂
-        alpha, sigma = torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()  # VP: α² + σ² = 1
-        return -sigma.reshape(-1, 1, 1) * gp.score(x_t, alpha, sigma)
-
+    oracle = ExactNoiseModel(gp, schedule)
     n = 20_000
     gen = torch.Generator().manual_seed(0)
     x0 = gp.sample(n, gen, dtype=torch.float64)
     t = schedule.sample_time(n, gen).double()
     noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    loss = denoising_loss(oracle, schedule, x0, t, noise)
-    lam = (gp.gamma_evals[:, None] * gp.sigma_evals[None, :]).reshape(-1)
-    a2, s2 = schedule.alpha(t)[:, None] ** 2, schedule.sigma(t)[:, None] ** 2
-    floor = (a2 * lam / (a2 * lam + s2)).mean(1)
-    stderr = (loss - floor).std() / math.sqrt(n)
-    assert abs((loss - floor).mean()) < 4 * stderr
-    # the oracle's ε-prediction turned back into a score is the exact score
+    excess = denoising_loss(oracle, schedule, x0, t, noise) - denoising_loss_floor(gp, schedule, t)
+    assert abs(excess.mean()) < 4 * excess.std() / math.sqrt(n)
+    # a wrong model sits measurably above the floor
+    biased = denoising_loss(lambda x, s: 1.05 * oracle(x, s), schedule, x0, t, noise) - denoising_loss_floor(gp, schedule, t)
+    assert biased.mean() > 4 * biased.std() / math.sqrt(n)
+    # the exact ε-prediction turned back into a score is the exact score
     x_t = diffuse(schedule, x0[:4], t[:4], noise[:4])
-    eps = predict_noise(oracle, schedule, x_t, t[:4])
-    torch.testing.assert_close(score_from_noise(eps, schedule, t[:4]), gp.score(x_t, schedule.alpha(t[:4]), schedule.sigma(t[:4])))
+    score = score_from_noise(oracle(x_t, t[:4]), schedule, t[:4])
+    torch.testing.assert_close(score, gp.score(x_t, schedule.alpha(t[:4]), schedule.sigma(t[:4])))
 
 
 def test_module_optimizer_reduces_the_loss():
