@@ -41,8 +41,9 @@ def main() -> None:
     torch.manual_seed(0)
 
     def build():
-        return KroneckerGP(PoweredExponential(8.0, 1.0), RBF(2.0), frames=args.frames, space_shape=(args.points,),
-                           jitter=1e-8)
+        return KroneckerGP(
+            PoweredExponential(8.0, 1.0), RBF(2.0), frames=args.frames, space_shape=(args.points,), jitter=1e-8
+        )
 
     gp = build()
     k = gp.covariance()
@@ -75,7 +76,11 @@ def main() -> None:
     # Check the fast path against the dense one at the shared noise level before reporting speed.
     rel = ((gp.score(x, alpha[0], sigma[0]).reshape(n, d) - dense_score()).norm() / dense_score().norm()).item()
     report = {
-        "T": args.frames, "S": args.points, "dim": d, "batch": n, "threads": torch.get_num_threads(),
+        "T": args.frames,
+        "S": args.points,
+        "dim": d,
+        "batch": n,
+        "threads": torch.get_num_threads(),
         "setup_s": {"kronecker_eigh": setup_kron, "dense_cholesky": setup_dense},
         "samples_per_s": {"kronecker": n / sample_kron, "dense": n / sample_dense},
         "sampling_speedup": sample_dense / sample_kron,

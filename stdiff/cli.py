@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import warnings
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import stdiff.data  # noqa: F401  (imported so short class names resolve)
+import stdiff.data
 from stdiff._validation import unknown_name_message
 from stdiff.kernels import KERNELS
 from stdiff.module import DiffusionModule
@@ -118,6 +119,10 @@ def stdiff_version() -> str:
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``stdiff``."""
+    # Deprecation notices raised inside Lightning's own use of jsonargparse and torch's pytree:
+    # nothing a stdiff user can act on, and they bury the progress output.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     StdiffCLI(args=args)
 
 

@@ -33,7 +33,7 @@ class DiffusionModule(L.LightningModule):
         self,
         sample_shape: Sequence[int],
         backbone: BackboneFactory = DiT,
-        schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),
+        schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),  # noqa: B008 (jsonargparse default)
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:

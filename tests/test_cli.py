@@ -2,27 +2,37 @@
 and bad input exits with a message that names the problem, writing nothing."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import CONFIGS, QUICKSTART, ROOT
 
 from stdiff.cli import StdiffCLI, main
 from stdiff.data import GPDataModule
 from stdiff.module import DiffusionModule
 
-from conftest import CONFIGS, QUICKSTART, ROOT
-
-TINY = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1", "--data.init_args.num_val=32",
-        "--trainer.enable_progress_bar=false"]
+TINY = [
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
+    "--trainer.log_every_n_steps=1",
+    "--data.init_args.num_val=32",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 def run_cli(args, cwd, timeout=240):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "stdiff", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stdiff", *args],
+        cwd=cwd,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_quickstart_fit_writes_events_checkpoint_and_config(tmp_path):
@@ -61,8 +71,14 @@ BAD = [
     (["--data.init_args.temporal=PoweredExp"], r"unknown kernel 'PoweredExp'. Did you mean 'PoweredExponential'?"),
     (["--data.init_args.spatial=Matren"], r"unknown kernel 'Matren'. Did you mean 'Matern'?"),
     (["--data.init_args.temporal.init_args.power=3"], "PoweredExponential.power must lie in (0.0, 2.0], got 3.0"),
-    (["--data.init_args.temporal.init_args.lengthscale=0"], "PoweredExponential.lengthscale must be a finite number > 0"),
-    (["--data.init_args.spatial.init_args.lengthscale=40"], "spatial kernel RBF(lengthscale=40.0) is not positive definite"),
+    (
+        ["--data.init_args.temporal.init_args.lengthscale=0"],
+        "PoweredExponential.lengthscale must be a finite number > 0",
+    ),
+    (
+        ["--data.init_args.spatial.init_args.lengthscale=40"],
+        "spatial kernel RBF(lengthscale=40.0) is not positive definite",
+    ),
     (["--data.init_args.frames=1"], "frames must be an integer >= 2, got 1"),
     (["--data.init_args.space_shape=[]"], "space_shape must have 1 or 2 entries"),
     (["--model.backbone.init_args.heads=5"], "heads must be >= 1 and divide width=64, got heads=5"),
@@ -77,3 +93,47 @@ def test_bad_input_exits_with_a_message_and_writes_nothing(tmp_path, extra, mess
     assert message in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, head
     assert not (tmp_path / "lightning_logs").exists()
+
+
+COMPOSITE = """
+data:
+  class_path: GPDataModule
+  init_args:
+    frames: 6
+    space_shape: [3, 2]
+    temporal:
+      class_path: Sum
+      init_args:
+        kernels:
+          - class_path: Scaled
+            init_args: {kernel: {class_path: PoweredExponential, init_args: {lengthscale: 2.0, power: 1.5}}, scale: 2.0}
+          - class_path: Product
+            init_args:
+              kernels:
+                - {class_path: Periodic, init_args: {lengthscale: 0.5, period: 3.0}}
+                - {class_path: stdiff.kernels.Matern, init_args: {nu: 2.5}}
+    spatial: {class_path: White}
+model:
+  backbone: {class_path: DiT, init_args: {width: 16, depth: 1, heads: 2}}
+"""
+
+
+def test_composite_kernels_compose_from_yaml(tmp_path):
+    from stdiff.kernels import Matern, Periodic, PoweredExponential, Product, Scaled, Sum, White
+
+    path = tmp_path / "composite.yaml"
+    path.write_text(COMPOSITE)
+    cli = StdiffCLI(args=["--config", str(path)], run=False)
+    gp = cli.datamodule.gp
+    expected = Sum([Scaled(PoweredExponential(2.0, 1.5), 2.0), Product([Periodic(0.5, 3.0), Matern(nu=2.5)])])
+    times = torch.arange(6.0)
+    torch.testing.assert_close(gp.gamma, expected(times))
+    assert isinstance(gp.spatial, White) and cli.model.sample_shape == (6, 3, 2)
+
+
+def test_unknown_name_inside_a_composite_is_explained(tmp_path):
+    path = tmp_path / "composite.yaml"
+    path.write_text(COMPOSITE.replace("class_path: Periodic", "class_path: Periodik"))
+    out = run_cli(["fit", "--config", str(path), f"--trainer.default_root_dir={tmp_path}"], tmp_path)
+    assert out.returncode != 0
+    assert "unknown kernel 'Periodik'. Did you mean 'Periodic'?" in out.stderr

@@ -101,8 +101,11 @@ def test_identity_spatial_covariance():
 
 
 def test_not_positive_definite_names_kernel_parameters_and_eigenvalue():
-    with pytest.raises(ValueError, match=r"temporal kernel RBF\(lengthscale=20.0\) is not positive definite on 64 "
-                       r"frames: smallest eigenvalue -?\d\.\d+e[-+]\d+"):
+    with pytest.raises(
+        ValueError,
+        match=r"temporal kernel RBF\(lengthscale=20.0\) is not positive definite on 64 "
+        r"frames: smallest eigenvalue -?\d\.\d+e[-+]\d+",
+    ):
         KroneckerGP(RBF(20.0), frames=64)
     with pytest.raises(ValueError, match=r"spatial kernel .* a \(32, 32\) grid"):
         KroneckerGP(Matern(1.0), RBF(30.0), frames=4, space_shape=(32, 32))

@@ -93,8 +93,9 @@ def test_closed_form_values(name):
     assert kernel(P0, P0).item() == pytest.approx(EXPECTED_AT_ZERO.get(name, 1.0), rel=1e-12)
 
 
-@pytest.mark.parametrize("nu,expected", [(0.5, math.exp(-r)), (1.5, (1 + s3) * math.exp(-s3)),
-                                         (2.5, (1 + s5 + s5**2 / 3) * math.exp(-s5))])
+@pytest.mark.parametrize(
+    "nu,expected", [(0.5, math.exp(-r)), (1.5, (1 + s3) * math.exp(-s3)), (2.5, (1 + s5 + s5**2 / 3) * math.exp(-s5))]
+)
 def test_matern_smoothness_values(nu, expected):
     assert Matern(2.0, nu=nu)(P0, P1).item() == pytest.approx(expected, rel=1e-12)
 
@@ -153,6 +154,8 @@ def test_bad_parameters_name_the_parameter(make, match):
 
 
 def test_unknown_name_lists_valid_names_and_closest_match():
-    with pytest.raises(ValueError, match=r"unknown kernel 'Matren'\. Did you mean 'Matern'\? Valid kernel names: .*RBF"):
+    with pytest.raises(
+        ValueError, match=r"unknown kernel 'Matren'\. Did you mean 'Matern'\? Valid kernel names: .*RBF"
+    ):
         get_kernel("Matren")
     assert get_kernel("RBF") is RBF

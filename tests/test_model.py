@@ -75,7 +75,9 @@ def test_exact_noise_model_loss_equals_its_analytic_floor():
     excess = denoising_loss(oracle, schedule, x0, t, noise) - denoising_loss_floor(gp, schedule, t)
     assert abs(excess.mean()) < 4 * excess.std() / math.sqrt(n)
     # a wrong model sits measurably above the floor
-    biased = denoising_loss(lambda x, s: 1.05 * oracle(x, s), schedule, x0, t, noise) - denoising_loss_floor(gp, schedule, t)
+    biased = denoising_loss(lambda x, s: 1.05 * oracle(x, s), schedule, x0, t, noise) - denoising_loss_floor(
+        gp, schedule, t
+    )
     assert biased.mean() > 4 * biased.std() / math.sqrt(n)
     # the exact ε-prediction turned back into a score is the exact score
     x_t = diffuse(schedule, x0[:4], t[:4], noise[:4])

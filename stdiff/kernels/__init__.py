@@ -37,4 +37,20 @@ def get_kernel(name: str) -> type[Kernel]:
     return lookup("kernel", KERNELS, name)
 
 
-__all__ = ["KERNELS", "Kernel", "StationaryKernel", "get_kernel", *KERNELS]
+__all__ = [
+    "KERNELS",
+    "RBF",
+    "GeneralizedCauchy",
+    "Kernel",
+    "LogarithmicDecay",
+    "Matern",
+    "Periodic",
+    "PoweredExponential",
+    "Product",
+    "RationalQuadratic",
+    "Scaled",
+    "StationaryKernel",
+    "Sum",
+    "White",
+    "get_kernel",
+]

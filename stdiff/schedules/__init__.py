@@ -12,4 +12,4 @@ def get_schedule(name: str) -> type[NoiseSchedule]:
     return lookup("schedule", SCHEDULES, name)
 
 
-__all__ = ["SCHEDULES", "NoiseSchedule", "get_schedule", *SCHEDULES]
+__all__ = ["SCHEDULES", "NoiseSchedule", "OrnsteinUhlenbeck", "get_schedule"]
