@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable
 
 
@@ -45,3 +46,11 @@ def lookup(kind: str, registry: dict, name: str):
     if name not in registry:
         raise ValueError(unknown_name_message(kind, name, registry))
     return registry[name]
+
+
+def init_repr(obj) -> str:
+    """``ClassName(arg=value, ...)`` from the ``__init__`` parameters stored as attributes, so
+    error messages name a plug-in's exact configuration."""
+    names = [p for p in inspect.signature(type(obj).__init__).parameters if p not in ("self", "args", "kwargs")]
+    args = ", ".join(f"{n}={getattr(obj, n)!r}" for n in names if hasattr(obj, n))
+    return f"{type(obj).__name__}({args})"

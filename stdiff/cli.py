@@ -12,9 +12,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import stdiff.data
 from stdiff._validation import unknown_name_message
+from stdiff.callbacks import SampleWriter
 from stdiff.kernels import KERNELS
 from stdiff.module import DiffusionModule
 from stdiff.nn import ATTENTIONS, BACKBONES
+from stdiff.sampling import SAMPLERS
 from stdiff.schedules import SCHEDULES
 
 DATAMODULES = {"GPDataModule": stdiff.data.GPDataModule}
@@ -25,6 +27,7 @@ REGISTRIES = {
     "schedule": SCHEDULES,
     "backbone": BACKBONES,
     "attention": ATTENTIONS,
+    "sampler": SAMPLERS,
     "data module": DATAMODULES,
 }
 _KEY_KIND = {
@@ -35,6 +38,7 @@ _KEY_KIND = {
     "schedule": "schedule",
     "backbone": "backbone",
     "attention": "attention",
+    "sampler": "sampler",
     "data": "data module",
 }
 # jsonargparse's words for a class name it cannot resolve: a short name, or a dotted path.
@@ -98,6 +102,8 @@ class StdiffCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the sample shape; the model is built for it (never written twice).
         parser.link_arguments("data.sample_shape", "model.sample_shape", apply_on="instantiate")
+        # Always present, so that `stdiff predict` writes its samples (options under sample_writer:).
+        parser.add_lightning_class_args(SampleWriter, "sample_writer")
 
     def instantiate_classes(self) -> None:
         # A ValueError from a constructor is a configuration error: report it like a parse

@@ -23,7 +23,7 @@ from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel
 
 # Purposes of derived seeds: each gets its own, independent branch of the seed tree.
-STREAM, TRAIN, VAL = 0, 1, 2
+STREAM, TRAIN, VAL, PREDICT = 0, 1, 2, 3
 
 
 def derive_seed(seed: int, *key: int) -> int:
@@ -87,6 +87,8 @@ class GPDataModule(L.LightningDataModule):
         num_val: size of the fixed, seeded validation set.
         seed: root of every derived seed.
         num_workers: DataLoader worker processes (0 = generate in the main process).
+        num_predict: how many samples ``stdiff predict`` generates (in batches of ``batch_size``,
+            batch k seeded by ``(seed, PREDICT, k)``).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class GPDataModule(L.LightningDataModule):
         num_val: int = 512,
         seed: int = 0,
         num_workers: int = 0,
+        num_predict: int = 0,
     ) -> None:
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -109,6 +112,7 @@ class GPDataModule(L.LightningDataModule):
         self.num_val = check_int("num_val", num_val, 1)
         self.seed = check_int("seed", seed, 0)
         self.num_workers = check_int("num_workers", num_workers, 0)
+        self.num_predict = check_int("num_predict", num_predict, 0)
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
         self._train: Tensor | None = None
@@ -137,3 +141,12 @@ class GPDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(Samples(self._val), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Sampling requests ``(seed, n)``, one per batch; the model turns each into n samples."""
+        if self.num_predict == 0:
+            raise ValueError("predict needs a number of samples: set data.init_args.num_predict (e.g. "
+                             "--data.init_args.num_predict=1000)")
+        sizes = [min(self.batch_size, self.num_predict - i) for i in range(0, self.num_predict, self.batch_size)]
+        requests = [torch.tensor([derive_seed(self.seed, PREDICT, k), n]) for k, n in enumerate(sizes)]
+        return DataLoader(requests, batch_size=1)  # each batch: one request, shape (1, 2)

@@ -1,8 +1,10 @@
-"""``DiffusionModule``: the LightningModule that trains a backbone to denoise GP sequences."""
+"""``DiffusionModule``: the LightningModule that trains a backbone to denoise GP sequences and
+samples from it (or from the exact model)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -10,21 +12,37 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from stdiff.diffusion import denoising_loss
+from stdiff._validation import check_positive
+from stdiff.diffusion import (
+    ExactNoiseModel,
+    denoising_loss,
+    get_parameterization,
+    per_sample,
+    training_times,
+)
 from stdiff.nn import DiT
 from stdiff.nn.dit import Backbone
+from stdiff.sampling import Heun, Sampler
 from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
 
 BackboneFactory = Callable[[tuple[int, ...]], Backbone]  # sample_shape -> network
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``backbone`` with the ε-prediction denoising loss under ``schedule``.
+    """Trains ``backbone`` to denoise under ``schedule``; ``predict`` draws samples with ``sampler``.
 
     Args:
         sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
         backbone: the network class and its options; called with ``sample_shape``.
         schedule: the forward noising process.
+        parameterization: what the network predicts: ``eps``, ``x0``, ``v`` or ``score``.
+        weighting: loss weight on the ε-error: ``eps`` (uniform), ``x0``, ``v``, ``score`` (the
+            paper's plain score matching, 1/σ²) or ``min_snr``.
+        min_snr_gamma: γ of the ``min_snr`` weighting.
+        time_sampling: training times uniform in t (``uniform``) or in log-SNR (``log_snr``).
+        sampler: the sampler (and its steps and time grid) used by ``predict``.
+        oracle: use the exact noise model of the data's GP instead of the network (validate
+            and predict only): separates sampler error from model error.
         optimizer: optimizer class and options; called with the parameters.
         lr_scheduler: optional learning-rate scheduler, stepped every optimizer step.
     """
@@ -34,6 +52,12 @@ class DiffusionModule(L.LightningModule):
         sample_shape: Sequence[int],
         backbone: BackboneFactory = DiT,
         schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),  # noqa: B008 (jsonargparse default)
+        parameterization: Literal["eps", "x0", "v", "score"] = "eps",
+        weighting: Literal["eps", "x0", "v", "score", "min_snr"] = "eps",
+        min_snr_gamma: float = 5.0,
+        time_sampling: Literal["uniform", "log_snr"] = "uniform",
+        sampler: Sampler = lazy_instance(Heun, steps=100),  # noqa: B008
+        oracle: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -41,35 +65,75 @@ class DiffusionModule(L.LightningModule):
         # Under the CLI this stores the parsed config (class paths and options), which is what
         # load_from_checkpoint re-instantiates from.
         self.save_hyperparameters()
+        schedule.validate()
         self.sample_shape = tuple(sample_shape)
         self.backbone = backbone(self.sample_shape)
         self.schedule = schedule
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
+        self.parameterization = get_parameterization(parameterization)
+        self.weighting, self.time_sampling = weighting, time_sampling
+        self.min_snr_gamma = check_positive("min_snr_gamma", min_snr_gamma)
+        self.sampler = sampler
+        self.oracle: ExactNoiseModel | None = None
+        self.use_oracle = oracle
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+
+    def setup(self, stage: str) -> None:
+        if not self.use_oracle:
+            return
+        if stage == "fit":
+            raise ValueError("model.oracle=true uses the exact model, which has nothing to train: use it with "
+                             "validate or predict")
+        gp = getattr(self.trainer.datamodule, "gp", None)
+        if gp is None:
+            raise ValueError("model.oracle=true needs a data module with a `gp` attribute (a KroneckerGP)")
+        self.oracle = ExactNoiseModel(gp, self.schedule)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The noise model: ``x_t (B, T, *space)``, diffusion times ``t (B,)`` -> ε̂ ``(B, T, *space)``."""
-        return self.backbone(x_t, self.schedule.log_snr(t))
+        if self.oracle is not None:
+            return self.oracle(x_t, t)
+        out = self.backbone(x_t, self.schedule.log_snr(t))
+        alpha, sigma = per_sample(self.schedule.alpha(t), x_t), per_sample(self.schedule.sigma(t), x_t)
+        return self.parameterization.to_noise(out, x_t, alpha, sigma)
+
+    # --- training and validation ---------------------------------------------------------------
 
     def training_step(self, x0: Tensor, batch_idx: int) -> Tensor:
-        t = self.schedule.sample_time(len(x0), device=x0.device)
-        loss = denoising_loss(self, self.schedule, x0, t, torch.randn_like(x0)).mean()
+        t = training_times(self.schedule, len(x0), self.time_sampling, device=x0.device)
+        noise = torch.randn_like(x0)
+        loss = denoising_loss(self, self.schedule, x0, t, noise, self.weighting, self.min_snr_gamma).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_inputs(self, x0: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
         """Times ``(B,)`` and noise ``(B, T, *space)`` for validation batch ``batch_idx``, seeded by
         the batch index: every validation pass scores the same (x0, t, ε) triples, so val/loss
-        moves only when the model does."""
+        moves only when the model does. Times are uniform whatever the training sampling."""
         generator = torch.Generator().manual_seed(batch_idx)
-        t = self.schedule.sample_time(len(x0), generator=generator).to(x0.device)
+        t = training_times(self.schedule, len(x0), "uniform", generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         return t, noise
 
     def validation_step(self, x0: Tensor, batch_idx: int) -> None:
         t, noise = self.validation_inputs(x0, batch_idx)
-        loss = denoising_loss(self, self.schedule, x0, t, noise).mean()
+        loss = denoising_loss(self, self.schedule, x0, t, noise).mean()  # unweighted: comparable across runs
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    def predict_step(self, request: Tensor, batch_idx: int) -> Tensor:
+        """``request = [(seed, n)]`` from the data module -> ``n`` samples ``(n, T, *space)``."""
+        seed, n = request.reshape(-1).tolist()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self.sampler.sample(self, self.schedule, (n, *self.sample_shape), generator, self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = checkpoint.get("hyper_parameters", {}).get("sample_shape")
+        if stored is not None and tuple(stored) != self.sample_shape:
+            raise ValueError(
+                f"the checkpoint was trained on samples of shape {tuple(stored)} (T, *space_shape), but the "
+                f"data gives {self.sample_shape}: use the data settings the checkpoint was trained with"
+            )
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

@@ -10,3 +10,16 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 @pytest.fixture
 def quickstart():
     return QUICKSTART
+
+
+def stdiff_subclasses(base):
+    """Concrete subclasses of ``base`` defined in the stdiff package (not tests, not jsonargparse's
+    ``LazyInstance_*`` wrappers), for registry-equals-subclasses checks."""
+    out, todo = set(), [base]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("stdiff.") and not getattr(sub, "__abstractmethods__", None):
+                if not sub.__name__.startswith("LazyInstance_"):
+                    out.add(sub)
+    return out

@@ -1,10 +1,12 @@
 """The real CLI: the quickstart trains and writes its outputs, every shipped config instantiates,
 and bad input exits with a message that names the problem, writing nothing."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, QUICKSTART, ROOT
@@ -137,3 +139,82 @@ def test_unknown_name_inside_a_composite_is_explained(tmp_path):
     out = run_cli(["fit", "--config", str(path), f"--trainer.default_root_dir={tmp_path}"], tmp_path)
     assert out.returncode != 0
     assert "unknown kernel 'Periodik'. Did you mean 'Periodic'?" in out.stderr
+
+
+def fit_tiny(tmp_path, *extra):
+    main(["fit", "--config", str(QUICKSTART), *TINY, f"--trainer.default_root_dir={tmp_path}", *extra])
+    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    return ckpt
+
+
+def test_validation_and_checkpoint_use_the_ema_weights(tmp_path):
+    ckpt = fit_tiny(tmp_path)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert "current_model_state" in state  # EMAWeightAveraging: state_dict holds the average
+    key = "backbone.blocks.0.attn.qkv.weight"
+    assert not torch.equal(state["state_dict"][key], state["current_model_state"][key])
+    # The logged val/loss is the EMA model's: recompute it from the checkpoint's state_dict.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(ckpt.parents[1])).Reload().Scalars("val/loss")[-1].value
+    model = DiffusionModule.load_from_checkpoint(ckpt, weights_only=True).eval()
+    cli = StdiffCLI(args=["--config", str(QUICKSTART), "--data.init_args.num_val=32"], run=False)
+    cli.datamodule.setup("validate")
+    from stdiff.diffusion import denoising_loss
+
+    total = 0.0
+    with torch.no_grad():
+        for i, x0 in enumerate(cli.datamodule.val_dataloader()):
+            t, noise = model.validation_inputs(x0, i)
+            total += denoising_loss(model, model.schedule, x0, t, noise).sum().item()
+    assert total / 32 == pytest.approx(logged, rel=1e-5)
+
+
+def test_resume_keeps_the_ema_state(tmp_path):
+    ckpt = fit_tiny(tmp_path)
+    main(["fit", "--config", str(QUICKSTART), *TINY[1:], "--trainer.max_steps=6", f"--ckpt_path={ckpt}",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    (resumed,) = (tmp_path / "lightning_logs" / "version_1" / "checkpoints").glob("*.ckpt")
+    state = torch.load(resumed, map_location="cpu", weights_only=True)
+    first = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 6
+    ema = next(v for k, v in state["callbacks"].items() if "EMAWeightAveraging" in k)
+    assert ema["latest_update_step"] == 6
+    key = "backbone.blocks.0.attn.qkv.weight"
+    # EMA continued from the stored average: new average = d^2 · old average + (1 − d) · (recent weights)
+    assert not torch.equal(state["state_dict"][key], first["state_dict"][key])
+
+
+def test_predict_with_the_exact_model_needs_no_checkpoint(tmp_path):
+    main(["predict", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_predict=70",
+          "--data.init_args.batch_size=32", "--model.sampler=DDIM", "--model.sampler.init_args.steps=5",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    samples = np.load(run / "samples.npy")
+    assert samples.shape == (70, 32, 8) and np.isfinite(samples).all()
+    meta = json.loads((run / "samples.json").read_text())
+    assert meta["oracle"] and meta["sampler"].startswith("DDIM(steps=5") and meta["checkpoint"] is None
+    assert (run / "config.yaml").exists()
+
+
+def test_predict_from_a_checkpoint_writes_samples(tmp_path):
+    ckpt = fit_tiny(tmp_path)
+    main(["predict", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.num_predict=8",
+          "--model.sampler.init_args.steps=3", "--sample_writer.format=pt", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    samples = torch.load(tmp_path / "lightning_logs" / "version_1" / "samples.pt", weights_only=True)
+    assert samples.shape == (8, 32, 8)
+
+
+def test_predict_with_a_checkpoint_of_another_shape_names_both_shapes(tmp_path):
+    ckpt = fit_tiny(tmp_path)
+    out = run_cli(["predict", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.frames=16",
+                   f"--trainer.default_root_dir={tmp_path}"], tmp_path)  # fmt: skip
+    assert out.returncode != 0
+    assert "trained on samples of shape (32, 8) (T, *space_shape), but the data gives (16, 8)" in out.stderr
+
+
+def test_predict_without_samples_requested_says_how_to_ask(tmp_path):
+    out = run_cli(["predict", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_predict=0",
+                   f"--trainer.default_root_dir={tmp_path}"], tmp_path)  # fmt: skip
+    assert out.returncode != 0 and "set data.init_args.num_predict" in out.stderr

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import stdiff_subclasses
 from stdiff.gp import grid
 from stdiff.kernels import (
     KERNELS,
@@ -60,18 +61,10 @@ EXPECTED = {
 EXPECTED_AT_ZERO = {"Sum": 2.0, "Scaled": 3.0}
 
 
-def concrete_subclasses(cls):
-    out = set()
-    for sub in cls.__subclasses__():
-        if not getattr(sub, "__abstractmethods__", None):
-            out.add(sub)
-        out |= concrete_subclasses(sub)
-    return out
 
 
 def test_registry_is_the_set_of_concrete_subclasses():
-    stdiff_classes = {c for c in concrete_subclasses(Kernel) if c.__module__.startswith("stdiff.")}
-    assert set(KERNELS.values()) == stdiff_classes
+    assert set(KERNELS.values()) == stdiff_subclasses(Kernel)
     assert set(EXAMPLES) == set(KERNELS)
 
 

@@ -8,13 +8,12 @@ float32 round-off is enough to make a smooth kernel indefinite.
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
 
-from stdiff._validation import check_positive
+from stdiff._validation import check_positive, init_repr
 
 
 def _as_coords(x: Tensor, name: str) -> Tensor:
@@ -66,10 +65,7 @@ class Kernel(ABC):
     __rmul__ = __mul__
 
     def __repr__(self) -> str:
-        # Parameters as passed to __init__, so error messages name the exact configuration.
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in names if hasattr(self, n))
-        return f"{type(self).__name__}({args})"
+        return init_repr(self)
 
 
 class StationaryKernel(Kernel):

@@ -1,10 +1,12 @@
 """Noise schedules. Every implementation is imported here and listed in ``SCHEDULES``."""
 
 from stdiff._validation import lookup
-from stdiff.schedules.base import NoiseSchedule
-from stdiff.schedules.vp import OrnsteinUhlenbeck
+from stdiff.schedules.base import NoiseSchedule, VPSchedule
+from stdiff.schedules.vp import Cosine, LinearBeta, OrnsteinUhlenbeck, SigmoidLogSNR
 
-SCHEDULES: dict[str, type[NoiseSchedule]] = {cls.__name__: cls for cls in (OrnsteinUhlenbeck,)}
+SCHEDULES: dict[str, type[NoiseSchedule]] = {
+    cls.__name__: cls for cls in (OrnsteinUhlenbeck, LinearBeta, Cosine, SigmoidLogSNR)
+}
 
 
 def get_schedule(name: str) -> type[NoiseSchedule]:
@@ -12,4 +14,13 @@ def get_schedule(name: str) -> type[NoiseSchedule]:
     return lookup("schedule", SCHEDULES, name)
 
 
-__all__ = ["SCHEDULES", "NoiseSchedule", "OrnsteinUhlenbeck", "get_schedule"]
+__all__ = [
+    "SCHEDULES",
+    "Cosine",
+    "LinearBeta",
+    "NoiseSchedule",
+    "OrnsteinUhlenbeck",
+    "SigmoidLogSNR",
+    "VPSchedule",
+    "get_schedule",
+]

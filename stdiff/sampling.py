@@ -1,0 +1,189 @@
+"""Samplers: from noise at ``t_max`` to a sample at the early-stopping time ``t_min``.
+
+Every sampler has the same signature, ``sampler.sample(model, schedule, shape, generator)``, and
+takes any noise model ``(x_t, t) -> ε̂`` (a trained network or ``ExactNoiseModel``). The time
+grid (``steps``, ``spacing``) is a sampler option. Nothing is clamped: GP data is unbounded.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from stdiff._validation import check_int, check_positive, check_range, init_repr
+from stdiff.diffusion import NoiseModel
+from stdiff.schedules import NoiseSchedule
+
+Spacing = Literal["uniform", "log_snr", "karras"]
+
+
+def time_grid(schedule: NoiseSchedule, steps: int, spacing: Spacing = "log_snr", rho: float = 7.0) -> Tensor:
+    """``steps + 1`` decreasing times from ``t_max`` to ``t_min`` (float64).
+
+    ``uniform``: equal steps in t. ``log_snr``: equal steps in λ = log(α²/σ²). ``karras``: the
+    noise-to-signal ratio σ/α spaced as in Karras et al. (2022, eq. 5) with exponent ``rho``.
+    """
+    check_int("steps", steps, 1)
+    if spacing == "uniform":
+        return torch.linspace(schedule.t_max, schedule.t_min, steps + 1, dtype=torch.float64)
+    ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
+    lam_lo, lam_hi = schedule.log_snr(ends)
+    if spacing == "log_snr":
+        lam = torch.linspace(lam_lo.item(), lam_hi.item(), steps + 1, dtype=torch.float64)
+    elif spacing == "karras":
+        check_positive("rho", rho)
+        s_max, s_min = torch.exp(-lam_lo / 2), torch.exp(-lam_hi / 2)  # σ/α at both ends
+        ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+        s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        lam = -2 * s.log()
+    else:
+        raise ValueError(f"spacing must be one of uniform, log_snr, karras, got {spacing!r}")
+    times = schedule.time_at_log_snr(lam)
+    times[0], times[-1] = schedule.t_max, schedule.t_min  # exact ends despite round-off
+    return times
+
+
+class Sampler(ABC):
+    """Integrates the reverse process over a time grid; subclasses implement one ``step``.
+
+    Args:
+        steps: number of steps (network evaluations per step depend on the method), >= 1.
+        spacing: time grid: ``uniform`` in t, ``log_snr`` (uniform in log-SNR) or ``karras``.
+        rho: exponent of the ``karras`` spacing.
+    """
+
+    def __init__(self, steps: int = 100, spacing: Spacing = "log_snr", rho: float = 7.0) -> None:
+        self.steps = check_int(f"{type(self).__name__}.steps", steps, 1)
+        if spacing not in ("uniform", "log_snr", "karras"):
+            raise ValueError(f"{type(self).__name__}.spacing must be one of uniform, log_snr, karras, got {spacing!r}")
+        self.spacing = spacing
+        self.rho = check_positive(f"{type(self).__name__}.rho", rho)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: NoiseModel,
+        schedule: NoiseSchedule,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """Draw samples of ``shape = (n, T, *space)`` at time ``t_min``.
+
+        Starts from N(0, (α(t_max)² + σ(t_max)²) I), the forward marginal of unit-variance data
+        (N(0, I) for variance-preserving schedules). ``progress(i, steps)`` is called after each
+        step.
+        """
+        device = generator.device if generator is not None and device is None else device
+        times = time_grid(schedule, self.steps, self.spacing, self.rho)
+        t_max = times[:1]
+        scale = math.sqrt((schedule.alpha(t_max) ** 2 + schedule.sigma(t_max) ** 2).item())
+        x = scale * torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+        for i in range(self.steps):
+            x = self.step(model, schedule, x, times[i].item(), times[i + 1].item(), generator)
+            if progress is not None:
+                progress(i + 1, self.steps)
+        return x
+
+    @abstractmethod
+    def step(self, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, t: float, s: float, generator) -> Tensor:
+        """Move ``x`` from time ``t`` to the earlier time ``s < t``."""
+
+    def __repr__(self) -> str:
+        return init_repr(self)
+
+
+# --- helpers shared by the steps -----------------------------------------------------------------
+
+
+def _at(schedule: NoiseSchedule, t: float) -> tuple[float, float]:
+    tt = torch.tensor(t, dtype=torch.float64)
+    return schedule.alpha(tt).item(), schedule.sigma(tt).item()
+
+
+def _eps(model: NoiseModel, x: Tensor, t: float) -> Tensor:
+    return model(x, torch.full((len(x),), t, dtype=x.dtype, device=x.device))
+
+
+def _noise(x: Tensor, generator) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _coefficient(fn: Callable[[Tensor], Tensor], t: float) -> float:
+    return fn(torch.tensor([t], dtype=torch.float64)).item()
+
+
+# --- samplers ------------------------------------------------------------------------------------
+
+
+class EulerMaruyama(Sampler):
+    """Euler–Maruyama on the reverse SDE ``dx = [f x − g² ∇log p_t(x)] dt + g dW̄`` (Song et al. 2021)."""
+
+    def step(self, model, schedule, x, t, s, generator):
+        h = t - s
+        f, g2 = _coefficient(schedule.drift, t), _coefficient(schedule.diffusion_sq, t)
+        score = -_eps(model, x, t) / _at(schedule, t)[1]
+        return x - h * (f * x - g2 * score) + math.sqrt(g2 * h) * _noise(x, generator)
+
+
+class Ancestral(Sampler):
+    """DDPM ancestral sampling: draw x_s from the Gaussian posterior q(x_s | x_t, x̂₀) (Ho et al.
+    2020, eq. 7, for any pair of times)."""
+
+    def step(self, model, schedule, x, t, s, generator):
+        (a_t, s_t), (a_s, s_s) = _at(schedule, t), _at(schedule, s)
+        eps = _eps(model, x, t)
+        x0 = (x - s_t * eps) / a_t
+        a_ts = a_t / a_s
+        var_ts = s_t**2 - a_ts**2 * s_s**2  # variance of x_t given x_s
+        mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
+        return mean + math.sqrt(var_ts * s_s**2 / s_t**2) * _noise(x, generator)
+
+
+class DDIM(Sampler):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12): η = 0 is deterministic, η = 1 is ancestral sampling.
+
+    Args:
+        steps: number of steps, >= 1.
+        spacing: time grid (see ``Sampler``).
+        rho: exponent of the ``karras`` spacing.
+        eta: η ∈ [0, 1], the fraction of the posterior noise injected at each step.
+    """
+
+    def __init__(self, steps: int = 100, spacing: Spacing = "log_snr", rho: float = 7.0, eta: float = 0.0) -> None:
+        super().__init__(steps, spacing, rho)
+        self.eta = check_range("DDIM.eta", eta, 0.0, 1.0, low_open=False)
+
+    def step(self, model, schedule, x, t, s, generator):
+        (a_t, s_t), (a_s, s_s) = _at(schedule, t), _at(schedule, s)
+        eps = _eps(model, x, t)
+        x0 = (x - s_t * eps) / a_t
+        var_ts = s_t**2 - (a_t / a_s) ** 2 * s_s**2
+        c = self.eta * math.sqrt(max(var_ts * s_s**2 / s_t**2, 0.0))
+        out = a_s * x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * eps
+        return out + c * _noise(x, generator) if c > 0 else out
+
+
+class Heun(Sampler):
+    """Heun's second-order method on the probability-flow ODE ``dx/dt = f x − ½ g² ∇log p_t(x)``
+    (Karras et al. 2022, Alg. 1): two model evaluations per step, no noise."""
+
+    def _velocity(self, model, schedule, x, t):
+        f, g2 = _coefficient(schedule.drift, t), _coefficient(schedule.diffusion_sq, t)
+        return f * x + 0.5 * g2 * _eps(model, x, t) / _at(schedule, t)[1]
+
+    def step(self, model, schedule, x, t, s, generator):
+        d1 = self._velocity(model, schedule, x, t)
+        x_euler = x + (s - t) * d1
+        d2 = self._velocity(model, schedule, x_euler, s)
+        return x + (s - t) * 0.5 * (d1 + d2)
+
+
+SAMPLERS: dict[str, type[Sampler]] = {cls.__name__: cls for cls in (EulerMaruyama, Ancestral, DDIM, Heun)}

@@ -1,0 +1,97 @@
+"""Parameterisations, loss weightings and training times, checked in closed form."""
+
+import math
+
+import pytest
+import torch
+
+from stdiff.diffusion import (
+    PARAMETERIZATIONS,
+    WEIGHTINGS,
+    ExactNoiseModel,
+    convert,
+    denoising_loss,
+    denoising_loss_floor,
+    diffuse,
+    get_parameterization,
+    loss_weight,
+    training_times,
+)
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import RBF, PoweredExponential
+from stdiff.schedules import SCHEDULES, OrnsteinUhlenbeck
+
+
+@pytest.mark.parametrize("schedule", [cls() for cls in SCHEDULES.values()], ids=list(SCHEDULES))
+def test_conversions_round_trip_for_every_schedule(schedule):
+    gen = torch.Generator().manual_seed(0)
+    n = 64
+    t = torch.linspace(schedule.t_min, schedule.t_max, n, dtype=torch.float64)
+    x0 = torch.randn(n, 6, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(n, 6, 3, generator=gen, dtype=torch.float64)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    x_t = diffuse(schedule, x0, t, eps)
+    a_, s_ = a[:, None, None], s[:, None, None]
+    truth = {"eps": eps, "x0": x0, "v": a_ * eps - s_ * x0, "score": -eps / s_}
+    assert set(truth) == set(PARAMETERIZATIONS)
+    for source in truth:
+        for target in truth:
+            got = convert(truth[source], source, target, x_t, a, s)
+            torch.testing.assert_close(got, truth[target], rtol=1e-9, atol=1e-9, msg=f"{source} -> {target}")
+
+
+def test_loss_weights_equal_the_implied_target_errors():
+    """Training on x0, v or score targets is the ε-loss times the documented weight."""
+    s = OrnsteinUhlenbeck()
+    gen = torch.Generator().manual_seed(1)
+    t = torch.linspace(0.01, 9.0, 32, dtype=torch.float64)
+    x0, eps, eps_hat = (torch.randn(32, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    a, sg = s.alpha(t), s.sigma(t)
+    x_t = diffuse(s, x0, t, eps)
+    eps_err = (eps_hat - eps).pow(2).mean(1)
+    for name in ("x0", "v", "score"):
+        pred, target = (convert(e, "eps", name, x_t, a, sg) for e in (eps_hat, eps))
+        torch.testing.assert_close((pred - target).pow(2).mean(1), loss_weight(name, a, sg) * eps_err)
+    snr = (a / sg) ** 2
+    torch.testing.assert_close(loss_weight("min_snr", a, sg, 5.0), torch.clamp(snr, max=5.0) / snr)
+    assert set(WEIGHTINGS) == {"eps", "x0", "v", "score", "min_snr"}
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown parameterization 'velocity'.*Valid parameterization names: eps, score, v, x0"):
+        get_parameterization("velocity")
+    with pytest.raises(ValueError, match=r"unknown loss weighting 'minsnr'. Did you mean 'min_snr'\?"):
+        loss_weight("minsnr", torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match=r"time spacing must be one of uniform, log_snr, got 'cosine'"):
+        training_times(OrnsteinUhlenbeck(), 4, "cosine")
+
+
+def test_training_times_uniform_in_t_or_log_snr():
+    s = OrnsteinUhlenbeck()
+    gen = torch.Generator().manual_seed(0)
+    t = training_times(s, 50_000, "uniform", gen)
+    assert t.min() >= s.t_min and t.max() <= s.t_max and abs(t.mean().item() - (s.t_min + s.t_max) / 2) < 0.05
+    t = training_times(s, 50_000, "log_snr", gen)
+    lam = s.log_snr(t.double())
+    lo, hi = s.log_snr(torch.tensor([s.t_max, s.t_min], dtype=torch.float64))
+    assert lam.min() >= lo - 1e-4 and lam.max() <= hi + 1e-4
+    assert abs(lam.mean().item() - (lo + hi).item() / 2) < 0.1  # uniform in λ: mean at the midpoint
+
+
+@pytest.mark.parametrize("weighting", ["eps", "score"])
+def test_exact_model_loss_equals_its_analytic_floor(weighting):
+    """With the exact model, E[w(t)‖ε̂ − ε‖²/d] = w(t) · (1/d) Σ_k α²λ_k/(α²λ_k + σ²), for any weighting."""
+    gp = KroneckerGP(PoweredExponential(3.0), RBF(1.0), frames=8, space_shape=(4,), mean=0.5)
+    schedule = OrnsteinUhlenbeck(t_min=0.05)
+    oracle = ExactNoiseModel(gp, schedule)
+    n = 20_000
+    gen = torch.Generator().manual_seed(0)
+    x0 = gp.sample(n, gen, dtype=torch.float64)
+    t = training_times(schedule, n, "uniform", gen).double()
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    loss = denoising_loss(oracle, schedule, x0, t, noise, weighting)
+    floor = loss_weight(weighting, schedule.alpha(t), schedule.sigma(t)) * denoising_loss_floor(gp, schedule, t)
+    excess = loss - floor
+    assert abs(excess.mean()) < 4 * excess.std() / math.sqrt(n)
+    biased = denoising_loss(lambda x, s: 1.2 * oracle(x, s), schedule, x0, t, noise, weighting) - floor
+    assert biased.mean() > 4 * biased.std() / math.sqrt(n)
