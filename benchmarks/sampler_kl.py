@@ -31,8 +31,13 @@ def reference_problem():
 def excess_kl(sampler, gp, schedule, n: int, floor: float, seed: int = 2) -> tuple[float, float]:
     """(excess KL of ``sampler``'s samples over ``floor``, seconds spent sampling)."""
     start = time.perf_counter()
-    x = sampler.sample(ExactNoiseModel(gp, schedule), schedule, (n, *gp.sample_shape),
-                       torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = sampler.sample(
+        ExactNoiseModel(gp, schedule),
+        schedule,
+        (n, *gp.sample_shape),
+        torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
     return gaussian_fit_kl(x, gp.mean, gp.covariance()) - floor, time.perf_counter() - start
 
 

@@ -145,8 +145,10 @@ class GPDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Sampling requests ``(seed, n)``, one per batch; the model turns each into n samples."""
         if self.num_predict == 0:
-            raise ValueError("predict needs a number of samples: set data.init_args.num_predict (e.g. "
-                             "--data.init_args.num_predict=1000)")
+            raise ValueError(
+                "predict needs a number of samples: set data.init_args.num_predict (e.g. "
+                "--data.init_args.num_predict=1000)"
+            )
         sizes = [min(self.batch_size, self.num_predict - i) for i in range(0, self.num_predict, self.batch_size)]
         requests = [torch.tensor([derive_seed(self.seed, PREDICT, k), n]) for k, n in enumerate(sizes)]
         return DataLoader(requests, batch_size=1)  # each batch: one request, shape (1, 2)

@@ -81,8 +81,9 @@ class DiffusionModule(L.LightningModule):
         if not self.use_oracle:
             return
         if stage == "fit":
-            raise ValueError("model.oracle=true uses the exact model, which has nothing to train: use it with "
-                             "validate or predict")
+            raise ValueError(
+                "model.oracle=true uses the exact model, which has nothing to train: use it with validate or predict"
+            )
         gp = getattr(self.trainer.datamodule, "gp", None)
         if gp is None:
             raise ValueError("model.oracle=true needs a data module with a `gp` attribute (a KroneckerGP)")

@@ -3,8 +3,9 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml"))  # used on top of the quickstart
+CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, QUICKSTART, ROOT
+from conftest import CONFIGS, OVERLAYS, QUICKSTART, ROOT
 
 from stdiff.cli import StdiffCLI, main
 from stdiff.data import GPDataModule
@@ -54,9 +54,12 @@ def test_quickstart_fit_writes_events_checkpoint_and_config(tmp_path):
     assert {"train/loss", "val/loss"} <= set(events.Tags()["scalars"])
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
-def test_every_config_instantiates(config):
-    cli = StdiffCLI(args=["--config", str(config)], run=False)
+CONFIG_ARGS = [[c] for c in CONFIGS] + [[QUICKSTART, o] for o in OVERLAYS]
+
+
+@pytest.mark.parametrize("configs", CONFIG_ARGS, ids=[str(c[-1].relative_to(ROOT)) for c in CONFIG_ARGS])
+def test_every_config_instantiates(configs):
+    cli = StdiffCLI(args=[a for c in configs for a in ("--config", str(c))], run=False)
     assert isinstance(cli.model, DiffusionModule)
     assert cli.model.sample_shape == cli.datamodule.sample_shape
     if isinstance(cli.datamodule, GPDataModule):
@@ -84,6 +87,14 @@ BAD = [
     (["--data.init_args.frames=1"], "frames must be an integer >= 2, got 1"),
     (["--data.init_args.space_shape=[]"], "space_shape must have 1 or 2 entries"),
     (["--model.backbone.init_args.heads=5"], "heads must be >= 1 and divide width=64, got heads=5"),
+    (["--model.sampler=Hune"], "unknown sampler 'Hune'. Did you mean 'Heun'? Valid sampler names: Ancestral, DDIM"),
+    (["--model.schedule=Cosin"], "unknown schedule 'Cosin'. Did you mean 'Cosine'? Valid schedule names: Cosine,"),
+    (
+        ["--model.parameterization=velocity"],
+        "Expected a typing.Literal['eps', 'x0', 'v', 'score']. Got value: velocity",
+    ),
+    (["--model.sampler.init_args.steps=0"], "Heun.steps must be an integer >= 1, got 0"),
+    (["--model.schedule.init_args.t_min=20"], "OrnsteinUhlenbeck.t_max must be > t_min=20.0, got 10.0"),
 ]
 
 
@@ -151,7 +162,7 @@ def test_validation_and_checkpoint_use_the_ema_weights(tmp_path):
     ckpt = fit_tiny(tmp_path)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert "current_model_state" in state  # EMAWeightAveraging: state_dict holds the average
-    key = "backbone.blocks.0.attn.qkv.weight"
+    key = "backbone.blocks.0.attn.attn.qkv.weight"
     assert not torch.equal(state["state_dict"][key], state["current_model_state"][key])
     # The logged val/loss is the EMA model's: recompute it from the checkpoint's state_dict.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -180,7 +191,7 @@ def test_resume_keeps_the_ema_state(tmp_path):
     assert state["global_step"] == 6
     ema = next(v for k, v in state["callbacks"].items() if "EMAWeightAveraging" in k)
     assert ema["latest_update_step"] == 6
-    key = "backbone.blocks.0.attn.qkv.weight"
+    key = "backbone.blocks.0.attn.attn.qkv.weight"
     # EMA continued from the stored average: new average = d^2 · old average + (1 − d) · (recent weights)
     assert not torch.equal(state["state_dict"][key], first["state_dict"][key])
 

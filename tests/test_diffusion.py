@@ -58,7 +58,9 @@ def test_loss_weights_equal_the_implied_target_errors():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown parameterization 'velocity'.*Valid parameterization names: eps, score, v, x0"):
+    with pytest.raises(
+        ValueError, match=r"unknown parameterization 'velocity'.*Valid parameterization names: eps, score, v, x0"
+    ):
         get_parameterization("velocity")
     with pytest.raises(ValueError, match=r"unknown loss weighting 'minsnr'. Did you mean 'min_snr'\?"):
         loss_weight("minsnr", torch.ones(1), torch.ones(1))

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import stdiff_subclasses
+
 from stdiff.gp import grid
 from stdiff.kernels import (
     KERNELS,
@@ -59,8 +59,6 @@ EXPECTED = {
     "Scaled": 3.0 * (1 + s5 + s5**2 / 3) * math.exp(-s5),
 }
 EXPECTED_AT_ZERO = {"Sum": 2.0, "Scaled": 3.0}
-
-
 
 
 def test_registry_is_the_set_of_concrete_subclasses():

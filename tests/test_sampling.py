@@ -93,7 +93,10 @@ def test_time_grids(schedule, spacing):
         (lambda: Heun(steps=0), r"Heun.steps must be an integer >= 1, got 0"),
         (lambda: EulerMaruyama(steps=-3), r"EulerMaruyama.steps must be an integer >= 1, got -3"),
         (lambda: DDIM(eta=1.5), r"DDIM.eta must lie in \[0.0, 1.0\], got 1.5"),
-        (lambda: Ancestral(spacing="cosine"), r"Ancestral.spacing must be one of uniform, log_snr, karras, got 'cosine'"),
+        (
+            lambda: Ancestral(spacing="cosine"),
+            r"Ancestral.spacing must be one of uniform, log_snr, karras, got 'cosine'",
+        ),
         (lambda: Heun(rho=0.0), r"Heun.rho must be a finite number > 0"),
     ],
 )

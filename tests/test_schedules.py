@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
+from conftest import QUICKSTART, stdiff_subclasses
 
 from stdiff.cli import StdiffCLI
 from stdiff.schedules import SCHEDULES, Cosine, LinearBeta, NoiseSchedule, OrnsteinUhlenbeck, SigmoidLogSNR, VPSchedule
-
-from conftest import QUICKSTART, stdiff_subclasses
 
 ALL = [cls() for cls in SCHEDULES.values()]
 IDS = list(SCHEDULES)
@@ -17,8 +16,6 @@ IDS = list(SCHEDULES)
 
 def grid(s, n=401):
     return torch.linspace(s.t_min, s.t_max, n, dtype=torch.float64)
-
-
 
 
 def test_registry_is_the_set_of_concrete_subclasses():
@@ -59,7 +56,9 @@ def test_documented_endpoints():
     assert ou.sigma(torch.tensor(1e-3, dtype=torch.float64)).item() == pytest.approx(math.sqrt(1 - math.exp(-1e-3)))
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     lb = LinearBeta()
-    torch.testing.assert_close(lb.alpha(t), torch.tensor([1.0, math.exp(-0.5 * (0.1 + 0.5 * 19.9))], dtype=torch.float64))
+    torch.testing.assert_close(
+        lb.alpha(t), torch.tensor([1.0, math.exp(-0.5 * (0.1 + 0.5 * 19.9))], dtype=torch.float64)
+    )
     assert Cosine().alpha(torch.tensor(0.0, dtype=torch.float64)).item() == pytest.approx(1.0)
     sg = SigmoidLogSNR(logsnr_max=8.0, logsnr_min=-12.0, shift=-1.0)
     torch.testing.assert_close(sg.log_snr(t), torch.tensor([7.0, -13.0], dtype=torch.float64))

@@ -1,7 +1,8 @@
 """Diffusion transformer over spatial-temporal tokens (Peebles & Xie 2023, adaLN-Zero blocks).
 
-``(B, T, *space)`` → tokens ``(B, T, P, D)`` (here one token per frame, P = 1, the paper's
-frames-as-tokens setting) → blocks → ``(B, T, *space)``. The network knows nothing of noise
+``(B, T, *space)`` → patchify each frame into P tokens → ``(B, T, P, D)`` → blocks, each with an
+attention plug-in → unpatchify → ``(B, T, *space)``. With ``patch_size=None`` a whole frame is
+one token (P = 1), the paper's frames-as-tokens setting. The network knows nothing of noise
 schedules: it maps ``(x_t, c)`` to a tensor shaped like ``x_t``.
 """
 
@@ -9,19 +10,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
 from stdiff._validation import check_int, check_positive
 from stdiff.nn.attention import Attention, FullAttention
-from stdiff.nn.embeddings import NoiseEmbedding, sinusoidal_positions
+from stdiff.nn.embeddings import NoiseEmbedding, sinusoidal_grid, sinusoidal_positions
 
 AttentionFactory = Callable[[int, int], Attention]  # (width, heads) -> Attention
 
 
 class Backbone(nn.Module):
     """Contract of a denoising network: ``__init__(sample_shape, …)`` and
-    ``forward(x (B, T, *space), c (B,)) -> (B, T, *space)``.
+    ``forward(x (B, T, *space), c (B,)) -> (B, T, *space)``, c the noise conditioning (log-SNR).
 
     Args:
         sample_shape: ``(T, *space_shape)`` of one sample; the CLI links it from the data.
@@ -33,6 +35,54 @@ class Backbone(nn.Module):
         if len(sample_shape) not in (2, 3) or any(not isinstance(n, int) or n < 1 for n in sample_shape):
             raise ValueError(f"sample_shape must be (T, S) or (T, H, W) of positive ints, got {sample_shape!r}")
         self.sample_shape = sample_shape
+
+    def check_input(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"{type(self).__name__} built for samples of shape {self.sample_shape}, got input {tuple(x.shape)}"
+            )
+
+
+# --- patches ------------------------------------------------------------------------------------
+
+
+def patch_sizes(space_shape: tuple[int, ...], patch_size: int | Sequence[int] | None) -> tuple[int, ...]:
+    """Validated patch size per spatial axis (``None``: the whole frame)."""
+    if patch_size is None:
+        return space_shape
+    sizes = (patch_size,) * len(space_shape) if isinstance(patch_size, int) else tuple(patch_size)
+    if len(sizes) != len(space_shape):
+        raise ValueError(f"patch_size must have {len(space_shape)} entries for space {space_shape}, got {patch_size!r}")
+    for axis, (n, p) in enumerate(zip(space_shape, sizes)):
+        if not isinstance(p, int) or p < 1 or n % p:
+            raise ValueError(
+                f"patch_size {p!r} must be a positive divisor of the spatial size {n} (axis {axis} of {space_shape})"
+            )
+    return sizes
+
+
+def patchify(x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """``(B, T, *space) -> (B, T, P, prod(sizes))``, patches in row-major order."""
+    b, t, *space = x.shape
+    grid = [n // p for n, p in zip(space, sizes)]
+    split = [v for g, p in zip(grid, sizes) for v in (g, p)]  # g1, p1, g2, p2
+    x = x.reshape(b, t, *split)
+    k = len(space)
+    order = [0, 1, *[2 + 2 * i for i in range(k)], *[3 + 2 * i for i in range(k)]]  # grid axes, then patch axes
+    return x.permute(order).reshape(b, t, math.prod(grid), math.prod(sizes))
+
+
+def unpatchify(tokens: Tensor, sizes: tuple[int, ...], space: tuple[int, ...]) -> Tensor:
+    """Inverse of ``patchify``: ``(B, T, P, prod(sizes)) -> (B, T, *space)``."""
+    b, t = tokens.shape[:2]
+    grid = [n // p for n, p in zip(space, sizes)]
+    k = len(space)
+    x = tokens.reshape(b, t, *grid, *sizes)
+    order = [0, 1, *[v for i in range(k) for v in (2 + i, 2 + k + i)]]  # interleave g_i, p_i
+    return x.permute(order).reshape(b, t, *space)
+
+
+# --- blocks -------------------------------------------------------------------------------------
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -75,39 +125,61 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+# --- the model ----------------------------------------------------------------------------------
+
+
 class DiT(Backbone):
-    """Diffusion transformer with one token per frame.
+    """Diffusion transformer over T frames of P patches each.
 
     Args:
         sample_shape: ``(T, *space_shape)``, linked from the data by the CLI.
+        patch_size: patch size along each spatial axis (an int for all axes); ``None`` makes a
+            whole frame one token (P = 1, the paper's setting). Must divide the spatial sizes.
         width: D, the token width.
         depth: number of transformer blocks.
         heads: attention heads per block; must divide ``width``.
         mlp_ratio: hidden width of the MLPs as a multiple of ``width``.
-        attention: the attention variant, a class taking ``(width, heads)``.
+        attention: the attention variant, a class taking ``(width, heads)`` (+ its own options).
+        position_embedding: ``separate``: sinusoidal frame positions plus sinusoidal patch
+            positions (2-D sin-cos on a 2-D grid), each over all channels; ``joint_2d``: one 2-D
+            sin-cos embedding of the (frame, patch) token grid, half the channels each.
     """
 
     def __init__(
         self,
         sample_shape: Sequence[int],
+        patch_size: int | list[int] | None = None,
         width: int = 128,
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 4.0,
         attention: AttentionFactory = FullAttention,
+        position_embedding: Literal["separate", "joint_2d"] = "separate",
     ) -> None:
         super().__init__(sample_shape)
-        check_int("width", width, 2)
-        if width % 2:
-            raise ValueError(f"width must be even (sinusoidal positions), got {width}")
+        check_int("width", width, 4)
+        if width % 4:
+            raise ValueError(f"width must be divisible by 4 (sinusoidal positions), got {width}")
         check_int("depth", depth, 1)
         check_positive("mlp_ratio", mlp_ratio)
-        frames, patch_features = self.sample_shape[0], math.prod(self.sample_shape[1:])
-        self.embed = nn.Linear(patch_features, width)
-        self.register_buffer("pos", sinusoidal_positions(frames, width)[:, None, :], persistent=False)  # (T, 1, D)
+        frames, space = self.sample_shape[0], self.sample_shape[1:]
+        self.patch = patch_sizes(space, patch_size)
+        grid = tuple(n // p for n, p in zip(space, self.patch))
+        self.num_patches, features = math.prod(grid), math.prod(self.patch)
+
+        self.embed = nn.Linear(features, width)
+        if position_embedding == "separate":
+            pos = sinusoidal_positions(frames, width)[:, None, :]  # (T, 1, D)
+            if self.num_patches > 1:
+                pos = pos + sinusoidal_grid(grid, width)[None, :, :]  # + (1, P, D)
+        elif position_embedding == "joint_2d":
+            pos = sinusoidal_grid((frames, self.num_patches), width).reshape(frames, self.num_patches, width)
+        else:
+            raise ValueError(f"position_embedding must be 'separate' or 'joint_2d', got {position_embedding!r}")
+        self.register_buffer("pos", pos, persistent=False)  # (T, P or 1, D)
         self.noise_embed = NoiseEmbedding(width)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, attention) for _ in range(depth))
-        self.final = FinalLayer(width, patch_features)
+        self.final = FinalLayer(width, features)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -128,11 +200,9 @@ class DiT(Backbone):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """``x (B, T, *space)``, ``c (B,)`` noise conditioning -> ``(B, T, *space)``."""
-        b, t = x.shape[:2]
-        if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"DiT built for samples of shape {self.sample_shape}, got input {tuple(x.shape)}")
-        tokens = self.embed(x.reshape(b, t, 1, -1)) + self.pos  # (B, T, P=1, D)
+        self.check_input(x)
+        tokens = self.embed(patchify(x, self.patch)) + self.pos  # (B, T, P, D)
         cond = self.noise_embed(c)  # (B, D)
         for block in self.blocks:
             tokens = block(tokens, cond)
-        return self.final(tokens, cond).reshape(x.shape)  # (B, T, 1, S) -> (B, T, *space)
+        return unpatchify(self.final(tokens, cond), self.patch, self.sample_shape[1:])

@@ -17,6 +17,19 @@ def sinusoidal_positions(n: int, dim: int, max_period: float = 10_000.0) -> Tens
     return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
 
 
+def sinusoidal_grid(shape: tuple[int, ...], dim: int) -> Tensor:
+    """Fixed position features ``(prod(shape), dim)`` for the points of a 1-D or 2-D grid in
+    row-major order; in 2-D, half of the channels encode the row and half the column (the fixed
+    2-D sin-cos embedding of DiT / MAE)."""
+    if len(shape) == 1:
+        return sinusoidal_positions(shape[0], dim)
+    if dim % 4:
+        raise ValueError(f"a 2-D position embedding needs a width divisible by 4, got {dim}")
+    rows = sinusoidal_positions(shape[0], dim // 2)[:, None, :].expand(*shape, dim // 2)
+    cols = sinusoidal_positions(shape[1], dim // 2)[None, :, :].expand(*shape, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(-1, dim)
+
+
 class NoiseEmbedding(nn.Module):
     """Embeds a conditioning scalar per sample, ``c (B,) -> (B, D)``: Fourier features with
     geometrically spaced frequencies, then a two-layer MLP (as DiT's ``TimestepEmbedder``).

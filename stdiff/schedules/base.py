@@ -48,7 +48,7 @@ class NoiseSchedule(ABC):
 
     def diffusion_sq(self, t: Tensor) -> Tensor:
         """g(t)² = dσ²/dt − 2 f(t) σ² = −σ² dλ/dt of the forward SDE (Song et al. 2021)."""
-        return -self.sigma(t) ** 2 * _derivative(self.log_snr, t)
+        return -(self.sigma(t) ** 2) * _derivative(self.log_snr, t)
 
     def time_at_log_snr(self, lam: Tensor) -> Tensor:
         """Inverse of ``log_snr`` on ``[t_min, t_max]`` (bisection in float64; override with a
@@ -117,5 +117,3 @@ class VPSchedule(NoiseSchedule):
 
     def drift(self, t: Tensor) -> Tensor:
         return _derivative(self.log_alpha, t)
-
-

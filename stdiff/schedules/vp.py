@@ -62,7 +62,6 @@ class LinearBeta(VPSchedule):
         return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
 
 
-
 class Cosine(VPSchedule):
     """Cosine schedule (Nichol & Dhariwal 2021): α(t) = cos(π/2 · (t + s)/(1 + s)) / cos(π/2 · s/(1 + s))
     on t ∈ (0, 1). α reaches 0 at t = 1, so the horizon must stay below 1.
@@ -84,7 +83,6 @@ class Cosine(VPSchedule):
     def log_alpha(self, t: Tensor) -> Tensor:
         s = self.offset
         return torch.log(torch.cos(0.5 * math.pi * (t + s) / (1 + s))) - math.log(math.cos(0.5 * math.pi * s / (1 + s)))
-
 
 
 class SigmoidLogSNR(VPSchedule):
@@ -122,4 +120,3 @@ class SigmoidLogSNR(VPSchedule):
 
     def time_at_log_snr(self, lam: Tensor) -> Tensor:
         return (lam.to(torch.float64) - self.shift - self.logsnr_max) / (self.logsnr_min - self.logsnr_max)
-
