@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import stdiff.data
 from stdiff._validation import unknown_name_message
-from stdiff.callbacks import SampleWriter
+from stdiff.callbacks import GPDiagnostics, SampleWriter
 from stdiff.kernels import KERNELS
 from stdiff.module import DiffusionModule
 from stdiff.nn import ATTENTIONS, BACKBONES
@@ -102,8 +102,18 @@ class StdiffCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data decides the sample shape; the model is built for it (never written twice).
         parser.link_arguments("data.sample_shape", "model.sample_shape", apply_on="instantiate")
-        # Always present, so that `stdiff predict` writes its samples (options under sample_writer:).
+        # Always present, configurable under their own keys: `stdiff predict` writes its samples,
+        # every validation and test is scored against the exact GP.
         parser.add_lightning_class_args(SampleWriter, "sample_writer")
+        parser.add_lightning_class_args(GPDiagnostics, "diagnostics")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Diagnostics must run their epoch-end work before EMAWeightAveraging swaps the training
+        # weights back in, so that they score the same (EMA) weights as val/loss.
+        first = [cb for cb in trainer.callbacks if isinstance(cb, GPDiagnostics)]
+        trainer.callbacks = first + [cb for cb in trainer.callbacks if not isinstance(cb, GPDiagnostics)]
+        return trainer
 
     def instantiate_classes(self) -> None:
         # A ValueError from a constructor is a configuration error: report it like a parse

@@ -23,7 +23,7 @@ from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel
 
 # Purposes of derived seeds: each gets its own, independent branch of the seed tree.
-STREAM, TRAIN, VAL, PREDICT = 0, 1, 2, 3
+STREAM, TRAIN, VAL, PREDICT, TEST = 0, 1, 2, 3, 4
 
 
 def derive_seed(seed: int, *key: int) -> int:
@@ -84,7 +84,7 @@ class GPDataModule(L.LightningDataModule):
         batch_size: samples per batch on each device.
         num_train: size of a fixed training set (sample-complexity studies); ``None`` streams
             fresh samples forever, so steps, not epochs, bound training.
-        num_val: size of the fixed, seeded validation set.
+        num_val: size of the fixed, seeded validation set, and of the separate test set.
         seed: root of every derived seed.
         num_workers: DataLoader worker processes (0 = generate in the main process).
         num_predict: how many samples ``stdiff predict`` generates (in batches of ``batch_size``,
@@ -117,6 +117,7 @@ class GPDataModule(L.LightningDataModule):
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
         self._train: Tensor | None = None
         self._val: Tensor | None = None
+        self._test: Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -128,6 +129,8 @@ class GPDataModule(L.LightningDataModule):
             self._train = sample_fixed(self.gp, self.num_train, derive_seed(self.seed, TRAIN))
         if stage in ("fit", "validate") and self._val is None:
             self._val = sample_fixed(self.gp, self.num_val, derive_seed(self.seed, VAL))
+        if stage == "test" and self._test is None:
+            self._test = sample_fixed(self.gp, self.num_val, derive_seed(self.seed, TEST))
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
@@ -141,6 +144,9 @@ class GPDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(Samples(self._val), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(Samples(self._test), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         """Sampling requests ``(seed, n)``, one per batch; the model turns each into n samples."""

@@ -16,6 +16,7 @@ from stdiff._validation import check_positive
 from stdiff.diffusion import (
     ExactNoiseModel,
     denoising_loss,
+    diffuse,
     get_parameterization,
     per_sample,
     training_times,
@@ -115,10 +116,21 @@ class DiffusionModule(L.LightningModule):
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         return t, noise
 
-    def validation_step(self, x0: Tensor, batch_idx: int) -> None:
+    def validation_step(self, x0: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(x0, batch_idx, "val")
+
+    def test_step(self, x0: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(x0, batch_idx, "test")
+
+    def _evaluate(self, x0: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
+        """Unweighted ε-loss on seeded (x0, t, ε) triples (comparable across runs and weightings);
+        returns what diagnostics need, so they cost no second forward pass."""
         t, noise = self.validation_inputs(x0, batch_idx)
-        loss = denoising_loss(self, self.schedule, x0, t, noise).mean()  # unweighted: comparable across runs
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(x0))
+        x_t = diffuse(self.schedule, x0, t, noise)
+        noise_pred = self(x_t, t)
+        loss = (noise_pred - noise).pow(2).flatten(1).mean(1)
+        self.log(f"{stage}/loss", loss.mean(), prog_bar=True, sync_dist=True, batch_size=len(x0))
+        return {"x0": x0, "t": t, "noise": noise, "x_t": x_t, "noise_pred": noise_pred, "loss": loss}
 
     # --- sampling ----------------------------------------------------------------------------
 

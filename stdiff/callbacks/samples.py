@@ -1,5 +1,4 @@
-"""Lightning callbacks of stdiff: writing generated samples. (EMA, checkpoints, progress bars
-and throughput come from Lightning itself.)"""
+"""``SampleWriter``: what `stdiff predict` generated, written to the run directory."""
 
 from __future__ import annotations
 

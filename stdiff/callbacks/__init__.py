@@ -1,0 +1,7 @@
+"""stdiff's Lightning callbacks: truth-checking diagnostics and the predict writer. EMA,
+checkpoints, progress bars and throughput come from Lightning itself."""
+
+from stdiff.callbacks.diagnostics import GPDiagnostics
+from stdiff.callbacks.samples import SampleWriter
+
+__all__ = ["GPDiagnostics", "SampleWriter"]

@@ -1,0 +1,252 @@
+"""``GPDiagnostics``: every validation and test scored against the exact GP, in TensorBoard, as
+PNG figures and in ``metrics.json``.
+
+Every validation (cheap): relative score error per log-SNR bin and the excess ε-loss over the
+exact model on the same inputs (from the validation step's outputs, no extra forward pass), and
+the alignment of each layer's temporal attention with Γ at a few noise levels, next to the same
+network at random initialisation. Every ``sample_every`` validations during fit, and always in
+``stdiff validate`` / ``stdiff test``: ``num_samples`` generated samples scored by
+``stdiff.metrics.sample_distances`` (each number beside its finite-sample floor).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from stdiff.kernels import Kernel
+from stdiff.metrics import (
+    SampleDistance,
+    ScoreError,
+    attention_alignment,
+    correlation_by_lag,
+    factor_covariances,
+    temporal_map,
+)
+from stdiff.nn.attention import capture_attention
+
+
+class GPDiagnostics(Callback):
+    """Scores the model against the data module's exact ``gp`` (disabled, with a warning, when
+    the data module has none).
+
+    Args:
+        num_samples: samples generated for the sample-based metrics (split across ranks).
+        sample_every: during fit, compute the sample-based metrics every this many validations
+            (0: never during fit; validate and test always do).
+        score_bins: number of log-SNR bins of the score error.
+        attention_log_snr: noise levels (log-SNR) at which attention is compared with Γ.
+        reference_kernel: compare attention with this temporal kernel's Γ instead of the data's
+            (the control: a model trained on Γ = I should not align with a real kernel).
+        figures: write PNG figures to ``<run>/figures`` and to TensorBoard.
+        seed: seed of the generated and the exact (floor) samples.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        sample_every: int = 4,
+        score_bins: int = 8,
+        attention_log_snr: list[float] = [4.0, 0.0, -4.0],  # noqa: B006 (jsonargparse shows the default)
+        reference_kernel: Kernel | None = None,
+        figures: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if num_samples < 2:
+            raise ValueError(f"GPDiagnostics.num_samples must be >= 2, got {num_samples}")
+        if sample_every < 0 or score_bins < 1:
+            raise ValueError(f"sample_every must be >= 0 and score_bins >= 1, got {sample_every}, {score_bins}")
+        self.num_samples, self.sample_every, self.score_bins = num_samples, sample_every, score_bins
+        self.attention_log_snr = list(attention_log_snr)
+        self.reference_kernel, self.figures, self.seed = reference_kernel, figures, seed
+        self.gp = None
+        self.results: dict[str, float] = {}
+        self._validations = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.gp = getattr(trainer.datamodule, "gp", None)
+        if self.gp is None:
+            rank_zero_warn("GPDiagnostics: the data module has no `gp`; truth-checking metrics are off.")
+            return
+        schedule = pl_module.schedule
+        ends = schedule.log_snr(torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64))
+        self.score = ScoreError(torch.linspace(ends[0].item(), ends[1].item(), self.score_bins + 1))
+        self.gamma = self.gp.gamma
+        if self.reference_kernel is not None:
+            self.gamma = self.reference_kernel(torch.arange(self.gp.frames, dtype=torch.float64)[:, None])
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self.gp is not None:
+            self.score = self.score.to(pl_module.device)
+            self.score.reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.gp is None or trainer.sanity_checking or not isinstance(outputs, dict):
+            return
+        schedule, t = pl_module.schedule, outputs["t"]
+        alpha, sigma = schedule.alpha(t.double()), schedule.sigma(t.double())
+        exact = self.gp.score(outputs["x_t"].double(), alpha, sigma)  # (B, T, *space), float64
+        sig = sigma.reshape(-1, *[1] * (exact.ndim - 1))
+        score = -outputs["noise_pred"].double() / sig
+        loss_exact = (-sig * exact - outputs["noise"].double()).pow(2).flatten(1).mean(1)
+        self.score.update(score, exact, schedule.log_snr(t.double()), outputs["loss"], loss_exact)
+
+    on_test_batch_end = on_validation_batch_end
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.gp is None or trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == "fit"
+        self._validations += 1
+        with_samples = not fitting or (self.sample_every > 0 and self._validations % self.sample_every == 0)
+        self._report(trainer, pl_module, "val", with_samples)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.gp is not None:
+            self._report(trainer, pl_module, "test", True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate" and self.gp is not None:
+            self._write_json(trainer, "validate")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self.gp is not None:
+            self._write_json(trainer, "test")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.gp is not None and self.results:
+            self._write_json(trainer, "fit")
+
+    # --- the metrics -----------------------------------------------------------------------------
+
+    def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
+        results = {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()}
+        results.update(self._attention(trainer, pl_module, stage))
+        if with_samples:
+            results.update(self._samples(trainer, pl_module, stage))
+        for name, value in results.items():
+            if math.isfinite(value):
+                pl_module.log(name, value, sync_dist=False)  # already reduced across ranks
+        self.results = {**self.results, **results}
+        if self.figures and trainer.is_global_zero:
+            bins = [k.split("logsnr_")[1] for k in results if "/score_rel_error/logsnr_" in k]
+            values = [v for k, v in results.items() if "/score_rel_error/logsnr_" in k]
+            from stdiff.callbacks.figures import score_error_figure
+
+            self._save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
+
+    def _attention(self, trainer, pl_module, stage: str) -> dict[str, float]:
+        """Alignment of each temporal attention map with Γ at each noise level, for the model and
+        for the same network at random initialisation (the control)."""
+        backbone = getattr(pl_module, "backbone", None)
+        if backbone is None or pl_module.oracle is not None:
+            return {}
+        control = copy.deepcopy(backbone)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            if hasattr(control, "reset_parameters"):
+                control.reset_parameters()
+        x0 = self.gp.sample(64, torch.Generator().manual_seed(self.seed)).to(pl_module.device)
+        out: dict[str, float] = {}
+        for label, net in (("", backbone), ("random_init/", control)):
+            best = []
+            for lam in self.attention_log_snr:
+                maps = self._temporal_maps(net, pl_module, x0, lam)
+                if not maps:
+                    return {}
+                for name, m in maps.items():
+                    a = attention_alignment(m, self.gamma)
+                    out[f"{stage}/attention/{label}{name}/logsnr_{lam:+.1f}/pearson"] = a["pearson"].mean().item()
+                    out[f"{stage}/attention/{label}{name}/logsnr_{lam:+.1f}/rel_frob"] = a["rel_frob"].mean().item()
+                    best.append(a["pearson"].max().item())
+                if label == "" and self.figures and trainer.is_global_zero:
+                    from stdiff.callbacks.figures import attention_figure
+
+                    self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}", attention_figure(maps, self.gamma, lam))
+            out[f"{stage}/attention/{label}pearson_best"] = max(best)
+        return out
+
+    def _temporal_maps(self, net, pl_module, x0, lam: float) -> dict:
+        schedule = pl_module.schedule
+        t = schedule.time_at_log_snr(torch.full((len(x0),), lam, dtype=torch.float64)).clamp(schedule.t_min, schedule.t_max)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.seed + 1)).to(x0)
+        t = t.to(x0)
+        x_t = schedule.alpha(t).reshape(-1, *[1] * (x0.ndim - 1)) * x0 + schedule.sigma(t).reshape(-1, *[1] * (x0.ndim - 1)) * noise
+        with capture_attention(net) as maps:
+            net(x_t, schedule.log_snr(t))
+        frames = self.gp.frames
+        return {n.removeprefix("blocks."): temporal_map(m, frames) for n, m in maps.items()
+                if not n.endswith("spatial") and m.shape[-1] % frames == 0}  # fmt: skip
+
+    def _samples(self, trainer, pl_module, stage: str) -> dict[str, float]:
+        """Generate ``num_samples`` (split across ranks) and score them against the GP."""
+        world, rank = trainer.world_size, trainer.global_rank
+        n = math.ceil(self.num_samples / world)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1000 + rank)
+        bar = None
+        if trainer.is_global_zero and trainer.progress_bar_callback is not None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False)
+        x = pl_module.sampler.sample(
+            pl_module, pl_module.schedule, (n, *self.gp.sample_shape), generator, pl_module.device,
+            progress=(lambda i, total: bar.update(1)) if bar is not None else None,
+        )  # fmt: skip
+        if bar is not None:
+            bar.close()
+        metric = SampleDistance(self.gp, self.seed).to(pl_module.device)
+        metric.update(x)
+        if self.gp.dim > metric.full_max_dim or len(x) * world <= 2 * self.gp.dim:
+            rank_zero_warn(
+                f"GPDiagnostics: {len(x) * world} samples in dimension {self.gp.dim}: full-covariance KL and W2 "
+                f"need more than {2 * self.gp.dim} samples and dimension <= {metric.full_max_dim}; reporting the "
+                f"structured metrics only."
+            )
+        values = metric.compute()
+        if self.figures and trainer.is_global_zero:
+            self._sample_figures(trainer, stage, x.double().cpu())
+        return {f"{stage}/samples/{k}": v for k, v in values.items()}
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def _sample_figures(self, trainer, stage: str, x) -> None:
+        from stdiff.callbacks.figures import correlation_figure, covariance_figure, paths_figure
+
+        gamma_hat, sigma_hat = factor_covariances(self.gp, x)
+        exact = self.gp.sample(len(x), torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+        self._save_figure(trainer, f"{stage}_covariances",
+                          covariance_figure({"Γ": self.gp.gamma, "Σ": self.gp.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}))  # fmt: skip
+        self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))
+        self._save_figure(trainer, f"{stage}_correlation_vs_lag",
+                          correlation_figure(correlation_by_lag(self.gp.gamma), correlation_by_lag(gamma_hat)))  # fmt: skip
+
+    def _save_figure(self, trainer, name: str, fig) -> None:
+        import matplotlib.pyplot as plt
+
+        directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "figures")
+        os.makedirs(directory, exist_ok=True)
+        fig.savefig(os.path.join(directory, f"{name}_step{trainer.global_step}.png"), dpi=90)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(name, fig, global_step=trainer.global_step)
+        plt.close(fig)
+
+    def _write_json(self, trainer, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        directory = trainer.log_dir or trainer.default_root_dir
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "metrics.json"), "w") as f:
+            json.dump({"stage": stage, "global_step": trainer.global_step, "metrics": self.results}, f, indent=1)

@@ -1,0 +1,79 @@
+"""Figures of a run against the truth (matplotlib, headless): each function returns a Figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def _heatmap(ax, m: Tensor, title: str, vmin=None, vmax=None) -> None:
+    im = ax.imshow(m.detach().cpu().float().numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def attention_figure(maps: dict[str, Tensor], gamma: Tensor, log_snr: float) -> Figure:
+    """One row per attention layer: each head's frame-to-frame map ``(T, T)``, then Γ."""
+    rows = max(len(maps), 1)
+    heads = max((m.shape[0] for m in maps.values()), default=1)
+    fig, axes = plt.subplots(rows, heads + 1, figsize=(2.2 * (heads + 1), 2.1 * rows), squeeze=False)
+    for r, (name, m) in enumerate(maps.items()):
+        for h in range(heads):
+            _heatmap(axes[r, h], m[h], f"{name} head {h}")
+        _heatmap(axes[r, heads], gamma, "true Γ")
+    fig.suptitle(f"attention vs temporal kernel, log-SNR {log_snr:+.1f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def covariance_figure(true: dict[str, Tensor], generated: dict[str, Tensor]) -> Figure:
+    """True vs generated temporal (Γ) and spatial (Σ) covariance heatmaps on shared colour scales."""
+    fig, axes = plt.subplots(len(true), 2, figsize=(6, 2.8 * len(true)), squeeze=False)
+    for r, name in enumerate(true):
+        lo, hi = min(true[name].min(), generated[name].min()).item(), max(true[name].max(), generated[name].max()).item()
+        _heatmap(axes[r, 0], true[name], f"true {name}", lo, hi)
+        _heatmap(axes[r, 1], generated[name], f"generated {name}", lo, hi)
+    fig.tight_layout()
+    return fig
+
+
+def paths_figure(true: Tensor, generated: Tensor, count: int = 5) -> Figure:
+    """A few sample paths over time at the first spatial point: exact samples vs generated."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8), sharey=True)
+    for ax, x, title in ((axes[0], true, "exact samples"), (axes[1], generated, "generated")):
+        paths = x.reshape(len(x), x.shape[1], -1)[:count, :, 0].detach().cpu().float().numpy()
+        ax.plot(paths.T, lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("frame")
+    fig.tight_layout()
+    return fig
+
+
+def correlation_figure(true: Tensor, generated: Tensor) -> Figure:
+    """Temporal correlation against lag: γ(h) of the truth vs the generated samples."""
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(true.cpu().numpy(), "k-", label="true γ(h)")
+    ax.plot(generated.cpu().numpy(), "o", ms=3, label="generated")
+    ax.set_xlabel("lag h (frames)")
+    ax.set_ylabel("correlation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def score_error_figure(bins: list[str], values: list[float]) -> Figure:
+    """Relative score error per log-SNR bin."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(len(values)), values)
+    ax.set_xticks(range(len(values)), bins, rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("E‖ŝ − s*‖² / E‖s*‖²")
+    ax.set_xlabel("log-SNR bin")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,36 @@
+"""How far a model is from the truth: distances of samples to the true GP (plain functions) and
+torchmetrics ``Metric``s that accumulate them across batches and DDP ranks."""
+
+from stdiff.metrics.attention import attention_alignment, temporal_map
+from stdiff.metrics.distances import (
+    correlation_by_lag,
+    early_stopping_kl,
+    factor_covariances,
+    gaussian_fit_kl,
+    gaussian_fit_kl_floor,
+    gaussian_kl,
+    gaussian_w2,
+    ks_normal,
+    sample_distances,
+    sample_statistics,
+    whiten,
+)
+from stdiff.metrics.tracking import SampleDistance, ScoreError
+
+__all__ = [
+    "SampleDistance",
+    "attention_alignment",
+    "temporal_map",
+    "ScoreError",
+    "correlation_by_lag",
+    "early_stopping_kl",
+    "factor_covariances",
+    "gaussian_fit_kl",
+    "gaussian_fit_kl_floor",
+    "gaussian_kl",
+    "gaussian_w2",
+    "ks_normal",
+    "sample_distances",
+    "sample_statistics",
+    "whiten",
+]

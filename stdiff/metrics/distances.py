@@ -1,0 +1,163 @@
+"""Distances between samples and the true Gaussian process (plain torch, float64).
+
+Every estimator here is biased upwards by sampling noise: even exact samples give a positive KL
+or covariance error. ``sample_distances`` therefore reports each value next to its *floor*, the
+same estimator on the same number of exact samples, and the excess over it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from stdiff.gp import KroneckerGP
+
+# --- Gaussians in closed form -----------------------------------------------------------------
+
+
+def gaussian_kl(m1: Tensor, c1: Tensor, m2: Tensor, c2: Tensor) -> float:
+    """KL(N(m1, c1) ‖ N(m2, c2)) for d-dimensional Gaussians (float64, Cholesky of c2)."""
+    chol = torch.linalg.cholesky(c2)
+    diff = (m2 - m1)[:, None]
+    trace = torch.cholesky_solve(c1, chol).diagonal().sum()
+    quad = (diff * torch.cholesky_solve(diff, chol)).sum()
+    logdet = 2 * chol.diagonal().log().sum() - torch.linalg.slogdet(c1).logabsdet
+    return 0.5 * (trace + quad - len(m1) + logdet).item()
+
+
+def _sqrtm_psd(c: Tensor) -> Tensor:
+    evals, evecs = torch.linalg.eigh(c)
+    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+
+
+def gaussian_w2(m1: Tensor, c1: Tensor, m2: Tensor, c2: Tensor) -> float:
+    """2-Wasserstein distance between Gaussians: ‖m1 − m2‖² + tr(c1 + c2 − 2 (c2^½ c1 c2^½)^½),
+    the Bures metric on the covariances (Dowson & Landau 1982); returns W2, not W2²."""
+    root = _sqrtm_psd(c2)
+    cross = _sqrtm_psd(root @ c1 @ root)
+    w2_sq = (m1 - m2).pow(2).sum() + c1.trace() + c2.trace() - 2 * cross.trace()
+    return math.sqrt(max(w2_sq.item(), 0.0))
+
+
+def _moments(samples: Tensor) -> tuple[Tensor, Tensor]:
+    x = samples.reshape(len(samples), -1).to(torch.float64)
+    return x.mean(0), torch.cov(x.T)
+
+
+def gaussian_fit_kl(samples: Tensor, mean: Tensor, cov: Tensor) -> float:
+    """KL(N(m̂, Ĉ) ‖ N(mean, cov)) between the Gaussian fitted to ``samples (n, …)`` (empirical mean
+    and unbiased covariance over d = prod(…) coordinates) and the truth. Needs n > d; even exact
+    samples give about d(d + 1) / (4n)."""
+    n, d = len(samples), samples[0].numel()
+    if n <= d:
+        raise ValueError(f"a Gaussian fit in {d} dimensions needs more than {d} samples, got {n}")
+    m_hat, c_hat = _moments(samples)
+    return gaussian_kl(m_hat, c_hat, mean.reshape(-1).to(m_hat), cov.to(m_hat))
+
+
+# --- structured statistics of a KroneckerGP -------------------------------------------------------
+
+
+def whiten(gp: KroneckerGP, x: Tensor) -> Tensor:
+    """Whitened coordinates ``(n, T·S)``: Λ^{-1/2} in the Kronecker eigenbasis of ``x − μ``; i.i.d.
+    N(0, 1) exactly when x ~ GP."""
+    y = gp._to_eigenbasis(x - gp.mean.to(x.device))  # (n, T, S)
+    return (y / gp._eigenvalues(y.device).sqrt()).reshape(len(x), -1)
+
+
+def ks_normal(z: Tensor) -> float:
+    """Kolmogorov–Smirnov statistic of the values ``z`` against N(0, 1)."""
+    z = z.reshape(-1).to(torch.float64).sort().values
+    n = len(z)
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return torch.maximum(i / n - cdf, cdf - (i - 1) / n).max().item()
+
+
+def _inverse(evals: Tensor, evecs: Tensor) -> Tensor:
+    return (evecs / evals) @ evecs.T
+
+
+def factor_covariances(gp: KroneckerGP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Empirical temporal covariance Γ̂ = (1/nS) Σ_i X_i Σ⁻¹ X_iᵀ ``(T, T)`` and spatial covariance
+    Σ̂ = (1/nT) Σ_i X_iᵀ Γ⁻¹ X_i ``(S, S)`` of centred samples X_i (T × S), each whitened by the
+    other true factor so that E[Γ̂] = Γ and E[Σ̂] = Σ under the truth."""
+    xc = (x.to(torch.float64) - gp.mean.to(x.device)).reshape(len(x), gp.frames, gp.num_points)  # (n, T, S)
+    sigma_inv = _inverse(gp.sigma_evals, gp.sigma_evecs).to(x.device)
+    gamma_inv = _inverse(gp.gamma_evals, gp.gamma_evecs).to(x.device)
+    gamma_hat = torch.einsum("nts,nvs->tv", xc @ sigma_inv, xc) / (len(x) * gp.num_points)
+    sigma_hat = torch.einsum("nts,ntv->sv", gamma_inv @ xc, xc) / (len(x) * gp.frames)
+    return gamma_hat, sigma_hat
+
+
+def correlation_by_lag(cov: Tensor) -> Tensor:
+    """Average correlation at each lag h = 0..T−1 from a temporal covariance ``(T, T)`` -> ``(T,)``."""
+    std = cov.diagonal().sqrt()
+    corr = cov / (std[:, None] * std[None, :])
+    return torch.stack([corr.diagonal(h).mean() for h in range(len(cov))])
+
+
+def sample_statistics(gp: KroneckerGP, x: Tensor, full_max_dim: int = 1024) -> dict[str, float]:
+    """Distances of samples ``x (n, T, *space)`` to ``gp`` (see module docstring for the floors).
+
+    Always: ``whitened_norm`` (mean ‖K^{-1/2}(x − μ)‖² / d, 1 under the truth), ``ks`` (whitened
+    coordinates against N(0, 1)), ``gamma_rel_frob``/``sigma_rel_frob`` (relative Frobenius error
+    of Γ̂, Σ̂), ``gamma_kl``/``sigma_kl`` (T- and S-dimensional Gaussian KLs of Γ̂, Σ̂ to Γ, Σ) and
+    ``corr_lag_max_error`` (largest error of the correlation at any lag). When d = T·S <=
+    ``full_max_dim`` and n > 2d: the full Gaussian-fit ``kl`` and ``w2``.
+    """
+    n, d = len(x), gp.dim
+    z = whiten(gp, x)
+    gamma_hat, sigma_hat = factor_covariances(gp, x)
+    zero_t = torch.zeros(gp.frames, dtype=torch.float64, device=x.device)
+    zero_s = torch.zeros(gp.num_points, dtype=torch.float64, device=x.device)
+    gamma, sigma = gp.gamma.to(x.device), gp.sigma.to(x.device)
+    out = {
+        "whitened_norm": (z**2).sum(1).mean().item() / d,
+        "ks": ks_normal(z),
+        "gamma_rel_frob": ((gamma_hat - gamma).norm() / gamma.norm()).item(),
+        "sigma_rel_frob": ((sigma_hat - sigma).norm() / sigma.norm()).item(),
+        "gamma_kl": gaussian_kl(zero_t, gamma_hat, zero_t, gamma),
+        "sigma_kl": gaussian_kl(zero_s, sigma_hat, zero_s, sigma),
+        "corr_lag_max_error": (correlation_by_lag(gamma_hat) - correlation_by_lag(gamma)).abs().max().item(),
+    }
+    if d <= full_max_dim and n > 2 * d:
+        m_hat, c_hat = _moments(x)
+        mean, cov = gp.mean.reshape(-1).to(m_hat), gp.covariance().to(m_hat)
+        out["kl"] = gaussian_kl(m_hat, c_hat, mean, cov)
+        out["w2"] = gaussian_w2(m_hat, c_hat, mean, cov)
+    return out
+
+
+def sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:
+    """``sample_statistics`` of ``x`` with, for each, ``<name>_floor`` (the same statistic of as
+    many exact samples, drawn with ``seed``) and ``<name>_excess`` (the difference; for
+    ``whitened_norm`` the excess of |value − 1|)."""
+    values = sample_statistics(gp, x, full_max_dim)
+    exact = gp.sample(len(x), torch.Generator().manual_seed(seed), dtype=torch.float64)
+    floors = sample_statistics(gp, exact, full_max_dim)
+    out = dict(values)
+    for name, floor in floors.items():
+        out[f"{name}_floor"] = floor
+        if name == "whitened_norm":
+            out[f"{name}_excess"] = abs(values[name] - 1) - abs(floor - 1)
+        else:
+            out[f"{name}_excess"] = values[name] - floor
+    return out
+
+
+def gaussian_fit_kl_floor(gp: KroneckerGP, n: int, seed: int = 0) -> float:
+    """``gaussian_fit_kl`` of ``n`` exact samples of ``gp``: what sampling noise alone gives."""
+    x = gp.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return gaussian_fit_kl(x, gp.mean, gp.covariance())
+
+
+def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float) -> float:
+    """KL(N(αμ, α²K + σ²I) ‖ N(μ, K)) in closed form, K = Γ ⊗ Σ: how far the noised data at the
+    early-stopping time is from the data itself, the bias left when sampling stops at t₀ > 0."""
+    lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
+    ratio = (alpha**2 * lam + sigma**2) / lam
+    mu = gp._to_eigenbasis(gp.mean[None])[0].reshape(-1)
+    return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * (1 - alpha) ** 2 * (mu**2 / lam).sum()).item()
