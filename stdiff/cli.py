@@ -35,6 +35,7 @@ _KEY_KIND = {
     "spatial": "kernel",
     "kernel": "kernel",
     "kernels": "kernel",
+    "reference_kernel": "kernel",
     "schedule": "schedule",
     "backbone": "backbone",
     "attention": "attention",

@@ -21,6 +21,7 @@ TINY = [
     "--trainer.log_every_n_steps=1",
     "--data.init_args.num_val=32",
     "--trainer.enable_progress_bar=false",
+    "--diagnostics.figures=false",
 ]
 
 
@@ -229,3 +230,52 @@ def test_predict_without_samples_requested_says_how_to_ask(tmp_path):
     out = run_cli(["predict", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_predict=0",
                    f"--trainer.default_root_dir={tmp_path}"], tmp_path)  # fmt: skip
     assert out.returncode != 0 and "set data.init_args.num_predict" in out.stderr
+
+
+def read_metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_validate_with_the_exact_model_has_zero_score_error(tmp_path):
+    main(["validate", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_val=128",
+          "--diagnostics.num_samples=600", "--model.sampler.init_args.steps=300", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    out = read_metrics(run)
+    assert out["stage"] == "validate"
+    m = out["metrics"]
+    assert m["val/score_rel_error"] < 1e-10 and abs(m["val/excess_loss"]) < 1e-7
+    # 600 samples in d = 256: the full-covariance KL is estimated, next to its floor
+    assert {"val/samples/kl", "val/samples/kl_floor", "val/samples/w2_excess", "val/samples/ks_excess"} <= set(m)
+    assert abs(m["val/samples/gamma_rel_frob_excess"]) < 0.05
+    # Samples stop at t0, where the exact covariance is α²K + σ²I: the whitened norm is
+    # (1/d) Σ (α²λ + σ²)/λ, far from 1 in K's smallest directions; the exact model reproduces it.
+    cli = StdiffCLI(args=["--config", str(QUICKSTART)], run=False)
+    gp, schedule = cli.datamodule.gp, cli.model.schedule
+    t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
+    lam = (gp.gamma_evals[:, None] * gp.sigma_evals[None, :]).reshape(-1)
+    expected = ((schedule.alpha(t0) ** 2 * lam + schedule.sigma(t0) ** 2) / lam).mean().item()
+    assert m["val/samples/whitened_norm"] == pytest.approx(expected, rel=0.03)
+    assert m["val/samples/early_stopping_kl"] > 0
+    figures = {p.name.split("_step")[0] for p in (run / "figures").glob("*.png")}
+    assert {"val_covariances", "val_paths", "val_correlation_vs_lag", "val_score_error"} <= figures
+
+
+def test_fit_and_test_write_diagnostics(tmp_path):
+    ckpt = fit_tiny(tmp_path, "--diagnostics.sample_every=1", "--diagnostics.num_samples=64",
+                    "--model.sampler.init_args.steps=4")  # fmt: skip
+    fit = read_metrics(ckpt.parents[1])
+    assert fit["stage"] == "fit" and fit["global_step"] == 4
+    m = fit["metrics"]
+    assert 0 < m["val/score_rel_error"] and "val/attention/pearson_best" in m
+    assert "val/attention/random_init/pearson_best" in m
+    assert "val/samples/gamma_kl_excess" in m and "val/samples/kl" not in m  # 64 samples: structured only
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set(EventAccumulator(str(ckpt.parents[1])).Reload().Tags()["scalars"])
+    assert {"val/score_rel_error", "val/excess_loss", "val/attention/pearson_best", "val/samples/ks_excess"} <= tags
+    main(["test", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.num_val=64",
+          "--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    out = read_metrics(tmp_path / "lightning_logs" / "version_1")
+    assert out["stage"] == "test" and "test/score_rel_error" in out["metrics"] and "test/samples/ks" in out["metrics"]

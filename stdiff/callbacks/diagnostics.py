@@ -28,6 +28,7 @@ from stdiff.metrics import (
     ScoreError,
     attention_alignment,
     correlation_by_lag,
+    early_stopping_kl,
     factor_covariances,
     temporal_map,
 )
@@ -151,7 +152,7 @@ class GPDiagnostics(Callback):
         """Alignment of each temporal attention map with Γ at each noise level, for the model and
         for the same network at random initialisation (the control)."""
         backbone = getattr(pl_module, "backbone", None)
-        if backbone is None or pl_module.oracle is not None:
+        if backbone is None or getattr(pl_module, "oracle", None) is not None:
             return {}
         control = copy.deepcopy(backbone)
         with torch.random.fork_rng(devices=[]):
@@ -215,6 +216,11 @@ class GPDiagnostics(Callback):
                 f"structured metrics only."
             )
         values = metric.compute()
+        t0 = torch.tensor(pl_module.schedule.t_min, dtype=torch.float64)
+        # How far the truth at t0 (where sampling stops) is from the data: part of every KL above.
+        values["early_stopping_kl"] = early_stopping_kl(
+            self.gp, pl_module.schedule.alpha(t0).item(), pl_module.schedule.sigma(t0).item()
+        )
         if self.figures and trainer.is_global_zero:
             self._sample_figures(trainer, stage, x.double().cpu())
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
@@ -249,4 +255,5 @@ class GPDiagnostics(Callback):
         directory = trainer.log_dir or trainer.default_root_dir
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "metrics.json"), "w") as f:
-            json.dump({"stage": stage, "global_step": trainer.global_step, "metrics": self.results}, f, indent=1)
+            metrics = {k: (v if math.isfinite(v) else None) for k, v in self.results.items()}  # JSON has no NaN
+            json.dump({"stage": stage, "global_step": trainer.global_step, "metrics": metrics}, f, indent=1)
