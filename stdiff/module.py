@@ -110,9 +110,11 @@ class DiffusionModule(L.LightningModule):
     def validation_inputs(self, x0: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
         """Times ``(B,)`` and noise ``(B, T, *space)`` for validation batch ``batch_idx``, seeded by
         the batch index: every validation pass scores the same (x0, t, ε) triples, so val/loss
-        moves only when the model does. Times are uniform whatever the training sampling."""
+        moves only when the model does. Times are uniform in log-SNR, whatever the training
+        sampling, so that every noise level (and every bin of the score-error diagnostic) is
+        represented evenly."""
         generator = torch.Generator().manual_seed(batch_idx)
-        t = training_times(self.schedule, len(x0), "uniform", generator).to(x0.device)
+        t = training_times(self.schedule, len(x0), "log_snr", generator).to(x0.device, x0.dtype)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         return t, noise
 
