@@ -58,17 +58,28 @@ class GPStream(IterableDataset):
             index += 1
 
 
-class Samples(Dataset):
-    """A fixed tensor of samples ``(n, T, *space)`` as a map-style dataset."""
+def evaluation_set(gp: KroneckerGP, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed evaluation set: samples ``x0 (n, T, *space)``, the noise ``(n, T, *space)`` and the
+    uniform variates ``u (n,)`` (mapped to diffusion times by the model) each sample is scored
+    with. Fixing all three per sample makes validation identical for any batch size and number
+    of processes."""
+    x0 = sample_fixed(gp, n, derive_seed(seed, 0))
+    generator = torch.Generator().manual_seed(derive_seed(seed, 1))
+    return x0, torch.randn(x0.shape, generator=generator), torch.rand(n, generator=generator)
 
-    def __init__(self, x: Tensor) -> None:
-        self.x = x
+
+class Samples(Dataset):
+    """Fixed tensors sharing their first dimension as a map-style dataset: item i is ``x[i]``, or
+    the tuple of the i-th rows of several tensors."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.tensors = tensors
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.tensors[0])
 
-    def __getitem__(self, i: int) -> Tensor:
-        return self.x[i]
+    def __getitem__(self, i: int):
+        return self.tensors[0][i] if len(self.tensors) == 1 else tuple(x[i] for x in self.tensors)
 
 
 class GPDataModule(L.LightningDataModule):
@@ -84,7 +95,8 @@ class GPDataModule(L.LightningDataModule):
         batch_size: samples per batch on each device.
         num_train: size of a fixed training set (sample-complexity studies); ``None`` streams
             fresh samples forever, so steps, not epochs, bound training.
-        num_val: size of the fixed, seeded validation set, and of the separate test set.
+        num_val: size of the fixed, seeded validation set, and of the separate test set; their
+            batches are ``(x0, noise, u)`` (see ``evaluation_set``).
         seed: root of every derived seed.
         num_workers: DataLoader worker processes (0 = generate in the main process).
         num_predict: how many samples ``stdiff predict`` generates (in batches of ``batch_size``,
@@ -116,8 +128,8 @@ class GPDataModule(L.LightningDataModule):
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
         self._train: Tensor | None = None
-        self._val: Tensor | None = None
-        self._test: Tensor | None = None
+        self._val: tuple[Tensor, Tensor, Tensor] | None = None
+        self._test: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -128,9 +140,9 @@ class GPDataModule(L.LightningDataModule):
         if stage == "fit" and self.num_train is not None and self._train is None:
             self._train = sample_fixed(self.gp, self.num_train, derive_seed(self.seed, TRAIN))
         if stage in ("fit", "validate") and self._val is None:
-            self._val = sample_fixed(self.gp, self.num_val, derive_seed(self.seed, VAL))
+            self._val = evaluation_set(self.gp, self.num_val, derive_seed(self.seed, VAL))
         if stage == "test" and self._test is None:
-            self._test = sample_fixed(self.gp, self.num_val, derive_seed(self.seed, TEST))
+            self._test = evaluation_set(self.gp, self.num_val, derive_seed(self.seed, TEST))
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
@@ -143,10 +155,10 @@ class GPDataModule(L.LightningDataModule):
         return DataLoader(Samples(self._train), batch_size=self.batch_size, shuffle=True, **common)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(Samples(self._val), batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(Samples(*self._val), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(Samples(self._test), batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(Samples(*self._test), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         """Sampling requests ``(seed, n)``, one per batch; the model turns each into n samples."""

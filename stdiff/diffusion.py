@@ -148,6 +148,16 @@ def denoising_loss(
 TIME_SAMPLING = ("uniform", "log_snr")
 
 
+def times_from_uniform(schedule: NoiseSchedule, u: Tensor, spacing: str = "uniform") -> Tensor:
+    """Map uniform variates ``u`` in [0, 1] to diffusion times: uniform in t, or uniform in log-SNR."""
+    if spacing == "uniform":
+        return schedule.t_min + (schedule.t_max - schedule.t_min) * u
+    if spacing == "log_snr":
+        lo, hi = (schedule.log_snr(torch.tensor(t, dtype=torch.float64)) for t in (schedule.t_max, schedule.t_min))
+        return schedule.time_at_log_snr(lo + (hi - lo) * u.double()).to(u)
+    raise ValueError(f"time spacing must be one of {', '.join(TIME_SAMPLING)}, got {spacing!r}")
+
+
 def training_times(
     schedule: NoiseSchedule,
     n: int,
@@ -156,13 +166,7 @@ def training_times(
     device=None,
 ) -> Tensor:
     """``n`` diffusion times ``(n,)`` on ``[t_min, t_max]``: uniform in t, or uniform in log-SNR."""
-    u = torch.rand(n, generator=generator, device=device)
-    if spacing == "uniform":
-        return schedule.t_min + (schedule.t_max - schedule.t_min) * u
-    if spacing == "log_snr":
-        lo, hi = (schedule.log_snr(torch.tensor(t, dtype=torch.float64)) for t in (schedule.t_max, schedule.t_min))
-        return schedule.time_at_log_snr(lo + (hi - lo) * u.double()).to(u)
-    raise ValueError(f"time spacing must be one of {', '.join(TIME_SAMPLING)}, got {spacing!r}")
+    return times_from_uniform(schedule, torch.rand(n, generator=generator, device=device), spacing)
 
 
 # --- the exact model ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from stdiff.diffusion import (
     diffuse,
     get_parameterization,
     per_sample,
+    times_from_uniform,
     training_times,
 )
 from stdiff.nn import DiT
@@ -107,27 +108,30 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_inputs(self, x0: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
-        """Times ``(B,)`` and noise ``(B, T, *space)`` for validation batch ``batch_idx``, seeded by
-        the batch index: every validation pass scores the same (x0, t, ε) triples, so val/loss
-        moves only when the model does. Times are uniform in log-SNR, whatever the training
-        sampling, so that every noise level (and every bin of the score-error diagnostic) is
-        represented evenly."""
-        generator = torch.Generator().manual_seed(batch_idx)
-        t = training_times(self.schedule, len(x0), "log_snr", generator).to(x0.device, x0.dtype)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-        return t, noise
+    def evaluation_inputs(self, batch, batch_idx: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x0, t, noise)`` of a validation or test batch. Times are uniform in log-SNR, whatever
+        the training sampling, so every noise level (and every bin of the score-error diagnostic)
+        is represented evenly. A batch ``(x0, noise, u)`` (``GPDataModule``) fixes noise and time
+        per sample; a plain ``x0`` batch gets both from a generator seeded by the batch index.
+        Either way every pass scores the same triples, so the loss moves only when the model does."""
+        if isinstance(batch, (tuple, list)):
+            x0, noise, u = batch
+        else:
+            x0, generator = batch, torch.Generator().manual_seed(batch_idx)
+            u = torch.rand(len(x0), generator=generator).to(x0.device)
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        return x0, times_from_uniform(self.schedule, u, "log_snr").to(x0.dtype), noise
 
-    def validation_step(self, x0: Tensor, batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(x0, batch_idx, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, batch_idx, "val")
 
-    def test_step(self, x0: Tensor, batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(x0, batch_idx, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, batch_idx, "test")
 
-    def _evaluate(self, x0: Tensor, batch_idx: int, stage: str) -> dict[str, Tensor]:
-        """Unweighted ε-loss on seeded (x0, t, ε) triples (comparable across runs and weightings);
+    def _evaluate(self, batch, batch_idx: int, stage: str) -> dict[str, Tensor]:
+        """Unweighted ε-loss on fixed (x0, t, ε) triples (comparable across runs and weightings);
         returns what diagnostics need, so they cost no second forward pass."""
-        t, noise = self.validation_inputs(x0, batch_idx)
+        x0, t, noise = self.evaluation_inputs(batch, batch_idx)
         x_t = diffuse(self.schedule, x0, t, noise)
         noise_pred = self(x_t, t)
         loss = (noise_pred - noise).pow(2).flatten(1).mean(1)

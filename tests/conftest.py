@@ -5,7 +5,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # Overlays are used on top of the quickstart: --config configs/quickstart.yaml --config <overlay>
-OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml")) + sorted((ROOT / "configs" / "controls").glob("*.yaml"))
+OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml")) + sorted(
+    (ROOT / "configs" / "controls").glob("*.yaml")
+)
 CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS))
 
 

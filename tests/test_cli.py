@@ -176,8 +176,8 @@ def test_validation_and_checkpoint_use_the_ema_weights(tmp_path):
 
     total = 0.0
     with torch.no_grad():
-        for i, x0 in enumerate(cli.datamodule.val_dataloader()):
-            t, noise = model.validation_inputs(x0, i)
+        for i, batch in enumerate(cli.datamodule.val_dataloader()):
+            x0, t, noise = model.evaluation_inputs(batch, i)
             total += denoising_loss(model, model.schedule, x0, t, noise).sum().item()
     assert total / 32 == pytest.approx(logged, rel=1e-5)
 
@@ -279,3 +279,21 @@ def test_fit_and_test_write_diagnostics(tmp_path):
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     out = read_metrics(tmp_path / "lightning_logs" / "version_1")
     assert out["stage"] == "test" and "test/score_rel_error" in out["metrics"] and "test/samples/ks" in out["metrics"]
+
+
+def test_two_process_validation_matches_one_process(tmp_path):
+    """DDP on the CPU (the CLI in a subprocess, Lightning's own launcher): the loss, score error
+    and attention metrics equal those of one process, since every sample carries its own noise
+    and time and the metrics reduce across ranks."""
+    ckpt = fit_tiny(tmp_path)
+    args = ["validate", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.num_val=64",
+            "--diagnostics.num_samples=64", "--diagnostics.figures=false", "--model.sampler.init_args.steps=3",
+            "--trainer.enable_progress_bar=false", "--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    for devices in (1, 2):
+        out = run_cli([*args, f"--trainer.devices={devices}"], tmp_path, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    one, two = (read_metrics(tmp_path / "lightning_logs" / f"version_{v}")["metrics"] for v in (1, 2))
+    keys = [k for k in one if "/samples/" not in k]  # samples differ: each rank draws its own
+    assert "val/score_rel_error" in keys and "val/attention/pearson_best" in keys
+    for k in keys:
+        assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-8), k

@@ -75,10 +75,19 @@ def test_validation_set_is_fixed_and_separate_from_training():
     dm, again = make_dm(num_val=16), make_dm(num_val=16)
     dm.setup("fit")
     again.setup("validate")
-    val = rows(list(dm.val_dataloader()))
-    assert val.shape == (16, 24)
-    assert torch.equal(val, rows(list(again.val_dataloader())))
+    batches = list(dm.val_dataloader())
+    x0, noise, u = (torch.cat(parts) for parts in zip(*batches))  # fixed (x0, noise, u) triples
+    assert x0.shape == noise.shape == (16, 6, 4) and u.shape == (16,) and 0 <= u.min() and u.max() <= 1
+    for a, b in zip(batches, again.val_dataloader()):
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+    val = rows([x0])
     assert_disjoint([val], first_batches(make_dm(), 3))
+    # a different batch size serves the same triples: validation does not depend on batching
+    other = make_dm(num_val=16, batch_size=5)
+    other.setup("validate")
+    assert torch.equal(torch.cat([b[0] for b in other.val_dataloader()]), x0)
+    dm.setup("test")
+    assert_disjoint([val], [torch.cat([b[0] for b in dm.test_dataloader()])])
 
 
 def test_sample_shape_is_exposed_for_linking():

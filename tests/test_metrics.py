@@ -11,12 +11,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stdiff.gp import KroneckerGP
-from stdiff.kernels import RBF, Matern, PoweredExponential
+from stdiff.kernels import Matern, PoweredExponential
 from stdiff.metrics import (
     SampleDistance,
     ScoreError,
     attention_alignment,
-    gaussian_fit_kl,
     gaussian_kl,
     gaussian_w2,
     ks_normal,
@@ -100,7 +99,9 @@ def test_score_error_of_the_exact_score_is_zero_and_bins_separate():
 
 def test_sample_distance_rejects_the_wrong_shape():
     metric = SampleDistance(small_gp())
-    with pytest.raises(ValueError, match=r"samples must have shape \(n, 8, 4\) \(n, T, \*space_shape\), got \(3, 8, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"samples must have shape \(n, 8, 4\) \(n, T, \*space_shape\), got \(3, 8, 5\)"
+    ):
         metric.update(torch.zeros(3, 8, 5))
 
 

@@ -133,13 +133,14 @@ class GPDiagnostics(Callback):
     # --- the metrics -----------------------------------------------------------------------------
 
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
+        self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
         results = {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()}
         results.update(self._attention(trainer, pl_module, stage))
         if with_samples:
             results.update(self._samples(trainer, pl_module, stage))
         for name, value in results.items():
             if math.isfinite(value):
-                pl_module.log(name, value, sync_dist=False)  # already reduced across ranks
+                pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
         self.results = {**self.results, **results}
         if self.figures and trainer.is_global_zero:
             bins = [k.split("logsnr_")[1] for k in results if "/score_rel_error/logsnr_" in k]
@@ -175,16 +176,23 @@ class GPDiagnostics(Callback):
                 if label == "" and self.figures and trainer.is_global_zero:
                     from stdiff.callbacks.figures import attention_figure
 
-                    self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}", attention_figure(maps, self.gamma, lam))
+                    self._save_figure(
+                        trainer, f"{stage}_attention_logsnr{lam:+.0f}", attention_figure(maps, self.gamma, lam)
+                    )
             out[f"{stage}/attention/{label}pearson_best"] = max(best)
         return out
 
     def _temporal_maps(self, net, pl_module, x0, lam: float) -> dict:
         schedule = pl_module.schedule
-        t = schedule.time_at_log_snr(torch.full((len(x0),), lam, dtype=torch.float64)).clamp(schedule.t_min, schedule.t_max)
+        t = schedule.time_at_log_snr(torch.full((len(x0),), lam, dtype=torch.float64)).clamp(
+            schedule.t_min, schedule.t_max
+        )
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.seed + 1)).to(x0)
         t = t.to(x0)
-        x_t = schedule.alpha(t).reshape(-1, *[1] * (x0.ndim - 1)) * x0 + schedule.sigma(t).reshape(-1, *[1] * (x0.ndim - 1)) * noise
+        x_t = (
+            schedule.alpha(t).reshape(-1, *[1] * (x0.ndim - 1)) * x0
+            + schedule.sigma(t).reshape(-1, *[1] * (x0.ndim - 1)) * noise
+        )
         with capture_attention(net) as maps:
             net(x_t, schedule.log_snr(t))
         frames = self.gp.frames
@@ -200,7 +208,9 @@ class GPDiagnostics(Callback):
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False)
+            bar = tqdm(
+                total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
+            )
         x = pl_module.sampler.sample(
             pl_module, pl_module.schedule, (n, *self.gp.sample_shape), generator, pl_module.device,
             progress=(lambda i, total: bar.update(1)) if bar is not None else None,
@@ -241,7 +251,7 @@ class GPDiagnostics(Callback):
     def _save_figure(self, trainer, name: str, fig) -> None:
         import matplotlib.pyplot as plt
 
-        directory = os.path.join(trainer.log_dir or trainer.default_root_dir, "figures")
+        directory = os.path.join(self._dir, "figures")
         os.makedirs(directory, exist_ok=True)
         fig.savefig(os.path.join(directory, f"{name}_step{trainer.global_step}.png"), dpi=90)
         for logger in trainer.loggers:
@@ -249,11 +259,19 @@ class GPDiagnostics(Callback):
                 logger.experiment.add_figure(name, fig, global_step=trainer.global_step)
         plt.close(fig)
 
+    @staticmethod
+    def _run_dir(trainer) -> str:
+        """The run directory; ``trainer.log_dir`` broadcasts, so every rank must call this."""
+        return trainer.log_dir or trainer.default_root_dir
+
     def _write_json(self, trainer, stage: str) -> None:
+        directory = self._run_dir(trainer)
         if not trainer.is_global_zero:
             return
-        directory = trainer.log_dir or trainer.default_root_dir
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "metrics.json"), "w") as f:
-            metrics = {k: (v if math.isfinite(v) else None) for k, v in self.results.items()}  # JSON has no NaN
+            logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # e.g. val/loss, train/loss
+            metrics = {
+                k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()
+            }  # no NaN in JSON
             json.dump({"stage": stage, "global_step": trainer.global_step, "metrics": metrics}, f, indent=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from torch import Tensor
 
 
 def _heatmap(ax, m: Tensor, title: str, vmin=None, vmax=None) -> None:
@@ -36,7 +36,10 @@ def covariance_figure(true: dict[str, Tensor], generated: dict[str, Tensor]) -> 
     """True vs generated temporal (Γ) and spatial (Σ) covariance heatmaps on shared colour scales."""
     fig, axes = plt.subplots(len(true), 2, figsize=(6, 2.8 * len(true)), squeeze=False)
     for r, name in enumerate(true):
-        lo, hi = min(true[name].min(), generated[name].min()).item(), max(true[name].max(), generated[name].max()).item()
+        lo, hi = (
+            min(true[name].min(), generated[name].min()).item(),
+            max(true[name].max(), generated[name].max()).item(),
+        )
         _heatmap(axes[r, 0], true[name], f"true {name}", lo, hi)
         _heatmap(axes[r, 1], generated[name], f"generated {name}", lo, hi)
     fig.tight_layout()

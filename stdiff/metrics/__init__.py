@@ -19,9 +19,8 @@ from stdiff.metrics.tracking import SampleDistance, ScoreError
 
 __all__ = [
     "SampleDistance",
-    "attention_alignment",
-    "temporal_map",
     "ScoreError",
+    "attention_alignment",
     "correlation_by_lag",
     "early_stopping_kl",
     "factor_covariances",
@@ -32,5 +31,6 @@ __all__ = [
     "ks_normal",
     "sample_distances",
     "sample_statistics",
+    "temporal_map",
     "whiten",
 ]

@@ -34,7 +34,9 @@ class ScoreError(Metric):
     def update(self, score: Tensor, score_exact: Tensor, log_snr: Tensor, loss: Tensor, loss_exact: Tensor) -> None:
         """``score``, ``score_exact (B, …)``; ``log_snr``, per-sample ``loss``, ``loss_exact (B,)``."""
         if score.shape != score_exact.shape:
-            raise ValueError(f"score and score_exact must have the same shape, got {score.shape} and {score_exact.shape}")
+            raise ValueError(
+                f"score and score_exact must have the same shape, got {score.shape} and {score_exact.shape}"
+            )
         b = len(score)
         err = (score.double() - score_exact.double()).pow(2).reshape(b, -1).sum(1)
         ref = score_exact.double().pow(2).reshape(b, -1).sum(1)
