@@ -269,6 +269,7 @@ def test_fit_and_test_write_diagnostics(tmp_path):
     m = fit["metrics"]
     assert 0 < m["val/score_rel_error"] and "val/attention/pearson_best" in m
     assert "val/attention/random_init/pearson_best" in m
+    assert any(k.endswith("/head0/pearson") for k in m)  # per layer and head in metrics.json
     assert "val/samples/gamma_kl_excess" in m and "val/samples/kl" not in m  # 64 samples: structured only
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -139,7 +139,7 @@ class GPDiagnostics(Callback):
         if with_samples:
             results.update(self._samples(trainer, pl_module, stage))
         for name, value in results.items():
-            if math.isfinite(value):
+            if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
                 pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
         self.results = {**self.results, **results}
         if self.figures and trainer.is_global_zero:
@@ -170,8 +170,10 @@ class GPDiagnostics(Callback):
                     return {}
                 for name, m in maps.items():
                     a = attention_alignment(m, self.gamma)
-                    out[f"{stage}/attention/{label}{name}/logsnr_{lam:+.1f}/pearson"] = a["pearson"].mean().item()
-                    out[f"{stage}/attention/{label}{name}/logsnr_{lam:+.1f}/rel_frob"] = a["rel_frob"].mean().item()
+                    prefix = f"{stage}/attention/{label}{name}/logsnr_{lam:+.1f}"
+                    for key, per_head in a.items():
+                        out[f"{prefix}/{key}"] = per_head.mean().item()  # mean over heads
+                        out.update({f"{prefix}/head{h}/{key}": v for h, v in enumerate(per_head.tolist())})
                     best.append(a["pearson"].max().item())
                 if label == "" and self.figures and trainer.is_global_zero:
                     from stdiff.callbacks.figures import attention_figure
