@@ -10,26 +10,39 @@ import warnings
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import stdiff.data
+from stdiff.data import GPDataModule  # noqa: F401 (imported: short names resolve among imported classes)
 from stdiff._validation import unknown_name_message
 from stdiff.callbacks import GPDiagnostics, SampleWriter
-from stdiff.kernels import KERNELS
+from stdiff.kernels import Kernel
 from stdiff.module import DiffusionModule
-from stdiff.nn import ATTENTIONS, BACKBONES
-from stdiff.sampling import SAMPLERS
-from stdiff.schedules import SCHEDULES
+from stdiff.nn import Attention, Backbone
+from stdiff.plugins import PluginError, load_plugins
+from stdiff.sampling import Sampler
+from stdiff.schedules import NoiseSchedule
 
-DATAMODULES = {"GPDataModule": stdiff.data.GPDataModule}
-
-# Which registry a config key draws from, by its last component; used to explain unknown names.
-REGISTRIES = {
-    "kernel": KERNELS,
-    "schedule": SCHEDULES,
-    "backbone": BACKBONES,
-    "attention": ATTENTIONS,
-    "sampler": SAMPLERS,
-    "data module": DATAMODULES,
+# Which plug-in base a config key draws from, by its last component; used to explain unknown
+# names with every class currently importable by short name (plug-ins included).
+BASES = {
+    "kernel": Kernel,
+    "schedule": NoiseSchedule,
+    "backbone": Backbone,
+    "attention": Attention,
+    "sampler": Sampler,
+    "data module": L.LightningDataModule,
 }
+
+
+def registry(kind: str) -> dict[str, type]:
+    """Concrete subclasses of the base of ``kind``, by class name."""
+    out, todo = {}, [BASES[kind]]
+    while todo:
+        for cls in todo.pop().__subclasses__():
+            todo.append(cls)
+            if not getattr(cls, "__abstractmethods__", None) and not cls.__name__.startswith("LazyInstance_"):
+                out[cls.__name__] = cls
+    return out
+
+
 _KEY_KIND = {
     "temporal": "kernel",
     "spatial": "kernel",
@@ -62,9 +75,9 @@ def explain_unknown_name(message: str) -> str | None:
     parts = [p for p in (keys[-1].split(".") if keys else []) if p != "init_args" and not p.isdigit()]
     kind = next((_KEY_KIND[p] for p in reversed(parts) if p in _KEY_KIND), None)
     if kind is None:  # fall back on the registry holding the closest name
-        scored = [(difflib.SequenceMatcher(None, name, v).ratio(), k) for k, r in REGISTRIES.items() for v in r]
+        scored = [(difflib.SequenceMatcher(None, name, v).ratio(), k) for k in BASES for v in registry(k)]
         kind = max(scored)[1]
-    return unknown_name_message(kind, name, REGISTRIES[kind]) + " (or the full class_path of your own subclass)"
+    return unknown_name_message(kind, name, registry(kind)) + " (or the full class_path of your own subclass)"
 
 
 def innermost_message(err: BaseException) -> str:
@@ -140,6 +153,10 @@ def main(args: list[str] | None = None) -> None:
     # nothing a stdiff user can act on, and they bury the progress output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    try:
+        load_plugins()  # before parsing: plug-in classes must be importable by short name
+    except PluginError as err:
+        sys.exit(f"stdiff: error: {err}")
     StdiffCLI(args=args)
 
 
