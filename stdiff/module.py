@@ -45,6 +45,8 @@ class DiffusionModule(L.LightningModule):
         sampler: the sampler (and its steps and time grid) used by ``predict``.
         oracle: use the exact noise model of the data's GP instead of the network (validate
             and predict only): separates sampler error from model error.
+        compile: compile the backbone with ``torch.compile`` (in place, so checkpoints keep the
+            same keys); the first steps are slow while it compiles.
         optimizer: optimizer class and options; called with the parameters.
         lr_scheduler: optional learning-rate scheduler, stepped every optimizer step.
     """
@@ -60,6 +62,7 @@ class DiffusionModule(L.LightningModule):
         time_sampling: Literal["uniform", "log_snr"] = "uniform",
         sampler: Sampler = lazy_instance(Heun, steps=100),  # noqa: B008
         oracle: bool = False,
+        compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -77,7 +80,11 @@ class DiffusionModule(L.LightningModule):
         self.sampler = sampler
         self.oracle: ExactNoiseModel | None = None
         self.use_oracle = oracle
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        if compile:
+            self.backbone.compile()  # nn.Module.compile: in place, state_dict keys unchanged
+        # Shared, not copied, by deepcopy: EMAWeightAveraging deep-copies the module, and under DDP
+        # the CLI's optimizer partial holds a lock that cannot be copied (nor needs to be).
+        self._factories = _Shared((optimizer, lr_scheduler))
 
     def setup(self, stage: str) -> None:
         if not self.use_oracle:
@@ -155,7 +162,18 @@ class DiffusionModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
+        make_optimizer, make_scheduler = self._factories.value
+        optimizer = make_optimizer(self.parameters())
+        if make_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "step"}}
+
+
+class _Shared:
+    """A value that deep copies of its owner share instead of copying."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo) -> _Shared:
+        return self

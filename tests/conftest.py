@@ -1,19 +1,13 @@
 import pathlib
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # Overlays are used on top of the quickstart: --config configs/quickstart.yaml --config <overlay>
 OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml")) + sorted(
     (ROOT / "configs" / "controls").glob("*.yaml")
 )
-CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS))
-
-
-@pytest.fixture
-def quickstart():
-    return QUICKSTART
+GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp")]  # after gpu/single.yaml
+CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS))
 
 
 def stdiff_subclasses(base):

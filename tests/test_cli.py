@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, OVERLAYS, QUICKSTART, ROOT
+from conftest import CONFIGS, GPU_OVERLAYS, OVERLAYS, QUICKSTART, ROOT
 
 from stdiff.cli import StdiffCLI, main
 from stdiff.data import GPDataModule
@@ -55,12 +55,16 @@ def test_quickstart_fit_writes_events_checkpoint_and_config(tmp_path):
     assert {"train/loss", "val/loss"} <= set(events.Tags()["scalars"])
 
 
-CONFIG_ARGS = [[c] for c in CONFIGS] + [[QUICKSTART, o] for o in OVERLAYS]
+GPU_SINGLE = ROOT / "configs" / "gpu" / "single.yaml"
+CONFIG_ARGS = [[c] for c in CONFIGS] + [[QUICKSTART, o] for o in OVERLAYS] + [[GPU_SINGLE, o] for o in GPU_OVERLAYS]
+# GPU presets are instantiated here on the CPU: the trainer is pointed at it, all else is theirs.
+ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32"]
 
 
 @pytest.mark.parametrize("configs", CONFIG_ARGS, ids=[str(c[-1].relative_to(ROOT)) for c in CONFIG_ARGS])
 def test_every_config_instantiates(configs):
-    cli = StdiffCLI(args=[a for c in configs for a in ("--config", str(c))], run=False)
+    on_cpu = ON_CPU if any("gpu" in c.parts for c in configs) else []
+    cli = StdiffCLI(args=[*(a for c in configs for a in ("--config", str(c))), *on_cpu], run=False)
     assert isinstance(cli.model, DiffusionModule)
     assert cli.model.sample_shape == cli.datamodule.sample_shape
     if isinstance(cli.datamodule, GPDataModule):
