@@ -10,9 +10,9 @@ import warnings
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from stdiff.data import GPDataModule  # noqa: F401 (imported: short names resolve among imported classes)
 from stdiff._validation import unknown_name_message
 from stdiff.callbacks import GPDiagnostics, SampleWriter
+from stdiff.data import GPDataModule  # noqa: F401 (imported: short names resolve among imported classes)
 from stdiff.kernels import Kernel
 from stdiff.module import DiffusionModule
 from stdiff.nn import Attention, Backbone

@@ -11,6 +11,7 @@ distributed sampler splits them).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -40,21 +41,25 @@ def sample_fixed(gp: KroneckerGP, n: int, seed: int, chunk: int = 4096) -> Tenso
 
 class GPStream(IterableDataset):
     """Infinite stream of batches ``(batch_size, T, *space)``; batch k of worker w on rank r is
-    drawn from ``derive_seed(seed, STREAM, r, w, k)``."""
+    drawn from ``derive_seed(seed, STREAM, r, w, k)``. With ``seeds_only`` the stream yields that
+    seed, a plain int, and the batch is drawn later on the training device (``GPDataModule``)."""
 
-    def __init__(self, gp: KroneckerGP, batch_size: int, seed: int, rank: int = 0) -> None:
-        self.gp, self.batch_size, self.seed, self.rank = gp, batch_size, seed, rank
+    def __init__(self, gp: KroneckerGP, batch_size: int, seed: int, rank: int = 0, seeds_only: bool = False) -> None:
+        self.gp, self.batch_size, self.seed, self.rank, self.seeds_only = gp, batch_size, seed, rank, seeds_only
 
     def batch(self, worker: int, index: int) -> Tensor:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM, self.rank, worker, index))
         return self.gp.sample(self.batch_size, generator)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Tensor | int]:
         info = get_worker_info()
         worker = 0 if info is None else info.id
         index = 0
         while True:
-            yield self.batch(worker, index)
+            if self.seeds_only:
+                yield derive_seed(self.seed, STREAM, self.rank, worker, index)
+            else:
+                yield self.batch(worker, index)
             index += 1
 
 
@@ -101,6 +106,11 @@ class GPDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (0 = generate in the main process).
         num_predict: how many samples ``stdiff predict`` generates (in batches of ``batch_size``,
             batch k seeded by ``(seed, PREDICT, k)``).
+        generate_on: where streamed training batches are drawn: ``cpu`` (in the loader, by its
+            workers) or ``device``: the loader hands over only the batch's seed (a Python int) and
+            the batch is drawn on the training device from factors kept there, with no per-step
+            host work beyond the seed and no host-device synchronisation. Same seeds either way:
+            ranks and workers stay disjoint.
     """
 
     def __init__(
@@ -117,6 +127,7 @@ class GPDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         num_predict: int = 0,
+        generate_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -125,6 +136,9 @@ class GPDataModule(L.LightningDataModule):
         self.seed = check_int("seed", seed, 0)
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.num_predict = check_int("num_predict", num_predict, 0)
+        if generate_on not in ("cpu", "device"):
+            raise ValueError(f"generate_on must be 'cpu' or 'device', got {generate_on!r}")
+        self.generate_on = generate_on
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
         self._train: Tensor | None = None
@@ -151,8 +165,18 @@ class GPDataModule(L.LightningDataModule):
         common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if self.num_train is None:
             # The stream is already batched: batch_size=None disables automatic batching.
-            return DataLoader(GPStream(self.gp, self.batch_size, self.seed, self._rank()), batch_size=None, **common)
+            stream = GPStream(
+                self.gp, self.batch_size, self.seed, self._rank(), seeds_only=self.generate_on == "device"
+            )
+            return DataLoader(stream, batch_size=None, **common)
         return DataLoader(Samples(self._train), batch_size=self.batch_size, shuffle=True, **common)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, int):  # a seed from the stream with generate_on="device"
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            generator = torch.Generator(device=device).manual_seed(batch)
+            return self.gp.sample(self.batch_size, generator, device=device)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(Samples(*self._val), batch_size=self.batch_size, num_workers=self.num_workers)

@@ -107,3 +107,19 @@ def test_sample_shape_is_exposed_for_linking():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_dm(**kwargs)
+
+
+def test_generation_on_the_device_gives_the_same_stream():
+    """generate_on="device" moves only the seed through the loader; on the CPU the batches are the
+    very ones the loader would have drawn, so disjointness and reproducibility carry over."""
+    on_cpu, on_device = make_dm(seed=5), make_dm(seed=5, generate_on="device")
+    for dm in (on_cpu, on_device):
+        dm.trainer = SimpleNamespace(global_rank=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        dm.setup("fit")
+    seeds = iter(on_device.train_dataloader())
+    for batch in first_batches(on_cpu, 3, rank=1):
+        seed = next(seeds)
+        assert isinstance(seed, int)
+        assert torch.equal(on_device.on_after_batch_transfer(seed, 0), batch)
+    with pytest.raises(ValueError, match=r"generate_on must be 'cpu' or 'device', got 'gpu'"):
+        make_dm(generate_on="gpu")

@@ -40,7 +40,9 @@ def test_kernel_from_an_installed_plugin_is_used_by_short_name(tmp_path):
     site.mkdir()
     install(site, "triangle_kernels", PLUGIN, "triangle_kernels")
     config = tmp_path / "plugin.yaml"
-    config.write_text("data:\n  init_args:\n    temporal:\n      class_path: Triangle\n      init_args: {lengthscale: 6.0}\n")
+    config.write_text(
+        "data:\n  init_args:\n    temporal:\n      class_path: Triangle\n      init_args: {lengthscale: 6.0}\n"
+    )
     out = run(["fit", "--config", str(QUICKSTART), "--config", str(config), "--trainer.max_steps=2",
                "--trainer.val_check_interval=2", "--data.init_args.num_val=16", "--diagnostics.figures=false",
                "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"], site, tmp_path)  # fmt: skip

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 import torch
-
 from conftest import QUICKSTART, ROOT
-from stdiff.cli import main
 from test_cli import TINY, run_cli
+
+from stdiff.cli import main
 
 
 def test_two_process_ddp_fit(tmp_path):
