@@ -101,7 +101,7 @@ class KroneckerGP:
         # Square-root factors A = U √Λ, so that A Z Bᵀ with Z ~ N(0, I) has covariance Γ ⊗ Σ.
         self._sqrt_gamma = self.gamma_evecs * self.gamma_evals.sqrt()
         self._sqrt_sigma = self.sigma_evecs * self.sigma_evals.sqrt()
-        self._cast: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+        self._on_device: dict[tuple, tuple[Tensor, ...]] = {}  # factors per (dtype or use, device)
 
     # --- shapes and dense views (tests, small problems) --------------------------------------
 
@@ -131,12 +131,12 @@ class KroneckerGP:
     def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(√Γ, √Σ, μ) cast once per (dtype, device): sampling does no float64 work."""
         key = (dtype, torch.device(device))
-        if key not in self._cast:
-            self._cast[key] = tuple(
+        if key not in self._on_device:
+            self._on_device[key] = tuple(
                 t.to(device=device, dtype=dtype)
                 for t in (self._sqrt_gamma, self._sqrt_sigma, self.mean.reshape(self.frames, -1))
             )
-        return self._cast[key]
+        return self._on_device[key]
 
     def sample(
         self,
@@ -157,15 +157,24 @@ class KroneckerGP:
 
     # --- density and score -------------------------------------------------------------------
 
+    def _float64_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(U_Γ, U_Σ, eigenvalues of Γ ⊗ Σ as (T, S), μ) in float64, moved once per device."""
+        key = ("eigen", torch.device(device))
+        if key not in self._on_device:
+            lam = self.gamma_evals[:, None] * self.sigma_evals[None, :]  # (T, S)
+            self._on_device[key] = tuple(t.to(device) for t in (self.gamma_evecs, self.sigma_evecs, lam, self.mean))
+        return self._on_device[key]
+
     def _to_eigenbasis(self, x: Tensor) -> Tensor:
         """``U_Γᵀ x U_Σ`` for ``x (..., T, *space)`` -> ``(..., T, S)`` in float64."""
+        u_gamma, u_sigma, _, _ = self._float64_on(x.device)
         x = x.to(torch.float64).reshape(*x.shape[: x.ndim - 1 - len(self.space_shape)], self.frames, self.num_points)
-        return self.gamma_evecs.to(x.device).T @ x @ self.sigma_evecs.to(x.device)
+        return u_gamma.T @ x @ u_sigma
 
     def _from_eigenbasis(self, y: Tensor) -> Tensor:
         """Inverse of ``_to_eigenbasis``: ``U_Γ y U_Σᵀ`` -> ``(..., T, *space)``."""
-        x = self.gamma_evecs.to(y.device) @ y @ self.sigma_evecs.to(y.device).T
-        return x.reshape(*y.shape[:-2], *self.sample_shape)
+        u_gamma, u_sigma, _, _ = self._float64_on(y.device)
+        return (u_gamma @ y @ u_sigma.T).reshape(*y.shape[:-2], *self.sample_shape)
 
     def _check_sample_shape(self, x: Tensor, name: str) -> None:
         if tuple(x.shape[x.ndim - len(self.sample_shape) :]) != self.sample_shape:
@@ -173,12 +182,12 @@ class KroneckerGP:
 
     def _eigenvalues(self, device: torch.device) -> Tensor:
         """Eigenvalues of Γ ⊗ Σ arranged as ``(T, S)``: λ_Γ[i] · λ_Σ[a]."""
-        return (self.gamma_evals[:, None] * self.sigma_evals[None, :]).to(device)
+        return self._float64_on(device)[2]
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of samples ``x (..., T, *space_shape)`` -> ``(...)``, in float64."""
         self._check_sample_shape(x, "x")
-        y = self._to_eigenbasis(x - self.mean.to(x.device))  # (..., T, S)
+        y = self._to_eigenbasis(x - self._float64_on(x.device)[3])  # (..., T, S)
         quad = (y**2 / self._eigenvalues(y.device)).sum((-2, -1))
         logdet = self.num_points * self.gamma_evals.log().sum() + self.frames * self.sigma_evals.log().sum()
         return -0.5 * (quad + logdet.to(y.device) + self.dim * math.log(2 * math.pi))
@@ -198,7 +207,7 @@ class KroneckerGP:
         self._check_sample_shape(x_t, "x_t")
         alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device).reshape(-1, 1, 1)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device).reshape(-1, 1, 1)
-        mu = self.mean.to(x_t.device)
+        mu = self._float64_on(x_t.device)[3]
         centred = x_t.to(torch.float64) - alpha.reshape(-1, *[1] * len(self.sample_shape)) * mu
         y = self._to_eigenbasis(centred)  # (B, T, S)
         y = y / (alpha**2 * self._eigenvalues(y.device) + sigma**2)
