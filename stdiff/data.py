@@ -1,15 +1,17 @@
 """``GPDataModule``: batches of Gaussian-process sequences, streamed fresh or from a fixed set.
 
 Seeds: every batch of the infinite stream has its own seed, derived from
-``(seed, STREAM, global rank, worker id, batch index)`` with NumPy's ``SeedSequence``, so DDP ranks
-and DataLoader workers draw from independent, non-overlapping streams, and the same seed
-reproduces the same stream. The fixed training set and the validation set are drawn from their
+``(seed, STREAM, global rank, batch index)`` with NumPy's ``SeedSequence``, so DDP ranks draw from
+independent, non-overlapping streams, DataLoader workers split one rank's stream between them
+(the same batches for any number of workers), the same seed reproduces the same stream, and a
+resumed run continues it. The fixed training set and the validation set are drawn from their
 own keys ``(seed, TRAIN)`` and ``(seed, VAL)`` and are identical on every rank (Lightning's
 distributed sampler splits them).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -40,27 +42,38 @@ def sample_fixed(gp: KroneckerGP, n: int, seed: int, chunk: int = 4096) -> Tenso
 
 
 class GPStream(IterableDataset):
-    """Infinite stream of batches ``(batch_size, T, *space)``; batch k of worker w on rank r is
-    drawn from ``derive_seed(seed, STREAM, r, w, k)``. With ``seeds_only`` the stream yields that
-    seed, a plain int, and the batch is drawn later on the training device (``GPDataModule``)."""
+    """Infinite stream of batches ``(batch_size, T, *space)``: batch j of rank r is drawn from
+    ``derive_seed(seed, STREAM, r, j)``, whichever DataLoader worker draws it (worker w of W draws
+    j = start + w, start + w + W, …, the order in which the loader serves its workers), so the
+    stream is the same for any number of workers. With ``seeds_only`` it yields the seed, a plain
+    int, and the batch is drawn later on the training device (``GPDataModule``). ``start`` skips
+    the batches this rank already trained on (resuming)."""
 
-    def __init__(self, gp: KroneckerGP, batch_size: int, seed: int, rank: int = 0, seeds_only: bool = False) -> None:
+    def __init__(
+        self,
+        gp: KroneckerGP,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        seeds_only: bool = False,
+        start: int = 0,
+    ) -> None:
         self.gp, self.batch_size, self.seed, self.rank, self.seeds_only = gp, batch_size, seed, rank, seeds_only
+        self.start = start
 
-    def batch(self, worker: int, index: int) -> Tensor:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM, self.rank, worker, index))
-        return self.gp.sample(self.batch_size, generator)
+    def seed_of(self, index: int) -> int:
+        """Seed of this rank's stream batch ``index``."""
+        return derive_seed(self.seed, STREAM, self.rank, index)
+
+    def batch(self, index: int) -> Tensor:
+        """This rank's stream batch ``index``, ``(batch_size, T, *space)``."""
+        return self.gp.sample(self.batch_size, torch.Generator().manual_seed(self.seed_of(index)))
 
     def __iter__(self) -> Iterator[Tensor | int]:
         info = get_worker_info()
-        worker = 0 if info is None else info.id
-        index = 0
-        while True:
-            if self.seeds_only:
-                yield derive_seed(self.seed, STREAM, self.rank, worker, index)
-            else:
-                yield self.batch(worker, index)
-            index += 1
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for index in itertools.count(self.start + worker, workers):
+            yield self.seed_of(index) if self.seeds_only else self.batch(index)
 
 
 def evaluation_set(gp: KroneckerGP, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,13 +174,22 @@ class GPDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    def _consumed(self) -> int:
+        """Stream batches this rank has already trained on: 0 for a new run; when resuming from a
+        checkpoint, the restored step count times the batches per step, so the stream continues
+        where it stopped instead of replaying. (Batches a loader had prefetched but not trained
+        on when the run stopped are not lost either: they are drawn again, from the same seeds.)"""
+        trainer = self.trainer
+        if trainer is None or not hasattr(trainer, "fit_loop"):
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
     def train_dataloader(self) -> DataLoader:
         common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if self.num_train is None:
             # The stream is already batched: batch_size=None disables automatic batching.
-            stream = GPStream(
-                self.gp, self.batch_size, self.seed, self._rank(), seeds_only=self.generate_on == "device"
-            )
+            seeds_only = self.generate_on == "device"
+            stream = GPStream(self.gp, self.batch_size, self.seed, self._rank(), seeds_only, self._consumed())
             return DataLoader(stream, batch_size=None, **common)
         return DataLoader(Samples(self._train), batch_size=self.batch_size, shuffle=True, **common)
 

@@ -52,8 +52,9 @@ def test_workers_get_disjoint_streams():
     loader = DataLoader(stream, batch_size=None, num_workers=2)
     it = iter(loader)
     batches = [next(it) for _ in range(4)]
-    # The loader alternates workers: batch k of worker w is drawn from its own seed.
-    expected = [stream.batch(worker=k % 2, index=k // 2) for k in range(4)]
+    # The loader alternates workers, worker w drawing batches w, w + 2, ...: the same stream as
+    # without workers.
+    expected = [stream.batch(k) for k in range(4)]
     assert all(torch.equal(x, y) for x, y in zip(batches, expected))
     assert_disjoint(batches[0::2], batches[1::2])
     assert_disjoint(batches, first_batches(make_dm(), 4, rank=1))
@@ -123,3 +124,22 @@ def test_generation_on_the_device_gives_the_same_stream():
         assert torch.equal(on_device.on_after_batch_transfer(seed, 0), batch)
     with pytest.raises(ValueError, match=r"generate_on must be 'cpu' or 'device', got 'gpu'"):
         make_dm(generate_on="gpu")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resumes_where_it_stopped(workers):
+    """Resuming at global step s continues the stream at batch s (with one batch per step), for any
+    number of loader workers: no batch is replayed or skipped."""
+    dm = make_dm(seed=2)
+    stream = GPStream(dm.gp, 8, seed=2, rank=0)
+    expected = [stream.batch(k) for k in range(3, 7)]
+    resumed = DataLoader(GPStream(dm.gp, 8, seed=2, rank=0, start=3), batch_size=None, num_workers=workers)
+    it = iter(resumed)
+    assert all(torch.equal(next(it), e) for e in expected)
+
+
+def test_data_module_resumes_from_the_trainer_step():
+    dm = make_dm(seed=2)
+    dm.trainer = SimpleNamespace(global_rank=0, global_step=5, accumulate_grad_batches=2, fit_loop=object())
+    dm.setup("fit")
+    assert dm.train_dataloader().dataset.start == 10
