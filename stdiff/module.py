@@ -73,6 +73,8 @@ class DiffusionModule(L.LightningModule):
         schedule.validate()
         self.sample_shape = tuple(sample_shape)
         self.backbone = backbone(self.sample_shape)
+        self._backbone_factory = _Shared(backbone)
+        self._flops: int | None = None
         self.schedule = schedule
         self.parameterization = get_parameterization(parameterization)
         self.weighting, self.time_sampling = weighting, time_sampling
@@ -105,6 +107,27 @@ class DiffusionModule(L.LightningModule):
         out = self.backbone(x_t, self.schedule.log_snr(t))
         alpha, sigma = per_sample(self.schedule.alpha(t), x_t), per_sample(self.schedule.sigma(t), x_t)
         return self.parameterization.to_noise(out, x_t, alpha, sigma)
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """Tokens the backbone sees per sample: T·P for a DiT, T otherwise."""
+        return self.sample_shape[0] * getattr(self.backbone, "num_patches", 1)
+
+    @property
+    def flops_per_batch(self) -> int:
+        """Forward + backward FLOPs of the backbone on one training batch, counted once on a copy
+        built on the meta device (``lightning.fabric.utilities.throughput.measure_flops``); read
+        by ``ThroughputMonitor`` for FLOP/s and MFU."""
+        if self._flops is None:
+            from lightning.fabric.utilities.throughput import measure_flops
+
+            batch = getattr(self.trainer.datamodule, "batch_size", 1) if self._trainer is not None else 1
+            # ThroughputMonitor asks from under inference mode; counting the backward needs grads.
+            with torch.inference_mode(False), torch.enable_grad(), torch.device("meta"):
+                net = self._backbone_factory.value(self.sample_shape)
+                x, c = torch.randn(batch, *self.sample_shape), torch.randn(batch)
+                self._flops = measure_flops(net, lambda: net(x, c), lambda y: y.sum())
+        return self._flops
 
     # --- training and validation ---------------------------------------------------------------
 

