@@ -53,3 +53,26 @@ def test_throughput_is_logged_with_measured_flops(tmp_path):
 
     tags = set(EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload().Tags()["scalars"])
     assert {"train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec"} <= tags
+
+
+LAUNCHERS = {
+    "SLURMEnvironment": dict(SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NAME="stdiff", SLURM_NODEID="1",
+                             SLURM_PROCID="3", SLURM_LOCALID="1", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-2]",
+                             SLURM_JOB_ID="7"),
+    "TorchElasticEnvironment": dict(TORCHELASTIC_RUN_ID="run", RANK="3", LOCAL_RANK="1", WORLD_SIZE="4", GROUP_RANK="1",
+                                    LOCAL_WORLD_SIZE="2", MASTER_ADDR="node1", MASTER_PORT="29500"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("environment", sorted(LAUNCHERS))
+def test_multi_node_launch_through_lightning(environment, monkeypatch):
+    """Config level: the process of rank 3 of 2 nodes × 2 processes, as `srun` or `torchrun`
+    starts it, is placed by Lightning's own cluster environments (no stdiff launcher)."""
+    from stdiff.cli import StdiffCLI
+
+    for key, value in LAUNCHERS[environment].items():
+        monkeypatch.setenv(key, value)
+    args = ["--config", str(QUICKSTART), "--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=2"]
+    trainer = StdiffCLI(args=args, run=False).trainer
+    assert type(trainer._accelerator_connector.cluster_environment).__name__ == environment
+    assert (trainer.num_nodes, trainer.world_size, trainer.global_rank, trainer.node_rank) == (2, 4, 3, 1)
