@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from stdiff._validation import check_positive
+from stdiff.data import derive_seed
 from stdiff.diffusion import (
     ExactNoiseModel,
     denoising_loss,
@@ -132,8 +133,12 @@ class DiffusionModule(L.LightningModule):
     # --- training and validation ---------------------------------------------------------------
 
     def training_step(self, x0: Tensor, batch_idx: int) -> Tensor:
-        t = training_times(self.schedule, len(x0), self.time_sampling, device=x0.device)
-        noise = torch.randn_like(x0)
+        # Times and noise come from a generator seeded by (run seed, rank, step), not from the global
+        # RNG, which a checkpoint does not hold: a resumed run draws exactly what it would have.
+        seed = derive_seed(torch.initial_seed(), self.global_rank, self.global_step, batch_idx)
+        generator = torch.Generator(device=x0.device).manual_seed(seed)
+        t = training_times(self.schedule, len(x0), self.time_sampling, generator, x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         loss = denoising_loss(self, self.schedule, x0, t, noise, self.weighting, self.min_snr_gamma).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
