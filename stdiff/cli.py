@@ -5,13 +5,21 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import traceback
 import warnings
+from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from stdiff import runs
 from stdiff._validation import unknown_name_message
-from stdiff.callbacks import GPDiagnostics, SampleWriter
+from stdiff.callbacks import Checkpoint, GPDiagnostics, NonFiniteError, NonFiniteGuard, SampleWriter
+from stdiff.callbacks import reliability
+from stdiff.callbacks.reliability import STOP_SIGNALS
 from stdiff.data import GPDataModule  # noqa: F401 (imported: short names resolve among imported classes)
 from stdiff.kernels import Kernel
 from stdiff.module import DiffusionModule
@@ -120,6 +128,9 @@ class StdiffCLI(LightningCLI):
         # every validation and test is scored against the exact GP.
         parser.add_lightning_class_args(SampleWriter, "sample_writer")
         parser.add_lightning_class_args(GPDiagnostics, "diagnostics")
+        # Periodic and on-signal checkpoints (checkpoints/last.ckpt), and the non-finite check.
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -129,13 +140,85 @@ class StdiffCLI(LightningCLI):
         trainer.callbacks = first + [cb for cb in trainer.callbacks if not isinstance(cb, GPDiagnostics)]
         return trainer
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        if config.get("enable_checkpointing") is False:  # Lightning refuses a checkpoint callback then
+            callbacks = [cb for cb in callbacks if not isinstance(cb, Checkpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def instantiate_classes(self) -> None:
-        # A ValueError from a constructor is a configuration error: report it like a parse
-        # error (usage line, message, exit code 2) before anything is written to disk.
+        # A ValueError from a constructor (or Lightning's refusal of a trainer setting, such as
+        # more devices than exist) is a configuration error: report it like a parse error (usage
+        # line, message, exit code 2) before anything is written to disk.
         try:
             super().instantiate_classes()
-        except ValueError as err:
+        except (ValueError, MisconfigurationException) as err:
             self.parser.error(f"invalid configuration: {innermost_message(err)}")
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        try:
+            self._preflight(subcommand, kwargs)
+        except (runs.RunError, ValueError) as err:
+            self.parser.error(str(err))
+        return kwargs
+
+    def _preflight(self, subcommand: str, kwargs: dict) -> None:
+        """Checks that need the instantiated classes, done before anything is written: the
+        checkpoint (found, loadable without running pickled code, fits the model), the output
+        directory, the request itself. Then the run directory is claimed."""
+        trainer, model = self.trainer, self.model
+        if kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True  # torch < 2.6 would otherwise unpickle arbitrary objects
+        logger = trainer.logger
+        version = None
+        ckpt_path = kwargs.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = kwargs["ckpt_path"] = self._find_last(trainer)
+            if ckpt_path is None:
+                rank_zero_info("--ckpt_path last: no checkpoint yet, starting a new run")
+            elif logger is not None and Path(ckpt_path).parent.name == "checkpoints":
+                version = Path(ckpt_path).parents[1].name  # continue in the run directory it came from
+                rank_zero_info(f"--ckpt_path last: resuming from {ckpt_path}")
+        if ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+            checkpoint = runs.load_checkpoint(ckpt_path, kwargs["weights_only"])
+            model.on_load_checkpoint(checkpoint)  # the sample shape, named first
+            runs.check_compatible(checkpoint, ckpt_path, model)
+            if version is not None:  # the run's config.yaml stays; this run's settings go beside it
+                for cb in trainer.callbacks:
+                    if isinstance(cb, SaveConfigCallback):
+                        cb.config_filename = f"config.resumed_step{checkpoint.get('global_step', 0)}.yaml"
+        if subcommand == "fit":
+            model.configure_optimizers()  # a bad optimizer setting fails now, not after set-up
+        if subcommand == "predict":
+            if ckpt_path is None and not getattr(model, "use_oracle", False):
+                raise runs.RunError(
+                    "predict needs a trained model: pass --ckpt_path <file>.ckpt (or --ckpt_path last), or "
+                    "--model.oracle=true for the exact model"
+                )
+            if getattr(self.datamodule, "num_predict", None) == 0:
+                raise runs.RunError(
+                    "predict needs a number of samples: set data.init_args.num_predict (e.g. "
+                    "--data.init_args.num_predict=1000)"
+                )
+        out = getattr(logger, "root_dir", None) or trainer.default_root_dir
+        runs.check_writable(out)
+        if hasattr(logger, "_version") and getattr(logger, "_version", None) is None:
+            # Claimed atomically on rank 0 (other ranks take rank 0's log directory from Lightning's
+            # broadcast): concurrent runs never share a version directory.
+            if version is not None:
+                logger._version = version if not version.startswith("version_") else int(version[8:])
+            elif rank_zero_only.rank == 0:
+                logger._version = runs.claim_version(logger.root_dir)
+
+    @staticmethod
+    def _find_last(trainer: L.Trainer) -> str | None:
+        places = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        logger = trainer.logger
+        if logger is not None and getattr(logger, "root_dir", None):
+            places.append(Path(logger.root_dir))
+        places.append(Path(trainer.default_root_dir) / "checkpoints")
+        found = runs.find_last_checkpoint(places)
+        return None if found is None else str(found)
 
 
 def stdiff_version() -> str:
@@ -157,7 +240,17 @@ def main(args: list[str] | None = None) -> None:
         load_plugins()  # before parsing: plug-in classes must be importable by short name
     except PluginError as err:
         sys.exit(f"stdiff: error: {err}")
-    StdiffCLI(args=args)
+    try:
+        StdiffCLI(args=args)
+    except SIGTERMException:  # stopped by a signal, after writing a checkpoint (see Checkpoint)
+        sys.exit(STOP_SIGNALS.get(reliability.stopped_by, 143))
+    except (ValueError, runs.RunError, NonFiniteError, MisconfigurationException, OSError) as err:
+        # A problem with the input or the run: its message is the explanation.
+        sys.exit(f"stdiff: error: {innermost_message(err)}")
+    except Exception as err:  # a bug: the message first, the traceback for a report after it
+        print(f"stdiff: error: {type(err).__name__}: {err}\n", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(1)
 
 
 if __name__ == "__main__":

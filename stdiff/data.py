@@ -18,6 +18,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
@@ -109,7 +110,9 @@ class GPDataModule(L.LightningDataModule):
         frames: T, the number of frames (>= 2).
         space_shape: the spatial grid, ``[S]`` or ``[H, W]``.
         mean: constant mean of every coordinate.
-        jitter: added to the diagonals of Γ and Σ (0 = exact kernel); see ``KroneckerGP``.
+        jitter: added to the diagonals of Γ and Σ: 0 (exact kernel), a number, or ``auto`` (only
+            where a factor's condition number exceeds 1e12); see ``KroneckerGP``. Whenever jitter
+            is added, how much and the resulting condition numbers are printed.
         batch_size: samples per batch on each device.
         num_train: size of a fixed training set (sample-complexity studies); ``None`` streams
             fresh samples forever, so steps, not epochs, bound training.
@@ -133,7 +136,7 @@ class GPDataModule(L.LightningDataModule):
         frames: int = 32,
         space_shape: Sequence[int] = (8,),
         mean: float = 0.0,
-        jitter: float = 0.0,
+        jitter: float | Literal["auto"] = 0.0,
         batch_size: int = 64,
         num_train: int | None = None,
         num_val: int = 512,
@@ -154,6 +157,8 @@ class GPDataModule(L.LightningDataModule):
         self.generate_on = generate_on
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
+        if any(r["jitter"] > 0 for r in self.gp.conditioning.values()):
+            rank_zero_info(f"GPDataModule: jitter added to the kernel matrices\n{self.gp.report()}")
         self._train: Tensor | None = None
         self._val: tuple[Tensor, Tensor, Tensor] | None = None
         self._test: tuple[Tensor, Tensor, Tensor] | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,20 +31,34 @@ def grid(space_shape: Sequence[int]) -> Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(space_shape))
 
 
-def _factorise(role: str, kernel: Kernel | None, matrix: Tensor, jitter: float, where: str):
-    """Eigendecomposition of a symmetric kernel matrix; a clear error when it is not PD."""
+# jitter="auto" lifts the smallest eigenvalue to largest / AUTO_CONDITION: ten times inside the limit.
+AUTO_CONDITION = MAX_CONDITION / 10
+
+
+def _factorise(role: str, kernel: Kernel | None, matrix: Tensor, jitter: float | str, where: str):
+    """Eigendecomposition of a symmetric kernel matrix plus ``jitter`` on its diagonal, and a
+    record of what was done; a clear error when the result is not positive definite enough."""
     matrix = 0.5 * (matrix + matrix.T)  # remove round-off asymmetry before eigh
-    if jitter > 0:
-        matrix = matrix + jitter * torch.eye(matrix.shape[0], dtype=matrix.dtype)
     evals, evecs = torch.linalg.eigh(matrix)
     smallest, largest = evals[0].item(), evals[-1].item()
-    if not (largest > 0 and smallest > largest / MAX_CONDITION):
+    if jitter == "auto":
+        # Adding δI shifts every eigenvalue by δ and leaves the eigenvectors: no second eigh.
+        added = max(0.0, largest / AUTO_CONDITION - smallest) if smallest <= largest / MAX_CONDITION else 0.0
+    else:
+        added = float(jitter)
+    if added > 0:
+        matrix = matrix + added * torch.eye(matrix.shape[0], dtype=matrix.dtype)
+        evals = evals + added
+    low, high = evals[0].item(), evals[-1].item()
+    if not (high > 0 and low > high / MAX_CONDITION):
         raise ValueError(
             f"{role} kernel {kernel!r} is not positive definite on {where}: smallest eigenvalue "
-            f"{smallest:.3e}, largest {largest:.3e} (need smallest > largest / {MAX_CONDITION:.0e}). "
-            f"Use a shorter lengthscale, a rougher kernel, or set jitter > 0 (now {jitter})."
+            f"{low:.3e}, largest {high:.3e} (need smallest > largest / {MAX_CONDITION:.0e}). "
+            f"Use a shorter lengthscale, a rougher kernel, or set jitter > 0 (now {jitter}; jitter: auto "
+            f"adds the smallest amount that brings the condition number to {AUTO_CONDITION:.0e})."
         )
-    return matrix, evals, evecs
+    record = {"jitter": added, "condition_number": high / low, "smallest_eigenvalue_without_jitter": smallest}
+    return matrix, evals, evecs, record
 
 
 class KroneckerGP:
@@ -58,7 +73,11 @@ class KroneckerGP:
         frames: T, the number of frames, >= 2.
         space_shape: the spatial grid, ``(S,)`` or ``(H, W)``; every size >= 1.
         mean: constant mean μ of every coordinate.
-        jitter: added to the diagonal of Γ and of Σ before factorising (0 = exact kernel).
+        jitter: added to the diagonal of Γ and of Σ before factorising: 0 (the exact kernel, the
+            default), a number, or ``"auto"``: for each factor whose condition number exceeds
+            ``MAX_CONDITION`` (1e12) the smallest amount that brings it to 1e11, nothing otherwise.
+            What was added and the resulting condition numbers are in ``conditioning`` and
+            ``report()`` (``GPDataModule`` prints the report whenever jitter is added).
     """
 
     def __init__(
@@ -68,7 +87,7 @@ class KroneckerGP:
         frames: int = 32,
         space_shape: Sequence[int] = (8,),
         mean: float = 0.0,
-        jitter: float = 0.0,
+        jitter: float | Literal["auto"] = 0.0,
     ) -> None:
         self.frames = check_int("frames", frames, 2)
         space_shape = tuple(space_shape)
@@ -76,28 +95,31 @@ class KroneckerGP:
             raise ValueError(f"space_shape must have 1 or 2 entries (S,) or (H, W), got {space_shape!r}")
         for n in space_shape:
             check_int(f"space_shape entry (in {space_shape!r})", n, 1)
-        if not (isinstance(jitter, (int, float)) and 0 <= jitter < math.inf):
-            raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
+        if jitter != "auto" and not (isinstance(jitter, (int, float)) and 0 <= jitter < math.inf):
+            raise ValueError(f"jitter must be a finite number >= 0 or 'auto', got {jitter!r}")
         if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
             raise ValueError(f"mean must be a finite number, got {mean!r}")
         self.temporal, self.spatial = temporal, spatial
         self.space_shape = space_shape
         self.num_points = math.prod(space_shape)  # S
-        self.jitter = float(jitter)
+        self.jitter = jitter if jitter == "auto" else float(jitter)
         self.mean_value = float(mean)
         self.mean = torch.full((self.frames, *space_shape), self.mean_value, dtype=torch.float64)
 
         times = torch.arange(self.frames, dtype=torch.float64)[:, None]  # (T, 1)
-        self.gamma, self.gamma_evals, self.gamma_evecs = _factorise(
+        self.gamma, self.gamma_evals, self.gamma_evecs, gamma_record = _factorise(
             "temporal", temporal, temporal(times), self.jitter, f"{self.frames} frames"
         )
         if spatial is None:
             eye = torch.eye(self.num_points, dtype=torch.float64)
             self.sigma, self.sigma_evals, self.sigma_evecs = eye, torch.ones(self.num_points, dtype=torch.float64), eye
+            sigma_record = {"jitter": 0.0, "condition_number": 1.0, "smallest_eigenvalue_without_jitter": 1.0}
         else:
-            self.sigma, self.sigma_evals, self.sigma_evecs = _factorise(
+            self.sigma, self.sigma_evals, self.sigma_evecs, sigma_record = _factorise(
                 "spatial", spatial, spatial(grid(space_shape)), self.jitter, f"a {space_shape} grid"
             )
+        # Per factor: jitter added, condition number after it, smallest eigenvalue before it.
+        self.conditioning = {"temporal": gamma_record, "spatial": sigma_record}
         # Square-root factors A = U √Λ, so that A Z Bᵀ with Z ~ N(0, I) has covariance Γ ⊗ Σ.
         self._sqrt_gamma = self.gamma_evecs * self.gamma_evals.sqrt()
         self._sqrt_sigma = self.sigma_evecs * self.sigma_evals.sqrt()
@@ -118,6 +140,19 @@ class KroneckerGP:
     def covariance(self) -> Tensor:
         """The dense (T·S) × (T·S) covariance Γ ⊗ Σ in float64. O((T·S)²) memory."""
         return torch.kron(self.gamma, self.sigma)
+
+    def report(self) -> str:
+        """One line per factor: its condition number and the jitter added to it."""
+        lines = []
+        for role, name in (("temporal", "Γ"), ("spatial", "Σ")):
+            r = self.conditioning[role]
+            added = (
+                f"jitter {r['jitter']:.3g} added (smallest eigenvalue without it {r['smallest_eigenvalue_without_jitter']:.3g})"
+                if r["jitter"] > 0
+                else "no jitter"
+            )
+            lines.append(f"{role} {name}: condition number {r['condition_number']:.3g}, {added}")
+        return "\n".join(lines)
 
     def condition_numbers(self) -> tuple[float, float]:
         """Condition numbers of Γ and Σ (that of Γ ⊗ Σ is their product)."""

@@ -116,6 +116,26 @@ def test_jitter_makes_an_ill_conditioned_kernel_usable():
     cond_t, _ = gp.condition_numbers()
     assert cond_t < 1e12
     torch.testing.assert_close(gp.gamma.diag(), torch.full((64,), 1 + 1e-6, dtype=torch.float64))
+    assert gp.conditioning["temporal"]["jitter"] == 1e-6
+    assert gp.conditioning["temporal"]["condition_number"] == pytest.approx(cond_t)
+
+
+def test_auto_jitter_adds_just_enough_and_reports_it():
+    gp = KroneckerGP(RBF(20.0), Matern(1.0), frames=64, space_shape=(4,), jitter="auto")
+    temporal, spatial = gp.conditioning["temporal"], gp.conditioning["spatial"]
+    assert spatial["jitter"] == 0.0  # well conditioned: left exact
+    assert temporal["smallest_eigenvalue_without_jitter"] < gp.gamma_evals[-1].item() / 1e12
+    assert temporal["condition_number"] == pytest.approx(1e11, rel=1e-6)
+    # exactly Γ + δI, eigen-decomposition included
+    exact = RBF(20.0)(torch.arange(64.0, dtype=torch.float64)[:, None])
+    torch.testing.assert_close(gp.gamma, exact + temporal["jitter"] * torch.eye(64, dtype=torch.float64))
+    recon = gp.gamma_evecs @ torch.diag(gp.gamma_evals) @ gp.gamma_evecs.T
+    torch.testing.assert_close(recon, gp.gamma, atol=1e-12, rtol=0)
+    report = gp.report()
+    assert f"jitter {temporal['jitter']:.3g} added" in report and "condition number 1e+11" in report
+    assert "spatial Σ: condition number" in report and "no jitter" in report
+    # a well-conditioned kernel is left exactly as it is
+    assert KroneckerGP(PoweredExponential(2.0), frames=8, jitter="auto").conditioning["temporal"]["jitter"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -127,7 +147,7 @@ def test_jitter_makes_an_ill_conditioned_kernel_usable():
         (dict(space_shape=(0,)), r"space_shape entry .* must be an integer >= 1, got 0"),
         (dict(space_shape=(4, -2)), r"space_shape entry .* got -2"),
         (dict(space_shape=(2, 2, 2)), r"space_shape must have 1 or 2 entries"),
-        (dict(jitter=-1.0), r"jitter must be a finite number >= 0, got -1.0"),
+        (dict(jitter=-1.0), r"jitter must be a finite number >= 0 or 'auto', got -1.0"),
         (dict(mean=float("nan")), r"mean must be a finite number"),
     ],
 )

@@ -1,8 +1,9 @@
-"""stdiff's Lightning callbacks: truth-checking diagnostics and the predict writer. EMA,
-checkpoints, progress bars and throughput come from Lightning itself."""
+"""stdiff's Lightning callbacks: truth-checking diagnostics, the predict writer, checkpoints that
+survive signals, the non-finite guard. EMA, progress bars and throughput come from Lightning."""
 
 from stdiff.callbacks.diagnostics import GPDiagnostics
+from stdiff.callbacks.reliability import Checkpoint, NonFiniteError, NonFiniteGuard
 from stdiff.callbacks.samples import SampleWriter
 from stdiff.callbacks.throughput import Throughput
 
-__all__ = ["GPDiagnostics", "SampleWriter", "Throughput"]
+__all__ = ["Checkpoint", "GPDiagnostics", "NonFiniteError", "NonFiniteGuard", "SampleWriter", "Throughput"]

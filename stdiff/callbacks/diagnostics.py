@@ -276,4 +276,8 @@ class GPDiagnostics(Callback):
             metrics = {
                 k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()
             }  # no NaN in JSON
-            json.dump({"stage": stage, "global_step": trainer.global_step, "metrics": metrics}, f, indent=1)
+            out = {"stage": stage, "global_step": trainer.global_step, "metrics": metrics}
+            gp = getattr(trainer.datamodule, "gp", None)
+            if gp is not None:  # condition numbers and any jitter added: the truth the metrics use
+                out["data"] = {"conditioning": gp.conditioning}
+            json.dump(out, f, indent=1)

@@ -1,0 +1,176 @@
+"""Nothing lost when a run is killed, stopped or goes non-finite.
+
+``Checkpoint``: periodic checkpoints, a final one, and one when the run is stopped by SIGTERM or
+Ctrl+C (SIGINT), at the end of the step in progress. ``NonFiniteGuard``: a non-finite loss or
+gradient stops the run, or skips the step, at the step where it happens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from stdiff._validation import check_int
+
+STOP_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # exit status after a graceful stop: 128 + signal number
+stopped_by: str | None = None  # the signal that stopped the last fit in this process, for the exit status
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with stdiff's defaults: every ``every_n_train_steps`` steps
+    and at the end of training it (atomically) rewrites ``checkpoints/last.ckpt``, and when the run
+    is stopped by SIGTERM (a scheduler's pre-emption) or Ctrl+C it finishes the step in progress,
+    writes ``last.ckpt`` and exits with status 143 or 130. Resume with ``--ckpt_path last``.
+
+    A second Ctrl+C aborts at once, without a checkpoint. A stop during validation keeps the last
+    periodic checkpoint (the weights then in the model are the EMA's, not the training weights).
+    Every ``ModelCheckpoint`` option applies; ``save_top_k=-1`` also keeps every periodic one.
+    """
+
+    def __init__(self, every_n_train_steps: int = 1000, save_last: bool = True, save_top_k: int = 0, **kwargs) -> None:
+        super().__init__(every_n_train_steps=every_n_train_steps, save_last=save_last, save_top_k=save_top_k, **kwargs)
+        self.stopped_by: str | None = None
+        self._previous_sigint = None
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stopped_by = None
+        # Lightning turns SIGTERM into a stop at the end of the step (and across DDP ranks); Ctrl+C
+        # becomes the same, instead of a KeyboardInterrupt wherever the program happens to be.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.stopped_by = "SIGINT"
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C aborts at once
+        rank_zero_info("\nCtrl+C: stopping after this step and writing a checkpoint (Ctrl+C again aborts)")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    # --- when to write -------------------------------------------------------------------------
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The final state, unless the last periodic checkpoint already holds it.
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+        if not isinstance(exception, SIGTERMException):
+            return  # an error mid-step: the model may be half-updated; keep the last good checkpoint
+        global stopped_by
+        self.stopped_by = stopped_by = self.stopped_by or "SIGTERM"
+        if not trainer.training or trainer.sanity_checking:
+            where = f" (step {self._last_global_step_saved})" if self.last_model_path else ""
+            rank_zero_info(
+                f"{self.stopped_by} during {'validation' if trainer.validating else trainer.state.stage}: no new "
+                f"checkpoint; the last one is {self.last_model_path or 'none'}{where}"
+            )
+            return
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        rank_zero_info(
+            f"{self.stopped_by}: stopped at step {trainer.global_step}, checkpoint {self.last_model_path}; "
+            "resume with --ckpt_path last"
+        )
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient (policy ``stop``, or too many skips)."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Checks the loss and the gradients of every optimizer step, before the step is taken.
+
+    Args:
+        policy: ``stop``: raise ``NonFiniteError`` naming the step, the loss, the gradient norm and
+            the last good checkpoint, without taking the step; ``skip``: drop the step's gradients
+            (the optimizer leaves the weights alone; the step still counts), count it as
+            ``train/skipped_steps``, and stop once more than ``max_skips`` steps were skipped.
+            ``off``: no check.
+        max_skips: skipped steps allowed in a run (resumes included) under ``skip``.
+
+    The check costs one reduction over the gradients and one device-to-host transfer per step
+    (plus an all-reduce of one flag under DDP, so that every rank takes the same decision). With a
+    ``GradScaler`` (``16-mixed``), infinite gradients are the scaler's business and only the loss
+    is checked.
+    """
+
+    def __init__(self, policy: Literal["stop", "skip", "off"] = "stop", max_skips: int = 10) -> None:
+        if policy not in ("stop", "skip", "off"):
+            raise ValueError(f"NonFiniteGuard.policy must be 'stop', 'skip' or 'off', got {policy!r}")
+        self.policy = policy
+        self.max_skips = check_int("NonFiniteGuard.max_skips", max_skips, 0)
+        self.skipped = 0
+        self._loss: torch.Tensor | None = None
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        self._loss = loss.detach()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if self.policy == "off":
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        loss = self._loss if self._loss is not None else torch.zeros((), device=pl_module.device)
+        check_grads = bool(grads) and getattr(trainer.precision_plugin, "scaler", None) is None
+        norm = _total_norm(grads) if check_grads else torch.zeros((), device=loss.device)
+        bad = ~(torch.isfinite(loss.float()) & torch.isfinite(norm))
+        if trainer.world_size > 1:
+            bad = torch.tensor(trainer.strategy.reduce_boolean_decision(bool(bad), all=False))
+        if not bool(bad):  # the one host-device synchronisation of the check
+            return
+        what = "loss" if not math.isfinite(loss.item()) else "gradient"
+        step = trainer.global_step
+        found = f"non-finite {what} at step {step} (loss {loss.item():.4g}, gradient norm {norm.item():.4g})"
+        if self.policy == "skip":
+            self.skipped += 1
+            for p in pl_module.parameters():
+                p.grad = None
+            pl_module.log("train/skipped_steps", float(self.skipped))
+            if self.skipped <= self.max_skips:
+                rank_zero_warn(f"{found}: step skipped ({self.skipped} of at most {self.max_skips})")
+                return
+            found += f"; {self.skipped} steps skipped, more than nonfinite.max_skips={self.max_skips}"
+        raise NonFiniteError(
+            f"{found}. The step was not taken. Last good checkpoint: {_last_checkpoint(trainer)}. "
+            "Lower the learning rate, clip gradients (--trainer.gradient_clip_val=1.0), or allow skips "
+            "(--nonfinite.policy=skip)."
+        )
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _last_checkpoint(trainer: L.Trainer) -> str:
+    for cb in trainer.checkpoint_callbacks:
+        path = cb.last_model_path or cb.best_model_path
+        if path:
+            step = getattr(cb, "_last_global_step_saved", None)
+            return f"{path} (step {step})" if step is not None else path
+    return "none written yet"
