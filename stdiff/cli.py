@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 import traceback
@@ -17,8 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from stdiff import runs
 from stdiff._validation import unknown_name_message
-from stdiff.callbacks import Checkpoint, GPDiagnostics, NonFiniteError, NonFiniteGuard, SampleWriter
-from stdiff.callbacks import reliability
+from stdiff.callbacks import Checkpoint, GPDiagnostics, NonFiniteError, NonFiniteGuard, SampleWriter, reliability
 from stdiff.callbacks.reliability import STOP_SIGNALS
 from stdiff.data import GPDataModule  # noqa: F401 (imported: short names resolve among imported classes)
 from stdiff.kernels import Kernel
@@ -78,7 +78,7 @@ def explain_unknown_name(message: str) -> str | None:
     if not matches:
         return None
     match = matches[-1]  # the innermost: wrappers around a nested config report first
-    name = (match["short"] or match["path"]).rsplit(".", 1)[-1]
+    name = (match["short"] or match["path"]).rstrip(".").rsplit(".", 1)[-1]
     keys = [k["key"] for k in _KEY.finditer(message, 0, match.start())]
     parts = [p for p in (keys[-1].split(".") if keys else []) if p != "init_args" and not p.isdigit()]
     kind = next((_KEY_KIND[p] for p in reversed(parts) if p in _KEY_KIND), None)
@@ -86,6 +86,35 @@ def explain_unknown_name(message: str) -> str | None:
         scored = [(difflib.SequenceMatcher(None, name, v).ratio(), k) for k in BASES for v in registry(k)]
         kind = max(scored)[1]
     return unknown_name_message(kind, name, registry(kind)) + " (or the full class_path of your own subclass)"
+
+
+_PROBLEM = re.compile(
+    r"^(?P<indent> *)(?:- )?(?P<what>Expected a (?!<class 'NoneType'>).*|Option '.*' is not accepted.*"
+    r"|File does not exist.*|Key '.*' is not expected.*)$"
+)
+_KEY_LINE = re.compile(r'^(?P<indent> *)(?:- )?Parser key "(?P<key>[^"]+)":(?P<rest>.*)$')
+
+
+def summarize(message: str) -> str | None:
+    """For jsonargparse's nested type errors, one line naming the full key and the problem: the
+    innermost problem in the message, with the chain of keys above it."""
+    stack: list[tuple[int, str]] = []
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        if key := _KEY_LINE.match(line):
+            indent = len(key["indent"])
+            stack = [(d, k) for d, k in stack if d < indent] + [(indent, key["key"])]
+            if key["rest"].strip() and _PROBLEM.match(key["rest"].strip()):
+                return f"{'.init_args.'.join(k for _, k in stack)}: {key['rest'].strip()}"
+            union = i + 1 < len(lines) and "Does not validate against any of the Union subtypes" in lines[i + 1]
+            if union and not any("Problem with given class_path" in rest for rest in lines[i + 1 :]):
+                subtypes = next((x.strip() for x in lines[i + 1 :] if x.strip().startswith("Subtypes:")), "")
+                return f"{'.init_args.'.join(k for _, k in stack)}: not an accepted value. {subtypes}"
+        elif problem := _PROBLEM.match(line):
+            indent = len(problem["indent"])
+            keys = [k for d, k in stack if d < indent]
+            return f"{'.init_args.'.join(keys)}: {problem['what']}" if keys else problem["what"]
+    return None
 
 
 def innermost_message(err: BaseException) -> str:
@@ -100,13 +129,31 @@ class StdiffArgumentParser(LightningArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["dump_header"] = [f"stdiff=={stdiff_version()}"]  # heads every saved config.yaml
+        kwargs.setdefault("prog", "stdiff")  # not "__main__.py" under python -m stdiff
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str, *args, **kwargs):
-        hint = explain_unknown_name(message)
-        if hint:
+    def error(self, message: str, ex: Exception | None = None):
+        hint = explain_unknown_name(message) or summarize(message) or self._closest_option(message)
+        if hint and not message.startswith(hint):
             message = f"{hint}\n{message}"
-        return super().error(message, *args, **kwargs)
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            return super().error(message, ex)  # raises: a caller handles it
+        # The problem first; no usage block of every option above it.
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {message}\ntip: `{prog} --help` lists every option\n")
+        self.exit(2)
+
+    def _closest_option(self, message: str) -> str | None:
+        """For a misspelt option, the option meant."""
+        if not message.startswith("unrecognized arguments:"):
+            return None
+        given = message.split(":", 1)[1].split()[0].split("=")[0]
+        options = [o for a in self._actions for o in a.option_strings]
+        for sub in getattr(self, "_subcommands_action", None) and self._subcommands_action.choices.values() or []:
+            options += [o for a in sub._actions for o in a.option_strings]
+        close = difflib.get_close_matches(given, options, n=1, cutoff=0.6)
+        return f"unknown option {given}" + (f". Did you mean {close[0]}?" if close else "")
 
 
 class StdiffCLI(LightningCLI):
@@ -139,6 +186,12 @@ class StdiffCLI(LightningCLI):
         first = [cb for cb in trainer.callbacks if isinstance(cb, GPDiagnostics)]
         trainer.callbacks = first + [cb for cb in trainer.callbacks if not isinstance(cb, GPDiagnostics)]
         return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would replace the model settings given here by those stored in the checkpoint,
+        # silently (a different sampler for predict, say, would be ignored). In stdiff the model is
+        # what the configuration says; _preflight checks that the checkpoint fits it.
+        pass
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         if config.get("enable_checkpointing") is False:  # Lightning refuses a checkpoint callback then
@@ -188,6 +241,11 @@ class StdiffCLI(LightningCLI):
                     if isinstance(cb, SaveConfigCallback):
                         cb.config_filename = f"config.resumed_step{checkpoint.get('global_step', 0)}.yaml"
         if subcommand == "fit":
+            if getattr(model, "use_oracle", False):
+                raise runs.RunError(
+                    "model.oracle=true uses the exact model, which has nothing to train: use it with validate, "
+                    "test or predict"
+                )
             model.configure_optimizers()  # a bad optimizer setting fails now, not after set-up
         if subcommand == "predict":
             if ckpt_path is None and not getattr(model, "use_oracle", False):
@@ -247,7 +305,7 @@ def main(args: list[str] | None = None) -> None:
     except (ValueError, runs.RunError, NonFiniteError, MisconfigurationException, OSError) as err:
         # A problem with the input or the run: its message is the explanation.
         sys.exit(f"stdiff: error: {innermost_message(err)}")
-    except Exception as err:  # a bug: the message first, the traceback for a report after it
+    except Exception as err:  # noqa: BLE001 (a bug: the message first, the traceback for a report after it)
         print(f"stdiff: error: {type(err).__name__}: {err}\n", file=sys.stderr)
         traceback.print_exc()
         sys.exit(1)

@@ -130,4 +130,6 @@ def check_writable(directory: str | os.PathLike) -> None:
     if not existing.is_dir():
         raise RunError(f"output directory {str(directory)!r} cannot be created: {str(existing)!r} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"output directory {str(directory)!r} is not writable (no write permission on {str(existing)!r})")
+        raise RunError(
+            f"output directory {str(directory)!r} is not writable (no write permission on {str(existing)!r})"
+        )

@@ -1,12 +1,11 @@
 """The real CLI: the quickstart trains and writes its outputs, every shipped config instantiates,
-and bad input exits with a message that names the problem, writing nothing."""
+and bad input exits with a message that names the problem (the battery: test_bad_inputs.py)."""
 
 import json
 import os
 import subprocess
 import sys
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -76,42 +75,6 @@ def test_every_config_instantiates(configs):
 def test_python_dash_m_and_help(tmp_path):
     out = run_cli(["fit", "--help"], tmp_path, timeout=120)
     assert out.returncode == 0 and "--data" in out.stdout
-
-
-BAD = [
-    (["--data.init_args.temporal=PoweredExp"], r"unknown kernel 'PoweredExp'. Did you mean 'PoweredExponential'?"),
-    (["--data.init_args.spatial=Matren"], r"unknown kernel 'Matren'. Did you mean 'Matern'?"),
-    (["--data.init_args.temporal.init_args.power=3"], "PoweredExponential.power must lie in (0.0, 2.0], got 3.0"),
-    (
-        ["--data.init_args.temporal.init_args.lengthscale=0"],
-        "PoweredExponential.lengthscale must be a finite number > 0",
-    ),
-    (
-        ["--data.init_args.spatial.init_args.lengthscale=40"],
-        "spatial kernel RBF(lengthscale=40.0) is not positive definite",
-    ),
-    (["--data.init_args.frames=1"], "frames must be an integer >= 2, got 1"),
-    (["--data.init_args.space_shape=[]"], "space_shape must have 1 or 2 entries"),
-    (["--model.backbone.init_args.heads=5"], "heads must be >= 1 and divide width=64, got heads=5"),
-    (["--model.sampler=Hune"], "unknown sampler 'Hune'. Did you mean 'Heun'? Valid sampler names: Ancestral, DDIM"),
-    (["--model.schedule=Cosin"], "unknown schedule 'Cosin'. Did you mean 'Cosine'? Valid schedule names: Cosine,"),
-    (
-        ["--model.parameterization=velocity"],
-        "Expected a typing.Literal['eps', 'x0', 'v', 'score']. Got value: velocity",
-    ),
-    (["--model.sampler.init_args.steps=0"], "Heun.steps must be an integer >= 1, got 0"),
-    (["--model.schedule.init_args.t_min=20"], "OrnsteinUhlenbeck.t_max must be > t_min=20.0, got 10.0"),
-]
-
-
-@pytest.mark.parametrize("extra,message", BAD, ids=[b[0][0].split("=")[0] + "=" + b[0][0].split("=")[1] for b in BAD])
-def test_bad_input_exits_with_a_message_and_writes_nothing(tmp_path, extra, message):
-    out = run_cli(["fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}", *extra], tmp_path)
-    assert out.returncode != 0
-    head = "\n".join(out.stderr.strip().splitlines()[-6:])
-    assert message in out.stderr, out.stderr[-3000:]
-    assert "Traceback" not in out.stderr, head
-    assert not (tmp_path / "lightning_logs").exists()
 
 
 COMPOSITE = """
@@ -187,21 +150,6 @@ def test_validation_and_checkpoint_use_the_ema_weights(tmp_path):
     assert total / 32 == pytest.approx(logged, rel=1e-5)
 
 
-def test_resume_keeps_the_ema_state(tmp_path):
-    ckpt = fit_tiny(tmp_path)
-    main(["fit", "--config", str(QUICKSTART), *TINY[1:], "--trainer.max_steps=6", f"--ckpt_path={ckpt}",
-          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    (resumed,) = (tmp_path / "lightning_logs" / "version_1" / "checkpoints").glob("*.ckpt")
-    state = torch.load(resumed, map_location="cpu", weights_only=True)
-    first = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["global_step"] == 6
-    ema = next(v for k, v in state["callbacks"].items() if "EMAWeightAveraging" in k)
-    assert ema["latest_update_step"] == 6
-    key = "backbone.blocks.0.attn.attn.qkv.weight"
-    # EMA continued from the stored average: new average = d^2 · old average + (1 − d) · (recent weights)
-    assert not torch.equal(state["state_dict"][key], first["state_dict"][key])
-
-
 def test_predict_with_the_exact_model_needs_no_checkpoint(tmp_path):
     main(["predict", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_predict=70",
           "--data.init_args.batch_size=32", "--model.sampler=DDIM", "--model.sampler.init_args.steps=5",
@@ -221,20 +169,9 @@ def test_predict_from_a_checkpoint_writes_samples(tmp_path):
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     samples = torch.load(tmp_path / "lightning_logs" / "version_1" / "samples.pt", weights_only=True)
     assert samples.shape == (8, 32, 8)
-
-
-def test_predict_with_a_checkpoint_of_another_shape_names_both_shapes(tmp_path):
-    ckpt = fit_tiny(tmp_path)
-    out = run_cli(["predict", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.frames=16",
-                   f"--trainer.default_root_dir={tmp_path}"], tmp_path)  # fmt: skip
-    assert out.returncode != 0
-    assert "trained on samples of shape (32, 8) (T, *space_shape), but the data gives (16, 8)" in out.stderr
-
-
-def test_predict_without_samples_requested_says_how_to_ask(tmp_path):
-    out = run_cli(["predict", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_predict=0",
-                   f"--trainer.default_root_dir={tmp_path}"], tmp_path)  # fmt: skip
-    assert out.returncode != 0 and "set data.init_args.num_predict" in out.stderr
+    # The sampler given here, not the one stored in the checkpoint's settings
+    meta = json.loads((tmp_path / "lightning_logs" / "version_1" / "samples.json").read_text())
+    assert meta["sampler"].startswith("Heun(steps=3")
 
 
 def read_metrics(run):
@@ -303,52 +240,3 @@ def test_two_process_validation_matches_one_process(tmp_path):
     assert "val/score_rel_error" in keys and "val/attention/pearson_best" in keys
     for k in keys:
         assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-8), k
-
-
-class BatchLog(L.Callback):
-    """Appends a checksum of every training batch to ``path`` (resume test)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        with open(self.path, "a") as f:
-            f.write(f"{trainer.global_step} {batch.double().sum().item():.12e}\n")
-
-
-def test_resumed_fit_continues_the_data_stream(tmp_path):
-    def fit(root, steps, *extra):
-        log = tmp_path / f"{root}.log"
-        main(["fit", "--config", str(QUICKSTART), *TINY, f"--trainer.max_steps={steps}", "--trainer.val_check_interval=4",
-              f"--trainer.default_root_dir={tmp_path / root}", "--trainer.callbacks+=test_cli.BatchLog",
-              f"--trainer.callbacks.path={log}", *extra])  # fmt: skip
-        return log.read_text().splitlines()
-
-    straight = fit("straight", 8)
-    first = fit("first", 4)
-    (ckpt,) = (tmp_path / "first" / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
-    resumed = fit("resumed", 8, f"--ckpt_path={ckpt}")
-    assert first == straight[:4] and resumed == straight[4:]  # no batch replayed or skipped
-
-
-def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(tmp_path):
-    """8 steps straight vs 4 steps, then resumed from the checkpoint to 8: same parameters, same EMA,
-    same optimizer state, bit for bit (data, times and noise are all seeded by position)."""
-
-    def fit(root, steps, *extra):
-        main(["fit", "--config", str(QUICKSTART), *TINY, f"--trainer.max_steps={steps}",
-              "--trainer.val_check_interval=4", f"--trainer.default_root_dir={tmp_path / root}", *extra])  # fmt: skip
-        (ckpt,) = (tmp_path / root / "lightning_logs").glob("version_*/checkpoints/*.ckpt")
-        return ckpt
-
-    straight = torch.load(fit("straight", 8), map_location="cpu", weights_only=True)
-    half = fit("half", 4)
-    resumed = torch.load(fit("resumed", 8, f"--ckpt_path={half}"), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "current_model_state"):  # EMA weights, and the trained weights
-        assert straight[key].keys() == resumed[key].keys()
-        for name, value in straight[key].items():
-            assert torch.equal(value, resumed[key][name]), f"{key}/{name}"
-    for a, b in zip(
-        straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
-    ):
-        assert all(torch.equal(a[k], b[k]) for k in a)

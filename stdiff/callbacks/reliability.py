@@ -66,10 +66,15 @@ class Checkpoint(ModelCheckpoint):
 
     # --- when to write -------------------------------------------------------------------------
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The final state, unless the last periodic checkpoint already holds it.
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # The final state, unless the last periodic checkpoint already holds it. Written here, not
+        # in on_train_end, where EMAWeightAveraging has already copied the average over the weights.
+        if self.save_last and _training_ends(trainer) and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # see on_train_epoch_end
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
@@ -90,6 +95,13 @@ class Checkpoint(ModelCheckpoint):
             f"{self.stopped_by}: stopped at step {trainer.global_step}, checkpoint {self.last_model_path}; "
             "resume with --ckpt_path last"
         )
+
+
+def _training_ends(trainer: L.Trainer) -> bool:
+    """Whether the fit stops after the current epoch."""
+    steps_done = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+    epochs_done = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+    return steps_done or epochs_done or trainer.should_stop
 
 
 class NonFiniteError(RuntimeError):

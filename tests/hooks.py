@@ -1,0 +1,48 @@
+"""Callbacks that tests add to real runs (``--trainer.callbacks+=hooks.<Name>``): they record what
+a run trained on, or make something go wrong at a chosen step."""
+
+import pathlib
+import time
+
+import lightning as L
+import torch
+
+
+class BatchLog(L.Callback):
+    """Appends ``step checksum`` of every training batch to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {batch.double().sum().item():.12e}\n")
+
+
+class Stall(L.Callback):
+    """From step ``at`` on, touches ``marker`` and sleeps ``seconds`` before each step: a window in
+    which a test kills or signals the run mid-training."""
+
+    def __init__(self, at: int, marker: str, seconds: float = 30.0) -> None:
+        self.at, self.marker, self.seconds = at, marker, seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.at:
+            pathlib.Path(self.marker).touch()
+            time.sleep(self.seconds)
+
+
+class InjectNaN(L.Callback):
+    """Makes the training batch of each step in ``steps`` NaN (``where="batch"``, so the loss is
+    NaN), or one gradient entry infinite after the backward pass (``where="grad"``)."""
+
+    def __init__(self, steps: list[int], where: str = "batch") -> None:
+        self.steps, self.where = set(steps), where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.where == "batch" and trainer.global_step in self.steps:
+            batch.view(-1)[0] = float("nan")
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self.where == "grad" and trainer.global_step in self.steps:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = torch.inf
