@@ -1,0 +1,113 @@
+"""What every experiment needs: train one configuration through the real CLI, read its
+diagnostics, rebuild the trained model, write the CSV and summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stdiff.runs import claim_version
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "paper"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def config(name: str) -> str:
+    return str(CONFIGS / f"{name}.yaml")
+
+
+def output_dir(experiment: str, root: str | Path) -> Path:
+    """A fresh ``<root>/paper/<experiment>/version_N`` for this invocation."""
+    base = Path(root) / "paper" / experiment
+    return base / f"version_{claim_version(base)}"
+
+
+def cli_args(configs: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    return [a for c in configs for a in ("--config", c)] + list(overrides)
+
+
+def train(out: Path, tag: str, configs: Sequence[str], overrides: Sequence[str]) -> tuple[Path, float]:
+    """``stdiff fit`` with these configs and overrides, its run directory under ``out/runs/<tag>``;
+    returns the run directory and the wall time in seconds."""
+    from stdiff.cli import main
+
+    root = out / "runs" / tag
+    start = time.perf_counter()
+    main(["fit", *cli_args(configs, overrides), f"--trainer.default_root_dir={root}", *QUIET])
+    (run,) = (root / "lightning_logs").glob("version_*")
+    return run, time.perf_counter() - start
+
+
+def metrics(run: Path) -> dict[str, float]:
+    """The diagnostics of the run's last validation (``metrics.json``)."""
+    return json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+def load(run: Path, configs: Sequence[str], overrides: Sequence[str]):
+    """The trained model (EMA weights, eval mode) and its data module, rebuilt from the same
+    configuration as the run."""
+    from stdiff.cli import StdiffCLI
+
+    cli = StdiffCLI(args=cli_args(configs, overrides), run=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    cli.model.load_state_dict(state["state_dict"])
+    return cli.model.eval(), cli.datamodule
+
+
+@torch.no_grad()
+def generate(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
+    """``n`` samples from the model with its configured sampler."""
+    out = []
+    for k, start in enumerate(range(0, n, batch)):
+        g = torch.Generator().manual_seed(seed * 100003 + k)
+        shape = (min(batch, n - start), *model.sample_shape)
+        out.append(model.sampler.sample(model, model.schedule, shape, g, torch.device("cpu")))
+    return torch.cat(out)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope of log y against log x, and its standard error."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    a = np.vstack([lx, np.ones_like(lx)]).T
+    coef, res, *_ = np.linalg.lstsq(a, ly, rcond=None)
+    dof = max(len(lx) - 2, 1)
+    sigma2 = float(res[0]) / dof if len(res) else 0.0
+    se = math.sqrt(sigma2 / ((lx - lx.mean()) ** 2).sum()) if len(lx) > 2 else float("nan")
+    return float(coef[0]), se
+
+
+def figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (4.0, 3.2)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    return fig, axes
+
+
+def save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
