@@ -200,19 +200,19 @@ class StdiffCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         # A ValueError from a constructor (or Lightning's refusal of a trainer setting, such as
-        # more devices than exist) is a configuration error: report it like a parse error (usage
-        # line, message, exit code 2) before anything is written to disk.
+        # more devices than exist) is a configuration error: report it like a parse error (message,
+        # exit code 2) before anything is written to disk.
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException) as err:
-            self.parser.error(f"invalid configuration: {innermost_message(err)}")
+            self._parser(self.subcommand).error(f"invalid configuration: {innermost_message(err)}")
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         try:
             self._preflight(subcommand, kwargs)
         except (runs.RunError, ValueError) as err:
-            self.parser.error(str(err))
+            self._parser(subcommand).error(str(err))
         return kwargs
 
     def _preflight(self, subcommand: str, kwargs: dict) -> None:

@@ -15,7 +15,7 @@ from stdiff.video import trajectory_autocorrelation
 FULL = {"samples": 1000, "overrides": []}
 CPU = {
     "samples": 200,
-    "steps": 1500,
+    "steps": 2000,
     "overrides": [
         "--model.backbone.init_args.width=64",
         "--model.backbone.init_args.depth=3",
@@ -24,7 +24,9 @@ CPU = {
         "--data.init_args.batch_size=16",
         "--data.init_args.num_val=64",
         "--model.sampler.init_args.steps=40",
-        "--model.optimizer.init_args.lr=0.001",
+        "--model.optimizer.init_args.lr=0.002",
+        "--data.init_args.background=false",  # the CPU budget learns the ball, not also a texture
+        "--data.init_args.radius=3.0",
         "--trainer.callbacks.init_args.decay=0.99",
     ],
 }
