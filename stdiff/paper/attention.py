@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from stdiff.diffusion import diffuse
 from stdiff.kernels import PoweredExponential
-from stdiff.metrics.attention import attention_alignment, temporal_map
-from stdiff.nn import capture_attention
-from stdiff.paper.common import config, figure, load, metrics, save, train, write_csv
+from stdiff.metrics.attention import attention_alignment
+from stdiff.paper.common import attention_maps, config, figure, load, metrics, run_overrides, save, train, write_csv
 
 T = "--data.init_args.temporal"
 KERNELS = {
@@ -50,29 +48,8 @@ CPU = {
 }
 
 
-@torch.no_grad()
-def attention_maps(model, data, log_snr: float = 0.0) -> dict[str, torch.Tensor]:
-    """Frame-to-frame attention ``(T, T)`` of each layer (heads averaged) on noised validation data."""
-    data.setup("validate")
-    x0 = next(iter(data.val_dataloader()))[0]
-    t = model.schedule.time_at_log_snr(torch.full((len(x0),), log_snr, dtype=torch.float64)).to(x0.dtype)
-    x_t = diffuse(model.schedule, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)))
-    with capture_attention(model) as maps:
-        model(x_t, t)
-    return {name: temporal_map(w, model.sample_shape[0]).mean(0) for name, w in maps.items()}
-
-
 def run(out, scale: dict, **_) -> dict:
-    steps = scale.get("steps")
-    common = list(scale["overrides"]) + (
-        [
-            f"--trainer.max_steps={steps}",
-            f"--trainer.val_check_interval={steps}",
-            f"--checkpoint.every_n_train_steps={steps}",
-        ]
-        if steps
-        else []
-    )
+    common = run_overrides(scale)
     rows, panels = [], []
     kernels = {k: v for k, v in KERNELS.items() if k in scale.get("kernels", KERNELS)}
     settings = {**kernels, CONTROL: CONTROL_ARGS}
@@ -82,7 +59,8 @@ def run(out, scale: dict, **_) -> dict:
         model, data = load(run_dir, [config("attention")], [*args, *common])
         frames = torch.arange(model.sample_shape[0], dtype=torch.float64)[:, None]
         reference = data.gp.gamma if name != CONTROL else REFERENCE(frames)
-        maps = attention_maps(model, data)
+        data.setup("validate")
+        maps = attention_maps(model, next(iter(data.val_dataloader()))[0])
         scores = {k: attention_alignment(v[None], reference)["pearson"].item() for k, v in maps.items()}
         best = max(scores, key=scores.get)
         rows.append(

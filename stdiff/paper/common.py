@@ -72,6 +72,30 @@ def generate(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+def run_overrides(scale: dict) -> list[str]:
+    """The scale's overrides, plus its ``steps`` (if any) as the run length, the one validation at
+    its end and the checkpoint interval."""
+    steps = scale.get("steps")
+    at_end = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
+              f"--checkpoint.every_n_train_steps={steps}"] if steps else []  # fmt: skip
+    return [*scale["overrides"], *at_end]
+
+
+@torch.no_grad()
+def attention_maps(model, x0: torch.Tensor, log_snr: float = 0.0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Frame-to-frame attention ``(T, T)`` of every attention unit (heads averaged) on ``x0``
+    noised to ``log_snr``."""
+    from stdiff.diffusion import diffuse
+    from stdiff.metrics.attention import temporal_map
+    from stdiff.nn import capture_attention
+
+    t = model.schedule.time_at_log_snr(torch.full((len(x0),), log_snr, dtype=torch.float64)).to(x0.dtype)
+    x_t = diffuse(model.schedule, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)))
+    with capture_attention(model) as maps:
+        model(x_t, t)
+    return {name: temporal_map(w, model.sample_shape[0]).mean(0) for name, w in maps.items()}
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from stdiff.metrics.distances import correlation_by_lag, factor_covariances
-from stdiff.paper.common import config, figure, generate, load, metrics, save, train, write_csv
+from stdiff.paper.common import config, figure, generate, load, metrics, run_overrides, save, train, write_csv
 
 BACKBONES = {
     "DiT": ["--model.backbone=DiT"],
@@ -38,16 +38,7 @@ METRICS = {
 
 
 def run(out, scale: dict, **_) -> dict:
-    steps = scale.get("steps")
-    common = list(scale["overrides"]) + (
-        [
-            f"--trainer.max_steps={steps}",
-            f"--trainer.val_check_interval={steps}",
-            f"--checkpoint.every_n_train_steps={steps}",
-        ]
-        if steps
-        else []
-    )
+    common = run_overrides(scale)
     rows, curves = [], defaultdict(dict)
     for frames in scale["frames"]:
         for name, args in BACKBONES.items():

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from stdiff.diffusion import diffuse
-from stdiff.metrics.attention import attention_alignment, temporal_map
-from stdiff.nn import capture_attention
-from stdiff.paper.common import config, figure, generate, load, save, train, write_csv
+from stdiff.metrics.attention import attention_alignment
+from stdiff.paper.common import attention_maps, config, figure, generate, load, run_overrides, save, train, write_csv
 from stdiff.video import trajectory_autocorrelation
 
 FULL = {"samples": 1000, "overrides": []}
@@ -33,16 +31,7 @@ CPU = {
 
 
 def run(out, scale: dict, **_) -> dict:
-    steps = scale.get("steps")
-    extra = list(scale["overrides"]) + (
-        [
-            f"--trainer.max_steps={steps}",
-            f"--trainer.val_check_interval={steps}",
-            f"--checkpoint.every_n_train_steps={steps}",
-        ]
-        if steps
-        else []
-    )
+    extra = run_overrides(scale)
     run_dir, seconds = train(out, "moving_ball", [config("moving_ball")], extra)
     model, data = load(run_dir, [config("moving_ball")], extra)
     videos = generate(model, scale["samples"], batch=50)
@@ -52,12 +41,8 @@ def run(out, scale: dict, **_) -> dict:
     generated, from_data = trajectory_autocorrelation(videos, data), trajectory_autocorrelation(real, data)
     # attention over frames at a middle noise level, each layer's temporal unit, heads averaged
     data.setup("validate")
-    x0 = data._val[:16]
-    t = model.schedule.time_at_log_snr(torch.zeros(len(x0), dtype=torch.float64)).to(x0.dtype)
-    x_t = diffuse(model.schedule, x0, t, torch.randn(x0.shape, generator=g))
-    with torch.no_grad(), capture_attention(model) as maps:
-        model(x_t, t)
-    temporal = {k: temporal_map(w, data.frames).mean(0) for k, w in maps.items() if k.endswith("temporal")}
+    maps = attention_maps(model, next(iter(data.val_dataloader()))[:16])
+    temporal = {k: v for k, v in maps.items() if k.endswith("temporal")}
     pearson = {k: attention_alignment(v[None], data.gamma)["pearson"].item() for k, v in temporal.items()}
     best = max(pearson, key=pearson.get)
     rows = [

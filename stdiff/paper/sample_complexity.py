@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from stdiff.paper.common import config, figure, loglog_slope, metrics, save, train, write_csv
+from stdiff.paper.common import config, figure, loglog_slope, metrics, run_overrides, save, train, write_csv
 
 PE = "--data.init_args.temporal=PoweredExponential"
 SETTINGS_FULL = {
@@ -68,16 +68,7 @@ METRICS = {
 
 def run(out, scale: dict, **_) -> dict:
     rows = []
-    steps = scale.get("steps")
-    overrides = list(scale["overrides"]) + (
-        [
-            f"--trainer.max_steps={steps}",
-            f"--trainer.val_check_interval={steps}",
-            f"--checkpoint.every_n_train_steps={steps}",
-        ]
-        if steps
-        else []
-    )
+    overrides = run_overrides(scale)
     total = len(scale["settings"]) * len(scale["n"]) * scale["seeds"]
     done = 0
     for setting in scale["settings"]:
