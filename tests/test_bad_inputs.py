@@ -245,14 +245,19 @@ def first_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()][:FIRST_LINES]
 
 
+def run_all(run: pathlib.Path) -> list:
+    """Every case against the existing run in ``run``, three at a time."""
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        return list(pool.map(lambda c: invoke(c[1], run), CASES))
+
+
 @pytest.fixture(scope="module")
 def battery(tmp_path_factory):
     """Every case, three at a time, against one existing run; its files before and after."""
     run = tmp_path_factory.mktemp("existing_run")
     prepare(run)
     before = snapshot(run)
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        results = dict(zip([c[0] for c in CASES], pool.map(lambda c: invoke(c[1], run), CASES)))
+    results = dict(zip([c[0] for c in CASES], run_all(run)))
     return run, before, results
 
 
@@ -279,8 +284,7 @@ if __name__ == "__main__":  # the table of cases and the first line of each mess
     with tempfile.TemporaryDirectory() as tmp:
         run = pathlib.Path(tmp)
         prepare(run)
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            outs = list(pool.map(lambda c: invoke(c[1], run), CASES))
+        outs = run_all(run)
         print(f"{len(CASES)} bad inputs, each through the real CLI\n")
         print("| case | arguments | exit | first line of the message |\n|---|---|---|---|")
         for (name, args, _), out in zip(CASES, outs):

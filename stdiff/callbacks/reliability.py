@@ -147,6 +147,7 @@ class NonFiniteGuard(L.Callback):
             return
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         loss = self._loss if self._loss is not None else torch.zeros((), device=pl_module.device)
+        self._loss = None  # a step without backward (training_step returned None) has no loss to check
         check_grads = bool(grads) and getattr(trainer.precision_plugin, "scaler", None) is None
         norm = _total_norm(grads) if check_grads else torch.zeros((), device=loss.device)
         bad = ~(torch.isfinite(loss.float()) & torch.isfinite(norm))
