@@ -140,8 +140,18 @@ class DiffusionModule(L.LightningModule):
         t = training_times(self.schedule, len(x0), self.time_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         loss = denoising_loss(self, self.schedule, x0, t, noise, self.weighting, self.min_snr_gamma).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        if self._logs_this_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        # Lightning writes step metrics every `log_every_n_steps` optimizer steps but its `log` call
+        # costs ~1 ms of Python on every step; logging only where it is written keeps the same
+        # curves (and the progress bar shows the latest written loss).
+        if self._trainer is None:
+            return True
+        every = self.trainer.log_every_n_steps
+        return every > 0 and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
 
     def evaluation_inputs(self, batch, batch_idx: int) -> tuple[Tensor, Tensor, Tensor]:
         """``(x0, t, noise)`` of a validation or test batch. Times are uniform in log-SNR, whatever

@@ -1,17 +1,49 @@
-"""The benchmark entry point runs at a tiny size (no thresholds: numbers live in the README)."""
+"""The benchmark entry point runs every CPU section at a tiny size (no thresholds: the numbers
+live in the README and benchmarks/results/)."""
 
 import json
 
+import pytest
 from conftest import QUICKSTART
 
 from stdiff.bench import main
 
+TINY = ["--config", str(QUICKSTART), "--repeats", "2", "--steps", "3", "--sample-steps", "2", "--sample-batch", "4",
+        "--frames", "4", "8", "--patches", "2", "--attention-batch", "2",
+        "--data.init_args.batch_size=8", "--model.backbone.init_args.depth=1", "--model.backbone.init_args.width=16",
+        "--trainer.enable_progress_bar=false"]  # fmt: skip
 
-def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
+
+def test_bench_prints_and_writes_every_section(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    main(["--config", str(QUICKSTART), "--steps", "3", "--repeats", "1", "--json", str(out),
-          "--data.init_args.batch_size=8", "--model.backbone.init_args.depth=1"])  # fmt: skip
+    main([*TINY, "--json", str(out)])
     result = json.loads(out.read_text())
-    for key in ("stdiff_steps_per_s", "hand_written_steps_per_s", "ratio", "data_fraction", "generation_samples_per_s"):
-        assert result[key]["median"] > 0 and result[key]["min"] <= result[key]["median"] <= result[key]["max"]
-    assert "| ratio |" in capsys.readouterr().out
+    training = result["training"]
+    for key in ("stdiff_steps_per_s", "hand_written_steps_per_s", "ratio", "data_fraction"):
+        assert 0 < training[key]["min"] <= training[key]["median"] <= training[key]["max"]
+    assert result["data"]["samples_per_s"]["median"] > 0
+    rows = result["sampling"]
+    assert {(r["sampler"], r["model"]) for r in rows} == {
+        (s, m) for s in ("EulerMaruyama", "Ancestral", "DDIM", "Heun") for m in ("network", "oracle")
+    }
+    assert all(r["evaluations"] == (4 if r["sampler"] == "Heun" else 2) for r in rows)  # Heun: 2 per step
+    attention = result["attention"]
+    assert len(attention["rows"]) == 2 * 4 and all(r["peak_mib"] >= 0 for r in attention["rows"])
+    assert set(attention["crossover"]) == {"2"}
+    assert "gpu" not in result  # no CUDA here
+    printed = capsys.readouterr().out
+    for title in ("## training", "## data", "## sampling", "## attention", "Crossover"):
+        assert title in printed
+    assert result["machine"]["torch"]
+
+
+def test_bench_names_a_bad_section_and_refuses_gpu_without_cuda(capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", str(QUICKSTART), "--sections", "training,speed"])
+    assert "unknown speed" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["--config", str(QUICKSTART), "--sections", "gpu"])
+        assert "needs a CUDA device" in capsys.readouterr().err

@@ -240,3 +240,21 @@ def test_two_process_validation_matches_one_process(tmp_path):
     assert "val/score_rel_error" in keys and "val/attention/pearson_best" in keys
     for k in keys:
         assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-8), k
+
+
+def test_training_loss_is_logged_at_the_same_steps_and_values_as_logging_every_step(tmp_path, monkeypatch):
+    # training_step calls self.log only on steps Lightning writes (log_every_n_steps); the curve
+    # must be the one Lightning writes when the loss is logged on every step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def curve(root):
+        args = ["fit", "--config", str(QUICKSTART), *TINY, "--trainer.max_steps=7", "--trainer.log_every_n_steps=3",
+                "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={root}"]  # fmt: skip
+        main(args)
+        events = EventAccumulator(str(root / "lightning_logs" / "version_0")).Reload()
+        return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+    ours = curve(tmp_path / "a")
+    monkeypatch.setattr(DiffusionModule, "_logs_this_step", lambda self: True)
+    assert ours == curve(tmp_path / "b")
+    assert [step for step, _ in ours] == [2, 5]

@@ -58,7 +58,7 @@ def assert_same_state(a, b):
         assert a[key].keys() == b[key].keys()
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), f"{key}/{name}"
-    ema = [next(v for k, v in c["callbacks"].items() if "EMAWeightAveraging" in k) for c in (a, b)]
+    ema = [next(v for k, v in c["callbacks"].items() if k.startswith("EMA")) for c in (a, b)]
     assert ema[0] == ema[1]
     for x, y in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(x[k], y[k]) for k in x)

@@ -1,0 +1,3 @@
+from stdiff.bench import main
+
+main()

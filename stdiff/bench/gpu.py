@@ -1,0 +1,64 @@
+"""Training throughput of the configured model on one GPU: fp32 vs bf16, torch.compile off vs on."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from stdiff.bench import stats, timed
+from stdiff.bench.training import autocast, build, drawer
+from stdiff.diffusion import denoising_loss, training_times
+
+COLUMNS = ["precision", "compile", "samples_per_s", "tokens_per_s", "mfu", "peak_memory_gib", "data_fraction"]
+
+
+def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int) -> list[dict]:
+    """One row per (precision, compile): samples/s, tokens/s, MFU against the card's peak for that
+    dtype (Lightning's table), peak memory, and the share of a step spent drawing the batch on the
+    device. FLOPs per step: the backbone's forward + backward, counted on the meta device."""
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    cli = build(configs, overrides)
+    device = torch.device("cuda")
+    data = cli.datamodule
+    data.generate_on = "device"
+    draw = drawer(data, device)
+    rows = []
+    for precision in ("32-true", "bf16-mixed"):
+        for compiled in (False, True):
+            module = copy.deepcopy(cli.model).to(device).train()
+            flops = module.flops_per_batch * data.batch_size  # no trainer attached: counted for one sample
+            if compiled:
+                module.backbone.compile()
+            optimizer = module.configure_optimizers()
+            optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+
+            def step(k: int) -> None:
+                x0 = draw(k)
+                t = training_times(module.schedule, len(x0), module.time_sampling, device=device)
+                with autocast(precision, device):
+                    loss = denoising_loss(module, module.schedule, x0, t, torch.randn_like(x0)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            for k in range(5):  # warm-up, compilation included
+                step(k)
+            torch.cuda.reset_peak_memory_stats(device)
+            seconds = [timed(lambda: [step(k) for k in range(steps)], device) / steps for _ in range(repeats)]
+            draw_seconds = timed(lambda: [draw(k) for k in range(steps)], device) / steps
+            peak = get_available_flops(device, torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+            tokens = module.tokens_per_sample * data.batch_size
+            rows.append({
+                "precision": precision, "compile": compiled,
+                "samples_per_s": stats([data.batch_size / s for s in seconds]),
+                "tokens_per_s": stats([tokens / s for s in seconds]),
+                "mfu": stats([flops / s / peak for s in seconds]) if peak else "unknown card",
+                "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+                "data_fraction": draw_seconds / min(seconds),
+            })  # fmt: skip
+            print(f"gpu {precision} compile={compiled}: {rows[-1]['tokens_per_s']['median']:.4g} tokens/s", flush=True)
+            del module, optimizer
+            torch.cuda.empty_cache()
+    return rows

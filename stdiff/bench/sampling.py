@@ -1,0 +1,58 @@
+"""Generated samples per second of every sampler, network against the exact (oracle) model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from stdiff.bench import stats, timed
+from stdiff.bench.training import autocast, build, device_of
+from stdiff.diffusion import ExactNoiseModel
+from stdiff.sampling import SAMPLERS
+
+COLUMNS = ["sampler", "steps", "model", "evaluations", "samples_per_s"]
+
+
+class _Counted:
+    """A noise model that counts its evaluations (to report evaluations per sample)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, 0
+
+    def __call__(self, x_t, t):
+        self.calls += 1
+        return self.model(x_t, t)
+
+
+def throughput(configs: list[str], overrides: list[str], steps_list: list[int], batch: int, repeats: int) -> list[dict]:
+    """One row per (sampler, steps, model): samples/s drawing ``batch`` samples at once on the
+    training device (the network in the configured precision, untrained: speed does not depend
+    on the weights)."""
+    cli = build(configs, overrides)
+    device = device_of(cli)
+    network = copy.deepcopy(cli.model).to(device).eval()
+    precision = str(cli.trainer.precision)
+    oracle = ExactNoiseModel(cli.datamodule.gp, network.schedule)
+
+    def in_precision(x_t, t):
+        with autocast(precision, device):
+            return network(x_t, t).float()
+
+    models = {"network": in_precision, "oracle": oracle}
+    shape = (batch, *network.sample_shape)
+    SAMPLERS["Heun"](steps=2).sample(oracle, network.schedule, shape, device=device)  # warm-up
+    rows = []
+    for name, cls in SAMPLERS.items():
+        for steps in steps_list:
+            sampler = cls(steps=steps)
+            for which, model in models.items():
+                counted = _Counted(model)
+                seconds = []
+                for r in range(repeats):
+                    generator = torch.Generator(device=device).manual_seed(r)
+                    seconds.append(timed(lambda: sampler.sample(counted, network.schedule, shape, generator), device))
+                rows.append({"sampler": name, "steps": steps, "model": which, "evaluations": counted.calls // repeats,
+                             "samples_per_s": stats([batch / s for s in seconds])})  # fmt: skip
+                print(f"sampling {name} {steps} steps {which}: {batch / min(seconds):.4g} samples/s", flush=True)
+    return rows
