@@ -6,7 +6,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml")) + sorted(
     (ROOT / "configs" / "controls").glob("*.yaml")
 )
-GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp")]  # after gpu/single.yaml
+GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b")]  # after gpu/single.yaml
 CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS))
 
 

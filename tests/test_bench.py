@@ -19,8 +19,9 @@ def test_bench_prints_and_writes_every_section(tmp_path, capsys):
     main([*TINY, "--json", str(out)])
     result = json.loads(out.read_text())
     training = result["training"]
-    for key in ("stdiff_steps_per_s", "hand_written_steps_per_s", "ratio", "data_fraction"):
+    for key in ("stdiff_steps_per_s", "hand_written_steps_per_s", "ratio", "data_fraction"):  # overhead_ms may be < 0
         assert 0 < training[key]["min"] <= training[key]["median"] <= training[key]["max"]
+    assert training["overhead_ms_per_step"]["min"] <= training["overhead_ms_per_step"]["max"]
     assert result["data"]["samples_per_s"]["median"] > 0
     rows = result["sampling"]
     assert {(r["sampler"], r["model"]) for r in rows} == {

@@ -90,7 +90,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--steps", type=int, default=200, help="training: steps per measurement")
     parser.add_argument("--sample-steps", type=int, nargs="+", default=[50, 100, 500], help="sampling: sampler steps")
     parser.add_argument("--sample-batch", type=int, default=64, help="sampling: samples drawn at once")
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="attention: T values")
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256], help="attention: T values")
     parser.add_argument("--patches", type=int, nargs="+", default=[4, 16, 64], help="attention: P values")
     parser.add_argument("--max-tokens", type=int, default=2048, help="attention: skip grids with T·P above this")
     parser.add_argument("--attention-batch", type=int, default=8, help="attention: batch size")

@@ -19,7 +19,7 @@ def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int) -
     device. FLOPs per step: the backbone's forward + backward, counted on the meta device."""
     from lightning.fabric.utilities.throughput import get_available_flops
 
-    cli = build(configs, overrides)
+    cli = build(configs, [*overrides, "--model.compile=false"])  # compiled below, for the rows that ask
     device = torch.device("cuda")
     data = cli.datamodule
     data.generate_on = "device"
