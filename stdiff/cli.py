@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks.progress import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -18,7 +19,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from stdiff import runs
 from stdiff._validation import unknown_name_message
-from stdiff.callbacks import Checkpoint, GPDiagnostics, NonFiniteError, NonFiniteGuard, SampleWriter, reliability
+from stdiff.callbacks import (
+    Checkpoint,
+    GPDiagnostics,
+    NonFiniteError,
+    NonFiniteGuard,
+    ProgressBar,
+    SampleWriter,
+    reliability,
+)
 from stdiff.callbacks.reliability import STOP_SIGNALS
 from stdiff.data import GPDataModule  # noqa: F401 (imported: short names resolve among imported classes)
 from stdiff.kernels import Kernel
@@ -196,6 +205,12 @@ class StdiffCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         if config.get("enable_checkpointing") is False:  # Lightning refuses a checkpoint callback then
             callbacks = [cb for cb in callbacks if not isinstance(cb, Checkpoint)]
+        # stdiff's lighter progress bar, unless there is none or the configuration brings its own.
+        given = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(cb, LightningProgressBar) for cb in given
+        ):
+            callbacks = [*callbacks, ProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:

@@ -111,7 +111,9 @@ def sweep(configs: list[str], overrides: list[str], frames: list[int], patches: 
         r["memory_vs_full"] = round(r["peak_mib"] / base["peak_mib"], 3) if base["peak_mib"] > 0 else None
     crossover = {}
     for p in patches:
-        faster = [r["T"] for r in rows if r["P"] == p and r["variant"] == "FactorizedAttention" and r["time_vs_full"] < 1]
+        faster = [
+            r["T"] for r in rows if r["P"] == p and r["variant"] == "FactorizedAttention" and r["time_vs_full"] < 1
+        ]
         measured = sorted(r["T"] for r in rows if r["P"] == p and r["variant"] == "FullAttention")
         # The smallest T from which factorized stays faster at every larger measured T.
         from_t = next((t for t in measured if all(u in faster for u in measured if u >= t)), None)
@@ -122,8 +124,9 @@ def sweep(configs: list[str], overrides: list[str], frames: list[int], patches: 
 
 def describe(result: dict) -> str:
     """One line per P: where factorized attention starts to beat full attention."""
-    lines = [f"DiT width {result['width']}, depth {result['depth']}, {result['heads']} heads, batch {result['batch']}, "
-             f"patch 1, window ±{result['window']}, on {result['device']}. Crossover (factorized faster than full):"]  # fmt: skip
+    head = (f"DiT width {result['width']}, depth {result['depth']}, {result['heads']} heads, batch {result['batch']}, "
+            f"patch 1, window ±{result['window']}, on {result['device']}. Crossover (factorized faster than full):")  # fmt: skip
+    lines = [head]
     for p, c in result["crossover"].items():
         t = c["factorized_faster_from_T"]
         if not c["measured_T"]:

@@ -34,19 +34,19 @@ def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int) -
             optimizer = module.configure_optimizers()
             optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
 
-            def step(k: int) -> None:
-                x0 = draw(k)
-                t = training_times(module.schedule, len(x0), module.time_sampling, device=device)
-                with autocast(precision, device):
-                    loss = denoising_loss(module, module.schedule, x0, t, torch.randn_like(x0)).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            def run(n: int, module=module, optimizer=optimizer, precision=precision) -> None:
+                for k in range(n):
+                    x0 = draw(k)
+                    t = training_times(module.schedule, len(x0), module.time_sampling, device=device)
+                    with autocast(precision, device):
+                        loss = denoising_loss(module, module.schedule, x0, t, torch.randn_like(x0)).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
 
-            for k in range(5):  # warm-up, compilation included
-                step(k)
+            run(5)  # warm-up, compilation included
             torch.cuda.reset_peak_memory_stats(device)
-            seconds = [timed(lambda: [step(k) for k in range(steps)], device) / steps for _ in range(repeats)]
+            seconds = [timed(lambda: run(steps), device) / steps for _ in range(repeats)]
             draw_seconds = timed(lambda: [draw(k) for k in range(steps)], device) / steps
             peak = get_available_flops(device, torch.bfloat16 if precision.startswith("bf16") else torch.float32)
             tokens = module.tokens_per_sample * data.batch_size

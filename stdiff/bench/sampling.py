@@ -51,7 +51,8 @@ def throughput(configs: list[str], overrides: list[str], steps_list: list[int], 
                 seconds = []
                 for r in range(repeats):
                     generator = torch.Generator(device=device).manual_seed(r)
-                    seconds.append(timed(lambda: sampler.sample(counted, network.schedule, shape, generator), device))
+                    draw = lambda s=sampler, m=counted, g=generator: s.sample(m, network.schedule, shape, g)
+                    seconds.append(timed(draw, device))
                 rows.append({"sampler": name, "steps": steps, "model": which, "evaluations": counted.calls // repeats,
                              "samples_per_s": stats([batch / s for s in seconds])})  # fmt: skip
                 print(f"sampling {name} {steps} steps {which}: {batch / min(seconds):.4g} samples/s", flush=True)

@@ -184,6 +184,8 @@ def generation(configs: list[str], overrides: list[str], repeats: int, batches: 
     device = device_of(cli) if getattr(data, "generate_on", "cpu") == "device" else torch.device("cpu")
     draw = drawer(data, device)
     draw(0)  # factors moved to the device, kernels loaded
-    rates = [batches * data.batch_size / timed(lambda: [draw(k) for k in range(batches)], device) for _ in range(repeats)]
+    rates = [
+        batches * data.batch_size / timed(lambda: [draw(k) for k in range(batches)], device) for _ in range(repeats)
+    ]
     return {"device": str(device), "batch_size": data.batch_size, "sample_shape": list(data.gp.sample_shape),
             "samples_per_s": stats(rates)}  # fmt: skip

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class EMA(EMAWeightAveraging):
