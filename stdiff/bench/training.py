@@ -42,38 +42,6 @@ def device_of(cli) -> torch.device:
     return cli.trainer.strategy.root_device
 
 
-class _Clock(L.Callback):
-    """Seconds from the first training batch to the end of training (set-up excluded)."""
-
-    def __init__(self) -> None:
-        self.start = self.seconds = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            synchronize(pl_module.device)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        synchronize(pl_module.device)
-        self.seconds = time.perf_counter() - self.start
-
-
-def through_stdiff(configs: list[str], overrides: list[str], steps: int) -> float:
-    """Seconds for ``steps`` steps of ``stdiff fit`` (a fresh trainer from the configuration;
-    logs in a temporary directory, deleted afterwards)."""
-    root = tempfile.mkdtemp(prefix="stdiff-bench-")
-    try:
-        cli = build(configs, [*overrides, f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
-                              *TRAINING_ONLY])  # fmt: skip
-        clock = _Clock()
-        cli.trainer.callbacks.append(clock)
-        with contextlib.redirect_stdout(sys.stderr):  # the progress bar runs (and costs) as usual, off the tables
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        return clock.seconds
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def ema_decay(cli) -> float | None:
     """The decay of the configured EMA callback (None without one)."""
     for cb in cli.config.get("trainer.callbacks") or []:
@@ -102,70 +70,122 @@ def drawer(data, device: torch.device):
     return lambda step: stream.batch(step).to(device, non_blocking=True)
 
 
-def hand_written(cli, steps: int, time_data: bool) -> tuple[float, float]:
-    """Seconds for ``steps`` steps of a minimal PyTorch loop on the configured model, data stream,
-    optimizer, precision, loss and EMA, and (``time_data``) the part spent drawing the batch
-    (synchronising the device around it, so only in a pass of its own on GPUs)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+class HandWritten:
+    """A minimal PyTorch training loop on the configured model (a copy), data stream, optimizer,
+    precision, loss and EMA: what someone would write by hand; ``step(k)`` trains on batch k."""
 
-    device, data = device_of(cli), cli.datamodule
-    model = copy.deepcopy(cli.model).to(device).train()
-    decay = ema_decay(cli)
-    ema = None
-    if decay is not None:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    optimizer = model.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    precision = str(cli.trainer.precision)
-    draw = drawer(data, device)
-    data_seconds = 0.0
-    synchronize(device)
-    start = time.perf_counter()
-    for step in range(steps):
+    def __init__(self, cli) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.device = device_of(cli)
+        self.model = copy.deepcopy(cli.model).to(self.device).train()
+        decay = ema_decay(cli)
+        self.ema = None
+        if decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        optimizer = self.model.configure_optimizers()
+        self.optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+        self.precision = str(cli.trainer.precision)
+        self.draw = drawer(cli.datamodule, self.device)
+
+    def step(self, k: int, time_data: bool = False) -> float:
+        """One training step on batch ``k``; returns the seconds spent drawing the batch if
+        ``time_data`` (synchronising the device around the draw), else 0."""
+        model, device = self.model, self.device
+        data_seconds = 0.0
         if time_data:
             synchronize(device)
-            t0 = time.perf_counter()
-            x0 = draw(step)
+            start = time.perf_counter()
+        x0 = self.draw(k)
+        if time_data:
             synchronize(device)
-            data_seconds += time.perf_counter() - t0
-        else:
-            x0 = draw(step)
-        generator = torch.Generator(device=device).manual_seed(derive_seed(0, 0, step, 0))
+            data_seconds = time.perf_counter() - start
+        generator = torch.Generator(device=device).manual_seed(derive_seed(0, 0, k, 0))
         t = training_times(model.schedule, len(x0), model.time_sampling, generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
-        with autocast(precision, device):
+        with autocast(self.precision, device):
             loss = denoising_loss(model, model.schedule, x0, t, noise, model.weighting, model.min_snr_gamma).mean()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
-    synchronize(device)
-    return time.perf_counter() - start, data_seconds
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+        return data_seconds
+
+
+class _Paired(L.Callback):
+    """After each stdiff step, one hand-written step, timed on its own: the stdiff step is the
+    cycle from one ``on_train_batch_start`` to the next minus the hand-written step in it."""
+
+    def __init__(self, hand: HandWritten, time_data: bool) -> None:
+        self.hand, self.time_data = hand, time_data
+        self.marks: list[float] = []
+        self.hand_seconds: list[float] = []
+        self.data_seconds: list[float] = []
+
+    def _mark(self, pl_module) -> None:
+        synchronize(pl_module.device)
+        self.marks.append(time.perf_counter())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._mark(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        synchronize(pl_module.device)
+        start = time.perf_counter()
+        self.data_seconds.append(self.hand.step(batch_idx, self.time_data))
+        synchronize(pl_module.device)
+        self.hand_seconds.append(time.perf_counter() - start)
+
+    def on_train_end(self, trainer, pl_module):
+        self._mark(pl_module)
+
+    def seconds(self, skip: int) -> tuple[float, float, float]:
+        """(stdiff, hand-written, data drawing) seconds over the steps after the first ``skip``."""
+        cycles = [b - a for a, b in zip(self.marks, self.marks[1:])]
+        ours = sum(c - h for c, h in zip(cycles[skip:], self.hand_seconds[skip:]))
+        return ours, sum(self.hand_seconds[skip:]), sum(self.data_seconds[skip:])
+
+
+def paired(cli, configs: list[str], overrides: list[str], steps: int, time_data: bool) -> tuple[float, float, float]:
+    """stdiff (a fresh ``stdiff fit`` from the configuration; logs in a temporary directory,
+    deleted afterwards) and the hand-written loop interleaved step by step, so that both meet the
+    same machine at the same moment: seconds of each over ``steps`` steps (after 5 warm-up
+    steps), and of the hand-written loop's data drawing."""
+    warm_up = 5
+    root = tempfile.mkdtemp(prefix="stdiff-bench-")
+    try:
+        run = build(configs, [*overrides, f"--trainer.max_steps={steps + warm_up}", f"--trainer.default_root_dir={root}",
+                              *TRAINING_ONLY])  # fmt: skip
+        probe = _Paired(HandWritten(cli), time_data)
+        run.trainer.callbacks.append(probe)
+        with contextlib.redirect_stdout(sys.stderr):  # the progress bar runs (and costs) as usual, off the tables
+            run.trainer.fit(run.model, datamodule=run.datamodule)
+        return probe.seconds(warm_up)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def overhead(configs: list[str], overrides: list[str], steps: int, repeats: int) -> dict:
-    """stdiff's steps/s, the hand-written loop's, their ratio and the time stdiff adds per step
-    (per repeat, measured back to back, the order alternating), and the data share of the
-    hand-written step."""
+    """stdiff's steps/s, the hand-written loop's, their ratio and the time stdiff adds per step,
+    both measured in the same run, step by step in turn (``paired``); and the share of the
+    hand-written step spent drawing the batch."""
     cli = build(configs, overrides)
     cli.datamodule.setup("fit")
     device = device_of(cli)
     on_cpu = device.type == "cpu"  # timing the data costs nothing there: no separate pass needed
-    hand_written(cli, min(10, steps), time_data=False)  # warm-up (allocator, kernels, compilation)
     runs: dict[str, list[float]] = {k: [] for k in COLUMNS[:5]}
     for r in range(repeats):
-        if r % 2 == 0:
-            ours = steps / through_stdiff(configs, overrides, steps)
-            seconds, data_seconds = hand_written(cli, steps, time_data=on_cpu)
-        else:
-            seconds, data_seconds = hand_written(cli, steps, time_data=on_cpu)
-            ours = steps / through_stdiff(configs, overrides, steps)
-        fraction = data_seconds / seconds
+        seconds, hand_seconds, data_seconds = paired(cli, configs, overrides, steps, time_data=on_cpu)
+        fraction = data_seconds / hand_seconds
         if not on_cpu:  # a pass of its own, synchronised around each draw: an upper bound
-            synced_seconds, data_seconds = hand_written(cli, steps, time_data=True)
-            fraction = data_seconds / synced_seconds
-        theirs = steps / seconds
+            hand = HandWritten(cli)
+            synchronize(device)
+            start = time.perf_counter()
+            data_seconds = sum(hand.step(k, time_data=True) for k in range(steps))
+            synchronize(device)
+            fraction = data_seconds / (time.perf_counter() - start)
+        ours, theirs = steps / seconds, steps / hand_seconds
         runs["stdiff_steps_per_s"].append(ours)
         runs["hand_written_steps_per_s"].append(theirs)
         runs["ratio"].append(ours / theirs)

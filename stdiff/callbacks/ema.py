@@ -1,7 +1,10 @@
-"""``EMA``: Lightning's ``EMAWeightAveraging`` with the average updated by foreach kernels."""
+"""``EMA``: Lightning's ``EMAWeightAveraging`` with a cheaper update."""
 
 from __future__ import annotations
 
+import itertools
+
+import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -9,9 +12,10 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 class EMA(EMAWeightAveraging):
     """An exponential moving average of the weights (and buffers), used for validation, sampling
     and the saved checkpoints, exactly as Lightning's ``EMAWeightAveraging``
-    (``average ← decay·average + (1 − decay)·weights`` after every optimizer step) but updated with
-    one foreach ``lerp`` over all tensors instead of a Python loop over them, which Lightning's
-    per-tensor ``avg_fn`` costs on every step (``python -m stdiff.bench`` measures the difference).
+    (``average ← decay·average + (1 − decay)·weights`` after every optimizer step), but updated
+    with one foreach ``lerp`` over tensor lists made once, instead of Lightning's Python loop over
+    the tensors with two walks of both module trees on every step (``benchmarks/step_hooks.py``
+    measures both).
 
     Args: as ``EMAWeightAveraging``: ``decay``, ``update_every_n_steps``, ``update_starting_at_step``,
     ``update_starting_at_epoch``, ``device``, ``use_buffers``.
@@ -25,3 +29,35 @@ class EMA(EMAWeightAveraging):
         self._kwargs = {k: v for k, v in self._kwargs.items() if k != "avg_fn"}
         self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
         self.decay = decay
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._pairs = None  # a new average model: list its tensors again
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step_idx = trainer.global_step - 1  # as Lightning: zero-based index of the optimizer step
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            self._update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def _update(self, pl_module) -> None:
+        average = self._average_model
+        if self._pairs is None or average.n_averaged == 0:
+            average.update_parameters(pl_module)  # the first update copies; Lightning's own path
+            self._pairs = self._tensor_lists(pl_module)
+            return
+        ours, theirs = self._pairs
+        torch._foreach_lerp_(ours, theirs, 1.0 - self.decay)  # what get_ema_multi_avg_fn does, listed once
+        average.n_averaged += 1
+
+    def _tensor_lists(self, pl_module):
+        """(average, current) tensors in update order, or None (Lightning's path on every step)
+        where buffers are not averaged or a pair differs in kind, dtype or device."""
+        if not self._use_buffers:
+            return None
+        average = self._average_model
+        ours = [t.detach() for t in itertools.chain(average.module.parameters(), average.module.buffers())]
+        theirs = [t.detach() for t in itertools.chain(pl_module.parameters(), pl_module.buffers())]
+        same = all(a.is_floating_point() and a.device == b.device and a.dtype == b.dtype for a, b in zip(ours, theirs))
+        return (ours, theirs) if same and len(ours) == len(theirs) else None
