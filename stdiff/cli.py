@@ -303,6 +303,16 @@ def stdiff_version() -> str:
         return "unknown"
 
 
+def _destroy_process_group() -> None:
+    # Lightning leaves the process group of a multi-process run alive; its threads torn down at
+    # interpreter exit instead can abort the process after a finished run ("terminate called
+    # without an active exception", seen with gloo on CPUs).
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> None:
     """Console script ``stdiff``."""
     # Deprecation notices raised inside Lightning's own use of jsonargparse and torch's pytree:
@@ -315,6 +325,7 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(f"stdiff: error: {err}")
     try:
         StdiffCLI(args=args)
+        _destroy_process_group()
     except SIGTERMException:  # stopped by a signal, after writing a checkpoint (see Checkpoint)
         sys.exit(STOP_SIGNALS.get(reliability.stopped_by, 143))
     except (ValueError, runs.RunError, NonFiniteError, MisconfigurationException, OSError) as err:

@@ -6,7 +6,8 @@ Sections (``--sections``; by default all, ``gpu`` only where CUDA is available):
 - ``training``: steps/s through stdiff (the configured ``Trainer``: Lightning, stdiff's callbacks,
   logging and progress bar as configured; validation and checkpoint writes off) against a minimal
   hand-written PyTorch loop with the same model, data stream, optimizer, precision, loss and EMA,
-  alternating in one process; and the share of the hand-written step spent drawing the batch.
+  step by step in turn in one run (so machine noise hits both alike); and the share of the
+  hand-written step spent drawing the batch.
 - ``data``: GP generation samples/s at the configured batch size, on the configured device.
 - ``sampling``: generated samples/s of every sampler at ``--sample-steps``, network vs exact model.
 - ``attention``: time and peak memory of a DiT training step (forward + backward) for each
