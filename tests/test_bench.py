@@ -62,3 +62,9 @@ def test_the_gpu_matrix_runs_its_loop_on_the_cpu():
     for r in rows:
         assert r["tokens_per_s"]["median"] > r["samples_per_s"]["median"] > 0
         assert r["peak_memory_gib"] == "n/a" and 0 < r["data_fraction"] < 1
+
+
+def test_bench_refuses_an_unwritable_json_path_before_measuring(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", str(QUICKSTART), "--json", str(tmp_path / "missing" / "out.json")])
+    assert "cannot write in" in capsys.readouterr().err

@@ -109,6 +109,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     for name in ("repeats", "steps", "sample_batch", "attention_batch", "gpu_steps", "max_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            parser.error(f"--json {args.json}: cannot write in {folder} (missing or not writable)")
     args.sections = wanted
     return args, overrides
 
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def report(title: str, rows: list[dict], columns: list[str], note: str = "") -> None:
         print(f"\n## {title}\n\n{table(rows, columns)}" + (f"\n\n{note}" if note else ""), flush=True)
+        if args.json:  # after every section: a later failure loses nothing measured
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
 
     if "training" in args.sections:
         result["training"] = training.overhead(args.config, overrides, args.steps, args.repeats)
@@ -142,7 +149,4 @@ def main(argv: list[str] | None = None) -> dict:
         result["gpu"] = gpu.matrix(args.config, overrides, args.gpu_steps, args.repeats)
         report("gpu: training throughput", result["gpu"], gpu.COLUMNS)
     print(f"\nmachine: {json.dumps(result['machine'])}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
     return result
