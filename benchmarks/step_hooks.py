@@ -9,7 +9,9 @@ the configured model (milliseconds per step; median over the steps of a short ru
   ``multi_avg_fn``), and as ``stdiff.callbacks.EMA`` does it (one foreach lerp on lists made once);
 - ``guard_walk_module`` / ``guard_walk_cached``: listing the gradients by walking the module tree
   on every step (as NonFiniteGuard did) and from a list made once (as it does now);
-- ``guard_check``: the non-finite check itself (gradient norm, isfinite, one host sync);
+- ``guard_check_total_norm`` / ``guard_check``: the non-finite check itself (one reduction,
+  isfinite, one host sync) through ``torch.nn.utils.get_total_norm`` (as NonFiniteGuard did) and
+  through the stacked per-tensor norms it uses now;
 - ``log_call``: one ``LightningModule.log`` call inside a running ``Trainer`` (stdiff now makes
   it only on the steps Lightning writes, every ``log_every_n_steps``);
 - ``progress_bar_lightning`` / ``progress_bar_stdiff``: the progress bar's work after each step,
@@ -105,6 +107,10 @@ def main() -> None:
         norm = _total_norm([p_.grad for p_ in cached if p_.grad is not None])
         return bool(~torch.isfinite(norm).all())
 
+    def check_total_norm():
+        norm = torch.nn.utils.get_total_norm([p_.grad for p_ in cached if p_.grad is not None])
+        return bool(~torch.isfinite(norm))
+
     result = {
         "config": args.config,
         "parameters": sum(p_.numel() for p_ in cached),
@@ -114,6 +120,7 @@ def main() -> None:
         "ema_stdiff": per_call_ms(lambda: ema._update(module), n),
         "guard_walk_module": per_call_ms(lambda: [p_.grad for p_ in module.parameters() if p_.grad is not None], n),
         "guard_walk_cached": per_call_ms(lambda: [p_.grad for p_ in cached if p_.grad is not None], n),
+        "guard_check_total_norm": per_call_ms(check_total_norm, n),
         "guard_check": per_call_ms(check, n),
         "log_call": statistics.median(probe.log_ms + lightning_bar.log_ms),
         "progress_bar_lightning": statistics.mean(lightning_bar.bar_ms),
