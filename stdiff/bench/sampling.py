@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
@@ -51,7 +52,7 @@ def throughput(configs: list[str], overrides: list[str], steps_list: list[int], 
                 seconds = []
                 for r in range(repeats):
                     generator = torch.Generator(device=device).manual_seed(r)
-                    draw = lambda s=sampler, m=counted, g=generator: s.sample(m, network.schedule, shape, g)
+                    draw = functools.partial(sampler.sample, counted, network.schedule, shape, generator)
                     seconds.append(timed(draw, device))
                 rows.append({"sampler": name, "steps": steps, "model": which, "evaluations": counted.calls // repeats,
                              "samples_per_s": stats([batch / s for s in seconds])})  # fmt: skip

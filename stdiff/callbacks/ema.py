@@ -30,10 +30,11 @@ class EMA(EMAWeightAveraging):
         self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
         self.decay = decay
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._listed = False  # _pairs made (None there: Lightning's path on every step)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._pairs = None  # a new average model: list its tensors again
+        self._pairs, self._listed = None, False  # a new average model: list its tensors again
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step_idx = trainer.global_step - 1  # as Lightning: zero-based index of the optimizer step
@@ -43,9 +44,10 @@ class EMA(EMAWeightAveraging):
 
     def _update(self, pl_module) -> None:
         average = self._average_model
-        if self._pairs is None or average.n_averaged == 0:
+        if self._pairs is None:  # no test of n_averaged here: on a GPU it would sync every step
             average.update_parameters(pl_module)  # the first update copies; Lightning's own path
-            self._pairs = self._tensor_lists(pl_module)
+            if not self._listed:
+                self._pairs, self._listed = self._tensor_lists(pl_module), True
             return
         ours, theirs = self._pairs
         torch._foreach_lerp_(ours, theirs, 1.0 - self.decay)  # what get_ema_multi_avg_fn does, listed once
