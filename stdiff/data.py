@@ -5,29 +5,32 @@ Seeds: every batch of the infinite stream has its own seed, derived from
 independent, non-overlapping streams, DataLoader workers split one rank's stream between them
 (the same batches for any number of workers), the same seed reproduces the same stream, and a
 resumed run continues it. The fixed training set and the validation set are drawn from their
-own keys ``(seed, TRAIN)`` and ``(seed, VAL)`` and are identical on every rank (Lightning's
-distributed sampler splits them).
+own keys ``(seed, TRAIN)`` and ``(seed, VAL)`` and are identical on every rank; the fixed set is
+reshuffled every epoch from ``(seed, ORDER, epoch)`` and split between ranks by ``EpochSampler``;
+like the stream, it continues an interrupted run where it stopped (Lightning's distributed sampler
+splits the validation set).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from stdiff._validation import check_int
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel
 
 # Purposes of derived seeds: each gets its own, independent branch of the seed tree.
-STREAM, TRAIN, VAL, PREDICT, TEST = 0, 1, 2, 3, 4
+STREAM, TRAIN, VAL, PREDICT, TEST, ORDER = 0, 1, 2, 3, 4, 5
 
 
 def derive_seed(seed: int, *key: int) -> int:
@@ -77,6 +80,70 @@ class GPStream(IterableDataset):
             yield self.seed_of(index) if self.seeds_only else self.batch(index)
 
 
+class EpochSampler(DistributedSampler):
+    """Indices into a fixed training set of ``size`` samples, in a new order every epoch.
+
+    Like the stream, the training batches are a function of their index j alone: batch j is
+    batch ``j % epoch_batches`` of epoch ``j // epoch_batches``, whose order is a permutation drawn
+    from ``derive_seed(seed, ORDER, epoch)``, the same on every rank; rank r of W takes every W-th
+    index (the order wrapped around to a multiple of W, as ``DistributedSampler`` does, so that
+    every rank has as many batches). Each iteration serves from batch ``position()`` (the trainer's
+    count of batches trained on) to the end of that epoch, so a resumed run continues mid-epoch
+    with the batches the interrupted one would have had, whatever Lightning's own count of the
+    interrupted epoch. Without ``position``, iterations are consecutive epochs from 0.
+
+    ``epoch_batches``: batches per epoch as the trainer counts them (fewer than the sampler holds
+    under ``limit_train_batches``). Being a ``DistributedSampler``, Lightning keeps it under DDP
+    instead of wrapping it in its own.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+        epoch_batches: int | None = None, position: Callable[[], int] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.size, self.batch_size, self.position = size, batch_size, position
+        self.epoch_batches = epoch_batches or math.ceil(self.num_samples / batch_size)
+        self._next = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the epoch follows from the batch index (see the class)."""
+
+    def order(self, epoch: int) -> Tensor:
+        """This rank's indices for a whole ``epoch``."""
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, ORDER, epoch))
+        order = torch.randperm(self.size, generator=generator)
+        order = order.repeat(math.ceil(self.total_size / self.size))[: self.total_size]
+        return order[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, batch = divmod(self.position() if self.position is not None else self._next, self.epoch_batches)
+        self._next = (epoch + 1) * self.epoch_batches
+        return iter(self.order(epoch)[batch * self.batch_size :].tolist())
+
+
+class GPDataLoader(DataLoader):
+    """A ``DataLoader`` that tells Lightning it resumes mid-epoch (its dataset or sampler continues
+    from the restored step, see ``GPDataModule._consumed``) and warns when a run is resumed with
+    data settings that draw different batches than the interrupted run would have."""
+
+    def __init__(self, *args, settings: dict, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+
+    def state_dict(self) -> dict:
+        return dict(self.settings)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        changed = {k: (v, self.settings.get(k)) for k, v in state_dict.items() if self.settings.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {old} in the checkpoint, {new} now" for k, (old, new) in changed.items())
+            rank_zero_warn(
+                f"Resuming with different training data settings ({what}): training goes on, but on other "
+                "batches than the interrupted run would have seen."
+            )
+
+
 def evaluation_set(gp: KroneckerGP, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """A fixed evaluation set: samples ``x0 (n, T, *space)``, the noise ``(n, T, *space)`` and the
     uniform variates ``u (n,)`` (mapped to diffusion times by the model) each sample is scored
@@ -114,8 +181,10 @@ class GPDataModule(L.LightningDataModule):
             where a factor's condition number exceeds 1e12); see ``KroneckerGP``. Whenever jitter
             is added, how much and the resulting condition numbers are printed.
         batch_size: samples per batch on each device.
-        num_train: size of a fixed training set (sample-complexity studies); ``None`` streams
-            fresh samples forever, so steps, not epochs, bound training.
+        num_train: size of a fixed training set (sample-complexity studies), reshuffled every
+            epoch (``EpochSampler``); ``None`` streams fresh samples forever, so steps, not epochs,
+            bound training. Either way a resumed run trains on the batches the interrupted one
+            would have.
         num_val: size of the fixed, seeded validation set, and of the separate test set; their
             batches are ``(x0, noise, u)`` (see ``evaluation_set``).
         seed: root of every derived seed.
@@ -176,27 +245,39 @@ class GPDataModule(L.LightningDataModule):
         if stage == "test" and self._test is None:
             self._test = evaluation_set(self.gp, self.num_val, derive_seed(self.seed, TEST))
 
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
-
     def _consumed(self) -> int:
-        """Stream batches this rank has already trained on: 0 for a new run; when resuming from a
-        checkpoint, the restored step count times the batches per step, so the stream continues
-        where it stopped instead of replaying. (Batches a loader had prefetched but not trained
-        on when the run stopped are not lost either: they are drawn again, from the same seeds.)"""
+        """Training batches this rank has already drawn: 0 for a new run; when resuming from a
+        checkpoint, the restored step count times the batches per step, so the stream (or the
+        fixed set's epoch) continues where it stopped instead of replaying. (Batches a loader had
+        prefetched but not trained on when the run stopped are not lost either: they are drawn
+        again, from the same seeds or positions.)"""
         trainer = self.trainer
         if trainer is None or not hasattr(trainer, "fit_loop"):
             return 0
         return trainer.global_step * trainer.accumulate_grad_batches
 
+    def _epoch_batches(self, world_size: int) -> int:
+        """Batches per epoch and rank as the trainer counts them: all, or ``limit_train_batches``."""
+        total = math.ceil(math.ceil(self.num_train / world_size) / self.batch_size)
+        limit = getattr(self.trainer, "limit_train_batches", None)
+        if limit is None or isinstance(limit, float) and limit == 1.0:
+            return total
+        return max(1, min(total, limit) if isinstance(limit, int) else int(total * limit))
+
     def train_dataloader(self) -> DataLoader:
-        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        trainer = self.trainer
+        rank, world = getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+        settings = {"seed": self.seed, "batch_size": self.batch_size, "num_train": self.num_train, "world_size": world,
+                        "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", 1)}  # fmt: skip
+        common = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "settings": settings}
         if self.num_train is None:
             # The stream is already batched: batch_size=None disables automatic batching.
             seeds_only = self.generate_on == "device"
-            stream = GPStream(self.gp, self.batch_size, self.seed, self._rank(), seeds_only, self._consumed())
-            return DataLoader(stream, batch_size=None, **common)
-        return DataLoader(Samples(self._train), batch_size=self.batch_size, shuffle=True, **common)
+            stream = GPStream(self.gp, self.batch_size, self.seed, rank, seeds_only, self._consumed())
+            return GPDataLoader(stream, batch_size=None, **common)
+        sampler = EpochSampler(self.num_train, self.batch_size, self.seed, rank, world, self._epoch_batches(world),
+                               position=self._consumed)  # fmt: skip
+        return GPDataLoader(Samples(self._train), batch_size=self.batch_size, sampler=sampler, **common)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, int):  # a seed from the stream with generate_on="device"

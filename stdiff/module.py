@@ -133,9 +133,12 @@ class DiffusionModule(L.LightningModule):
     # --- training and validation ---------------------------------------------------------------
 
     def training_step(self, x0: Tensor, batch_idx: int) -> Tensor:
-        # Times and noise come from a generator seeded by (run seed, rank, step), not from the global
-        # RNG, which a checkpoint does not hold: a resumed run draws exactly what it would have.
-        seed = derive_seed(torch.initial_seed(), self.global_rank, self.global_step, batch_idx)
+        # Times and noise come from a generator seeded by (run seed, rank, step, micro-batch), not
+        # from the global RNG, which a checkpoint does not hold, nor from the index in the epoch,
+        # which Lightning can count differently after a resume: a resumed run draws exactly what
+        # the uninterrupted one would have.
+        micro = batch_idx % self.trainer.accumulate_grad_batches if self._trainer is not None else batch_idx
+        seed = derive_seed(torch.initial_seed(), self.global_rank, self.global_step, micro)
         generator = torch.Generator(device=x0.device).manual_seed(seed)
         t = training_times(self.schedule, len(x0), self.time_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -17,7 +17,7 @@ def stdiff_subclasses(base):
     while todo:
         for sub in todo.pop().__subclasses__():
             todo.append(sub)
-            if sub.__module__.startswith("stdiff.") and not getattr(sub, "__abstractmethods__", None):
-                if not sub.__name__.startswith("LazyInstance_"):
-                    out.add(sub)
+            concrete = not getattr(sub, "__abstractmethods__", None) and not sub.__name__.startswith("LazyInstance_")
+            if sub.__module__.startswith("stdiff.") and concrete:
+                out.add(sub)
     return out

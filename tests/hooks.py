@@ -9,14 +9,16 @@ import torch
 
 
 class BatchLog(L.Callback):
-    """Appends ``step checksum`` of every training batch to ``path``."""
+    """Appends ``rank step checksum…`` of every training batch to ``path``, one checksum (the sum
+    of its values) per sample."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        sums = " ".join(f"{s:.12e}" for s in batch.double().flatten(1).sum(1).tolist())
         with open(self.path, "a") as f:
-            f.write(f"{trainer.global_step} {batch.double().sum().item():.12e}\n")
+            f.write(f"{trainer.global_rank} {trainer.global_step} {sums}\n")
 
 
 class Stall(L.Callback):

@@ -1,15 +1,20 @@
-"""The bad-input battery: each case runs the real CLI in a subprocess next to an existing run and
+"""The bad-input battery: each case runs the CLI in a process of its own next to an existing run and
 must exit non-zero, name the problem in the first lines of its output (no traceback), write
-nothing and leave the existing run untouched.
+nothing and leave the existing run untouched. The processes are forked from a server that has
+imported stdiff once (``multiprocessing``'s forkserver): a fresh interpreter would spend most of
+each case importing torch and Lightning.
 
 ``python tests/test_bad_inputs.py`` prints the table of cases and messages (what the suite checks).
 """
 
 import concurrent.futures
+import multiprocessing
 import os
 import pathlib
 import subprocess
 import sys
+import threading
+import warnings
 
 import pytest
 import torch
@@ -230,11 +235,35 @@ class PickledCode:
 
 
 def invoke(args, run):
+    """``stdiff <args>`` on the quickstart config, in its own process; its exit code and output."""
     sub, rest = args[0], [a.format(run=run) for a in args[1:]]
-    argv = [sys.executable, "-m", "stdiff", sub, "--config", QUICKSTART, f"--trainer.default_root_dir={run}",
-            "--trainer.enable_progress_bar=false", *rest]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(argv, cwd=run, env=env, capture_output=True, text=True, timeout=300, check=False)
+    argv = [sub, "--config", QUICKSTART, f"--trainer.default_root_dir={run}", "--trainer.enable_progress_bar=false",
+            *rest]  # fmt: skip
+    logs = run.parent / f"{run.name}.{os.getpid()}.{threading.get_ident()}"  # outside the run: it must stay untouched
+    process = FORKS.Process(target=console_script, args=(argv, run, logs))
+    process.start()
+    process.join(300)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+    out = {k: pathlib.Path(f"{logs}.{k}").read_text() for k in ("stdout", "stderr")}
+    return subprocess.CompletedProcess(argv, process.exitcode, out["stdout"], out["stderr"])
+
+
+def console_script(argv, cwd, logs):
+    """What the ``stdiff`` command does, its output written to ``logs.stdout`` and ``logs.stderr``."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        os.dup2(os.open(f"{logs}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    os.chdir(cwd)
+    warnings.simplefilter("ignore")
+    sys.argv = ["stdiff", *argv]
+    from stdiff.cli import main
+
+    main()  # exits through SystemExit: its message goes to stderr and its code to the exit code
+
+
+FORKS = multiprocessing.get_context("forkserver")
+FORKS.set_forkserver_preload(["stdiff.cli"])
 
 
 def snapshot(run: pathlib.Path) -> dict:

@@ -1,17 +1,25 @@
 """GPDataModule: disjoint, reproducible streams across ranks and workers; fixed sets."""
 
+import itertools
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from stdiff.data import GPDataModule, GPStream
+from stdiff.data import EpochSampler, GPDataModule, GPStream
 from stdiff.kernels import RBF, PoweredExponential
 
 
 def make_dm(**kwargs):
-    defaults = dict(temporal=PoweredExponential(3.0), spatial=RBF(1.0), frames=6, space_shape=(4,), batch_size=8)
+    defaults = {
+        "temporal": PoweredExponential(3.0),
+        "spatial": RBF(1.0),
+        "frames": 6,
+        "space_shape": (4,),
+        "batch_size": 8,
+    }
     return GPDataModule(**{**defaults, **kwargs})
 
 
@@ -98,11 +106,11 @@ def test_sample_shape_is_exposed_for_linking():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
-        (dict(num_train=0), r"num_train must be an integer >= 1, got 0"),
-        (dict(num_val=-5), r"num_val must be an integer >= 1, got -5"),
-        (dict(seed=-1), r"seed must be an integer >= 0, got -1"),
-        (dict(frames=1), r"frames must be an integer >= 2"),
+        ({"batch_size": 0}, r"batch_size must be an integer >= 1, got 0"),
+        ({"num_train": 0}, r"num_train must be an integer >= 1, got 0"),
+        ({"num_val": -5}, r"num_val must be an integer >= 1, got -5"),
+        ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+        ({"frames": 1}, r"frames must be an integer >= 2"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -143,3 +151,66 @@ def test_data_module_resumes_from_the_trainer_step():
     dm.trainer = SimpleNamespace(global_rank=0, global_step=5, accumulate_grad_batches=2, fit_loop=object())
     dm.setup("fit")
     assert dm.train_dataloader().dataset.start == 10
+
+
+def epochs(sampler, n):
+    return [list(sampler) for _ in range(n)]
+
+
+def test_fixed_set_is_reshuffled_every_epoch_and_split_between_ranks():
+    one = epochs(EpochSampler(10, batch_size=4, seed=3), 3)
+    assert all(sorted(e) == list(range(10)) for e in one) and one[0] != one[1] != one[2]
+    assert epochs(EpochSampler(10, batch_size=4, seed=3), 3) == one  # seeded
+    # Three ranks: each its own third of the same order, wrapped around to 12 = 3 × 4 indices.
+    ranks = [epochs(EpochSampler(10, batch_size=2, seed=3, rank=r, world_size=3), 2) for r in range(3)]
+    for e in range(2):
+        parts = [r[e] for r in ranks]
+        assert all(len(p) == 4 for p in parts) and set().union(*parts) == set(range(10))
+        assert [i for four in zip(*parts) for i in four][:10] == one[e]  # the single-rank order, dealt out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("consumed", [0, 2, 3, 7])  # 3 batches an epoch: start, middle, end of an epoch
+def test_fixed_set_resumes_mid_epoch_where_it_stopped(workers, consumed):
+    """Resumed after ``consumed`` batches, the loader serves exactly the batches that an
+    uninterrupted run would have served next, across epoch boundaries, for any number of workers,
+    also when the trainer ends its first epoch after one batch (its count of an epoch interrupted
+    by a signal can be off by one; the order must not depend on it)."""
+
+    def batches(step, n, first_epoch=None):
+        dm = make_dm(num_train=20, batch_size=8, num_workers=workers)
+        trainer = dm.trainer = SimpleNamespace(global_rank=0, world_size=1, global_step=step, accumulate_grad_batches=1,
+                                               fit_loop=object(), limit_train_batches=1.0)  # fmt: skip
+        dm.setup("fit")
+        loader, out = dm.train_dataloader(), []
+        while len(out) < n:  # one iter() per epoch, as the trainer does
+            epoch = list(itertools.islice(loader, first_epoch if not out else None))
+            out += epoch
+            trainer.global_step += len(epoch)
+        return out[:n]
+
+    straight = batches(0, consumed + 4)
+    for first_epoch in (None, 1):
+        resumed = batches(consumed, 4, first_epoch)
+        assert all(torch.equal(a, b) for a, b in zip(straight[consumed:], resumed, strict=True))
+
+
+def test_fixed_set_epochs_follow_limit_train_batches():
+    dm = make_dm(num_train=40, batch_size=8)  # 5 batches an epoch, 2 of them trained on
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, global_step=3, accumulate_grad_batches=1,
+                                 fit_loop=object(), limit_train_batches=2)  # fmt: skip
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    assert sampler.epoch_batches == 2
+    assert list(sampler) == sampler.order(1)[8:].tolist()  # step 3 = epoch 1, its second batch
+
+
+def test_resuming_with_other_data_settings_warns():
+    dm = make_dm(num_train=20)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.load_state_dict(loader.state_dict())  # the same settings: silent
+    with pytest.warns(UserWarning, match=r"batch_size: 16 in the checkpoint, 8 now"):
+        loader.load_state_dict({**loader.state_dict(), "batch_size": 16})

@@ -34,10 +34,10 @@ def test_conversions_round_trip_for_every_schedule(schedule):
     a_, s_ = a[:, None, None], s[:, None, None]
     truth = {"eps": eps, "x0": x0, "v": a_ * eps - s_ * x0, "score": -eps / s_}
     assert set(truth) == set(PARAMETERIZATIONS)
-    for source in truth:
-        for target in truth:
-            got = convert(truth[source], source, target, x_t, a, s)
-            torch.testing.assert_close(got, truth[target], rtol=1e-9, atol=1e-9, msg=f"{source} -> {target}")
+    for source, given in truth.items():
+        for target, wanted in truth.items():
+            got = convert(given, source, target, x_t, a, s)
+            torch.testing.assert_close(got, wanted, rtol=1e-9, atol=1e-9, msg=f"{source} -> {target}")
 
 
 def test_loss_weights_equal_the_implied_target_errors():

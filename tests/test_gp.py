@@ -141,14 +141,14 @@ def test_auto_jitter_adds_just_enough_and_reports_it():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(frames=1), r"frames must be an integer >= 2, got 1"),
-        (dict(frames=0), r"frames must be an integer >= 2, got 0"),
-        (dict(space_shape=()), r"space_shape must have 1 or 2 entries"),
-        (dict(space_shape=(0,)), r"space_shape entry .* must be an integer >= 1, got 0"),
-        (dict(space_shape=(4, -2)), r"space_shape entry .* got -2"),
-        (dict(space_shape=(2, 2, 2)), r"space_shape must have 1 or 2 entries"),
-        (dict(jitter=-1.0), r"jitter must be a finite number >= 0 or 'auto', got -1.0"),
-        (dict(mean=float("nan")), r"mean must be a finite number"),
+        ({"frames": 1}, r"frames must be an integer >= 2, got 1"),
+        ({"frames": 0}, r"frames must be an integer >= 2, got 0"),
+        ({"space_shape": ()}, r"space_shape must have 1 or 2 entries"),
+        ({"space_shape": (0,)}, r"space_shape entry .* must be an integer >= 1, got 0"),
+        ({"space_shape": (4, -2)}, r"space_shape entry .* got -2"),
+        ({"space_shape": (2, 2, 2)}, r"space_shape must have 1 or 2 entries"),
+        ({"jitter": -1.0}, r"jitter must be a finite number >= 0 or 'auto', got -1.0"),
+        ({"mean": float("nan")}, r"mean must be a finite number"),
     ],
 )
 def test_bad_shapes_name_the_parameter(kwargs, match):

@@ -165,5 +165,5 @@ def test_two_processes_give_the_values_of_one():
         mp.spawn(_rank_worker, args=(2, port, x, scores, out), nprocs=2, join=True)
         got = dict(out)
     assert set(got) == set(expected)
-    for k in expected:
-        assert got[k] == pytest.approx(expected[k], rel=1e-9, abs=1e-12), k
+    for k, value in expected.items():
+        assert got[k] == pytest.approx(value, rel=1e-9, abs=1e-12), k

@@ -1,5 +1,6 @@
 """Nothing lost when a run is killed, signalled or goes non-finite: SIGKILL, SIGTERM and Ctrl+C
-mid-training, then ``--ckpt_path last``, end bit-identical to an uninterrupted run; a NaN is
+mid-training, then ``--ckpt_path last``, end bit-identical to an uninterrupted run, on streamed
+data and on a fixed training set, mid-epoch and at an epoch's end; a NaN is
 caught at its step; concurrent runs get their own directories."""
 
 import multiprocessing
@@ -64,20 +65,26 @@ def assert_same_state(a, b):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The uninterrupted run: its final checkpoint and the batches it trained on."""
+# The streamed data, and a fixed set of 40 samples: 3 batches an epoch, so that the kill after step
+# 20 falls in the middle of an epoch and the stop at step 15 at the end of one.
+DATA = {"stream": [], "fixed set": ["--data.init_args.num_train=40"]}
+
+
+@pytest.fixture(scope="module", params=list(DATA))
+def straight(tmp_path_factory, request):
+    """The uninterrupted run: its final checkpoint, the batches it trained on, its data arguments."""
     root = tmp_path_factory.mktemp("straight")
-    proc = cli(root, f"--trainer.max_steps={STEPS}", log=root / "batches.log")
+    data = DATA[request.param]
+    proc = cli(root, f"--trainer.max_steps={STEPS}", *data, log=root / "batches.log")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    return last(root), (root / "batches.log").read_text().splitlines()
+    return last(root), (root / "batches.log").read_text().splitlines(), data
 
 
-def interrupt(root, how, stall_at):
+def interrupt(root, how, stall_at, data):
     """Start a run that stalls from step ``stall_at`` on, send ``how`` once it does, wait for it."""
     marker = root / "stalled"
-    proc = cli(root, f"--trainer.max_steps={STEPS}", "--trainer.callbacks+=hooks.Stall",
+    proc = cli(root, f"--trainer.max_steps={STEPS}", *data, "--trainer.callbacks+=hooks.Stall",
                f"--trainer.callbacks.at={stall_at}", f"--trainer.callbacks.marker={marker}",
                "--trainer.callbacks.seconds=2", log=root / "batches.log")  # fmt: skip
     deadline = time.monotonic() + 240
@@ -89,20 +96,21 @@ def interrupt(root, how, stall_at):
     return proc.returncode, out
 
 
-def resume(root):
-    proc = cli(root, f"--trainer.max_steps={STEPS}", "--ckpt_path=last", log=root / "resumed.log")
+def resume(root, data):
+    proc = cli(root, f"--trainer.max_steps={STEPS}", *data, "--ckpt_path=last", log=root / "resumed.log")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     assert "--ckpt_path last: resuming from" in out
+    assert "not resumable" not in out  # Lightning's warning for loaders that restart an interrupted epoch
     return out
 
 
 def test_sigkill_then_resume_from_the_last_periodic_checkpoint_is_bit_identical(tmp_path, straight):
-    final, batches = straight
-    code, _ = interrupt(tmp_path, signal.SIGKILL, stall_at=21)  # killed after the step-20 checkpoint
+    final, batches, data = straight
+    code, _ = interrupt(tmp_path, signal.SIGKILL, stall_at=21, data=data)  # killed after the step-20 checkpoint
     assert code == -signal.SIGKILL
     assert last(tmp_path)["global_step"] == 20
-    resume(tmp_path)
+    resume(tmp_path, data)
     assert_same_state(final, last(tmp_path))
     # The same training batches, in order: 20 before the kill, the other 20 after it.
     before = (tmp_path / "batches.log").read_text().splitlines()
@@ -115,14 +123,14 @@ def test_sigkill_then_resume_from_the_last_periodic_checkpoint_is_bit_identical(
 
 @pytest.mark.parametrize("how,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_writes_a_checkpoint_and_resuming_from_it_is_bit_identical(tmp_path, straight, how, code):
-    final, batches = straight
-    status, out = interrupt(tmp_path, how, stall_at=14)
+    final, batches, data = straight
+    status, out = interrupt(tmp_path, how, stall_at=14, data=data)
     assert status == code, out[-3000:]
     # The step in progress is finished, then checkpointed (not the step-10 periodic one).
     stopped = last(tmp_path)["global_step"]
     assert stopped == 15, out[-3000:]
     assert f"{how.name}: stopped at step 15, checkpoint" in out
-    resume(tmp_path)
+    resume(tmp_path, data)
     assert_same_state(final, last(tmp_path))
     before = (tmp_path / "batches.log").read_text().splitlines()
     after = (tmp_path / "resumed.log").read_text().splitlines()

@@ -12,12 +12,21 @@ from test_cli import TINY, run_cli
 from stdiff.cli import main
 
 
-def test_two_process_ddp_fit(tmp_path):
+def test_two_process_ddp_fit_deals_the_fixed_set_out_to_the_ranks(tmp_path):
+    # 12 samples, 2 ranks, batches of 2: an epoch is 3 steps, in which each sample is seen once.
+    log = tmp_path / "batches.log"
     out = run_cli(["fit", "--config", str(QUICKSTART), *TINY, "--trainer.strategy=ddp", "--trainer.devices=2",
-                   f"--trainer.default_root_dir={tmp_path}"], tmp_path, timeout=300)  # fmt: skip
+                   "--data.init_args.num_train=12", "--data.init_args.batch_size=2",
+                   "--trainer.callbacks+=hooks.BatchLog", f"--trainer.callbacks.path={log}",
+                   f"--trainer.default_root_dir={tmp_path}"], tmp_path, timeout=300,
+                  env={"PYTHONPATH": str(ROOT / "tests")})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 4
+    rows = [line.split() for line in log.read_text().splitlines()]
+    assert sorted((rank, step) for rank, step, *_ in rows) == [(r, str(s)) for r in "01" for s in range(4)]
+    first_epoch = [s for _, step, *sums in rows if int(step) < 3 for s in sums]
+    assert len(first_epoch) == len(set(first_epoch)) == 12
 
 
 def test_bf16_mixed_fit_on_cpu(tmp_path):
@@ -56,11 +65,11 @@ def test_throughput_is_logged_with_measured_flops(tmp_path):
 
 
 LAUNCHERS = {
-    "SLURMEnvironment": dict(SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NAME="stdiff", SLURM_NODEID="1",
-                             SLURM_PROCID="3", SLURM_LOCALID="1", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-2]",
-                             SLURM_JOB_ID="7"),
-    "TorchElasticEnvironment": dict(TORCHELASTIC_RUN_ID="run", RANK="3", LOCAL_RANK="1", WORLD_SIZE="4", GROUP_RANK="1",
-                                    LOCAL_WORLD_SIZE="2", MASTER_ADDR="node1", MASTER_PORT="29500"),
+    "SLURMEnvironment": {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "stdiff", "SLURM_NODEID": "1",
+                             "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node[1-2]",
+                             "SLURM_JOB_ID": "7"},
+    "TorchElasticEnvironment": {"TORCHELASTIC_RUN_ID": "run", "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "GROUP_RANK": "1",
+                                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"},
 }  # fmt: skip
 
 
