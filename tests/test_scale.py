@@ -3,12 +3,17 @@ and the Dockerfile lint."""
 
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import QUICKSTART, ROOT
+from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.trainer.states import RunningStage
 from test_cli import TINY, run_cli
 
+from stdiff.callbacks import Throughput
+from stdiff.callbacks.throughput import peak_flops
 from stdiff.cli import main
 
 
@@ -62,6 +67,26 @@ def test_throughput_is_logged_with_measured_flops(tmp_path):
 
     tags = set(EventAccumulator(str(tmp_path / "lightning_logs" / "version_0")).Reload().Tags()["scalars"])
     assert {"train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec"} <= tags
+
+
+@pytest.mark.parametrize("name,dtype,peak", [
+    ("NVIDIA H200", torch.bfloat16, 989.5e12),  # what torch calls an H200 SXM: not in Lightning's table
+    ("NVIDIA H200 NVL", torch.bfloat16, 835.5e12),
+    ("NVIDIA H200", torch.float32, 67e12),  # float32 matmul precision "highest", torch's default
+    ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4e12),  # Lightning's (dense) H100 SXM row
+])  # fmt: skip
+def test_peak_flops_are_dense_and_know_the_h200(monkeypatch, name, dtype, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda"), dtype) == peak
+    # The callback's MFU uses the same figure (a fake trainer on a "cuda" device; nothing runs there).
+    callback = Throughput()
+    trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cuda"), world_size=1,
+                              strategy=SimpleNamespace(root_device=torch.device("cuda")), enable_validation=False,
+                              state=SimpleNamespace(stage=RunningStage.TRAINING))  # fmt: skip
+    callback.setup(trainer, None, "fit")
+    assert callback._throughputs[RunningStage.TRAINING].available_flops == peak_flops(
+        torch.device("cuda"), torch.bfloat16
+    )
 
 
 LAUNCHERS = {

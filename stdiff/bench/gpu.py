@@ -9,6 +9,7 @@ import torch
 
 from stdiff.bench import stats, timed
 from stdiff.bench.training import autocast, build, drawer
+from stdiff.callbacks.throughput import peak_flops
 from stdiff.diffusion import denoising_loss, training_times
 
 COLUMNS = ["precision", "compile", "samples_per_s", "tokens_per_s", "mfu", "peak_memory_gib", "data_fraction"]
@@ -19,13 +20,11 @@ SETTINGS = [("32-true", False), ("32-true", True), ("bf16-mixed", False), ("bf16
 
 def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int, settings=SETTINGS,
            device: torch.device | None = None) -> list[dict]:  # fmt: skip
-    """One row per (precision, compile) setting: samples/s, tokens/s, MFU against the card's peak
-    for that dtype (Lightning's table of cards), peak memory, and the share of a step spent drawing
+    """One row per (precision, compile) setting: samples/s, tokens/s, MFU against the card's dense
+    peak for that dtype (``peak_flops``), peak memory, and the share of a step spent drawing
     the batch on the device. FLOPs per step: the backbone's forward + backward, counted on the meta
     device. A plain PyTorch loop on the configured model, optimizer and data (drawn on the device):
     what the hardware gives; ``training`` measures what stdiff's Trainer costs on top."""
-    from lightning.fabric.utilities.throughput import get_available_flops
-
     cli = build(configs, [*overrides, "--model.compile=false"])  # compiled below, for the rows that ask
     device = device or torch.device("cuda")
     on_gpu = device.type == "cuda"
@@ -56,7 +55,7 @@ def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int, s
             torch.cuda.reset_peak_memory_stats(device)
         seconds = [timed(functools.partial(run, steps), device) / steps for _ in range(repeats)]
         draw_seconds = timed(lambda: [draw(k) for k in range(steps)], device) / steps
-        card_flops = get_available_flops(device, torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+        card_flops = peak_flops(device, torch.bfloat16 if precision.startswith("bf16") else torch.float32)
         tokens = module.tokens_per_sample * data.batch_size
         rows.append({
             "precision": precision, "compile": compiled,
