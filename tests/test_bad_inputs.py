@@ -13,7 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
+import tempfile
 import warnings
 
 import pytest
@@ -239,14 +239,15 @@ def invoke(args, run):
     sub, rest = args[0], [a.format(run=run) for a in args[1:]]
     argv = [sub, "--config", QUICKSTART, f"--trainer.default_root_dir={run}", "--trainer.enable_progress_bar=false",
             *rest]  # fmt: skip
-    logs = run.parent / f"{run.name}.{os.getpid()}.{threading.get_ident()}"  # outside the run: it must stay untouched
-    process = FORKS.Process(target=console_script, args=(argv, run, logs))
-    process.start()
-    process.join(300)
-    if process.exitcode is None:
-        process.kill()
-        process.join()
-    out = {k: pathlib.Path(f"{logs}.{k}").read_text() for k in ("stdout", "stderr")}
+    with tempfile.TemporaryDirectory() as tmp:  # outside the run, which must stay untouched
+        logs = pathlib.Path(tmp) / "out"
+        process = FORKS.Process(target=console_script, args=(argv, run, logs))
+        process.start()
+        process.join(300)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+        out = {k: pathlib.Path(f"{logs}.{k}").read_text() for k in ("stdout", "stderr")}
     return subprocess.CompletedProcess(argv, process.exitcode, out["stdout"], out["stderr"])
 
 
@@ -308,8 +309,6 @@ def test_the_battery_writes_nothing_and_runs_no_pickled_code(battery):
 
 
 if __name__ == "__main__":  # the table of cases and the first line of each message
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         run = pathlib.Path(tmp)
         prepare(run)
