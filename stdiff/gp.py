@@ -248,6 +248,53 @@ class KroneckerGP:
         y = y / (alpha**2 * self._eigenvalues(y.device) + sigma**2)
         return (-self._from_eigenbasis(y)).to(x_t.dtype)
 
+    # --- conditioning (forecasting and imputation baselines) ---------------------------------
+
+    def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+        """The exact distribution of the unobserved coordinates of ``x`` given its observed ones:
+        the Bayes-optimal forecast (observed = the first frames) or imputation any model's is
+        measured against.
+
+        Args:
+            x: ``(..., T, *space_shape)``; only the observed entries are read.
+            observed: boolean mask, ``(T,)`` (whole frames: cheap, through Γ alone, since Σ
+                factors out) or ``(T, *space_shape)`` (single coordinates: dense, T·S <= 4096).
+
+        Returns:
+            ``mean (..., T, *space_shape)``: the conditional mean, equal to ``x`` where observed;
+            ``covariance (m, m)``: of the m unobserved coordinates in frame-major order
+            (``x.reshape(..., T·S)[..., ~mask.flatten()]``), the same for every ``x``. Float64.
+        """
+        self._check_sample_shape(x, "x")
+        observed = torch.as_tensor(observed, device=x.device)
+        frames_only = tuple(observed.shape) == (self.frames,)
+        if observed.dtype != torch.bool or not (frames_only or tuple(observed.shape) == self.sample_shape):
+            raise ValueError(
+                f"observed must be a boolean mask of shape ({self.frames},) (frames) or {self.sample_shape} "
+                f"(coordinates), got {observed.dtype} {tuple(observed.shape)}"
+            )
+        batch = x.shape[: x.ndim - len(self.sample_shape)]
+        mu = self.mean_value
+        if frames_only:  # x_m | x_o = μ + (Γ_mo Γ_oo⁻¹ ⊗ I)(x_o − μ), covariance (Γ_mm − Γ_mo Γ_oo⁻¹ Γ_om) ⊗ Σ
+            k, flat = self.gamma.to(x.device), x.to(torch.float64).reshape(*batch, self.frames, self.num_points)
+            mask = observed
+        else:
+            if self.dim > 4096:
+                raise ValueError(f"conditioning on single coordinates is dense: T·S = {self.dim} > 4096; "
+                                 "observe whole frames (a mask of shape (T,)) instead")  # fmt: skip
+            k, flat = self.covariance().to(x.device), x.to(torch.float64).reshape(*batch, self.dim, 1)
+            mask = observed.reshape(-1)
+        o, m = mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
+        weights = torch.zeros(len(m), len(o), dtype=torch.float64, device=x.device)
+        if len(o) and len(m):  # K_mo K_oo⁻¹, through the Cholesky factor of K_oo
+            chol = torch.linalg.cholesky(k[o][:, o])
+            weights = torch.cholesky_solve(k[o][:, m], chol).T
+        mean = flat.clone()
+        mean[..., m, :] = mu + weights @ (flat[..., o, :] - mu)
+        schur = k[m][:, m] - weights @ k[o][:, m]
+        covariance = torch.kron(schur, self.sigma.to(x.device)) if frames_only else schur
+        return mean.reshape(*batch, *self.sample_shape), covariance
+
     def __repr__(self) -> str:
         return (
             f"KroneckerGP(temporal={self.temporal!r}, spatial={self.spatial!r}, frames={self.frames}, "

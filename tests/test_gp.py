@@ -160,3 +160,56 @@ def test_score_rejects_wrong_shape():
     gp = KroneckerGP(PoweredExponential(2.0), frames=4, space_shape=(3,))
     with pytest.raises(ValueError, match=r"x_t must end in the sample shape \(4, 3\)"):
         gp.score(torch.zeros(2, 4, 5), 1.0, 0.1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conditional_splits_the_density_exactly(seed):
+    """log p(x) = log p(x_o) + log p(x_m | x_o): the conditional (mean, covariance) and the
+    marginal of the observed part, checked against the exact joint density, for a coordinate
+    mask and for a frame mask (both paths also agree with each other)."""
+    gp = random_gp(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = gp.sample(3, g).double()
+    frames = torch.rand(gp.frames, generator=g) < 0.5
+    frames[0] = True  # at least one observed and, below, one missing frame
+    frames[-1] = False
+    coordinates = torch.rand(gp.sample_shape, generator=g) < 0.5
+    k = gp.covariance()
+    for mask in (coordinates, frames.reshape(-1, *[1] * len(gp.space_shape)).expand(gp.sample_shape)):
+        mean, cov = gp.conditional(x, mask)
+        o, m = mask.reshape(-1), ~mask.reshape(-1)
+        flat, flat_mean = x.reshape(3, -1), mean.reshape(3, -1)
+        assert torch.equal(flat_mean[:, o], flat[:, o])
+        marginal = torch.distributions.MultivariateNormal(torch.full((int(o.sum()),), gp.mean_value), k[o][:, o])
+        missing = torch.distributions.MultivariateNormal(flat_mean[:, m], cov)
+        torch.testing.assert_close(marginal.log_prob(flat[:, o]) + missing.log_prob(flat[:, m]), gp.log_prob(x))
+    by_frames = gp.conditional(x, frames)
+    torch.testing.assert_close(by_frames[0], mean)
+    torch.testing.assert_close(by_frames[1], cov)
+
+
+def test_forecast_of_a_markov_process_needs_only_the_last_frame():
+    """An exponential temporal kernel is a (discretised) Ornstein–Uhlenbeck process: given every
+    past frame, the next one has mean ρ x_last and covariance (1 − ρ²) Σ, ρ = e^{−1/ℓ}."""
+    gp = KroneckerGP(PoweredExponential(3.0, 1.0), RBF(1.5), frames=10, space_shape=(5,), mean=0.0)
+    x = gp.sample(4, torch.Generator().manual_seed(0)).double()
+    past = torch.arange(10) < 9
+    mean, cov = gp.conditional(x, past)
+    rho = math.exp(-1 / 3.0)
+    torch.testing.assert_close(mean[:, -1], rho * x[:, -2])
+    torch.testing.assert_close(cov, (1 - rho**2) * gp.sigma)
+
+
+def test_conditional_rejects_bad_masks():
+    gp = KroneckerGP(PoweredExponential(3.0), None, frames=4, space_shape=(3,))
+    x = torch.zeros(2, 4, 3)
+    with pytest.raises(ValueError, match=r"observed must be a boolean mask of shape \(4,\) \(frames\) or \(4, 3\)"):
+        gp.conditional(x, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"got torch.int64 \(4,\)"):
+        gp.conditional(x, torch.ones(4, dtype=torch.long))
+    big = KroneckerGP(PoweredExponential(3.0), None, frames=64, space_shape=(65,))
+    with pytest.raises(ValueError, match=r"T·S = 4160 > 4096; observe whole frames"):
+        big.conditional(torch.zeros(64, 65), torch.ones(64, 65, dtype=torch.bool))
+    mean, cov = gp.conditional(x, torch.zeros(4, dtype=torch.bool))  # nothing observed: the prior
+    torch.testing.assert_close(cov, gp.covariance())
+    assert torch.equal(mean, torch.zeros(2, 4, 3, dtype=torch.float64))
