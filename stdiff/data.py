@@ -267,8 +267,9 @@ class GPDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+        accumulate = getattr(trainer, "accumulate_grad_batches", 1)
         settings = {"seed": self.seed, "batch_size": self.batch_size, "num_train": self.num_train, "world_size": world,
-                        "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", 1)}  # fmt: skip
+                    "accumulate_grad_batches": accumulate}  # fmt: skip
         common = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "settings": settings}
         if self.num_train is None:
             # The stream is already batched: batch_size=None disables automatic batching.
