@@ -319,6 +319,9 @@ def main(args: list[str] | None = None) -> None:
     # nothing a stdiff user can act on, and they bury the progress output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Steps, not epochs, set the logging interval: a fixed training set with fewer batches per epoch
+    # than log_every_n_steps is still logged every log_every_n_steps steps.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     try:
         load_plugins()  # before parsing: plug-in classes must be importable by short name
     except PluginError as err:
