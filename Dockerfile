@@ -12,9 +12,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/stdiff
 COPY pyproject.toml README.md ./
 COPY stdiff ./stdiff
-COPY configs ./configs
 # The base image's torch satisfies stdiff's torch>=2.4: pip keeps it and adds the rest.
+# The presets ship inside the package (stdiff/configs); /opt/stdiff/configs is kept as the documented path.
 RUN pip install --no-cache-dir . \
+    && ln -s /opt/stdiff/stdiff/configs /opt/stdiff/configs \
     && useradd --create-home --uid 1000 stdiff \
     && mkdir -p /workspace/lightning_logs \
     && chown -R stdiff:stdiff /workspace

@@ -1,24 +1,27 @@
-"""Diffusion math around any model: forward noising, network parameterisations and their exact
-conversions, loss weightings, training-time sampling, and the exact ε-predictor of GP data.
+"""Diffusion math around any network: forward noising, parameterisations and their exact
+conversions, loss weightings, training-time sampling, and the two noise models.
 
-The common currency is the *noise model*, any callable ``model(x_t (B, T, *space), t (B,)) ->
-ε̂ (B, T, *space)``: the trained ``DiffusionModule`` (which converts whatever its network outputs
-into ε̂) or ``ExactNoiseModel`` built from the true score. Losses and samplers only see that.
+The common currency is the *noise model* (``NoiseModel``): ``model(x_t (B, T, *space), t (B,),
+**cond) -> ε̂ (B, T, *space)``, with its ``schedule``. ``Denoiser`` wraps a backbone network and
+converts whatever it predicts into ε̂; ``ExactDenoiser`` is the optimal ε̂ of GP data, from the
+true score. Losses and samplers see only that contract and pass ``cond`` (observations, masks)
+through unchanged, as k-diffusion does. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
-from torch import Tensor
+from jsonargparse import lazy_instance
+from torch import Tensor, nn
 
 from stdiff._validation import lookup
 from stdiff.gp import KroneckerGP
-from stdiff.schedules import NoiseSchedule
-
-NoiseModel = Callable[[Tensor, Tensor], Tensor]
+from stdiff.nn import Backbone, DiT
+from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
 
 
 def per_sample(v: Tensor | float, like: Tensor) -> Tensor:
@@ -127,19 +130,20 @@ def loss_weight(name: str, alpha: Tensor, sigma: Tensor, min_snr_gamma: float = 
 
 def denoising_loss(
     model: NoiseModel,
-    schedule: NoiseSchedule,
     x0: Tensor,
     t: Tensor,
     noise: Tensor,
     weighting: str = "eps",
     min_snr_gamma: float = 5.0,
+    **cond,
 ) -> Tensor:
     """Per-sample weighted ε-loss ``w(t) · mean ‖ε̂(x_t, t) − ε‖²`` over the coordinates -> ``(B,)``.
 
     With ``weighting="eps"`` this is DDPM's loss, denoising score matching weighted by σ(t)².
     """
+    schedule = model.schedule
     x_t = diffuse(schedule, x0, t, noise)
-    err = (model(x_t, t) - noise).pow(2).flatten(1).mean(1)
+    err = (model(x_t, t, **cond) - noise).pow(2).flatten(1).mean(1)
     if weighting == "eps":
         return err
     return loss_weight(weighting, schedule.alpha(t), schedule.sigma(t), min_snr_gamma).to(err.dtype) * err
@@ -169,24 +173,113 @@ def training_times(
     return times_from_uniform(schedule, torch.rand(n, generator=generator, device=device), spacing)
 
 
-# --- the exact model ------------------------------------------------------------------------------
+# --- noise models ---------------------------------------------------------------------------------
 
 
-class ExactNoiseModel:
-    """The optimal ε-predictor for GP data, ``ε̂ = E[ε | x_t] = −σ(t) ∇ log p_t(x_t)``: a noise
-    model usable wherever a trained one is (losses, samplers, predict), to separate model error
-    from everything else."""
+class NoiseModel(nn.Module, ABC):
+    """Contract of everything samplers, losses and diagnostics call: ``forward(x_t (B, T, *space),
+    t (B,), **cond) -> ε̂ (B, T, *space)``, and the ``schedule`` it denoises under.
 
-    def __init__(self, gp: KroneckerGP, schedule: NoiseSchedule) -> None:
-        self.gp, self.schedule = gp, schedule
+    A plug-in subclass is built by the CLI as ``cls(sample_shape, **init_args)``.
 
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+    Args:
+        sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
+        schedule: the forward noising process.
+    """
+
+    needs_truth = False  # True: ``attach_truth`` must be given the data's exact distribution first
+
+    def __init__(self, sample_shape: Sequence[int], schedule: NoiseSchedule) -> None:
+        super().__init__()
+        schedule.validate()
+        self.sample_shape, self.schedule = tuple(sample_shape), schedule
+
+    @abstractmethod
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        """ε̂ ``(B, T, *space)`` at ``x_t (B, T, *space)``, diffusion times ``t (B,)``."""
+
+    def attach_truth(self, truth: KroneckerGP | None) -> None:
+        """Receive the data's exact distribution (``SequenceDataModule.truth``); ignored by default."""
+
+
+class Denoiser(NoiseModel):
+    """A backbone network as a noise model: the network sees ``(x_t, log-SNR(t), **cond)`` and predicts
+    ``parameterization``, converted here to ε̂, so it reads noise levels the same way under every
+    schedule and knows nothing of the schedule itself.
+
+    Args:
+        sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
+        backbone: the network class and its options; called with ``sample_shape``.
+        schedule: the forward noising process.
+        parameterization: what the network predicts: ``eps``, ``x0``, ``v`` or ``score``.
+    """
+
+    def __init__(
+        self,
+        sample_shape: Sequence[int],
+        backbone: Callable[[tuple[int, ...]], Backbone] = DiT,
+        schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),  # noqa: B008 (jsonargparse default)
+        parameterization: Literal["eps", "x0", "v", "score"] = "eps",
+    ) -> None:
+        super().__init__(sample_shape, schedule)
+        self.backbone = backbone(self.sample_shape)
+        self.parameterization_name = parameterization
+        self.parameterization = get_parameterization(parameterization)
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        out = self.backbone(x_t, self.schedule.log_snr(t), **cond)
+        alpha, sigma = per_sample(self.schedule.alpha(t), x_t), per_sample(self.schedule.sigma(t), x_t)
+        return self.parameterization.to_noise(out, x_t, alpha, sigma)
+
+
+class ExactDenoiser(NoiseModel):
+    """The optimal ε-predictor for GP data, ``ε̂ = E[ε | x_t] = −σ(t) ∇ log p_t(x_t)``: a noise model
+    usable wherever a trained one is (losses, samplers, predict, validate), to separate model error
+    from everything else. It has nothing to train. In Python, ``ExactDenoiser.from_gp(gp, schedule)``;
+    under the CLI (``--model.denoiser=ExactDenoiser``) it takes the data module's ``truth``.
+
+    Args:
+        sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
+        schedule: the forward noising process.
+    """
+
+    needs_truth = True
+
+    def __init__(self, sample_shape: Sequence[int],
+                 schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck)) -> None:  # noqa: B008  # fmt: skip
+        super().__init__(sample_shape, schedule)
+        self.gp: KroneckerGP | None = None
+
+    @classmethod
+    def from_gp(cls, gp: KroneckerGP, schedule: NoiseSchedule) -> ExactDenoiser:
+        model = cls(gp.sample_shape, schedule)
+        model.attach_truth(gp)
+        return model
+
+    def attach_truth(self, truth: KroneckerGP | None) -> None:
+        if truth is None:
+            raise ValueError(
+                "ExactDenoiser needs data whose exact distribution is known (a data module with a `truth`, such as "
+                "GPDataModule); this data module has none"
+            )
+        if tuple(truth.sample_shape) != self.sample_shape:
+            raise ValueError(f"ExactDenoiser built for samples {self.sample_shape}, the truth has {truth.sample_shape}")
+        self.gp = truth
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        if self.gp is None:
+            raise RuntimeError("ExactDenoiser has no GP yet: build it with ExactDenoiser.from_gp(gp, schedule)")
+        if cond:
+            raise ValueError(f"ExactDenoiser is unconditional; got conditioning {sorted(cond)}")
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         return -per_sample(sigma, x_t) * self.gp.score(x_t, alpha, sigma)
 
 
+NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.__name__: cls for cls in (Denoiser, ExactDenoiser)}
+
+
 def denoising_loss_floor(gp: KroneckerGP, schedule: NoiseSchedule, t: Tensor) -> Tensor:
-    """Expected ε-loss of ``ExactNoiseModel`` at times ``t (B,)`` -> ``(B,)``, the smallest any
+    """Expected ε-loss of ``ExactDenoiser`` at times ``t (B,)`` -> ``(B,)``, the smallest any
     model can reach: ``(1/d) tr Cov(ε | x_t) = (1/d) Σ_k α²λ_k / (α²λ_k + σ²)``, λ_k the
     eigenvalues of Γ ⊗ Σ."""
     lam = (gp.gamma_evals[:, None] * gp.sigma_evals[None, :]).reshape(1, -1).to(t.device)

@@ -1,5 +1,6 @@
-"""``DiffusionModule``: the LightningModule that trains a backbone to denoise GP sequences and
-samples from it (or from the exact model)."""
+"""``DiffusionModule``: the LightningModule that trains a noise model (``Denoiser``) on sequences
+and samples from it. Everything about diffusion lives in ``stdiff.diffusion`` and
+``stdiff.sampling``; this file holds only optimisation, evaluation bookkeeping and logging."""
 
 from __future__ import annotations
 
@@ -13,40 +14,28 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from stdiff._validation import check_positive
-from stdiff.data import derive_seed
-from stdiff.diffusion import (
-    ExactNoiseModel,
-    denoising_loss,
-    diffuse,
-    get_parameterization,
-    per_sample,
-    times_from_uniform,
-    training_times,
-)
-from stdiff.nn import DiT
-from stdiff.nn.dit import Backbone
+from stdiff.diffusion import Denoiser, NoiseModel, denoising_loss, diffuse, times_from_uniform, training_times
 from stdiff.sampling import Heun, Sampler
-from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
+from stdiff.schedules import NoiseSchedule
+from stdiff.seeding import NOISE, derive_seed
 
-BackboneFactory = Callable[[tuple[int, ...]], Backbone]  # sample_shape -> network
+NoiseModelFactory = Callable[[tuple[int, ...]], NoiseModel]  # sample_shape -> noise model
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``backbone`` to denoise under ``schedule``; ``predict`` draws samples with ``sampler``.
+    """Trains ``denoiser`` by denoising score matching; ``predict`` draws samples with ``sampler``.
 
     Args:
         sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
-        backbone: the network class and its options; called with ``sample_shape``.
-        schedule: the forward noising process.
-        parameterization: what the network predicts: ``eps``, ``x0``, ``v`` or ``score``.
+        denoiser: the noise model and its options (``Denoiser``: backbone, schedule,
+            parameterisation; ``ExactDenoiser``: the exact model of the data, for validate, test
+            and predict); called with ``sample_shape``.
         weighting: loss weight on the ε-error: ``eps`` (uniform), ``x0``, ``v``, ``score`` (the
             paper's plain score matching, 1/σ²) or ``min_snr``.
         min_snr_gamma: γ of the ``min_snr`` weighting.
         time_sampling: training times uniform in t (``uniform``) or in log-SNR (``log_snr``).
-        sampler: the sampler (and its steps and time grid) used by ``predict``.
-        oracle: use the exact noise model of the data's GP instead of the network (validate
-            and predict only): separates sampler error from model error.
-        compile: compile the backbone with ``torch.compile`` (in place, so checkpoints keep the
+        sampler: the sampler (and its steps and time grid) used by ``predict`` and the diagnostics.
+        compile: compile the noise model with ``torch.compile`` (in place, so checkpoints keep the
             same keys); the first steps are slow while it compiles.
         optimizer: optimizer class and options; called with the parameters.
         lr_scheduler: optional learning-rate scheduler, stepped every optimizer step.
@@ -55,79 +44,68 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         sample_shape: Sequence[int],
-        backbone: BackboneFactory = DiT,
-        schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),  # noqa: B008 (jsonargparse default)
-        parameterization: Literal["eps", "x0", "v", "score"] = "eps",
+        denoiser: NoiseModelFactory = Denoiser,
         weighting: Literal["eps", "x0", "v", "score", "min_snr"] = "eps",
         min_snr_gamma: float = 5.0,
         time_sampling: Literal["uniform", "log_snr"] = "uniform",
-        sampler: Sampler = lazy_instance(Heun, steps=100),  # noqa: B008
-        oracle: bool = False,
+        sampler: Sampler = lazy_instance(Heun, steps=100),  # noqa: B008 (jsonargparse default)
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        # Under the CLI this stores the parsed config (class paths and options), which is what
-        # load_from_checkpoint re-instantiates from.
+        # Under the CLI this stores the parsed config (class paths and options): what a checkpoint's
+        # settings are compared with (stdiff.runs.check_compatible).
         self.save_hyperparameters()
-        schedule.validate()
         self.sample_shape = tuple(sample_shape)
-        self.backbone = backbone(self.sample_shape)
-        self._backbone_factory = _Shared(backbone)
-        self._flops: int | None = None
-        self.schedule = schedule
-        self.parameterization = get_parameterization(parameterization)
+        self.denoiser = denoiser(self.sample_shape)
         self.weighting, self.time_sampling = weighting, time_sampling
         self.min_snr_gamma = check_positive("min_snr_gamma", min_snr_gamma)
         self.sampler = sampler
-        self.oracle: ExactNoiseModel | None = None
-        self.use_oracle = oracle
         if compile:
-            self.backbone.compile()  # nn.Module.compile: in place, state_dict keys unchanged
-        # Shared, not copied, by deepcopy: EMAWeightAveraging deep-copies the module, and under DDP
-        # the CLI's optimizer partial holds a lock that cannot be copied (nor needs to be).
-        self._factories = _Shared((optimizer, lr_scheduler))
+            self.denoiser.compile()  # nn.Module.compile: in place, state_dict keys unchanged
+        # Shared, not copied, by deepcopy: EMA deep-copies the module, and under DDP the CLI's
+        # optimizer partial holds a lock that cannot be copied (nor needs to be).
+        self._factories = _Shared((denoiser, optimizer, lr_scheduler))
+        self._flops: int | None = None
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.denoiser.schedule
+
+    @property
+    def trainable(self) -> bool:
+        """Whether there is anything to train (the exact model has no parameters)."""
+        return any(p.requires_grad for p in self.parameters())
 
     def setup(self, stage: str) -> None:
-        if not self.use_oracle:
-            return
-        if stage == "fit":
-            raise ValueError(
-                "model.oracle=true uses the exact model, which has nothing to train: use it with validate or predict"
-            )
-        gp = getattr(self.trainer.datamodule, "gp", None)
-        if gp is None:
-            raise ValueError("model.oracle=true needs a data module with a `gp` attribute (a KroneckerGP)")
-        self.oracle = ExactNoiseModel(gp, self.schedule)
+        if self.denoiser.needs_truth:
+            self.denoiser.attach_truth(getattr(self.trainer.datamodule, "truth", None))
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The noise model: ``x_t (B, T, *space)``, diffusion times ``t (B,)`` -> ε̂ ``(B, T, *space)``."""
-        if self.oracle is not None:
-            return self.oracle(x_t, t)
-        out = self.backbone(x_t, self.schedule.log_snr(t))
-        alpha, sigma = per_sample(self.schedule.alpha(t), x_t), per_sample(self.schedule.sigma(t), x_t)
-        return self.parameterization.to_noise(out, x_t, alpha, sigma)
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        """The noise model: ``x_t (B, T, *space)``, times ``t (B,)`` -> ε̂ ``(B, T, *space)``."""
+        return self.denoiser(x_t, t, **cond)
 
     @property
     def tokens_per_sample(self) -> int:
-        """Tokens the backbone sees per sample: T·P for a DiT, T otherwise."""
-        return self.sample_shape[0] * getattr(self.backbone, "num_patches", 1)
+        """Tokens the backbone sees per sample (throughput figures)."""
+        backbone = getattr(self.denoiser, "backbone", None)
+        return backbone.tokens_per_sample if backbone is not None else self.sample_shape[0]
 
     @property
     def flops_per_batch(self) -> int:
-        """Forward + backward FLOPs of the backbone on one training batch, counted once on a copy
+        """Forward + backward FLOPs of the noise model on one training batch, counted once on a copy
         built on the meta device (``lightning.fabric.utilities.throughput.measure_flops``); read
         by ``ThroughputMonitor`` for FLOP/s and MFU."""
         if self._flops is None:
             from lightning.fabric.utilities.throughput import measure_flops
 
-            batch = getattr(self.trainer.datamodule, "batch_size", 1) if self._trainer is not None else 1
+            batch = self.trainer.datamodule.batch_size if self._trainer is not None else 1
             # ThroughputMonitor asks from under inference mode; counting the backward needs grads.
             with torch.inference_mode(False), torch.enable_grad(), torch.device("meta"):
-                net = self._backbone_factory.value(self.sample_shape)
-                x, c = torch.randn(batch, *self.sample_shape), torch.randn(batch)
-                self._flops = measure_flops(net, lambda: net(x, c), lambda y: y.sum())
+                net = self._factories.value[0](self.sample_shape)
+                x, t = torch.randn(batch, *self.sample_shape), torch.rand(batch)
+                self._flops = measure_flops(net, lambda: net(x, t), lambda y: y.sum())
         return self._flops
 
     # --- training and validation ---------------------------------------------------------------
@@ -138,11 +116,11 @@ class DiffusionModule(L.LightningModule):
         # which Lightning can count differently after a resume: a resumed run draws exactly what
         # the uninterrupted one would have.
         micro = batch_idx % self.trainer.accumulate_grad_batches if self._trainer is not None else batch_idx
-        seed = derive_seed(torch.initial_seed(), self.global_rank, self.global_step, micro)
+        seed = derive_seed(torch.initial_seed(), NOISE, self.global_rank, self.global_step, micro)
         generator = torch.Generator(device=x0.device).manual_seed(seed)
         t = training_times(self.schedule, len(x0), self.time_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        loss = denoising_loss(self, self.schedule, x0, t, noise, self.weighting, self.min_snr_gamma).mean()
+        loss = denoising_loss(self.denoiser, x0, t, noise, self.weighting, self.min_snr_gamma).mean()
         if self._logs_this_step():
             self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -156,30 +134,24 @@ class DiffusionModule(L.LightningModule):
         every = self.trainer.log_every_n_steps
         return every > 0 and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
 
-    def evaluation_inputs(self, batch, batch_idx: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x0, t, noise)`` of a validation or test batch. Times are uniform in log-SNR, whatever
-        the training sampling, so every noise level (and every bin of the score-error diagnostic)
-        is represented evenly. A batch ``(x0, noise, u)`` (``GPDataModule``) fixes noise and time
-        per sample; a plain ``x0`` batch gets both from a generator seeded by the batch index.
-        Either way every pass scores the same triples, so the loss moves only when the model does."""
-        if isinstance(batch, (tuple, list)):
-            x0, noise, u = batch
-        else:
-            x0, generator = batch, torch.Generator().manual_seed(batch_idx)
-            u = torch.rand(len(x0), generator=generator).to(x0.device)
-            noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    def evaluation_inputs(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x0, t, noise)`` of a validation or test batch ``(x0, noise, u)`` (``SequenceDataModule``
+        fixes noise and time per sample, so every pass scores the same triples and the loss moves
+        only when the model does). Times are uniform in log-SNR, whatever the training sampling,
+        so every noise level (and every bin of the score-error diagnostic) is represented evenly."""
+        x0, noise, u = batch
         return x0, times_from_uniform(self.schedule, u, "log_snr").to(x0.dtype), noise
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, batch_idx, "val")
+        return self._evaluate(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, batch_idx, "test")
+        return self._evaluate(batch, "test")
 
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> dict[str, Tensor]:
+    def _evaluate(self, batch, stage: str) -> dict[str, Tensor]:
         """Unweighted ε-loss on fixed (x0, t, ε) triples (comparable across runs and weightings);
         returns what diagnostics need, so they cost no second forward pass."""
-        x0, t, noise = self.evaluation_inputs(batch, batch_idx)
+        x0, t, noise = self.evaluation_inputs(batch)
         x_t = diffuse(self.schedule, x0, t, noise)
         noise_pred = self(x_t, t)
         loss = (noise_pred - noise).pow(2).flatten(1).mean(1)
@@ -192,7 +164,7 @@ class DiffusionModule(L.LightningModule):
         """``request = [(seed, n)]`` from the data module -> ``n`` samples ``(n, T, *space)``."""
         seed, n = request.reshape(-1).tolist()
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.sampler.sample(self, self.schedule, (n, *self.sample_shape), generator, self.device)
+        return self.sampler.sample(self.denoiser, (n, *self.sample_shape), generator, self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("hyper_parameters", {}).get("sample_shape")
@@ -203,7 +175,7 @@ class DiffusionModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        make_optimizer, make_scheduler = self._factories.value
+        _, make_optimizer, make_scheduler = self._factories.value
         optimizer = make_optimizer(self.parameters())
         if make_scheduler is None:
             return optimizer

@@ -133,3 +133,84 @@ def check_writable(directory: str | os.PathLike) -> None:
         raise RunError(
             f"output directory {str(directory)!r} is not writable (no write permission on {str(existing)!r})"
         )
+
+
+def innermost_message(err: BaseException) -> str:
+    """The message of the original error under jsonargparse's wrappers ("Does not validate...")."""
+    while (inner := err.__cause__ or err.__context__) is not None and isinstance(inner, ValueError):
+        err = inner
+    return str(err)
+
+
+# --- before a run ------------------------------------------------------------------------------------
+
+
+def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None:
+    """Checks that need the instantiated classes, done before anything is written: the checkpoint
+    (found, loadable without running pickled code, fits the model), the request itself, the output
+    directory. Then the run directory is claimed. Updates ``kwargs`` (the subcommand's arguments:
+    ``ckpt_path`` resolved, ``weights_only`` defaulted to True)."""
+    from lightning.pytorch.cli import SaveConfigCallback
+    from lightning.pytorch.utilities import rank_zero_info
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if kwargs.get("weights_only") is None:
+        kwargs["weights_only"] = True  # torch < 2.6 would otherwise unpickle arbitrary objects
+    logger = trainer.logger
+    version = None
+    ckpt_path = kwargs.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = kwargs["ckpt_path"] = _find_last(trainer)
+        if ckpt_path is None:
+            rank_zero_info("--ckpt_path last: no checkpoint yet, starting a new run")
+        elif logger is not None and Path(ckpt_path).parent.name == "checkpoints":
+            version = Path(ckpt_path).parents[1].name  # continue in the run directory it came from
+            rank_zero_info(f"--ckpt_path last: resuming from {ckpt_path}")
+    if ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
+        checkpoint = load_checkpoint(ckpt_path, kwargs["weights_only"])
+        model.on_load_checkpoint(checkpoint)  # the sample shape, named first
+        check_compatible(checkpoint, ckpt_path, model)
+        if version is not None:  # the run's config.yaml stays; this run's settings go beside it
+            for cb in trainer.callbacks:
+                if isinstance(cb, SaveConfigCallback):
+                    cb.config_filename = f"config.resumed_step{checkpoint.get('global_step', 0)}.yaml"
+    if subcommand == "fit":
+        if not model.trainable:
+            raise RunError(
+                f"model.denoiser={type(model.denoiser).__name__} has nothing to train: use it with validate, test or "
+                "predict"
+            )
+        model.configure_optimizers()  # a bad optimizer setting fails now, not after set-up
+    if subcommand == "predict":
+        if ckpt_path is None and model.trainable:
+            raise RunError(
+                "predict needs a trained model: pass --ckpt_path <file>.ckpt (or --ckpt_path last), or "
+                "--model.denoiser=ExactDenoiser for the exact model"
+            )
+        if datamodule.num_predict == 0:
+            raise RunError(
+                "predict needs a number of samples: set data.init_args.num_predict (e.g. "
+                "--data.init_args.num_predict=1000)"
+            )
+    if model.denoiser.needs_truth and datamodule.truth is None:
+        raise RunError(f"model.denoiser={type(model.denoiser).__name__} needs data whose exact distribution is known "
+                       f"(a data module with a `truth`, such as GPDataModule); {type(datamodule).__name__} has none")  # fmt: skip
+    out = getattr(logger, "root_dir", None) or trainer.default_root_dir
+    check_writable(out)
+    if hasattr(logger, "_version") and getattr(logger, "_version", None) is None:
+        # Claimed atomically on rank 0 (other ranks take rank 0's log directory from Lightning's
+        # broadcast): concurrent runs never share a version directory.
+        if version is not None:
+            logger._version = version if not version.startswith("version_") else int(version[8:])
+        elif rank_zero_only.rank == 0:
+            logger._version = claim_version(logger.root_dir)
+
+
+def _find_last(trainer) -> str | None:
+    places = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "root_dir", None):
+        places.append(Path(logger.root_dir))
+    places.append(Path(trainer.default_root_dir) / "checkpoints")
+    found = find_last_checkpoint(places)
+    return None if found is None else str(found)

@@ -1,12 +1,15 @@
 """Samplers: from noise at ``t_max`` to a sample at the early-stopping time ``t_min``.
 
-Every sampler has the same signature, ``sampler.sample(model, schedule, shape, generator)``, and
-takes any noise model ``(x_t, t) -> ε̂`` (a trained network or ``ExactNoiseModel``). The time
-grid (``steps``, ``spacing``) is a sampler option. Nothing is clamped: GP data is unbounded.
+Every sampler has the same signature, ``sampler.sample(model, shape, generator, …, cond=…)``, and
+takes any noise model ``model(x_t, t, **cond) -> ε̂`` with a ``schedule`` (``Denoiser``,
+``ExactDenoiser``, or the ``DiffusionModule`` holding one); ``cond`` (observations, masks) is
+passed to every model call unchanged. The time grid (``steps``, ``spacing``) is a sampler option.
+Nothing is clamped: GP data is unbounded.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -68,19 +71,22 @@ class Sampler(ABC):
     def sample(
         self,
         model: NoiseModel,
-        schedule: NoiseSchedule,
         shape: Sequence[int],
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         progress: Callable[[int, int], None] | None = None,
+        cond: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        """Draw samples of ``shape = (n, T, *space)`` at time ``t_min``.
+        """Draw samples of ``shape = (n, T, *space)`` at time ``t_min`` of ``model.schedule``.
 
         Starts from N(0, (α(t_max)² + σ(t_max)²) I), the forward marginal of unit-variance data
         (N(0, I) for variance-preserving schedules). ``progress(i, steps)`` is called after each
-        step.
+        step; ``cond`` goes to every model call.
         """
+        schedule = model.schedule
+        if cond:
+            model = functools.partial(model, **cond)
         device = generator.device if generator is not None and device is None else device
         times = time_grid(schedule, self.steps, self.spacing, self.rho)
         t_max = times[:1]

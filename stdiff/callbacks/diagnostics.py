@@ -11,7 +11,6 @@ network at random initialisation. Every ``sample_every`` validations during fit,
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -26,18 +25,19 @@ from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
     ScoreError,
-    attention_alignment,
+    attention_report,
     correlation_by_lag,
-    early_stopping_kl,
     factor_covariances,
-    temporal_map,
+    random_init_copy,
+    score_error_terms,
 )
-from stdiff.nn.attention import capture_attention
+from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
 
 
 class GPDiagnostics(Callback):
-    """Scores the model against the data module's exact ``gp`` (disabled, with a warning, when
-    the data module has none).
+    """Scores the model against the data module's exact distribution, ``truth`` (off, with a
+    warning, when the data module has none). The numbers come from ``stdiff.metrics``; this
+    callback decides when, and writes them to the logger, ``metrics.json`` and ``figures/``.
 
     Args:
         num_samples: samples generated for the sample-based metrics (split across ranks).
@@ -48,7 +48,7 @@ class GPDiagnostics(Callback):
         reference_kernel: compare attention with this temporal kernel's Γ instead of the data's
             (the control: a model trained on Γ = I should not align with a real kernel).
         figures: write PNG figures to ``<run>/figures`` and to TensorBoard.
-        seed: seed of the generated and the exact (floor) samples.
+        seed: root seed of the generated, the exact (floor) and the attention-probe samples.
     """
 
     def __init__(
@@ -68,46 +68,40 @@ class GPDiagnostics(Callback):
         self.num_samples, self.sample_every, self.score_bins = num_samples, sample_every, score_bins
         self.attention_log_snr = list(attention_log_snr)
         self.reference_kernel, self.figures, self.seed = reference_kernel, figures, seed
-        self.gp = None
+        self.truth = None
         self.results: dict[str, float] = {}
         self._validations = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.gp = getattr(trainer.datamodule, "gp", None)
-        if self.gp is None:
-            rank_zero_warn("GPDiagnostics: the data module has no `gp`; truth-checking metrics are off.")
+        self.truth = getattr(trainer.datamodule, "truth", None)
+        if self.truth is None:
+            rank_zero_warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
             return
         schedule = pl_module.schedule
         ends = schedule.log_snr(torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64))
         self.score = ScoreError(torch.linspace(ends[0].item(), ends[1].item(), self.score_bins + 1))
-        self.gamma = self.gp.gamma
+        self.gamma = self.truth.gamma
         if self.reference_kernel is not None:
-            self.gamma = self.reference_kernel(torch.arange(self.gp.frames, dtype=torch.float64)[:, None])
+            self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self.gp is not None:
+        if self.truth is not None:
             self.score = self.score.to(pl_module.device)
             self.score.reset()
 
     on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.gp is None or trainer.sanity_checking or not isinstance(outputs, dict):
+        if self.truth is None or trainer.sanity_checking or not isinstance(outputs, dict):
             return
-        schedule, t = pl_module.schedule, outputs["t"]
-        alpha, sigma = schedule.alpha(t.double()), schedule.sigma(t.double())
-        exact = self.gp.score(outputs["x_t"].double(), alpha, sigma)  # (B, T, *space), float64
-        sig = sigma.reshape(-1, *[1] * (exact.ndim - 1))
-        score = -outputs["noise_pred"].double() / sig
-        loss_exact = (-sig * exact - outputs["noise"].double()).pow(2).flatten(1).mean(1)
-        self.score.update(score, exact, schedule.log_snr(t.double()), outputs["loss"], loss_exact)
+        self.score.update(**score_error_terms(self.truth, pl_module.schedule, outputs))
 
     on_test_batch_end = on_validation_batch_end
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self.gp is None or trainer.sanity_checking:
+        if self.truth is None or trainer.sanity_checking:
             return
         fitting = trainer.state.fn == "fit"
         self._validations += 1
@@ -115,19 +109,19 @@ class GPDiagnostics(Callback):
         self._report(trainer, pl_module, "val", with_samples)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if self.gp is not None:
+        if self.truth is not None:
             self._report(trainer, pl_module, "test", True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "validate" and self.gp is not None:
+        if trainer.state.fn == "validate" and self.truth is not None:
             self._write_json(trainer, "validate")
 
     def on_test_end(self, trainer, pl_module) -> None:
-        if self.gp is not None:
+        if self.truth is not None:
             self._write_json(trainer, "test")
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.gp is not None and self.results:
+        if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
 
     # --- the metrics -----------------------------------------------------------------------------
@@ -152,60 +146,28 @@ class GPDiagnostics(Callback):
     def _attention(self, trainer, pl_module, stage: str) -> dict[str, float]:
         """Alignment of each temporal attention map with Γ at each noise level, for the model and
         for the same network at random initialisation (the control)."""
-        backbone = getattr(pl_module, "backbone", None)
-        if backbone is None or getattr(pl_module, "oracle", None) is not None:
+        backbone = getattr(pl_module.denoiser, "backbone", None)
+        if backbone is None:  # the exact model, or a noise model without a network
             return {}
-        control = copy.deepcopy(backbone)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            if hasattr(control, "reset_parameters"):
-                control.reset_parameters()
-        x0 = self.gp.sample(64, torch.Generator().manual_seed(self.seed)).to(pl_module.device)
+        x0 = self.truth.sample(64, generator(self.seed, DIAGNOSTICS, 0)).to(pl_module.device)
+        noise = torch.randn(x0.shape, generator=generator(self.seed, DIAGNOSTICS, 1)).to(x0)
         out: dict[str, float] = {}
-        for label, net in (("", backbone), ("random_init/", control)):
-            best = []
-            for lam in self.attention_log_snr:
-                maps = self._temporal_maps(net, pl_module, x0, lam)
-                if not maps:
-                    return {}
-                for name, m in maps.items():
-                    a = attention_alignment(m, self.gamma)
-                    prefix = f"{stage}/attention/{label}{name}/logsnr_{lam:+.1f}"
-                    for key, per_head in a.items():
-                        out[f"{prefix}/{key}"] = per_head.mean().item()  # mean over heads
-                        out.update({f"{prefix}/head{h}/{key}": v for h, v in enumerate(per_head.tolist())})
-                    best.append(a["pearson"].max().item())
-                if label == "" and self.figures and trainer.is_global_zero:
-                    from stdiff.callbacks.figures import attention_figure
+        for label, net in (("", backbone), ("random_init/", random_init_copy(backbone, self.seed))):
+            values, maps = attention_report(net, pl_module.schedule, x0, noise, self.gamma, self.attention_log_snr)
+            out.update({f"{stage}/attention/{label}{k}": v for k, v in values.items()})
+            if label == "" and self.figures and trainer.is_global_zero:
+                from stdiff.callbacks.figures import attention_figure
 
-                    self._save_figure(
-                        trainer, f"{stage}_attention_logsnr{lam:+.0f}", attention_figure(maps, self.gamma, lam)
-                    )
-            out[f"{stage}/attention/{label}pearson_best"] = max(best)
+                for lam, by_unit in maps.items():
+                    self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
+                                      attention_figure(by_unit, self.gamma, lam))  # fmt: skip
         return out
 
-    def _temporal_maps(self, net, pl_module, x0, lam: float) -> dict:
-        schedule = pl_module.schedule
-        t = schedule.time_at_log_snr(torch.full((len(x0),), lam, dtype=torch.float64)).clamp(
-            schedule.t_min, schedule.t_max
-        )
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.seed + 1)).to(x0)
-        t = t.to(x0)
-        x_t = (
-            schedule.alpha(t).reshape(-1, *[1] * (x0.ndim - 1)) * x0
-            + schedule.sigma(t).reshape(-1, *[1] * (x0.ndim - 1)) * noise
-        )
-        with capture_attention(net) as maps:
-            net(x_t, schedule.log_snr(t))
-        frames = self.gp.frames
-        return {n.removeprefix("blocks."): temporal_map(m, frames) for n, m in maps.items()
-                if not n.endswith("spatial") and m.shape[-1] % frames == 0}  # fmt: skip
-
     def _samples(self, trainer, pl_module, stage: str) -> dict[str, float]:
-        """Generate ``num_samples`` (split across ranks) and score them against the GP."""
+        """Generate ``num_samples`` (split across ranks) and score them against the truth."""
         world, rank = trainer.world_size, trainer.global_rank
         n = math.ceil(self.num_samples / world)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1000 + rank)
+        g = generator(self.seed, DIAGNOSTICS, 2, rank, device=pl_module.device)
         bar = None
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:
             from tqdm.auto import tqdm
@@ -214,41 +176,38 @@ class GPDiagnostics(Callback):
                 total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
             )
         x = pl_module.sampler.sample(
-            pl_module, pl_module.schedule, (n, *self.gp.sample_shape), generator, pl_module.device,
+            pl_module.denoiser, (n, *self.truth.sample_shape), g, pl_module.device,
             progress=(lambda i, total: bar.update(1)) if bar is not None else None,
         )  # fmt: skip
         if bar is not None:
             bar.close()
-        metric = SampleDistance(self.gp, self.seed).to(pl_module.device)
+        floor_seed = derive_seed(self.seed, DIAGNOSTICS, 3)
+        metric = SampleDistance(self.truth, pl_module.schedule, floor_seed).to(pl_module.device)
         metric.update(x)
-        if self.gp.dim > metric.full_max_dim or len(x) * world <= 2 * self.gp.dim:
+        if self.truth.dim > metric.full_max_dim or len(x) * world <= 2 * self.truth.dim:
             rank_zero_warn(
-                f"GPDiagnostics: {len(x) * world} samples in dimension {self.gp.dim}: full-covariance KL and W2 "
-                f"need more than {2 * self.gp.dim} samples and dimension <= {metric.full_max_dim}; reporting the "
-                f"structured metrics only."
+                f"GPDiagnostics: {len(x) * world} samples in dimension {self.truth.dim}: full-covariance KL and W2 "
+                f"need more than {2 * self.truth.dim} samples and dimension <= {metric.full_max_dim}; reporting "
+                f"the structured metrics only."
             )
         values = metric.compute()
-        t0 = torch.tensor(pl_module.schedule.t_min, dtype=torch.float64)
-        # How far the truth at t0 (where sampling stops) is from the data: part of every KL above.
-        values["early_stopping_kl"] = early_stopping_kl(
-            self.gp, pl_module.schedule.alpha(t0).item(), pl_module.schedule.sigma(t0).item()
-        )
         if self.figures and trainer.is_global_zero:
-            self._sample_figures(trainer, stage, x.double().cpu())
+            self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
     # --- output ----------------------------------------------------------------------------------
 
-    def _sample_figures(self, trainer, stage: str, x) -> None:
+    def _sample_figures(self, trainer, stage: str, x, floor_seed: int) -> None:
         from stdiff.callbacks.figures import correlation_figure, covariance_figure, paths_figure
 
-        gamma_hat, sigma_hat = factor_covariances(self.gp, x)
-        exact = self.gp.sample(len(x), torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+        truth = self.truth
+        gamma_hat, sigma_hat = factor_covariances(truth, x)
+        exact = truth.sample(len(x), torch.Generator().manual_seed(floor_seed), dtype=torch.float64)
         self._save_figure(trainer, f"{stage}_covariances",
-                          covariance_figure({"Γ": self.gp.gamma, "Σ": self.gp.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}))  # fmt: skip
+                          covariance_figure({"Γ": truth.gamma, "Σ": truth.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}))  # fmt: skip
         self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))
         self._save_figure(trainer, f"{stage}_correlation_vs_lag",
-                          correlation_figure(correlation_by_lag(self.gp.gamma), correlation_by_lag(gamma_hat)))  # fmt: skip
+                          correlation_figure(correlation_by_lag(truth.gamma), correlation_by_lag(gamma_hat)))  # fmt: skip
 
     def _save_figure(self, trainer, name: str, fig) -> None:
         import matplotlib.pyplot as plt
@@ -277,7 +236,6 @@ class GPDiagnostics(Callback):
                 k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()
             }  # no NaN in JSON
             out = {"stage": stage, "global_step": trainer.global_step, "metrics": metrics}
-            gp = getattr(trainer.datamodule, "gp", None)
-            if gp is not None:  # condition numbers and any jitter added: the truth the metrics use
-                out["data"] = {"conditioning": gp.conditioning}
+            if self.truth is not None:  # condition numbers and any jitter added: the truth the metrics use
+                out["data"] = {"conditioning": self.truth.conditioning}
             json.dump(out, f, indent=1)

@@ -41,9 +41,9 @@ class SampleWriter(BasePredictionWriter):
         meta = {
             "file": os.path.basename(path),
             "shape": list(samples.shape),
-            "sampler": repr(getattr(pl_module, "sampler", None)),
-            "schedule": repr(getattr(pl_module, "schedule", None)),
-            "oracle": bool(getattr(pl_module, "use_oracle", False)),
+            "sampler": repr(pl_module.sampler),
+            "schedule": repr(pl_module.schedule),
+            "denoiser": type(pl_module.denoiser).__name__,
             "checkpoint": trainer.ckpt_path,
         }
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:

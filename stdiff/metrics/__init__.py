@@ -1,7 +1,7 @@
 """How far a model is from the truth: distances of samples to the true GP (plain functions) and
 torchmetrics ``Metric``s that accumulate them across batches and DDP ranks."""
 
-from stdiff.metrics.attention import attention_alignment, temporal_map
+from stdiff.metrics.attention import attention_alignment, frame_attention, temporal_map
 from stdiff.metrics.distances import (
     correlation_by_lag,
     early_stopping_kl,
@@ -15,22 +15,28 @@ from stdiff.metrics.distances import (
     sample_statistics,
     whiten,
 )
+from stdiff.metrics.reports import attention_report, random_init_copy, sample_report, score_error_terms
 from stdiff.metrics.tracking import SampleDistance, ScoreError
 
 __all__ = [
     "SampleDistance",
     "ScoreError",
     "attention_alignment",
+    "attention_report",
     "correlation_by_lag",
     "early_stopping_kl",
     "factor_covariances",
+    "frame_attention",
     "gaussian_fit_kl",
     "gaussian_fit_kl_floor",
     "gaussian_kl",
     "gaussian_w2",
     "ks_normal",
+    "random_init_copy",
     "sample_distances",
+    "sample_report",
     "sample_statistics",
+    "score_error_terms",
     "temporal_map",
     "whiten",
 ]

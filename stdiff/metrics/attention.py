@@ -35,3 +35,15 @@ def attention_alignment(weights: Tensor, gamma: Tensor) -> dict[str, Tensor]:
     target = gamma / gamma.sum(1, keepdim=True)
     rel_frob = (weights - target).flatten(1).norm(dim=1) / target.norm()
     return {"pearson": pearson, "rel_frob": rel_frob}
+
+
+def frame_attention(net: torch.nn.Module, *inputs: Tensor, frames: int) -> dict[str, Tensor]:
+    """Frame-to-frame attention ``(H, T, T)`` of every attention unit of ``net`` that attends over
+    time or over all tokens (as each ``MultiHeadAttention`` declares in ``axis``; spatial units are
+    left out), from one forward pass ``net(*inputs)``; keys are the units' module paths."""
+    from stdiff.nn.attention import MultiHeadAttention, capture_attention
+
+    axes = {name: m.axis for name, m in net.named_modules() if isinstance(m, MultiHeadAttention)}
+    with capture_attention(net) as maps:
+        net(*inputs)
+    return {name: temporal_map(w, frames) for name, w in maps.items() if axes[name] != "space"}

@@ -8,7 +8,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from stdiff.gp import KroneckerGP
-from stdiff.metrics.distances import sample_distances
+from stdiff.metrics.reports import sample_report
+from stdiff.schedules import NoiseSchedule
 
 
 class ScoreError(Metric):
@@ -64,19 +65,21 @@ class ScoreError(Metric):
 
 class SampleDistance(Metric):
     """Distances of generated samples to the true GP, each with its finite-sample floor and the
-    excess over it (``stdiff.metrics.sample_distances``). Samples are gathered from every rank.
+    excess over it, and the early-stopping KL (``stdiff.metrics.sample_report``). Samples are
+    gathered from every rank.
 
     Args:
         gp: the true process.
+        schedule: the schedule the samples were drawn under (its t_min: the early-stopping bias).
         seed: seed of the exact samples that give the floors.
         full_max_dim: largest T·S for the full-covariance KL and W2.
     """
 
     full_state_update = False
 
-    def __init__(self, gp: KroneckerGP, seed: int = 0, full_max_dim: int = 1024) -> None:
+    def __init__(self, gp: KroneckerGP, schedule: NoiseSchedule, seed: int = 0, full_max_dim: int = 1024) -> None:
         super().__init__()
-        self.gp, self.seed, self.full_max_dim = gp, seed, full_max_dim
+        self.gp, self.schedule, self.seed, self.full_max_dim = gp, schedule, seed, full_max_dim
         self.add_state("samples", [], dist_reduce_fx="cat")
 
     def update(self, samples: Tensor) -> None:
@@ -90,4 +93,4 @@ class SampleDistance(Metric):
 
     def compute(self) -> dict[str, float]:
         x = self.samples if isinstance(self.samples, Tensor) else torch.cat(self.samples)
-        return sample_distances(self.gp, x.cpu(), self.seed, self.full_max_dim)
+        return sample_report(self.gp, x.cpu(), self.schedule, self.seed, self.full_max_dim)

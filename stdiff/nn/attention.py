@@ -13,12 +13,15 @@ import contextlib
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stdiff._validation import check_int
+
+AXES = ("time", "space", "joint")
 
 
 class MultiHeadAttention(nn.Module):
@@ -27,13 +30,22 @@ class MultiHeadAttention(nn.Module):
     While ``capture`` is set, the weights are computed explicitly, used for the output, and their
     average over the N sequences is kept in ``captured`` as ``(H, L, L)``; otherwise nothing is
     materialised.
+
+    Args:
+        width: D.
+        heads: H, must divide ``width``.
+        axis: what the L tokens of a sequence are, declared for the diagnostics: ``time`` (the T
+            frames of one patch), ``space`` (the P patches of one frame) or ``joint`` (all T·P
+            tokens, frame-major).
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, axis: Literal["time", "space", "joint"] = "time") -> None:
         super().__init__()
         if heads < 1 or width % heads:
             raise ValueError(f"heads must be >= 1 and divide width={width}, got heads={heads}")
-        self.heads = heads
+        if axis not in AXES:
+            raise ValueError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
+        self.heads, self.axis = heads, axis
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.capture = False
@@ -95,7 +107,7 @@ class FullAttention(Attention):
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__(width, heads)
-        self.attn = MultiHeadAttention(width, heads)
+        self.attn = MultiHeadAttention(width, heads, axis="joint")
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, p, d = x.shape
@@ -142,8 +154,8 @@ class FactorizedAttention(Attention):
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__(width, heads)
-        self.spatial = MultiHeadAttention(width, heads)
-        self.temporal = MultiHeadAttention(width, heads)
+        self.spatial = MultiHeadAttention(width, heads, axis="space")
+        self.temporal = MultiHeadAttention(width, heads, axis="time")
 
     def forward(self, x: Tensor) -> Tensor:
         return over_time(self.temporal, over_space(self.spatial, x))

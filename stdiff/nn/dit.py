@@ -36,6 +36,11 @@ class Backbone(nn.Module):
             raise ValueError(f"sample_shape must be (T, S) or (T, H, W) of positive ints, got {sample_shape!r}")
         self.sample_shape = sample_shape
 
+    @property
+    def tokens_per_sample(self) -> int:
+        """Tokens the network sees per sample (for throughput figures): T unless a subclass says."""
+        return self.sample_shape[0]
+
     def check_input(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(
@@ -181,6 +186,10 @@ class DiT(Backbone):
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, attention) for _ in range(depth))
         self.final = FinalLayer(width, features)
         self.reset_parameters()
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.sample_shape[0] * self.num_patches
 
     def reset_parameters(self) -> None:
         # DiT's initialize_weights: Xavier-uniform linears, zero biases, N(0, 0.02) for the

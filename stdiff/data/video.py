@@ -9,21 +9,21 @@ centroid) and comparing its autocorrelation with γ (``trajectory_autocorrelatio
 
 from __future__ import annotations
 
-import lightning as L
+from typing import Literal
+
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
 
 from stdiff._validation import check_int, check_positive
-from stdiff.data import derive_seed
+from stdiff.data.base import SequenceDataModule
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel, PoweredExponential
+from stdiff.seeding import AUXILIARY, generator
 
-STREAM, VAL = 11, 12
 
-
-class MovingBall(L.LightningDataModule):
-    """Videos ``(B, T, size, size)`` of a ball on a GP trajectory.
+class MovingBall(SequenceDataModule):
+    """Videos ``(B, T, size, size)`` of a ball on a GP trajectory. The videos are not Gaussian, so
+    there is no ``truth``; the trajectory's kernel is (``gamma``, ``trajectory_autocorrelation``).
 
     Args:
         temporal: kernel of each trajectory coordinate over frames (γ).
@@ -32,7 +32,8 @@ class MovingBall(L.LightningDataModule):
         amplitude: standard deviation of the centre's coordinates, in pixels (centred on the frame).
         radius: the blob's standard deviation in pixels.
         background: add a fixed smooth texture (the same in every frame and video).
-        batch_size, num_val, seed: as in ``GPDataModule``.
+        batch_size, num_train, num_val, seed, num_workers, num_predict, generate_on: as in
+            ``SequenceDataModule``.
 
     Pixels are standardised by constants of the rendering (``offset``, ``scale``), so that data
     are roughly zero-mean, unit-variance like the GP data the defaults are tuned for.
@@ -47,24 +48,24 @@ class MovingBall(L.LightningDataModule):
         radius: float = 2.5,
         background: bool = False,
         batch_size: int = 32,
+        num_train: int | None = None,
         num_val: int = 256,
         seed: int = 0,
+        num_workers: int = 0,
+        num_predict: int = 0,
+        generate_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_train, num_val, seed, num_workers, num_predict, generate_on)
         self.frames = check_int("frames", frames, 2)
         self.size = check_int("size", size, 4)
         self.amplitude = check_positive("amplitude", amplitude)
         self.radius = check_positive("radius", radius)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.num_val = check_int("num_val", num_val, 1)
-        self.seed = check_int("seed", seed, 0)
         self.temporal = temporal if temporal is not None else PoweredExponential(4.0, 1.0)
         self.trajectory = KroneckerGP(self.temporal, None, self.frames, (2,))  # (T, 2): x and y
         self.background = self._texture() if background else torch.zeros(self.size, self.size)
         self.offset, self.scale = 0.0, 1.0
-        probe = self.render(self.trajectory.sample(256, torch.Generator().manual_seed(derive_seed(seed, 0))))
+        probe = self.sample(256, generator(self.seed, AUXILIARY, 0))
         self.offset, self.scale = probe.mean().item(), probe.std().item()
-        self._val: Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -76,16 +77,15 @@ class MovingBall(L.LightningDataModule):
         return self.trajectory.gamma
 
     def _texture(self) -> Tensor:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, 1))
-        noise = torch.randn(1, 1, self.size, self.size, generator=g)
+        noise = torch.randn(1, 1, self.size, self.size, generator=generator(self.seed, AUXILIARY, 1))
         kernel = torch.exp(-(torch.arange(-4.0, 5.0) ** 2) / 8.0)
         kernel = (kernel[:, None] * kernel[None, :]) / kernel.sum() ** 2
         smooth = torch.nn.functional.conv2d(noise, kernel[None, None], padding=4)[0, 0]
         return 0.15 * smooth / smooth.std()  # weaker than the ball (peak 1), which must stay visible
 
-    def centres(self, n: int, generator: torch.Generator) -> Tensor:
+    def centres(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         """Ball centres ``(n, T, 2)`` in pixels."""
-        return self.size / 2 - 0.5 + self.amplitude * self.trajectory.sample(n, generator)
+        return self.size / 2 - 0.5 + self.amplitude * self.trajectory.sample(n, generator, device=device)
 
     def render(self, centres: Tensor) -> Tensor:
         """Standardised videos ``(n, T, size, size)`` from centres ``(n, T, 2)`` in pixels (x, y)."""
@@ -95,33 +95,8 @@ class MovingBall(L.LightningDataModule):
         frames = torch.exp(-(dx + dy) / (2 * self.radius**2)) + self.background.to(centres)
         return (frames - self.offset) / self.scale
 
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        return self.render(self.centres(n, generator))
-
-    def setup(self, stage: str) -> None:
-        if self._val is None:
-            self._val = self.sample(self.num_val, torch.Generator().manual_seed(derive_seed(self.seed, VAL)))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Stream(self), batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._val, batch_size=self.batch_size)
-
-
-class _Stream(IterableDataset):
-    def __init__(self, data: MovingBall) -> None:
-        self.data = data
-
-    def __iter__(self):
-        rank = self.data.trainer.global_rank if self.data.trainer is not None else 0
-        start = self.data.trainer.global_step if self.data.trainer is not None else 0
-        k = start
-        while True:
-            yield self.data.sample(
-                self.data.batch_size, torch.Generator().manual_seed(derive_seed(self.data.seed, STREAM, rank, k))
-            )
-            k += 1
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+        return self.render(self.centres(n, generator, device))
 
 
 def trajectory_autocorrelation(videos: Tensor, data: MovingBall) -> Tensor:

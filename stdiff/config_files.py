@@ -1,0 +1,131 @@
+"""Configuration files as plain data: the YAML files and command-line overrides of a ``stdiff``
+command merged the way jsonargparse merges them (for ``stdiff.config_check``), every file error
+naming the file, and the configs shipped inside the package (``stdiff/configs``), found for a
+``--config configs/…`` path that does not exist where the command runs (a non-editable install).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+# Marks a class spec whose class_path replaced another: like jsonargparse, the new class keeps the
+# init_args it accepts and drops the others.
+CHANGED = "__class_changed__"
+
+
+class ConfigError(ValueError):
+    """A configuration names something that does not exist or has the wrong type."""
+
+
+def packaged_configs(args: list[str]) -> list[str]:
+    """``args`` with each ``--config configs/<name>.yaml`` that does not exist here replaced by the
+    same file shipped with the package, where there is one."""
+    out = list(args)
+    for i, token in enumerate(out):
+        if token == "--config" and i + 1 < len(out):
+            out[i + 1] = _packaged(out[i + 1])
+        elif token.startswith("--config="):
+            out[i] = "--config=" + _packaged(token.split("=", 1)[1])
+    return out
+
+
+def _packaged(path: str) -> str:
+    if Path(path).exists() or "configs/" not in path.replace("\\", "/"):
+        return path
+    relative = path.replace("\\", "/").split("configs/", 1)[1]
+    shipped = resources.files("stdiff") / "configs" / relative
+    return str(shipped) if shipped.is_file() else path
+
+
+def _set(tree: dict, path: list[str], value) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if isinstance(child, str):  # a short class name, now given init_args
+            child = node[part] = {"class_path": child}
+        elif not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    last = path[-1]
+    if isinstance(value, str) and isinstance(node.get(last), dict) and "class_path" in node[last]:
+        node[last] = {**node[last], "class_path": value, CHANGED: True}  # keeps the init_args it accepts
+    else:
+        node[last] = value
+
+
+def _merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            if "class_path" in v and v["class_path"] != into[k].get("class_path"):
+                init_args = {**(into[k].get("init_args") or {}), **(v.get("init_args") or {})}
+                into[k] = {**v, "init_args": init_args, CHANGED: True}  # keeps the init_args it accepts
+            else:
+                _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def load_yaml(path: str) -> dict:
+    """A config file as a mapping; ``ConfigError`` naming the file for anything else."""
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not a text file (binary content)") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        tabs = " (tabs are not allowed for indentation in YAML)" if "\t" in text and "tab" in str(err) else ""
+        raise ConfigError(f"config file {path}: invalid YAML{at}: {problem}{tabs}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty: it must hold a mapping such as `model:` / `data:` keys")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys (model:, data:, trainer:, ...), "
+                          f"got a {type(data).__name__}")  # fmt: skip
+    return data
+
+
+def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
+    """The subcommand, the merged configuration as plain data, and for each top-level key the file
+    that last set it (or ``command line``)."""
+    sub = next((i for i, a in enumerate(args) if a in SUBCOMMANDS), None)
+    tokens = args[sub + 1 :] if sub is not None else list(args)
+    tree: dict = {}
+    origin: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("--"):
+            continue
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if i < len(tokens) and not tokens[i].startswith("--"):
+                value, i = tokens[i], i + 1
+            else:
+                continue  # a flag
+        if key == "config":
+            if Path(value).is_file():
+                data = load_yaml(value)
+                _merge(tree, data)
+                origin.update({k: f"config file {value}" for k in data})
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        _set(tree, key.split("."), parsed)
+        origin[key.split(".")[0]] = "command line"
+    return (args[sub] if sub is not None else None), tree, origin
+
+

@@ -1,0 +1,158 @@
+"""``SequenceDataModule``: everything a data set of sequences ``(B, T, *space)`` needs from Lightning,
+written once. A subclass supplies ``sample_shape`` and ``sample(n, generator, device)`` (and
+``truth``, when its distribution is known exactly); the base serves
+
+- training batches streamed forever (``num_train=None``) or from a fixed set of ``num_train``
+  samples reshuffled every epoch, each batch a function of its index (``stdiff.data.loading``), so
+  DDP ranks and loader workers never repeat each other and a resumed run (gradient accumulation
+  included) continues exactly where it stopped;
+- fixed validation and test sets ``(x0, noise, u)``, the same for any batch size or process count;
+- ``stdiff predict`` requests ``(seed, n)``, which the model turns into samples;
+- optional drawing of streamed batches on the training device (``generate_on: device``).
+
+Every seed comes from ``stdiff.seeding.derive_seed(seed, purpose, …)``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from stdiff._validation import check_int
+from stdiff.data.loading import BatchStream, EpochSampler, ResumableLoader, Samples, draw_fixed, evaluation_set
+from stdiff.seeding import PREDICT, TEST, TRAIN, VAL, derive_seed
+
+
+class SequenceDataModule(L.LightningDataModule, ABC):
+    """Base of stdiff's data modules (see the module docstring).
+
+    Args:
+        batch_size: samples per batch on each device.
+        num_train: size of a fixed training set, reshuffled every epoch; ``None`` streams fresh
+            samples forever (steps, not epochs, bound training).
+        num_val: size of the fixed validation set, and of the separate test set.
+        seed: root of every derived seed.
+        num_workers: DataLoader worker processes (0 = draw in the main process).
+        num_predict: how many samples ``stdiff predict`` generates (in batches of ``batch_size``,
+            batch k seeded by ``(seed, PREDICT, k)``).
+        generate_on: where streamed training batches are drawn: ``cpu`` (in the loader) or
+            ``device`` (the loader hands over the batch's seed and ``sample`` runs on the training
+            device). Same seeds either way.
+    """
+
+    truth = None  # the exact distribution (a KroneckerGP) when known: diagnostics score against it
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_train: int | None = None,
+        num_val: int = 512,
+        seed: int = 0,
+        num_workers: int = 0,
+        num_predict: int = 0,
+        generate_on: Literal["cpu", "device"] = "cpu",
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_train = None if num_train is None else check_int("num_train", num_train, 1)
+        self.num_val = check_int("num_val", num_val, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.num_predict = check_int("num_predict", num_predict, 0)
+        if generate_on not in ("cpu", "device"):
+            raise ValueError(f"generate_on must be 'cpu' or 'device', got {generate_on!r}")
+        self.generate_on = generate_on
+        self._train: Tensor | None = None
+        self._val: tuple[Tensor, Tensor, Tensor] | None = None
+        self._test: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # --- what a subclass supplies ----------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(T, *space_shape)`` of one sample; the CLI links it to the model."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+        """``n`` samples ``(n, T, *space_shape)`` in float32, drawn with ``generator`` on ``device``."""
+
+    # --- sets --------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.num_train is not None and self._train is None:
+            self._train = draw_fixed(self.sample, self.num_train, derive_seed(self.seed, TRAIN))
+        if stage in ("fit", "validate") and self._val is None:
+            self._val = evaluation_set(self.sample, self.num_val, derive_seed(self.seed, VAL))
+        if stage == "test" and self._test is None:
+            self._test = evaluation_set(self.sample, self.num_val, derive_seed(self.seed, TEST))
+
+    def __getstate__(self) -> dict:
+        # Loader workers started by spawning get a copy of the stream, hence of this module: not of
+        # the trainer it points to.
+        return {**self.__dict__, "trainer": None}
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def consumed(self) -> int:
+        """Training batches this rank has already drawn: 0 for a new run; when resuming, the restored
+        step count times the batches per step (gradient accumulation included), so the stream or
+        the fixed set's epoch continues where it stopped instead of replaying it."""
+        trainer = self.trainer
+        if trainer is None or not hasattr(trainer, "fit_loop"):
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
+    def _epoch_batches(self, world_size: int) -> int:
+        """Batches per epoch and rank as the trainer counts them: all, or ``limit_train_batches``."""
+        total = math.ceil(math.ceil(self.num_train / world_size) / self.batch_size)
+        limit = getattr(self.trainer, "limit_train_batches", None)
+        if limit is None or isinstance(limit, float) and limit == 1.0:
+            return total
+        return max(1, min(total, limit) if isinstance(limit, int) else int(total * limit))
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+        settings = {"seed": self.seed, "batch_size": self.batch_size, "num_train": self.num_train, "world_size": world,
+                    "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", 1)}  # fmt: skip
+        common = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "settings": settings}
+        if self.num_train is None:
+            # The stream is already batched: batch_size=None disables automatic batching.
+            seeds_only = self.generate_on == "device"
+            stream = BatchStream(self.sample, self.batch_size, self.seed, rank, seeds_only, self.consumed())
+            return ResumableLoader(stream, batch_size=None, **common)
+        sampler = EpochSampler(self.num_train, self.batch_size, self.seed, rank, world, self._epoch_batches(world),
+                               position=self.consumed)  # fmt: skip
+        return ResumableLoader(Samples(self._train), batch_size=self.batch_size, sampler=sampler, **common)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, int):  # a seed from the stream with generate_on="device"
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            return self.sample(self.batch_size, torch.Generator(device=device).manual_seed(batch), device)
+        return batch
+
+    # --- evaluation and prediction -----------------------------------------------------------------
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(Samples(*self._val), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(Samples(*self._test), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Sampling requests ``(seed, n)``, one per batch; the model turns each into n samples."""
+        if self.num_predict == 0:
+            raise ValueError(
+                "predict needs a number of samples: set data.init_args.num_predict (e.g. "
+                "--data.init_args.num_predict=1000)"
+            )
+        sizes = [min(self.batch_size, self.num_predict - i) for i in range(0, self.num_predict, self.batch_size)]
+        requests = [torch.tensor([derive_seed(self.seed, PREDICT, k), n]) for k, n in enumerate(sizes)]
+        return DataLoader(requests, batch_size=1)  # each batch: one request, shape (1, 2)

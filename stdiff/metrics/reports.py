@@ -1,0 +1,94 @@
+"""The diagnostics as pure functions: given a model's outputs (or the model and some data) and the
+truth, return numbers. The ``GPDiagnostics`` callback only decides when to call them and where the
+numbers go; the diffusion math comes from ``stdiff.diffusion``, never re-implemented here."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from stdiff.diffusion import ExactDenoiser, diffuse, per_sample
+from stdiff.gp import KroneckerGP
+from stdiff.metrics.attention import attention_alignment, frame_attention
+from stdiff.metrics.distances import early_stopping_kl, sample_distances
+from stdiff.schedules import NoiseSchedule
+
+
+def score_error_terms(truth: KroneckerGP, schedule: NoiseSchedule, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What ``ScoreError.update`` takes, from a validation step's ``outputs`` (``x_t``, ``t``,
+    ``noise``, ``noise_pred``, ``loss``): the model's score ŝ = −ε̂/σ and the exact score, both
+    ``(B, T, *space)`` in float64, the log-SNR ``(B,)``, the model's per-sample ε-loss and the exact
+    model's on the same inputs ``(B,)``."""
+    t = outputs["t"].double()
+    exact = ExactDenoiser.from_gp(truth, schedule)
+    eps_exact = exact(outputs["x_t"].double(), t)
+    sigma = per_sample(schedule.sigma(t), eps_exact)
+    return {
+        "score": -outputs["noise_pred"].double() / sigma,
+        "score_exact": -eps_exact / sigma,
+        "log_snr": schedule.log_snr(t),
+        "loss": outputs["loss"],
+        "loss_exact": (eps_exact - outputs["noise"].double()).pow(2).flatten(1).mean(1),
+    }
+
+
+def random_init_copy(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``net`` re-initialised (``reset_parameters``) from ``seed``: the untrained control."""
+    control = copy.deepcopy(net)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if hasattr(control, "reset_parameters"):
+            control.reset_parameters()
+    return control
+
+
+@torch.no_grad()
+def attention_report(
+    backbone: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    noise: Tensor,
+    gamma: Tensor,
+    log_snrs: list[float],
+) -> tuple[dict[str, float], dict[float, dict[str, Tensor]]]:
+    """Alignment with ``gamma (T, T)`` of each temporal attention unit of ``backbone`` on ``x0``
+    noised with ``noise`` to each log-SNR in ``log_snrs`` (``stdiff.metrics.attention_alignment``).
+
+    Returns the numbers, keyed ``<unit>/logsnr_<λ>/<pearson|rel_frob>`` (mean over heads),
+    ``…/head<h>/…`` and ``pearson_best`` (empty when the backbone has no temporal attention), and
+    the maps ``{λ: {unit: (H, T, T)}}`` for figures."""
+    frames = x0.shape[1]
+    out: dict[str, float] = {}
+    maps_by_level: dict[float, dict[str, Tensor]] = {}
+    best = []
+    for lam in log_snrs:
+        t = schedule.time_at_log_snr(torch.full((len(x0),), lam, dtype=torch.float64))
+        t = t.clamp(schedule.t_min, schedule.t_max).to(x0)
+        x_t = diffuse(schedule, x0, t, noise)
+        maps = {k.removeprefix("blocks."): v for k, v in frame_attention(backbone, x_t, schedule.log_snr(t),
+                                                                         frames=frames).items()}  # fmt: skip
+        if not maps:
+            return {}, {}
+        maps_by_level[lam] = maps
+        for name, m in maps.items():
+            a = attention_alignment(m, gamma)
+            prefix = f"{name}/logsnr_{lam:+.1f}"
+            for key, per_head in a.items():
+                out[f"{prefix}/{key}"] = per_head.mean().item()
+                out.update({f"{prefix}/head{h}/{key}": v for h, v in enumerate(per_head.tolist())})
+            best.append(a["pearson"].max().item())
+    out["pearson_best"] = max(best)
+    return out, maps_by_level
+
+
+def sample_report(truth: KroneckerGP, samples: Tensor, schedule: NoiseSchedule, seed: int = 0,
+                  full_max_dim: int = 1024) -> dict[str, float]:  # fmt: skip
+    """Distances of generated ``samples (n, T, *space)`` to ``truth``, each beside its finite-sample
+    floor (``sample_distances``, floors drawn with ``seed``), and ``early_stopping_kl``: how far the
+    truth at ``t_min``, where sampling stops, is from the data (part of every KL above)."""
+    values = sample_distances(truth, samples, seed, full_max_dim)
+    t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
+    values["early_stopping_kl"] = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item())
+    return values
