@@ -15,7 +15,7 @@ import time
 import torch
 
 from stdiff.cli import StdiffCLI
-from stdiff.diffusion import ExactNoiseModel
+from stdiff.diffusion import ExactDenoiser
 from stdiff.metrics import sample_distances
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -32,9 +32,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     metrics = {k: round(v.item(), 5) for k, v in cli.trainer.callback_metrics.items() if k in KEYS}
     diagnostics = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "GPDiagnostics")
-    model, gp = cli.model, cli.datamodule.gp
-    x = model.sampler.sample(ExactNoiseModel(gp, model.schedule), model.schedule,
-                             (diagnostics.num_samples, *gp.sample_shape), torch.Generator().manual_seed(0))  # fmt: skip
+    model, gp = cli.model, cli.datamodule.truth
+    x = model.sampler.sample(ExactDenoiser.from_gp(gp, model.schedule), (diagnostics.num_samples, *gp.sample_shape),
+                             torch.Generator().manual_seed(0))  # fmt: skip
     exact = sample_distances(gp, x.double(), seed=diagnostics.seed)
     report = {
         "wall_time_s": round(wall, 1),

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from stdiff.diffusion import ExactNoiseModel
+from stdiff.diffusion import ExactDenoiser
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor
@@ -32,8 +32,7 @@ def excess_kl(sampler, gp, schedule, n: int, floor: float, seed: int = 2) -> tup
     """(excess KL of ``sampler``'s samples over ``floor``, seconds spent sampling)."""
     start = time.perf_counter()
     x = sampler.sample(
-        ExactNoiseModel(gp, schedule),
-        schedule,
+        ExactDenoiser.from_gp(gp, schedule),
         (n, *gp.sample_shape),
         torch.Generator().manual_seed(seed),
         dtype=torch.float64,

@@ -97,9 +97,9 @@ def _class_base(annotation) -> type | None:
     if origin is collections.abc.Callable:
         args = typing.get_args(annotation)
         annotation = args[-1] if args else None
-    if inspect.isclass(annotation) and annotation not in (str, int, float, bool, bytes, dict, list, tuple, type(None)):
-        if typing.get_origin(annotation) is None and annotation.__module__ not in ("builtins", "typing", "pathlib"):
-            return annotation
+    plain = (str, int, float, bool, bytes, dict, list, tuple, type(None))
+    if inspect.isclass(annotation) and annotation not in plain and typing.get_origin(annotation) is None:
+        return annotation if annotation.__module__ not in ("builtins", "typing", "pathlib") else None
     return None
 
 

@@ -44,16 +44,26 @@ def _packaged(path: str) -> str:
 
 
 def _set(tree: dict, path: list[str], value) -> None:
+    """Set ``tree[path]`` the way an override ``--a.b.c=value`` does: ``--a.b+=value`` appends to a
+    list, and a key below a list (``--trainer.callbacks.path=…``) sets its last item's argument."""
     node = tree
     for part in path[:-1]:
         child = node.get(part)
+        if isinstance(child, list) and child:
+            if isinstance(child[-1], str):
+                child[-1] = {"class_path": child[-1]}
+            child = child[-1]
         if isinstance(child, str):  # a short class name, now given init_args
             child = node[part] = {"class_path": child}
         elif not isinstance(child, dict):
             child = node[part] = {}
         node = child
     last = path[-1]
-    if isinstance(value, str) and isinstance(node.get(last), dict) and "class_path" in node[last]:
+    if last.endswith("+"):
+        last = last[:-1]
+        items = node.get(last) if isinstance(node.get(last), list) else []
+        node[last] = items + (value if isinstance(value, list) else [value])
+    elif isinstance(value, str) and isinstance(node.get(last), dict) and "class_path" in node[last]:
         node[last] = {**node[last], "class_path": value, CHANGED: True}  # keeps the init_args it accepts
     else:
         node[last] = value

@@ -223,6 +223,7 @@ class Denoiser(NoiseModel):
     ) -> None:
         super().__init__(sample_shape, schedule)
         self.backbone = backbone(self.sample_shape)
+        self.backbone_factory = Shared(backbone)  # to build copies (FLOPs counted on the meta device)
         self.parameterization_name = parameterization
         self.parameterization = get_parameterization(parameterization)
 
@@ -273,6 +274,17 @@ class ExactDenoiser(NoiseModel):
             raise ValueError(f"ExactDenoiser is unconditional; got conditioning {sorted(cond)}")
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         return -per_sample(sigma, x_t) * self.gp.score(x_t, alpha, sigma)
+
+
+class Shared:
+    """A value that deep copies of its owner share instead of copying (EMA deep-copies the model; a
+    configured factory may hold a lock that cannot be copied, nor needs to be)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo) -> Shared:
+        return self
 
 
 NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.__name__: cls for cls in (Denoiser, ExactDenoiser)}

@@ -14,7 +14,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from stdiff._validation import check_positive
-from stdiff.diffusion import Denoiser, NoiseModel, denoising_loss, diffuse, times_from_uniform, training_times
+from stdiff.diffusion import (
+    Denoiser,
+    NoiseModel,
+    Shared,
+    denoising_loss,
+    diffuse,
+    times_from_uniform,
+    training_times,
+)
 from stdiff.sampling import Heun, Sampler
 from stdiff.schedules import NoiseSchedule
 from stdiff.seeding import NOISE, derive_seed
@@ -66,7 +74,7 @@ class DiffusionModule(L.LightningModule):
             self.denoiser.compile()  # nn.Module.compile: in place, state_dict keys unchanged
         # Shared, not copied, by deepcopy: EMA deep-copies the module, and under DDP the CLI's
         # optimizer partial holds a lock that cannot be copied (nor needs to be).
-        self._factories = _Shared((denoiser, optimizer, lr_scheduler))
+        self._factories = Shared((optimizer, lr_scheduler))
         self._flops: int | None = None
 
     @property
@@ -94,18 +102,21 @@ class DiffusionModule(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> int:
-        """Forward + backward FLOPs of the noise model on one training batch, counted once on a copy
+        """Forward + backward FLOPs of the backbone on one training batch, counted once on a copy
         built on the meta device (``lightning.fabric.utilities.throughput.measure_flops``); read
-        by ``ThroughputMonitor`` for FLOP/s and MFU."""
+        by ``ThroughputMonitor`` for FLOP/s and MFU. 0 for a noise model without a backbone."""
+        factory = getattr(self.denoiser, "backbone_factory", None)
+        if self._flops is None and factory is None:
+            self._flops = 0
         if self._flops is None:
             from lightning.fabric.utilities.throughput import measure_flops
 
             batch = self.trainer.datamodule.batch_size if self._trainer is not None else 1
             # ThroughputMonitor asks from under inference mode; counting the backward needs grads.
             with torch.inference_mode(False), torch.enable_grad(), torch.device("meta"):
-                net = self._factories.value[0](self.sample_shape)
-                x, t = torch.randn(batch, *self.sample_shape), torch.rand(batch)
-                self._flops = measure_flops(net, lambda: net(x, t), lambda y: y.sum())
+                net = factory.value(self.sample_shape)
+                x, c = torch.randn(batch, *self.sample_shape), torch.randn(batch)
+                self._flops = measure_flops(net, lambda: net(x, c), lambda y: y.sum())
         return self._flops
 
     # --- training and validation ---------------------------------------------------------------
@@ -175,18 +186,9 @@ class DiffusionModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        _, make_optimizer, make_scheduler = self._factories.value
+        make_optimizer, make_scheduler = self._factories.value
         optimizer = make_optimizer(self.parameters())
         if make_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "step"}}
 
-
-class _Shared:
-    """A value that deep copies of its owner share instead of copying."""
-
-    def __init__(self, value) -> None:
-        self.value = value
-
-    def __deepcopy__(self, memo) -> _Shared:
-        return self

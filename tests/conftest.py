@@ -7,7 +7,9 @@ OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml")) + sorted(
     (ROOT / "configs" / "controls").glob("*.yaml")
 )
 GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b")]  # after gpu/single.yaml
-CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS))
+# The paper's CPU scale: configs/paper/cpu/<experiment>.yaml on top of configs/paper/<experiment>.yaml
+PAPER_OVERLAYS = sorted((ROOT / "configs" / "paper" / "cpu").glob("*.yaml"))
+CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS) - set(PAPER_OVERLAYS))
 
 
 def stdiff_subclasses(base):

@@ -52,35 +52,35 @@ CASES = [
     ("negative seed", ["fit", "--data.init_args.seed=-1"], "seed must be an integer >= 0, got -1"),
     (
         "space not divisible by patch",
-        ["fit", "--model.backbone.init_args.patch_size=3"],
+        ["fit", "--model.denoiser.init_args.backbone.init_args.patch_size=3"],
         "patch_size 3 must be a positive divisor of the spatial size 8",
     ),
     (
         "2-D grid not divisible by patch",
-        ["fit", "--config", SPATIAL_2D, "--model.backbone.init_args.patch_size=[5,5]"],
+        ["fit", "--config", SPATIAL_2D, "--model.denoiser.init_args.backbone.init_args.patch_size=[5,5]"],
         "patch_size 5 must be a positive divisor of the spatial size 16",
     ),
     (
         "heads do not divide width",
-        ["fit", "--model.backbone.init_args.heads=5"],
+        ["fit", "--model.denoiser.init_args.backbone.init_args.heads=5"],
         "heads must be >= 1 and divide width=64, got heads=5",
     ),
     (
         "width not divisible by 4",
-        ["fit", "--model.backbone.init_args.width=30"],
+        ["fit", "--model.denoiser.init_args.backbone.init_args.width=30"],
         "width must be divisible by 4 (sinusoidal positions), got 30",
     ),
-    ("zero depth", ["fit", "--model.backbone.init_args.depth=0"], "depth must be an integer >= 1, got 0"),
+    ("zero depth", ["fit", "--model.denoiser.init_args.backbone.init_args.depth=0"], "depth must be an integer >= 1, got 0"),
     (
         "unknown kernel",
         ["fit", "--data.init_args.temporal=PoweredExp"],
         "unknown kernel 'PoweredExp'. Did you mean 'PoweredExponential'?",
     ),
-    ("unknown schedule", ["fit", "--model.schedule=Cosin"], "unknown schedule 'Cosin'. Did you mean 'Cosine'?"),
+    ("unknown schedule", ["fit", "--model.denoiser.init_args.schedule=Cosin"], "unknown schedule 'Cosin'. Did you mean 'Cosine'?"),
     ("unknown sampler", ["fit", "--model.sampler=Hune"], "unknown sampler 'Hune'. Did you mean 'Heun'?"),
     (
         "unknown attention",
-        ["fit", "--model.backbone.init_args.attention=Factorised"],
+        ["fit", "--model.denoiser.init_args.backbone.init_args.attention=Factorised"],
         "unknown attention 'Factorised'. Did you mean 'FactorizedAttention'?",
     ),
     (
@@ -107,7 +107,7 @@ CASES = [
     ("missing config file", ["fit", "--config", "{run}/nope.yaml"], "config: File does not exist: '{run}/nope.yaml'"),
     (
         "literal not allowed",
-        ["fit", "--model.parameterization=velocity"],
+        ["fit", "--model.denoiser.init_args.parameterization=velocity"],
         "Expected a typing.Literal['eps', 'x0', 'v', 'score']. Got value: velocity",
     ),
     (
@@ -137,7 +137,7 @@ CASES = [
     ),
     (
         "t_min above t_max",
-        ["fit", "--model.schedule.init_args.t_min=20"],
+        ["fit", "--model.denoiser.init_args.schedule.init_args.t_min=20"],
         "OrnsteinUhlenbeck.t_max must be > t_min=20.0, got 10.0",
     ),
     ("negative learning rate", ["fit", "--model.optimizer.init_args.lr=-1"], "Invalid learning rate: -1.0"),
@@ -164,7 +164,7 @@ CASES = [
     ),
     (
         "training the exact model",
-        ["fit", "--model.oracle=true"],
+        ["fit", "--model.denoiser=ExactDenoiser"],
         "model.oracle=true uses the exact model, which has nothing to train",
     ),
     ("missing checkpoint", ["fit", "--ckpt_path={run}/nope.ckpt"], "checkpoint '{run}/nope.ckpt' does not exist"),
@@ -186,7 +186,7 @@ CASES = [
     ),
     (
         "checkpoint of another model",
-        ["fit", f"--ckpt_path={CKPT}", "--model.backbone.init_args.width=32"],
+        ["fit", f"--ckpt_path={CKPT}", "--model.denoiser.init_args.backbone.init_args.width=32"],
         "was trained with another model configuration: 39 parameter(s) do not fit, e.g. backbone.embed.weight: (64, 8) in the checkpoint, (32, 8) in this model",
     ),
     (
@@ -201,7 +201,7 @@ CASES = [
     ),
     (
         "predict without samples requested",
-        ["predict", "--model.oracle=true", "--data.init_args.num_predict=0"],
+        ["predict", "--model.denoiser=ExactDenoiser", "--data.init_args.num_predict=0"],
         "predict needs a number of samples: set data.init_args.num_predict",
     ),
     ("predict without a model", ["predict"], "predict needs a trained model: pass --ckpt_path"),

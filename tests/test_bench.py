@@ -11,7 +11,7 @@ from stdiff.bench import main
 
 TINY = ["--config", str(QUICKSTART), "--repeats", "2", "--steps", "3", "--sample-steps", "2", "--sample-batch", "4",
         "--frames", "4", "--patches", "2", "--attention-batch", "2",
-        "--data.init_args.batch_size=8", "--model.backbone.init_args.depth=1", "--model.backbone.init_args.width=16",
+        "--data.init_args.batch_size=8", "--model.denoiser.init_args.backbone.init_args.depth=1", "--model.denoiser.init_args.backbone.init_args.width=16",
         "--trainer.enable_progress_bar=false"]  # fmt: skip
 
 

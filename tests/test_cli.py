@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, GPU_OVERLAYS, OVERLAYS, QUICKSTART, ROOT
+from conftest import CONFIGS, GPU_OVERLAYS, OVERLAYS, PAPER_OVERLAYS, QUICKSTART, ROOT
 
 from stdiff.cli import StdiffCLI, main
 from stdiff.data import GPDataModule
@@ -57,6 +57,7 @@ def test_quickstart_fit_writes_events_checkpoint_and_config(tmp_path):
 
 GPU_SINGLE = ROOT / "configs" / "gpu" / "single.yaml"
 CONFIG_ARGS = [[c] for c in CONFIGS] + [[QUICKSTART, o] for o in OVERLAYS] + [[GPU_SINGLE, o] for o in GPU_OVERLAYS]
+CONFIG_ARGS += [[o.parents[1] / o.name, o] for o in PAPER_OVERLAYS]
 # GPU presets are instantiated here on the CPU: the trainer is pointed at it, and the forward pass
 # is not compiled (half a minute of inductor on the CPU; compiled runs have their own tests); all
 # else is theirs.
@@ -71,7 +72,7 @@ def test_every_config_instantiates(configs):
     assert isinstance(cli.model, DiffusionModule)
     assert cli.model.sample_shape == cli.datamodule.sample_shape
     if isinstance(cli.datamodule, GPDataModule):
-        x = cli.datamodule.gp.sample(2)
+        x = cli.datamodule.truth.sample(2)
         assert cli.model(x, torch.zeros(2)).shape == x.shape
 
 
@@ -99,7 +100,9 @@ data:
                 - {class_path: stdiff.kernels.Matern, init_args: {nu: 2.5}}
     spatial: {class_path: White}
 model:
-  backbone: {class_path: DiT, init_args: {width: 16, depth: 1, heads: 2}}
+  denoiser:
+    class_path: Denoiser
+    init_args: {backbone: {class_path: DiT, init_args: {width: 16, depth: 1, heads: 2}}}
 """
 
 
@@ -109,7 +112,7 @@ def test_composite_kernels_compose_from_yaml(tmp_path):
     path = tmp_path / "composite.yaml"
     path.write_text(COMPOSITE)
     cli = StdiffCLI(args=["--config", str(path)], run=False)
-    gp = cli.datamodule.gp
+    gp = cli.datamodule.truth
     expected = Sum([Scaled(PoweredExponential(2.0, 1.5), 2.0), Product([Periodic(0.5, 3.0), Matern(nu=2.5)])])
     times = torch.arange(6.0)
     torch.testing.assert_close(gp.gamma, expected(times))
@@ -134,7 +137,7 @@ def test_validation_and_checkpoint_use_the_ema_weights(tmp_path):
     ckpt = fit_tiny(tmp_path)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert "current_model_state" in state  # EMAWeightAveraging: state_dict holds the average
-    key = "backbone.blocks.0.attn.attn.qkv.weight"
+    key = "denoiser.backbone.blocks.0.attn.attn.qkv.weight"
     assert not torch.equal(state["state_dict"][key], state["current_model_state"][key])
     # The logged val/loss is the EMA model's: recompute it from the checkpoint's state_dict.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -148,20 +151,20 @@ def test_validation_and_checkpoint_use_the_ema_weights(tmp_path):
     total = 0.0
     with torch.no_grad():
         for i, batch in enumerate(cli.datamodule.val_dataloader()):
-            x0, t, noise = model.evaluation_inputs(batch, i)
-            total += denoising_loss(model, model.schedule, x0, t, noise).sum().item()
+            x0, t, noise = model.evaluation_inputs(batch)
+            total += denoising_loss(model, x0, t, noise).sum().item()
     assert total / 32 == pytest.approx(logged, rel=1e-5)
 
 
 def test_predict_with_the_exact_model_needs_no_checkpoint(tmp_path):
-    main(["predict", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_predict=70",
+    main(["predict", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", "--data.init_args.num_predict=70",
           "--data.init_args.batch_size=32", "--model.sampler=DDIM", "--model.sampler.init_args.steps=5",
           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
     samples = np.load(run / "samples.npy")
     assert samples.shape == (70, 32, 8) and np.isfinite(samples).all()
     meta = json.loads((run / "samples.json").read_text())
-    assert meta["oracle"] and meta["sampler"].startswith("DDIM(steps=5") and meta["checkpoint"] is None
+    assert meta["denoiser"] == "ExactDenoiser" and meta["sampler"].startswith("DDIM(steps=5") and meta["checkpoint"] is None
     assert (run / "config.yaml").exists()
 
 
@@ -182,7 +185,7 @@ def read_metrics(run):
 
 
 def test_validate_with_the_exact_model_has_zero_score_error(tmp_path):
-    main(["validate", "--config", str(QUICKSTART), "--model.oracle=true", "--data.init_args.num_val=128",
+    main(["validate", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", "--data.init_args.num_val=128",
           "--diagnostics.num_samples=600", "--model.sampler.init_args.steps=300", "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
@@ -196,7 +199,7 @@ def test_validate_with_the_exact_model_has_zero_score_error(tmp_path):
     # Samples stop at t0, where the exact covariance is α²K + σ²I: the whitened norm is
     # (1/d) Σ (α²λ + σ²)/λ, far from 1 in K's smallest directions; the exact model reproduces it.
     cli = StdiffCLI(args=["--config", str(QUICKSTART)], run=False)
-    gp, schedule = cli.datamodule.gp, cli.model.schedule
+    gp, schedule = cli.datamodule.truth, cli.model.denoiser.schedule
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
     lam = (gp.gamma_evals[:, None] * gp.sigma_evals[None, :]).reshape(-1)
     expected = ((schedule.alpha(t0) ** 2 * lam + schedule.sigma(t0) ** 2) / lam).mean().item()

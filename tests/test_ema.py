@@ -14,7 +14,7 @@ def trained_state(tmp_path, ema_callback) -> dict:
             "--trainer.limit_val_batches=1", "--data.init_args.num_val=8", "--diagnostics.figures=false",
             "--diagnostics.sample_every=0",
             "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-            "--model.backbone.init_args.depth=1", "--data.init_args.batch_size=8",
+            "--model.denoiser.init_args.backbone.init_args.depth=1", "--data.init_args.batch_size=8",
             f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
     cli = StdiffCLI(args=args, run=False)
     cli.trainer.callbacks = [ema_callback if isinstance(cb, EMAWeightAveraging) else cb for cb in cli.trainer.callbacks]

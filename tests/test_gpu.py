@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 SINGLE = ROOT / "configs" / "gpu" / "single.yaml"
 SMALL = ["--trainer.max_steps=20", "--trainer.val_check_interval=10", "--data.init_args.num_val=256",
          "--diagnostics.num_samples=256", "--diagnostics.figures=false", "--model.sampler.init_args.steps=10",
-         "--model.backbone.init_args.width=128", "--model.backbone.init_args.depth=2",
-         "--model.backbone.init_args.heads=4"]  # fmt: skip
+         "--model.denoiser.init_args.backbone.init_args.width=128", "--model.denoiser.init_args.backbone.init_args.depth=2",
+         "--model.denoiser.init_args.backbone.init_args.heads=4"]  # fmt: skip
 
 
 def test_bf16_fit_on_gpu_with_data_generated_on_device(tmp_path):

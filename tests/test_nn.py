@@ -8,7 +8,7 @@ import torch
 from conftest import QUICKSTART, stdiff_subclasses
 
 from stdiff.cli import StdiffCLI
-from stdiff.diffusion import denoising_loss
+from stdiff.diffusion import Denoiser, denoising_loss
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import PoweredExponential
 from stdiff.module import DiffusionModule
@@ -226,11 +226,11 @@ def test_user_attention_from_yaml_trains(tmp_path):
         args=[
             "fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3",
             "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false", "--data.init_args.num_val=16",
-            "--model.backbone.init_args.patch_size=2", "--model.backbone.init_args.attention=test_nn.LagBiasedAttention",
-            "--model.backbone.init_args.attention.init_args.max_lag=3",
+            "--model.denoiser.init_args.backbone.init_args.patch_size=2", "--model.denoiser.init_args.backbone.init_args.attention=test_nn.LagBiasedAttention",
+            "--model.denoiser.init_args.backbone.init_args.attention.init_args.max_lag=3",
         ]
     )  # fmt: skip
-    attn = cli.model.backbone.blocks[0].attn
+    attn = cli.model.denoiser.backbone.blocks[0].attn
     assert type(attn).__name__ == "LagBiasedAttention" and attn.max_lag == 3
     assert cli.trainer.global_step == 3
 
@@ -268,14 +268,14 @@ def test_wrong_input_shape():
 def test_module_optimizer_reduces_the_loss():
     torch.manual_seed(0)
     gp = KroneckerGP(PoweredExponential(3.0), None, frames=8, space_shape=(4,))
-    module = DiffusionModule((8, 4), backbone=lambda shape: DiT(shape, width=32, depth=1, heads=2))
+    module = DiffusionModule((8, 4), denoiser=lambda shape: Denoiser(shape, lambda s: DiT(s, width=32, depth=1, heads=2)))
     opt = module.configure_optimizers()
     x0 = gp.sample(256, torch.Generator().manual_seed(1))
     t = torch.full((256,), 1.0)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
-    first = denoising_loss(module, module.schedule, x0, t, noise).mean().item()
+    first = denoising_loss(module, x0, t, noise).mean().item()
     for _ in range(30):
         opt.zero_grad()
-        denoising_loss(module, module.schedule, x0, t, noise).mean().backward()
+        denoising_loss(module, x0, t, noise).mean().backward()
         opt.step()
-    assert denoising_loss(module, module.schedule, x0, t, noise).mean().item() < 0.9 * first
+    assert denoising_loss(module, x0, t, noise).mean().item() < 0.9 * first

@@ -17,7 +17,7 @@ TINY = {
     "attention": {**attention.CPU, "kernels": ["generalized Cauchy"], "steps": 3, "overrides": [*attention.CPU["overrides"], *FAST]},
     "dit_vs_unet": {**dit_vs_unet.CPU, "frames": [8], "samples": 40, "steps": 3, "overrides": [*dit_vs_unet.CPU["overrides"], *FAST]},
     "moving_ball": {**moving_ball.CPU, "samples": 4, "steps": 3,
-                    "overrides": [*moving_ball.CPU["overrides"], "--model.sampler.init_args.steps=2", "--model.backbone.init_args.depth=1"]},
+                    "overrides": [*moving_ball.CPU["overrides"], "--model.sampler.init_args.steps=2", "--model.denoiser.init_args.backbone.init_args.depth=1"]},
 }  # fmt: skip
 FIGURES = {
     "theory": ["theory.png"],

@@ -121,6 +121,28 @@ def test_sigkill_then_resume_from_the_last_periodic_checkpoint_is_bit_identical(
     assert {"config.yaml", "config.resumed_step20.yaml"} <= {p.name for p in run.iterdir()}
 
 
+# Another SequenceDataModule (videos, no truth) with two batches per optimizer step: the stream must
+# skip 2 × the restored step count.
+BALL = ["--data=stdiff.data.MovingBall", "--data.init_args.size=8", "--data.init_args.frames=8",
+        "--model.denoiser.init_args.backbone.init_args.patch_size=4", "--trainer.accumulate_grad_batches=2"]  # fmt: skip
+
+
+def test_moving_ball_with_gradient_accumulation_resumes_bit_identical(tmp_path):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    proc = cli(straight, "--trainer.max_steps=20", *BALL, log=straight / "batches.log")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    code, _ = interrupt(tmp_path, signal.SIGKILL, stall_at=11, data=[*BALL, "--trainer.max_steps=20"])
+    assert code == -signal.SIGKILL and last(tmp_path)["global_step"] == 10
+    resume(tmp_path, [*BALL, "--trainer.max_steps=20"])
+    assert_same_state(last(straight), last(tmp_path))
+    batches = (straight / "batches.log").read_text().splitlines()
+    before = (tmp_path / "batches.log").read_text().splitlines()
+    after = (tmp_path / "resumed.log").read_text().splitlines()
+    assert len(batches) == 40 and before[:20] + after == batches  # 2 batches a step
+
+
 @pytest.mark.parametrize("how,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_writes_a_checkpoint_and_resuming_from_it_is_bit_identical(tmp_path, straight, how, code):
     final, batches, data = straight

@@ -4,7 +4,7 @@ excess of the KL of 20,000 exact samples (the finite-sample floor of the same es
 import pytest
 import torch
 
-from stdiff.diffusion import ExactNoiseModel
+from stdiff.diffusion import ExactDenoiser
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor
@@ -28,7 +28,7 @@ def problem():
 
 def excess(sampler, problem, seed=2):
     gp, schedule, floor = problem
-    x = sampler.sample(ExactNoiseModel(gp, schedule), schedule, (N, *gp.sample_shape),
+    x = sampler.sample(ExactDenoiser.from_gp(gp, schedule), (N, *gp.sample_shape),
                        torch.Generator().manual_seed(seed), dtype=torch.float64)  # fmt: skip
     assert x.shape == (N, 8, 4) and torch.isfinite(x).all()
     return gaussian_fit_kl(x, gp.mean, gp.covariance()) - floor
@@ -53,9 +53,9 @@ def test_early_stopping_bias_is_inside_the_margin(problem):
 
 def test_ddim_with_eta_one_is_ancestral_sampling(problem):
     gp, schedule, _ = problem
-    model = ExactNoiseModel(gp, schedule)
+    model = ExactDenoiser.from_gp(gp, schedule)
     draws = [
-        sampler.sample(model, schedule, (64, 8, 4), torch.Generator().manual_seed(5), dtype=torch.float64)
+        sampler.sample(model, (64, 8, 4), torch.Generator().manual_seed(5), dtype=torch.float64)
         for sampler in (DDIM(steps=20, eta=1.0), Ancestral(steps=20))
     ]
     torch.testing.assert_close(draws[0], draws[1], rtol=1e-9, atol=1e-9)
@@ -63,10 +63,10 @@ def test_ddim_with_eta_one_is_ancestral_sampling(problem):
 
 def test_samplers_are_reproducible_and_deterministic_ones_ignore_the_seed(problem):
     gp, schedule, _ = problem
-    model = ExactNoiseModel(gp, schedule)
+    model = ExactDenoiser.from_gp(gp, schedule)
 
     def draw(sampler, seed):
-        return sampler.sample(model, schedule, (16, 8, 4), torch.Generator().manual_seed(seed))
+        return sampler.sample(model, (16, 8, 4), torch.Generator().manual_seed(seed))
 
     for sampler in (EulerMaruyama(steps=10), Heun(steps=5)):
         assert torch.equal(draw(sampler, 0), draw(sampler, 0))

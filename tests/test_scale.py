@@ -48,7 +48,7 @@ def test_compiled_backbone_fits_and_keeps_checkpoint_keys(tmp_path):
     main(["fit", "--config", str(QUICKSTART), *TINY, "--model.compile=true", f"--trainer.default_root_dir={tmp_path}"])
     (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
     keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    assert "backbone.embed.weight" in keys and not any("_orig_mod" in k for k in keys)
+    assert "denoiser.backbone.embed.weight" in keys and not any("_orig_mod" in k for k in keys)
 
 
 def test_dockerfile_passes_hadolint():

@@ -120,9 +120,9 @@ def test_user_schedule_selected_by_class_path_trains(tmp_path):
         args=[
             "fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}",
             "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false",
-            "--data.init_args.num_val=16", "--model.schedule=test_schedules.Quadratic",
-            "--model.schedule.init_args.t_max=2.5",
+            "--data.init_args.num_val=16", "--model.denoiser.init_args.schedule=test_schedules.Quadratic",
+            "--model.denoiser.init_args.schedule.init_args.t_max=2.5",
         ]
     )  # fmt: skip
-    assert type(cli.model.schedule).__name__ == "Quadratic" and cli.model.schedule.t_max == 2.5
+    assert type(cli.model.denoiser.schedule).__name__ == "Quadratic" and cli.model.denoiser.schedule.t_max == 2.5
     assert cli.trainer.global_step == 3 and torch.isfinite(cli.trainer.callback_metrics["val/loss"])

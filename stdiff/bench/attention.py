@@ -89,7 +89,7 @@ def sweep(configs: list[str], overrides: list[str], frames: list[int], patches: 
     crossover: per P, the smallest T from which factorized attention is faster than full."""
     cli = build(configs, overrides)
     device = device_of(cli)
-    options = cli.config.get("model.backbone.init_args") or {}
+    options = cli.config.get("model.denoiser.init_args.backbone.init_args") or {}
     width, depth, heads = options.get("width", 128), options.get("depth", 2), options.get("heads", 4)
     rows = []
     for p in patches:

@@ -36,7 +36,7 @@ def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int, s
         module = copy.deepcopy(cli.model).to(device).train()
         flops = module.flops_per_batch * data.batch_size  # no trainer attached: counted for one sample
         if compiled:
-            module.backbone.compile()
+            module.denoiser.compile()
         optimizer = module.configure_optimizers()
         optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
 
@@ -45,7 +45,7 @@ def matrix(configs: list[str], overrides: list[str], steps: int, repeats: int, s
                 x0 = draw(k)
                 t = training_times(module.schedule, len(x0), module.time_sampling, device=device)
                 with autocast(precision, device):
-                    loss = denoising_loss(module, module.schedule, x0, t, torch.randn_like(x0)).mean()
+                    loss = denoising_loss(module.denoiser, x0, t, torch.randn_like(x0)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

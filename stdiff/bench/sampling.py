@@ -9,7 +9,7 @@ import torch
 
 from stdiff.bench import stats, timed
 from stdiff.bench.training import autocast, build, device_of
-from stdiff.diffusion import ExactNoiseModel
+from stdiff.diffusion import ExactDenoiser
 from stdiff.sampling import SAMPLERS
 
 COLUMNS = ["sampler", "steps", "model", "evaluations", "samples_per_s"]
@@ -18,8 +18,8 @@ COLUMNS = ["sampler", "steps", "model", "evaluations", "samples_per_s"]
 class _Counted:
     """A noise model that counts its evaluations (to report evaluations per sample)."""
 
-    def __init__(self, model) -> None:
-        self.model, self.calls = model, 0
+    def __init__(self, model, schedule) -> None:
+        self.model, self.schedule, self.calls = model, schedule, 0
 
     def __call__(self, x_t, t):
         self.calls += 1
@@ -34,7 +34,9 @@ def throughput(configs: list[str], overrides: list[str], steps_list: list[int], 
     device = device_of(cli)
     network = copy.deepcopy(cli.model).to(device).eval()
     precision = str(cli.trainer.precision)
-    oracle = ExactNoiseModel(cli.datamodule.gp, network.schedule)
+    if cli.datamodule.truth is None:
+        raise SystemExit(f"stdiff.bench sampling compares with the exact model: {type(cli.datamodule).__name__} has no truth")
+    oracle = ExactDenoiser.from_gp(cli.datamodule.truth, network.schedule)
 
     def in_precision(x_t, t):
         with autocast(precision, device):
@@ -42,17 +44,17 @@ def throughput(configs: list[str], overrides: list[str], steps_list: list[int], 
 
     models = {"network": in_precision, "oracle": oracle}
     shape = (batch, *network.sample_shape)
-    SAMPLERS["Heun"](steps=2).sample(oracle, network.schedule, shape, device=device)  # warm-up
+    SAMPLERS["Heun"](steps=2).sample(oracle, shape, device=device)  # warm-up
     rows = []
     for name, cls in SAMPLERS.items():
         for steps in steps_list:
             sampler = cls(steps=steps)
             for which, model in models.items():
-                counted = _Counted(model)
+                counted = _Counted(model, network.schedule)
                 seconds = []
                 for r in range(repeats):
                     generator = torch.Generator(device=device).manual_seed(r)
-                    draw = functools.partial(sampler.sample, counted, network.schedule, shape, generator)
+                    draw = functools.partial(sampler.sample, counted, shape, generator)
                     seconds.append(timed(draw, device))
                 rows.append({"sampler": name, "steps": steps, "model": which, "evaluations": counted.calls // repeats,
                              "samples_per_s": stats([batch / s for s in seconds])})  # fmt: skip

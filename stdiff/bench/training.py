@@ -13,8 +13,9 @@ import lightning as L
 import torch
 
 from stdiff.bench import stats, synchronize, timed
-from stdiff.data import GPStream, derive_seed
+from stdiff.data import BatchStream
 from stdiff.diffusion import denoising_loss, training_times
+from stdiff.seeding import NOISE, derive_seed
 
 COLUMNS = ["stdiff_steps_per_s", "hand_written_steps_per_s", "ratio", "overhead_ms_per_step", "data_fraction",
            "device", "precision"]  # fmt: skip
@@ -33,8 +34,6 @@ def build(configs: list[str], overrides: list[str]):
 
     args = [a for c in configs for a in ("--config", c)] + list(overrides)
     cli = StdiffCLI(args=args, run=False)
-    if not hasattr(cli.datamodule, "gp"):
-        raise SystemExit(f"stdiff.bench needs a GP data module (data.gp); {type(cli.datamodule).__name__} has none")
     return cli
 
 
@@ -62,10 +61,10 @@ def autocast(precision: str, device: torch.device):
 def drawer(data, device: torch.device):
     """``draw(step) -> x0`` on ``device``, the way the data module serves it (drawn on the CPU and
     moved, or drawn on the device from the same seed)."""
-    stream = GPStream(data.gp, data.batch_size, data.seed)
-    if getattr(data, "generate_on", "cpu") == "device":
-        return lambda step: data.gp.sample(
-            data.batch_size, torch.Generator(device=device).manual_seed(stream.seed_of(step)), device=device
+    stream = BatchStream(data.sample, data.batch_size, data.seed)
+    if data.generate_on == "device":
+        return lambda step: data.sample(
+            data.batch_size, torch.Generator(device=device).manual_seed(stream.seed_of(step)), device
         )
     return lambda step: stream.batch(step).to(device, non_blocking=True)
 
@@ -100,11 +99,11 @@ class HandWritten:
         if time_data:
             synchronize(device)
             data_seconds = time.perf_counter() - start
-        generator = torch.Generator(device=device).manual_seed(derive_seed(0, 0, k, 0))
+        generator = torch.Generator(device=device).manual_seed(derive_seed(0, NOISE, 0, k, 0))
         t = training_times(model.schedule, len(x0), model.time_sampling, generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         with autocast(self.precision, device):
-            loss = denoising_loss(model, model.schedule, x0, t, noise, model.weighting, model.min_snr_gamma).mean()
+            loss = denoising_loss(model.denoiser, x0, t, noise, model.weighting, model.min_snr_gamma).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -207,5 +206,5 @@ def generation(configs: list[str], overrides: list[str], repeats: int, batches: 
     rates = [
         batches * data.batch_size / timed(lambda: [draw(k) for k in range(batches)], device) for _ in range(repeats)
     ]
-    return {"device": str(device), "batch_size": data.batch_size, "sample_shape": list(data.gp.sample_shape),
+    return {"device": str(device), "batch_size": data.batch_size, "sample_shape": list(data.sample_shape),
             "samples_per_s": stats(rates)}  # fmt: skip

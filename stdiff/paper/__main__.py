@@ -10,7 +10,7 @@ import time
 import warnings
 
 from stdiff.paper import EXPERIMENTS
-from stdiff.paper.common import output_dir
+from stdiff.paper.common import experiment_configs, output_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
     module = importlib.import_module(f"stdiff.paper.{args.experiment}")
     scale = dict(module.CPU if args.scale == "cpu" else module.FULL)
+    scale["configs"] = experiment_configs(args.experiment, args.scale)  # the base and, on CPUs, its overlay
     for key in ("seeds", "steps"):
         if getattr(args, key) is not None:
             scale[key] = getattr(args, key)

@@ -9,7 +9,7 @@ import torch
 
 from stdiff.kernels import PoweredExponential
 from stdiff.metrics.attention import attention_alignment
-from stdiff.paper.common import attention_maps, config, figure, load, metrics, run_overrides, save, train, write_csv
+from stdiff.paper.common import attention_maps, figure, load, metrics, run_overrides, save, train, write_csv
 
 T = "--data.init_args.temporal"
 KERNELS = {
@@ -35,16 +35,7 @@ CONTROL_ARGS = [
 FULL = {"overrides": []}
 CPU = {
     "steps": 1000,
-    "overrides": [
-        "--model.backbone.init_args.width=64",
-        "--model.backbone.init_args.depth=3",
-        "--data.init_args.batch_size=64",
-        "--data.init_args.num_val=256",
-        "--diagnostics.num_samples=600",
-        "--model.sampler.init_args.steps=50",
-        "--model.optimizer.init_args.lr=0.001",
-        "--trainer.callbacks.init_args.decay=0.99",
-    ],
+    "overrides": [],  # the CPU settings: configs/paper/cpu/attention.yaml
 }
 
 
@@ -54,11 +45,11 @@ def run(out, scale: dict, **_) -> dict:
     kernels = {k: v for k, v in KERNELS.items() if k in scale.get("kernels", KERNELS)}
     settings = {**kernels, CONTROL: CONTROL_ARGS}
     for i, (name, args) in enumerate(settings.items()):
-        run_dir, seconds = train(out, f"setting{i}", [config("attention")], [*args, *common])
+        run_dir, seconds = train(out, f"setting{i}", scale["configs"], [*args, *common])
         m = metrics(run_dir)
-        model, data = load(run_dir, [config("attention")], [*args, *common])
+        model, data = load(run_dir, scale["configs"], [*args, *common])
         frames = torch.arange(model.sample_shape[0], dtype=torch.float64)[:, None]
-        reference = data.gp.gamma if name != CONTROL else REFERENCE(frames)
+        reference = data.truth.gamma if name != CONTROL else REFERENCE(frames)
         data.setup("validate")
         maps = attention_maps(model, next(iter(data.val_dataloader()))[0])
         scores = {k: attention_alignment(v[None], reference)["pearson"].item() for k, v in maps.items()}

@@ -14,13 +14,22 @@ import numpy as np
 import torch
 
 from stdiff.runs import claim_version
+from stdiff.seeding import SWEEP, generator
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "paper"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"  # shipped inside the package
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def config(name: str) -> str:
     return str(CONFIGS / f"{name}.yaml")
+
+
+def experiment_configs(experiment: str, scale: str) -> list[str]:
+    """The experiment's base configuration (full scale) and, at CPU scale, its overlay ``cpu/<experiment>.yaml``."""
+    base = CONFIGS / f"{experiment}.yaml"
+    if not base.is_file():
+        return []
+    return [str(base)] + ([config(f"cpu/{experiment}")] if scale == "cpu" else [])
 
 
 def output_dir(experiment: str, root: str | Path) -> Path:
@@ -63,12 +72,11 @@ def load(run: Path, configs: Sequence[str], overrides: Sequence[str]):
 
 @torch.no_grad()
 def generate(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
-    """``n`` samples from the model with its configured sampler."""
+    """``n`` samples from the model with its configured sampler, batch k seeded by ``(seed, SWEEP, k)``."""
     out = []
     for k, start in enumerate(range(0, n, batch)):
-        g = torch.Generator().manual_seed(seed * 100003 + k)
         shape = (min(batch, n - start), *model.sample_shape)
-        out.append(model.sampler.sample(model, model.schedule, shape, g, torch.device("cpu")))
+        out.append(model.sampler.sample(model.denoiser, shape, generator(seed, SWEEP, k), torch.device("cpu")))
     return torch.cat(out)
 
 
@@ -85,15 +93,11 @@ def run_overrides(scale: dict) -> list[str]:
 def attention_maps(model, x0: torch.Tensor, log_snr: float = 0.0, seed: int = 0) -> dict[str, torch.Tensor]:
     """Frame-to-frame attention ``(T, T)`` of every attention unit (heads averaged) on ``x0``
     noised to ``log_snr``."""
-    from stdiff.diffusion import diffuse
-    from stdiff.metrics.attention import temporal_map
-    from stdiff.nn import capture_attention
+    from stdiff.metrics import attention_report
 
-    t = model.schedule.time_at_log_snr(torch.full((len(x0),), log_snr, dtype=torch.float64)).to(x0.dtype)
-    x_t = diffuse(model.schedule, x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)))
-    with capture_attention(model) as maps:
-        model(x_t, t)
-    return {name: temporal_map(w, model.sample_shape[0]).mean(0) for name, w in maps.items()}
+    noise = torch.randn(x0.shape, generator=generator(seed, SWEEP, 0))
+    _, maps = attention_report(model.denoiser.backbone, model.schedule, x0, noise, torch.eye(x0.shape[1]), [log_snr])
+    return {name: w.mean(0) for name, w in maps.get(log_snr, {}).items()}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -7,27 +7,21 @@ from __future__ import annotations
 from collections import defaultdict
 
 from stdiff.metrics.distances import correlation_by_lag, factor_covariances
-from stdiff.paper.common import config, figure, generate, load, metrics, run_overrides, save, train, write_csv
+from stdiff.paper.common import figure, generate, load, metrics, run_overrides, save, train, write_csv
 
+BACKBONE = "--model.denoiser.init_args.backbone"
 BACKBONES = {
-    "DiT": ["--model.backbone=DiT"],
-    "UNet": ["--model.backbone=UNet", "--model.backbone.init_args.width=64", "--model.backbone.init_args.levels=3"],
+    "DiT": [f"{BACKBONE}=DiT"],
+    "UNet": [f"{BACKBONE}=UNet", f"{BACKBONE}.init_args.width=64", f"{BACKBONE}.init_args.levels=3"],
 }
 FULL = {"frames": [16, 32, 64, 128], "samples": 2000, "overrides": []}
 CPU = {
     "frames": [16, 32, 64],
     "samples": 600,
     "steps": 800,
-    "overrides": [
-        "--data.init_args.batch_size=64",
-        "--data.init_args.num_val=256",
-        "--diagnostics.num_samples=600",
-        "--model.sampler.init_args.steps=50",
-        "--model.optimizer.init_args.lr=0.001",
-        "--trainer.callbacks.init_args.decay=0.99",
-    ],
-    "dit": ["--model.backbone.init_args.width=64", "--model.backbone.init_args.depth=3"],
-    "unet": ["--model.backbone.init_args.width=32"],
+    "overrides": [],  # the CPU settings: configs/paper/cpu/dit_vs_unet.yaml
+    "dit": [f"{BACKBONE}.init_args.width=64", f"{BACKBONE}.init_args.depth=3"],
+    "unet": [f"{BACKBONE}.init_args.width=32"],
 }
 METRICS = {
     "score_rel_error": "val/score_rel_error",
@@ -43,14 +37,14 @@ def run(out, scale: dict, **_) -> dict:
     for frames in scale["frames"]:
         for name, args in BACKBONES.items():
             extra = [*args, *scale.get(name.lower(), []), *common, f"--data.init_args.frames={frames}"]
-            run_dir, seconds = train(out, f"{name}_T{frames}", [config("dit_vs_unet")], extra)
+            run_dir, seconds = train(out, f"{name}_T{frames}", scale["configs"], extra)
             m = metrics(run_dir)
-            model, data = load(run_dir, [config("dit_vs_unet")], extra)
+            model, data = load(run_dir, scale["configs"], extra)
             samples = generate(model, scale["samples"]).double()
-            gamma_hat, _ = factor_covariances(data.gp, samples)
+            gamma_hat, _ = factor_covariances(data.truth, samples)
             curves[frames][name] = correlation_by_lag(gamma_hat)
-            curves[frames]["truth"] = correlation_by_lag(data.gp.gamma)
-            params = sum(p.numel() for p in model.backbone.parameters())
+            curves[frames]["truth"] = correlation_by_lag(data.truth.gamma)
+            params = sum(p.numel() for p in model.denoiser.backbone.parameters())
             rows.append(
                 {
                     "backbone": name,

@@ -4,44 +4,25 @@ of generated frames."""
 
 from __future__ import annotations
 
-import torch
-
+from stdiff.data import trajectory_autocorrelation
 from stdiff.metrics.attention import attention_alignment
-from stdiff.paper.common import attention_maps, config, figure, generate, load, run_overrides, save, train, write_csv
-from stdiff.video import trajectory_autocorrelation
+from stdiff.paper.common import attention_maps, figure, generate, load, run_overrides, save, train, write_csv
+from stdiff.seeding import SWEEP, generator
 
 FULL = {"samples": 1000, "overrides": []}
 CPU = {
     "samples": 200,
     "steps": 3000,
-    "overrides": [
-        # 16×16 frames in 4×4 patches: the 32×32 frames in 8×8 patches of earlier CPU runs never
-        # produced a ball at this budget (blob fragments along patch edges).
-        "--data.init_args.size=16",
-        "--data.init_args.amplitude=3.0",
-        "--data.init_args.radius=1.5",
-        "--model.backbone.init_args.patch_size=4",
-        "--model.backbone.init_args.width=64",
-        "--model.backbone.init_args.depth=4",
-        "--model.backbone.init_args.heads=4",
-        "--model.parameterization=v",  # ε-prediction left several blobs per frame; v gives one ball
-        "--data.init_args.batch_size=16",
-        "--data.init_args.num_val=64",
-        "--model.sampler.init_args.steps=40",
-        "--model.optimizer.init_args.lr=0.002",
-        "--data.init_args.background=false",  # the CPU budget learns the ball, not also a texture
-        "--trainer.callbacks.init_args.decay=0.995",
-    ],
+    "overrides": [],  # the CPU settings: configs/paper/cpu/moving_ball.yaml
 }
 
 
 def run(out, scale: dict, **_) -> dict:
     extra = run_overrides(scale)
-    run_dir, seconds = train(out, "moving_ball", [config("moving_ball")], extra)
-    model, data = load(run_dir, [config("moving_ball")], extra)
+    run_dir, seconds = train(out, "moving_ball", scale["configs"], extra)
+    model, data = load(run_dir, scale["configs"], extra)
     videos = generate(model, scale["samples"], batch=50)
-    g = torch.Generator().manual_seed(1)
-    real = data.sample(scale["samples"], g)
+    real = data.sample(scale["samples"], generator(0, SWEEP, 1))
     truth = (data.gamma[0] / data.gamma[0, 0]).float()  # γ(h)/γ(0), h = 0..T−1
     generated, from_data = trajectory_autocorrelation(videos, data), trajectory_autocorrelation(real, data)
     # attention over frames at a middle noise level, each layer's temporal unit, heads averaged

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from stdiff.paper.common import config, figure, loglog_slope, metrics, run_overrides, save, train, write_csv
+from stdiff.paper.common import figure, loglog_slope, metrics, run_overrides, save, train, write_csv
 
 PE = "--data.init_args.temporal=PoweredExponential"
 SETTINGS_FULL = {
@@ -45,19 +45,7 @@ CPU = {
     "settings": ["PE nu=0.5 l=2.0", "PE nu=1.0 l=8.0", "PE nu=2.0 l=8.0", "Cauchy beta=1"],
     "seeds": 2,
     "steps": 600,
-    "overrides": [
-        "--data.init_args.frames=16",
-        "--data.init_args.space_shape=[4]",
-        "--data.init_args.batch_size=64",
-        "--data.init_args.num_val=256",
-        "--model.backbone.init_args.width=32",
-        "--model.backbone.init_args.depth=2",
-        "--model.backbone.init_args.heads=2",
-        "--model.optimizer.init_args.lr=0.002",
-        "--diagnostics.num_samples=1000",
-        "--model.sampler.init_args.steps=50",
-        "--trainer.callbacks.init_args.decay=0.99",
-    ],
+    "overrides": [],  # the CPU settings: configs/paper/cpu/sample_complexity.yaml
 }
 METRICS = {
     "score_rel_error": "val/score_rel_error",
@@ -82,7 +70,7 @@ def run(out, scale: dict, **_) -> dict:
                     f"--seed_everything={seed}",
                     f"--data.init_args.seed={seed}",
                 ]
-                run_dir, seconds = train(out, tag, [config("sample_complexity")], args)
+                run_dir, seconds = train(out, tag, scale["configs"], args)
                 m = metrics(run_dir)
                 rows.append(
                     {

@@ -21,6 +21,7 @@ from stdiff.gp import KroneckerGP
 from stdiff.kernels import GeneralizedCauchy, PoweredExponential
 from stdiff.paper.common import figure, save, write_csv, write_summary
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.seeding import SWEEP, generator
 
 FULL = {"frames": 64, "points": 8, "steps": 200, "samples": 256, "truncation_frames": [16, 32, 64, 128, 256, 512]}
 CPU = {"frames": 32, "points": 4, "steps": 120, "samples": 128, "truncation_frames": [16, 32, 64, 128, 256]}
@@ -38,7 +39,7 @@ def unrolled_gd(gp: KroneckerGP, t: float, steps: int, samples: int, seed: int =
     evals = torch.linalg.eigvalsh(a)
     lo, hi = evals[0].item(), evals[-1].item()
     eta = 2.0 / (lo + hi)  # the step size that gives the (κ−1)/(κ+1) rate
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, SWEEP, 0)
     x0 = gp.sample(samples, g, dtype=torch.float64).reshape(samples, -1)
     x = alpha * x0 + sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
     exact = gp.score(x.reshape(samples, *gp.sample_shape), alpha, sigma).reshape(samples, -1)
