@@ -15,6 +15,7 @@ import collections.abc
 import difflib
 import importlib
 import inspect
+import math
 import types
 import typing
 from typing import Any
@@ -139,8 +140,11 @@ def check_value(value, annotation, key: str, default=inspect.Parameter.empty) ->
             except ConfigError as err:
                 errors.append((member, err))
         classy = [err for member, err in errors if _class_base(member) is not None]
-        if classy and (isinstance(value, str) and value.replace(".", "").isidentifier() or isinstance(value, dict)):
+        plain = [(member, err) for member, err in errors if _class_base(member) is None and member is not type(None)]
+        if classy and not plain:  # a class (or nothing): the class's problem is the problem
             raise classy[0]
+        if len(plain) == 1 and typing.get_origin(plain[0][0]) is not typing.Literal:
+            raise plain[0][1]  # e.g. float | Tensor given "nan": a number was expected
         literals = [a for m in args if typing.get_origin(m) is typing.Literal for a in typing.get_args(m)]
         close = difflib.get_close_matches(str(value), [str(a) for a in literals], n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -166,10 +170,12 @@ def check_value(value, annotation, key: str, default=inspect.Parameter.empty) ->
         return
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                float(value)  # "nan", "inf" and "1e-3" are numbers to jsonargparse too
+            try:  # "1e-3" is a string to YAML, a number to jsonargparse; "nan" and "inf" are not
+                number = float(value)
             except (TypeError, ValueError):
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                number = math.nan
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a number, got {value!r}")
         return
     if annotation is str:
         if isinstance(value, (dict, list)):
@@ -203,10 +209,12 @@ def check_class(value, base: type, key: str, default: type | None = None, functi
     else:
         if not isinstance(name, str):
             raise ConfigError(f"{key}.class_path: expected a class name, got {name!r}")
-        cls = resolve_class(name, base, f"{key}.class_path", functions_ok)
+        cls = resolve_class(name, base, key, functions_ok)
         if cls is None:
             return
-    init_args = {k: v for k, v in value.items() if k not in ("class_path", "init_args", "dict_kwargs", "__path__", CHANGED)}
+    init_args = {
+        k: v for k, v in value.items() if k not in ("class_path", "init_args", "dict_kwargs", "__path__", CHANGED)
+    }
     init_args.update(value.get("init_args") or {})
     check_init_args(cls, init_args, f"{key}.init_args", drop_unknown=bool(value.get(CHANGED)))
 
@@ -231,8 +239,8 @@ def check_init_args(cls: type, init_args: dict, key: str, drop_unknown: bool = F
                 continue
             close = difflib.get_close_matches(name, list(named), n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key}: {cls.__name__} has no parameter {name!r}.{hint} Its parameters: "
-                              f"{', '.join(named) or 'none'}")  # fmt: skip
+            listed = f" Its parameters: {', '.join(named) or 'none'}" if len(named) <= 16 else ""
+            raise ConfigError(f"{key}.{name}: {cls.__name__} has no parameter {name!r}.{hint}{listed}")
         check_value(value, hints.get(name, Any), f"{key}.{name}", named[name].default)
 
 

@@ -125,10 +125,14 @@ def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
             else:
                 continue  # a flag
         if key == "config":
-            if Path(value).is_file():
-                data = load_yaml(value)
-                _merge(tree, data)
-                origin.update({k: f"config file {value}" for k in data})
+            if not Path(value).is_file():
+                if value.endswith((".yaml", ".yml", ".json")) or "/" in value:  # a path, not inline YAML
+                    what = "is a directory, not a file" if Path(value).is_dir() else "does not exist"
+                    raise ConfigError(f"config file {value} {what}")
+                continue  # inline YAML: jsonargparse reads it
+            data = load_yaml(value)
+            _merge(tree, data)
+            origin.update({k: f"config file {value}" for k in data})
             continue
         try:
             parsed = yaml.safe_load(value)
@@ -137,5 +141,3 @@ def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
         _set(tree, key.split("."), parsed)
         origin[key.split(".")[0]] = "command line"
     return (args[sub] if sub is not None else None), tree, origin
-
-

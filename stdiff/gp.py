@@ -146,12 +146,10 @@ class KroneckerGP:
         lines = []
         for role, name in (("temporal", "Γ"), ("spatial", "Σ")):
             r = self.conditioning[role]
-            added = (
-                f"jitter {r['jitter']:.3g} added (smallest eigenvalue without it {r['smallest_eigenvalue_without_jitter']:.3g})"
-                if r["jitter"] > 0
-                else "no jitter"
-            )
-            lines.append(f"{role} {name}: condition number {r['condition_number']:.3g}, {added}")
+            smallest = r["smallest_eigenvalue_without_jitter"]
+            added = f"jitter {r['jitter']:.3g} added (smallest eigenvalue without it {smallest:.3g})"
+            lines.append(f"{role} {name}: condition number {r['condition_number']:.3g}, "
+                         f"{added if r['jitter'] > 0 else 'no jitter'}")  # fmt: skip
         return "\n".join(lines)
 
     def condition_numbers(self) -> tuple[float, float]:

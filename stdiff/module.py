@@ -191,4 +191,3 @@ class DiffusionModule(L.LightningModule):
         if make_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "step"}}
-

@@ -164,7 +164,11 @@ def test_predict_with_the_exact_model_needs_no_checkpoint(tmp_path):
     samples = np.load(run / "samples.npy")
     assert samples.shape == (70, 32, 8) and np.isfinite(samples).all()
     meta = json.loads((run / "samples.json").read_text())
-    assert meta["denoiser"] == "ExactDenoiser" and meta["sampler"].startswith("DDIM(steps=5") and meta["checkpoint"] is None
+    assert (
+        meta["denoiser"] == "ExactDenoiser"
+        and meta["sampler"].startswith("DDIM(steps=5")
+        and meta["checkpoint"] is None
+    )
     assert (run / "config.yaml").exists()
 
 

@@ -143,7 +143,8 @@ def test_stream_resumes_where_it_stopped(workers):
     expected = [stream.batch(k) for k in range(3, 7)]
     resumed = DataLoader(BatchStream(dm.sample, 8, seed=2, rank=0, start=3), batch_size=None, num_workers=workers)
     it = iter(resumed)
-    assert all(torch.equal(next(it), e) for e in expected)
+    # (to float round-off: a worker's matrix products run on one thread)
+    assert all(torch.allclose(next(it), e, atol=1e-6, rtol=0) for e in expected)
 
 
 def test_data_module_resumes_from_the_trainer_step():

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stdiff.gp import KroneckerGP
+from stdiff.schedules import OrnsteinUhlenbeck
 from stdiff.kernels import Matern, PoweredExponential
 from stdiff.metrics import (
     SampleDistance,
@@ -98,7 +99,7 @@ def test_score_error_of_the_exact_score_is_zero_and_bins_separate():
 
 
 def test_sample_distance_rejects_the_wrong_shape():
-    metric = SampleDistance(small_gp())
+    metric = SampleDistance(small_gp(), OrnsteinUhlenbeck())
     with pytest.raises(
         ValueError, match=r"samples must have shape \(n, 8, 4\) \(n, T, \*space_shape\), got \(3, 8, 5\)"
     ):
@@ -134,7 +135,7 @@ def _rank_worker(rank, world, port, x, scores, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         gp = small_gp()
-        samples = SampleDistance(gp, seed=3)
+        samples = SampleDistance(gp, OrnsteinUhlenbeck(), seed=3)
         samples.update(x[rank::world])
         score = ScoreError(torch.linspace(-10, 10, 5))
         s, s_exact, lam, loss = (v[rank::world] for v in scores)
@@ -154,7 +155,7 @@ def test_two_processes_give_the_values_of_one():
     s_exact = torch.randn(100, 8, 4, generator=gen, dtype=torch.float64)
     scores = (s_exact + 0.1 * torch.randn(100, 8, 4, generator=gen, dtype=torch.float64), s_exact, lam,
               torch.rand(100, generator=gen, dtype=torch.float64))  # fmt: skip
-    single = SampleDistance(gp, seed=3)
+    single = SampleDistance(gp, OrnsteinUhlenbeck(), seed=3)
     single.update(x)
     score = ScoreError(torch.linspace(-10, 10, 5))
     score.update(scores[0], scores[1], scores[2], scores[3], scores[3] * 0.5)

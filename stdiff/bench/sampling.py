@@ -35,7 +35,9 @@ def throughput(configs: list[str], overrides: list[str], steps_list: list[int], 
     network = copy.deepcopy(cli.model).to(device).eval()
     precision = str(cli.trainer.precision)
     if cli.datamodule.truth is None:
-        raise SystemExit(f"stdiff.bench sampling compares with the exact model: {type(cli.datamodule).__name__} has no truth")
+        raise SystemExit(
+            f"stdiff.bench sampling compares with the exact model: {type(cli.datamodule).__name__} has no truth"
+        )
     oracle = ExactDenoiser.from_gp(cli.datamodule.truth, network.schedule)
 
     def in_precision(x_t, t):

@@ -27,8 +27,8 @@ def run(out, scale: dict, **_) -> dict:
     generated, from_data = trajectory_autocorrelation(videos, data), trajectory_autocorrelation(real, data)
     # attention over frames at a middle noise level, each layer's temporal unit, heads averaged
     data.setup("validate")
-    maps = attention_maps(model, next(iter(data.val_dataloader()))[:16])
-    temporal = {k: v for k, v in maps.items() if k.endswith("temporal")}
+    x0, _, _ = next(iter(data.val_dataloader()))
+    temporal = attention_maps(model, x0[:16])  # the units attending over frames (each declares its axis)
     pearson = {k: attention_alignment(v[None], data.gamma)["pearson"].item() for k, v in temporal.items()}
     best = max(pearson, key=pearson.get)
     rows = [

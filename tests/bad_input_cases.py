@@ -1,0 +1,241 @@
+"""The cases of the bad-input battery (``test_bad_inputs.py``): what a new user gets wrong."""
+
+CKPT = "{run}/lightning_logs/version_0/checkpoints/last.ckpt"
+SPATIAL_2D = "{root}/configs/spatial_2d.yaml"
+
+# (case, arguments after `stdiff`, text that must appear in the first lines of stderr)
+CASES = [
+    (
+        "wrong type: int",
+        ["fit", "--data.init_args.frames=abc"],
+        "data.init_args.frames: expected an integer, got 'abc'",
+    ),
+    (
+        "wrong type: float for int",
+        ["fit", "--data.init_args.batch_size=1.5"],
+        "data.init_args.batch_size: expected an integer, got 1.5",
+    ),
+    (
+        "wrong type: trainer",
+        ["fit", "--trainer.max_steps=abc"],
+        "trainer.max_steps: expected an integer, got 'abc'",
+    ),
+    ("negative size", ["fit", "--data.init_args.batch_size=-4"], "batch_size must be an integer >= 1, got -4"),
+    ("zero size", ["fit", "--data.init_args.num_val=0"], "num_val must be an integer >= 1, got 0"),
+    ("too few frames", ["fit", "--data.init_args.frames=1"], "frames must be an integer >= 2, got 1"),
+    (
+        "empty grid",
+        ["fit", "--data.init_args.space_shape=[0]"],
+        "space_shape entry (in (0,)) must be an integer >= 1, got 0",
+    ),
+    ("negative seed", ["fit", "--data.init_args.seed=-1"], "seed must be an integer >= 0, got -1"),
+    (
+        "space not divisible by patch",
+        ["fit", "--model.denoiser.init_args.backbone.init_args.patch_size=3"],
+        "patch_size 3 must be a positive divisor of the spatial size 8",
+    ),
+    (
+        "2-D grid not divisible by patch",
+        ["fit", "--config", SPATIAL_2D, "--model.denoiser.init_args.backbone.init_args.patch_size=[5,5]"],
+        "patch_size 5 must be a positive divisor of the spatial size 16",
+    ),
+    (
+        "heads do not divide width",
+        ["fit", "--model.denoiser.init_args.backbone.init_args.heads=5"],
+        "heads must be >= 1 and divide width=64, got heads=5",
+    ),
+    (
+        "width not divisible by 4",
+        ["fit", "--model.denoiser.init_args.backbone.init_args.width=30"],
+        "width must be divisible by 4 (sinusoidal positions), got 30",
+    ),
+    (
+        "zero depth",
+        ["fit", "--model.denoiser.init_args.backbone.init_args.depth=0"],
+        "depth must be an integer >= 1, got 0",
+    ),
+    (
+        "unknown kernel",
+        ["fit", "--data.init_args.temporal=PoweredExp"],
+        "unknown kernel 'PoweredExp'. Did you mean 'PoweredExponential'?",
+    ),
+    (
+        "unknown schedule",
+        ["fit", "--model.denoiser.init_args.schedule=Cosin"],
+        "unknown schedule 'Cosin'. Did you mean 'Cosine'?",
+    ),
+    ("unknown sampler", ["fit", "--model.sampler=Hune"], "unknown sampler 'Hune'. Did you mean 'Heun'?"),
+    (
+        "unknown attention",
+        ["fit", "--model.denoiser.init_args.backbone.init_args.attention=Factorised"],
+        "unknown attention 'Factorised'. Did you mean 'FactorizedAttention'?",
+    ),
+    (
+        "unknown data module",
+        ["fit", "--data=GPDataModul"],
+        "unknown data module 'GPDataModul'. Did you mean 'GPDataModule'?",
+    ),
+    (
+        "misspelt option",
+        ["fit", "--trainer.max_stesp=10"],
+        "trainer.max_stesp: Trainer has no parameter 'max_stesp'. Did you mean 'max_steps'?",
+    ),
+    (
+        "option the class lacks",
+        ["fit", "--data.init_args.temporal.init_args.nu=1"],
+        "data.init_args.temporal.init_args.nu: PoweredExponential has no parameter 'nu'. Its parameters: lengthscale, power",
+    ),
+    (
+        "misspelt key in a YAML file",
+        ["fit", "--config", "{run}/unknown_key.yaml"],
+        "data.init_args.frame: GPDataModule has no parameter 'frame'. Did you mean 'frames'?",
+    ),
+    (
+        "YAML syntax error",
+        ["fit", "--config", "{run}/broken.yaml"],
+        "config file {run}/broken.yaml: invalid YAML (line 4, column 1): expected ',' or ']'",
+    ),
+    ("missing config file", ["fit", "--config", "{run}/nope.yaml"], "config file {run}/nope.yaml does not exist"),
+    (
+        "literal not allowed",
+        ["fit", "--model.denoiser.init_args.parameterization=velocity"],
+        "model.denoiser.init_args.parameterization: 'velocity' is not one of 'eps', 'x0', 'v', 'score'",
+    ),
+    (
+        "kernel parameter out of range",
+        ["fit", "--data.init_args.temporal.init_args.power=3"],
+        "PoweredExponential.power must lie in (0.0, 2.0], got 3.0",
+    ),
+    (
+        "zero lengthscale",
+        ["fit", "--data.init_args.temporal.init_args.lengthscale=0"],
+        "PoweredExponential.lengthscale must be a finite number > 0",
+    ),
+    (
+        "kernel not positive definite",
+        ["fit", "--data.init_args.spatial.init_args.lengthscale=40"],
+        "spatial kernel RBF(lengthscale=40.0) is not positive definite",
+    ),
+    (
+        "negative jitter",
+        ["fit", "--data.init_args.jitter=-1"],
+        "jitter must be a finite number >= 0 or 'auto', got -1.0",
+    ),
+    (
+        "sampler with no steps",
+        ["fit", "--model.sampler.init_args.steps=0"],
+        "Heun.steps must be an integer >= 1, got 0",
+    ),
+    (
+        "t_min above t_max",
+        ["fit", "--model.denoiser.init_args.schedule.init_args.t_min=20"],
+        "OrnsteinUhlenbeck.t_max must be > t_min=20.0, got 10.0",
+    ),
+    ("negative learning rate", ["fit", "--model.optimizer.init_args.lr=-1"], "Invalid learning rate: -1.0"),
+    (
+        "negative checkpoint interval",
+        ["fit", "--checkpoint.every_n_train_steps=-1"],
+        "Invalid value for every_n_train_steps=-1",
+    ),
+    (
+        "unknown non-finite policy",
+        ["fit", "--nonfinite.policy=ignore"],
+        "nonfinite.policy: 'ignore' is not one of 'stop', 'skip', 'off'",
+    ),
+    (
+        "unknown precision",
+        ["fit", "--trainer.precision=bf15"],
+        "trainer.precision: 'bf15' is not accepted. Did you mean 'bf16'?",
+    ),
+    (
+        "GPU requested, none present",
+        ["fit", "--trainer.accelerator=gpu"],
+        "invalid configuration: No supported gpu backend found!",
+    ),
+    (
+        "zero devices",
+        ["fit", "--trainer.devices=0"],
+        "`Trainer(devices='0')` value is not a valid input using cpu accelerator",
+    ),
+    (
+        "training the exact model",
+        ["fit", "--model.denoiser=ExactDenoiser"],
+        "model.denoiser=ExactDenoiser has nothing to train",
+    ),
+    ("missing checkpoint", ["fit", "--ckpt_path={run}/nope.ckpt"], "checkpoint '{run}/nope.ckpt' does not exist"),
+    ("checkpoint is a directory", ["validate", "--ckpt_path={run}"], "checkpoint '{run}' is not a file"),
+    (
+        "corrupt checkpoint",
+        ["fit", "--ckpt_path={run}/corrupt.ckpt"],
+        "checkpoint '{run}/corrupt.ckpt' is corrupt or not a PyTorch checkpoint",
+    ),
+    (
+        "truncated checkpoint",
+        ["test", "--ckpt_path={run}/truncated.ckpt"],
+        "checkpoint '{run}/truncated.ckpt' is corrupt or not a PyTorch checkpoint",
+    ),
+    (
+        "checkpoint with pickled code",
+        ["fit", "--ckpt_path={run}/pickled_code.ckpt"],
+        "contains pickled objects other than tensors and plain data, and is not loaded",
+    ),
+    (
+        "checkpoint of another model",
+        ["fit", f"--ckpt_path={CKPT}", "--model.denoiser.init_args.backbone.init_args.width=32"],
+        "was trained with another model configuration: 39 parameter(s) do not fit, e.g. denoiser.backbone.embed.weight: (64, 8) in the checkpoint, (32, 8) in this model",
+    ),
+    (
+        "data/model shape mismatch",
+        ["predict", f"--ckpt_path={CKPT}", "--data.init_args.frames=16"],
+        "the checkpoint was trained on samples of shape (32, 8) (T, *space_shape), but the data gives (16, 8)",
+    ),
+    (
+        "unwritable output directory",
+        ["fit", "--trainer.default_root_dir={run}/a_file/sub"],
+        "output directory '{run}/a_file/sub/lightning_logs' cannot be created: '{run}/a_file' is a file",
+    ),
+    (
+        "predict without samples requested",
+        ["predict", "--model.denoiser=ExactDenoiser", "--data.init_args.num_predict=0"],
+        "predict needs a number of samples: set data.init_args.num_predict",
+    ),
+    ("predict without a model", ["predict"], "predict needs a trained model: pass --ckpt_path"),
+    # The configuration walked against the classes it names (stdiff.config_check)
+    (
+        "full class_path to a missing module",
+        ["fit", "--data.init_args.temporal=nopkg.MyKernel"],
+        "data.init_args.temporal: cannot import 'nopkg.MyKernel': no module named 'nopkg'",
+    ),
+    (
+        "class of the wrong base",
+        ["fit", "--data.init_args.temporal=torch.nn.Linear"],
+        "data.init_args.temporal: torch.nn.Linear is not a subclass of Kernel, so not a kernel",
+    ),
+    (
+        "unknown noise model",
+        ["validate", "--model.denoiser=Exact"],
+        "unknown noise model 'Exact'. Did you mean 'ExactDenoiser'?",
+    ),
+    (
+        "NaN learning rate",
+        ["fit", "--model.optimizer.init_args.lr=nan"],
+        "model.optimizer.init_args.lr: expected a number, got 'nan'",
+    ),
+    ("empty config file", ["fit", "--config", "{run}/empty.yaml"], "config file {run}/empty.yaml is empty"),
+    (
+        "tab-indented YAML",
+        ["fit", "--config", "{run}/tabs.yaml"],
+        "config file {run}/tabs.yaml: invalid YAML (line 2, column 1)",
+    ),
+    (
+        "list-valued YAML",
+        ["fit", "--config", "{run}/list.yaml"],
+        "config file {run}/list.yaml must hold a mapping of keys (model:, data:, trainer:, ...), got a list",
+    ),
+    ("binary config file", ["fit", "--config", "{run}/binary.yaml"], "config file {run}/binary.yaml: not a text file"),
+    (
+        "exact model on data without a truth",
+        ["validate", "--model.denoiser=ExactDenoiser", "--data=stdiff.data.MovingBall"],
+        "model.denoiser=ExactDenoiser needs data whose exact distribution is known",
+    ),
+]
