@@ -11,7 +11,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stdiff.gp import KroneckerGP
-from stdiff.schedules import OrnsteinUhlenbeck
 from stdiff.kernels import Matern, PoweredExponential
 from stdiff.metrics import (
     SampleDistance,
@@ -24,6 +23,7 @@ from stdiff.metrics import (
     sample_statistics,
     temporal_map,
 )
+from stdiff.schedules import OrnsteinUhlenbeck
 
 
 def small_gp(lengthscale=3.0):
