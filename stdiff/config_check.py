@@ -219,36 +219,52 @@ def check_class(value, base: type, key: str, default: type | None = None, functi
     check_init_args(cls, init_args, f"{key}.init_args", drop_unknown=bool(value.get(CHANGED)))
 
 
+def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """``cls``'s ``__init__`` parameters with their type hints, following ``**kwargs`` into the base
+    classes' ``__init__`` (as jsonargparse does); open-ended if the chain ends in ``**kwargs``."""
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for owner in cls.__mro__:
+        if "__init__" not in vars(owner) or owner is object:
+            continue
+        try:
+            signature = inspect.signature(owner.__init__).parameters
+        except (TypeError, ValueError):
+            return params, hints, True
+        try:
+            hints = {**typing.get_type_hints(owner.__init__), **hints}
+        except Exception:  # noqa: BLE001 (unresolvable annotations: leave the values to jsonargparse)
+            pass
+        for name, p in signature.items():
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params.setdefault(name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+            return params, hints, False
+    return params, hints, True
+
+
 def check_init_args(cls: type, init_args: dict, key: str, drop_unknown: bool = False) -> None:
     """Every key of ``init_args`` a parameter of ``cls``, every value of its declared type."""
     if not isinstance(init_args, dict):
         raise ConfigError(f"{key}: expected a mapping of {cls.__name__}'s parameters, got {init_args!r}")
-    try:
-        params = dict(inspect.signature(cls.__init__).parameters)
-    except (TypeError, ValueError):
-        return
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 (unresolvable annotations: leave the values to jsonargparse)
-        hints = {}
-    open_ended = any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values())
-    named = {k: p for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    params, hints, open_ended = _parameters(cls)
     for name, value in init_args.items():
-        if name not in named:
+        if name not in params:
             if open_ended or drop_unknown:
                 continue
-            close = difflib.get_close_matches(name, list(named), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            listed = f" Its parameters: {', '.join(named) or 'none'}" if len(named) <= 16 else ""
+            listed = f" Its parameters: {', '.join(params) or 'none'}" if len(params) <= 16 else ""
             raise ConfigError(f"{key}.{name}: {cls.__name__} has no parameter {name!r}.{hint}{listed}")
-        check_value(value, hints.get(name, Any), f"{key}.{name}", named[name].default)
+        check_value(value, hints.get(name, Any), f"{key}.{name}", params[name].default)
 
 
 def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> None:
     """Check the configuration ``args`` describe. ``roots``: top-level key -> (class, subclass
     mode); in subclass mode the value names a subclass, otherwise it holds the class's arguments."""
-    if any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
-        return
+    helping = ("-h", "--help", "--print_config")
+    if any(a.split("=")[0] in helping or a.split("=")[0].endswith(".help") for a in args):
+        return  # help and printing read the configuration, they do not run it
     _, tree, origin = raw_config(args)
     for key, (cls, subclass_mode) in roots.items():
         if key not in tree or tree[key] is None:

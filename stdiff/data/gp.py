@@ -27,16 +27,9 @@ class GPDataModule(SequenceDataModule):
         jitter: added to the diagonals of Γ and Σ: 0 (exact kernel), a number, or ``auto`` (only
             where a factor's condition number exceeds 1e12); see ``KroneckerGP``. Whenever jitter
             is added, how much and the resulting condition numbers are printed.
-        batch_size: samples per batch on each device.
-        num_train: size of a fixed training set (sample-complexity studies), reshuffled every
-            epoch; ``None`` streams fresh samples forever.
-        num_val: size of the fixed, seeded validation set, and of the separate test set.
-        seed: root of every derived seed.
-        num_workers: DataLoader worker processes (0 = generate in the main process).
-        num_predict: how many samples ``stdiff predict`` generates.
-        generate_on: where streamed training batches are drawn: ``cpu`` (in the loader) or
-            ``device`` (from factors kept on the training device: no per-step host work beyond a
-            seed, no host-device synchronisation).
+        **kwargs: the base's ``batch_size``, ``num_train``, ``num_val``, ``seed``, ``num_workers``,
+            ``num_predict``, ``generate_on`` (see ``SequenceDataModule``); ``generate_on: device`` draws
+            from factors kept on the training device (no host work beyond a seed per batch).
     """
 
     def __init__(
@@ -47,15 +40,9 @@ class GPDataModule(SequenceDataModule):
         space_shape: Sequence[int] = (8,),
         mean: float = 0.0,
         jitter: float | Literal["auto"] = 0.0,
-        batch_size: int = 64,
-        num_train: int | None = None,
-        num_val: int = 512,
-        seed: int = 0,
-        num_workers: int = 0,
-        num_predict: int = 0,
-        generate_on: Literal["cpu", "device"] = "cpu",
+        **kwargs,
     ) -> None:
-        super().__init__(batch_size, num_train, num_val, seed, num_workers, num_predict, generate_on)
+        super().__init__(**kwargs)
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
         if any(r["jitter"] > 0 for r in self.gp.conditioning.values()):

@@ -9,8 +9,6 @@ centroid) and comparing its autocorrelation with γ (``trajectory_autocorrelatio
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
@@ -32,8 +30,8 @@ class MovingBall(SequenceDataModule):
         amplitude: standard deviation of the centre's coordinates, in pixels (centred on the frame).
         radius: the blob's standard deviation in pixels.
         background: add a fixed smooth texture (the same in every frame and video).
-        batch_size, num_train, num_val, seed, num_workers, num_predict, generate_on: as in
-            ``SequenceDataModule``.
+        **kwargs: the base's ``batch_size``, ``num_train``, ``num_val``, ``seed``, ``num_workers``,
+            ``num_predict``, ``generate_on`` (see ``SequenceDataModule``).
 
     Pixels are standardised by constants of the rendering (``offset``, ``scale``), so that data
     are roughly zero-mean, unit-variance like the GP data the defaults are tuned for.
@@ -47,15 +45,9 @@ class MovingBall(SequenceDataModule):
         amplitude: float = 6.0,
         radius: float = 2.5,
         background: bool = False,
-        batch_size: int = 32,
-        num_train: int | None = None,
-        num_val: int = 256,
-        seed: int = 0,
-        num_workers: int = 0,
-        num_predict: int = 0,
-        generate_on: Literal["cpu", "device"] = "cpu",
+        **kwargs,
     ) -> None:
-        super().__init__(batch_size, num_train, num_val, seed, num_workers, num_predict, generate_on)
+        super().__init__(**kwargs)
         self.frames = check_int("frames", frames, 2)
         self.size = check_int("size", size, 4)
         self.amplitude = check_positive("amplitude", amplitude)
