@@ -219,6 +219,13 @@ def check_class(value, base: type, key: str, default: type | None = None, functi
     check_init_args(cls, init_args, f"{key}.init_args", drop_unknown=bool(value.get(CHANGED)))
 
 
+def _type_hints(function) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 (unresolvable annotations: the values are left to jsonargparse)
+        return {}
+
+
 def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     """``cls``'s ``__init__`` parameters with their type hints, following ``**kwargs`` into the base
     classes' ``__init__`` (as jsonargparse does); open-ended if the chain ends in ``**kwargs``."""
@@ -231,10 +238,7 @@ def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dict[str, Any]
             signature = inspect.signature(owner.__init__).parameters
         except (TypeError, ValueError):
             return params, hints, True
-        try:
-            hints = {**typing.get_type_hints(owner.__init__), **hints}
-        except Exception:  # noqa: BLE001 (unresolvable annotations: leave the values to jsonargparse)
-            pass
+        hints = {**_type_hints(owner.__init__), **hints}
         for name, p in signature.items():
             if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 params.setdefault(name, p)

@@ -87,16 +87,26 @@ class Sampler(ABC):
         schedule = model.schedule
         if cond:
             model = functools.partial(model, **cond)
-        device = generator.device if generator is not None and device is None else device
-        times = time_grid(schedule, self.steps, self.spacing, self.rho)
-        t_max = times[:1]
-        scale = math.sqrt((schedule.alpha(t_max) ** 2 + schedule.sigma(t_max) ** 2).item())
-        x = scale * torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+        times = self.times(schedule)
+        x = self.initial(schedule, shape, generator, device, dtype)
         for i in range(self.steps):
             x = self.step(model, schedule, x, times[i].item(), times[i + 1].item(), generator)
             if progress is not None:
                 progress(i + 1, self.steps)
         return x
+
+    def times(self, schedule: NoiseSchedule) -> Tensor:
+        """The ``steps + 1`` decreasing times of this sampler's grid."""
+        return time_grid(schedule, self.steps, self.spacing, self.rho)
+
+    @staticmethod
+    def initial(schedule: NoiseSchedule, shape: Sequence[int], generator=None, device=None,
+                dtype: torch.dtype = torch.float32) -> Tensor:  # fmt: skip
+        """Noise at ``t_max``: N(0, (α(t_max)² + σ(t_max)²) I), the forward marginal of unit-variance data."""
+        device = generator.device if generator is not None and device is None else device
+        t_max = torch.tensor([schedule.t_max], dtype=torch.float64)
+        scale = math.sqrt((schedule.alpha(t_max) ** 2 + schedule.sigma(t_max) ** 2).item())
+        return scale * torch.randn(*shape, generator=generator, device=device, dtype=dtype)
 
     @abstractmethod
     def step(self, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, t: float, s: float, generator) -> Tensor:

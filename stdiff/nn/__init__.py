@@ -10,10 +10,11 @@ from stdiff.nn.attention import (
     WindowedTemporalAttention,
     capture_attention,
 )
+from stdiff.nn.conditional import ConditionalDiT
 from stdiff.nn.dit import Backbone, DiT
 from stdiff.nn.unet import UNet
 
-BACKBONES: dict[str, type[Backbone]] = {cls.__name__: cls for cls in (DiT, UNet)}
+BACKBONES: dict[str, type[Backbone]] = {cls.__name__: cls for cls in (DiT, ConditionalDiT, UNet)}
 ATTENTIONS: dict[str, type[Attention]] = {
     cls.__name__: cls for cls in (FullAttention, TemporalAttention, FactorizedAttention, WindowedTemporalAttention)
 }
@@ -23,6 +24,7 @@ __all__ = [
     "BACKBONES",
     "Attention",
     "Backbone",
+    "ConditionalDiT",
     "DiT",
     "FactorizedAttention",
     "FullAttention",

@@ -207,10 +207,17 @@ class DiT(Backbone):
             nn.init.zeros_(ada[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def patch_features(self, x: Tensor, **cond) -> Tensor:
+        """What each token is embedded from: ``(B, T, P, prod(patch))``, the patch's values."""
+        if cond:
+            raise ValueError(f"DiT takes no conditioning inputs, got {sorted(cond)}: use ConditionalDiT (trained with "
+                             "model.mask) or a conditioning method (model.conditioning) for observed values")  # fmt: skip
+        return patchify(x, self.patch)
+
+    def forward(self, x: Tensor, c: Tensor, **cond) -> Tensor:
         """``x (B, T, *space)``, ``c (B,)`` noise conditioning -> ``(B, T, *space)``."""
         self.check_input(x)
-        tokens = self.embed(patchify(x, self.patch)) + self.pos  # (B, T, P, D)
+        tokens = self.embed(self.patch_features(x, **cond)) + self.pos  # (B, T, P, D)
         cond = self.noise_embed(c)  # (B, D)
         for block in self.blocks:
             tokens = block(tokens, cond)
