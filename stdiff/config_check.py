@@ -42,6 +42,7 @@ def kinds() -> dict[type, str]:
     import lightning as L
     import torch
 
+    from stdiff.conditioning import Conditioning, Mask
     from stdiff.data import SequenceDataModule
     from stdiff.diffusion import NoiseModel
     from stdiff.kernels import Kernel
@@ -52,7 +53,7 @@ def kinds() -> dict[type, str]:
     return {Kernel: "kernel", NoiseSchedule: "schedule", NoiseModel: "noise model", Backbone: "backbone",
             Attention: "attention", Sampler: "sampler", SequenceDataModule: "data module",
             L.LightningDataModule: "data module", L.Callback: "callback", torch.optim.Optimizer: "optimizer",
-            torch.optim.lr_scheduler.LRScheduler: "lr scheduler"}  # fmt: skip
+            torch.optim.lr_scheduler.LRScheduler: "lr scheduler", Mask: "mask", Conditioning: "conditioning method"}  # fmt: skip
 
 
 def kind_of(base: type) -> str:

@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from stdiff._validation import check_positive
+from stdiff.conditioning import Conditioning, Mask, Trained
 from stdiff.diffusion import (
     Denoiser,
     NoiseModel,
@@ -25,7 +26,7 @@ from stdiff.diffusion import (
 )
 from stdiff.sampling import Heun, Sampler
 from stdiff.schedules import NoiseSchedule
-from stdiff.seeding import NOISE, derive_seed
+from stdiff.seeding import NOISE, VAL, derive_seed, generator
 
 NoiseModelFactory = Callable[[tuple[int, ...]], NoiseModel]  # sample_shape -> noise model
 
@@ -43,6 +44,12 @@ class DiffusionModule(L.LightningModule):
         min_snr_gamma: γ of the ``min_snr`` weighting.
         time_sampling: training times uniform in t (``uniform``) or in log-SNR (``log_snr``).
         sampler: the sampler (and its steps and time grid) used by ``predict`` and the diagnostics.
+        mask: train a conditional model (a ``ConditionalDiT`` backbone): each training sample gets a
+            mask from this task (``MaskMixture`` for all tasks), the network sees the observed
+            values and the mask, and the loss counts only the missing entries.
+        conditioning: how conditional samples are drawn (predict with observations, conditional
+            diagnostics): ``Trained`` (default with ``mask``), or, for an unconditional model,
+            ``Replacement`` or ``ReconstructionGuidance``.
         compile: compile the noise model with ``torch.compile`` (in place, so checkpoints keep the
             same keys); the first steps are slow while it compiles.
         optimizer: optimizer class and options; called with the parameters.
@@ -57,6 +64,8 @@ class DiffusionModule(L.LightningModule):
         min_snr_gamma: float = 5.0,
         time_sampling: Literal["uniform", "log_snr"] = "uniform",
         sampler: Sampler = lazy_instance(Heun, steps=100),  # noqa: B008 (jsonargparse default)
+        mask: Mask | None = None,
+        conditioning: Conditioning | None = None,
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -70,6 +79,8 @@ class DiffusionModule(L.LightningModule):
         self.weighting, self.time_sampling = weighting, time_sampling
         self.min_snr_gamma = check_positive("min_snr_gamma", min_snr_gamma)
         self.sampler = sampler
+        self.mask = mask
+        self.conditioning = conditioning if conditioning is not None or mask is None else Trained()
         if compile:
             self.denoiser.compile()  # nn.Module.compile: in place, state_dict keys unchanged
         # Shared, not copied, by deepcopy: EMA deep-copies the module, and under DDP the CLI's
@@ -131,7 +142,9 @@ class DiffusionModule(L.LightningModule):
         generator = torch.Generator(device=x0.device).manual_seed(seed)
         t = training_times(self.schedule, len(x0), self.time_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        loss = denoising_loss(self.denoiser, x0, t, noise, self.weighting, self.min_snr_gamma).mean()
+        cond = self.task_inputs(x0, derive_seed(seed, 0))
+        where = ~cond["mask"] if cond else None
+        loss = denoising_loss(self.denoiser, x0, t, noise, self.weighting, self.min_snr_gamma, where, **cond).mean()
         if self._logs_this_step():
             self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -154,28 +167,61 @@ class DiffusionModule(L.LightningModule):
         return x0, times_from_uniform(self.schedule, u, "log_snr").to(x0.dtype), noise
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "val")
+        return self._evaluate(batch, batch_idx, "val")
 
     def test_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "test")
+        return self._evaluate(batch, batch_idx, "test")
 
-    def _evaluate(self, batch, stage: str) -> dict[str, Tensor]:
-        """Unweighted ε-loss on fixed (x0, t, ε) triples (comparable across runs and weightings);
-        returns what diagnostics need, so they cost no second forward pass."""
+    def _evaluate(self, batch, batch_idx: int, stage: str) -> dict[str, Tensor]:
+        """Unweighted ε-loss on fixed (x0, t, ε) triples (comparable across runs and weightings; for a
+        conditional model on the missing entries, masks seeded by the batch index); returns what
+        the diagnostics need, so they cost no second forward pass."""
         x0, t, noise = self.evaluation_inputs(batch)
         x_t = diffuse(self.schedule, x0, t, noise)
-        noise_pred = self(x_t, t)
-        loss = (noise_pred - noise).pow(2).flatten(1).mean(1)
+        cond = self.task_inputs(x0, derive_seed(0, VAL, batch_idx))
+        noise_pred = self(x_t, t, **cond)
+        sq = (noise_pred - noise).pow(2)
+        loss = (
+            sq.flatten(1).mean(1)
+            if not cond
+            else (sq * ~cond["mask"]).flatten(1).sum(1) / (~cond["mask"]).flatten(1).sum(1)
+        )
         self.log(f"{stage}/loss", loss.mean(), prog_bar=True, sync_dist=True, batch_size=len(x0))
+        if cond:  # the diagnostics' exact score is the unconditional one: not comparable
+            return {"loss": loss}
         return {"x0": x0, "t": t, "noise": noise, "x_t": x_t, "noise_pred": noise_pred, "loss": loss}
+
+    def task_inputs(self, x0: Tensor, seed: int) -> dict[str, Tensor]:
+        """A conditional model's inputs for ``x0 (B, T, *space)``: ``observed`` (x0 where observed, else
+        0) and ``mask`` from the training task, drawn from ``seed``; ``{}`` for an unconditional model."""
+        if self.mask is None:
+            return {}
+        mask = self.mask.draw(len(x0), self.sample_shape, generator(seed)).to(x0.device)
+        return {"observed": torch.where(mask, x0, torch.zeros_like(x0)), "mask": mask}
 
     # --- sampling ----------------------------------------------------------------------------
 
-    def predict_step(self, request: Tensor, batch_idx: int) -> Tensor:
-        """``request = [(seed, n)]`` from the data module -> ``n`` samples ``(n, T, *space)``."""
+    def predict_step(self, request, batch_idx: int) -> Tensor:
+        """A request from the data module -> samples ``(n, T, *space)``: ``[(seed, n)]`` for n
+        unconditional samples, or ``{"seed", "observed", "mask"}`` (each ``(n, T, *space)``) for n
+        conditional ones."""
+        if isinstance(request, dict):
+            g = torch.Generator(device=self.device).manual_seed(int(request["seed"].reshape(-1)[0]))
+            return self.sample_conditional(request["observed"][0], request["mask"][0], g)
         seed, n = request.reshape(-1).tolist()
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return self.sampler.sample(self.denoiser, (n, *self.sample_shape), generator, self.device)
+
+    def sample_conditional(self, observed: Tensor, mask: Tensor, generator=None, progress=None) -> Tensor:
+        """Samples ``(n, T, *space)`` given ``observed`` values at ``mask`` (both ``(n, T, *space)``),
+        drawn with ``sampler`` by the ``conditioning`` method."""
+        if self.conditioning is None:
+            raise ValueError(
+                "conditional sampling needs model.conditioning (Replacement or ReconstructionGuidance for an "
+                "unconditional model), or a conditional model (trained with model.mask)"
+            )
+        observed, mask = observed.to(self.device), mask.to(self.device)
+        return self.conditioning.sample(self.sampler, self.denoiser, observed, mask, generator, self.device, progress)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("hyper_parameters", {}).get("sample_shape")

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from stdiff._validation import check_int
 from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
@@ -49,6 +50,9 @@ class GPDiagnostics(Callback):
             (the control: a model trained on Γ = I should not align with a real kernel).
         figures: write PNG figures to ``<run>/figures`` and to TensorBoard.
         seed: root seed of the generated, the exact (floor) and the attention-probe samples.
+        conditional_cases: with a task (``data.init_args.task``): cases scored against the exact
+            posterior, each observed at the task's mask (``stdiff.metrics.conditional_report``).
+        conditional_samples: conditional samples drawn per case.
     """
 
     def __init__(
@@ -60,6 +64,8 @@ class GPDiagnostics(Callback):
         reference_kernel: Kernel | None = None,
         figures: bool = True,
         seed: int = 0,
+        conditional_cases: int = 32,
+        conditional_samples: int = 64,
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"GPDiagnostics.num_samples must be >= 2, got {num_samples}")
@@ -68,6 +74,8 @@ class GPDiagnostics(Callback):
         self.num_samples, self.sample_every, self.score_bins = num_samples, sample_every, score_bins
         self.attention_log_snr = list(attention_log_snr)
         self.reference_kernel, self.figures, self.seed = reference_kernel, figures, seed
+        self.conditional_cases = check_int("GPDiagnostics.conditional_cases", conditional_cases, 1)
+        self.conditional_samples = check_int("GPDiagnostics.conditional_samples", conditional_samples, 2)
         self.truth = None
         self.results: dict[str, float] = {}
         self._validations = 0
@@ -94,8 +102,8 @@ class GPDiagnostics(Callback):
     on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.truth is None or trainer.sanity_checking or not isinstance(outputs, dict):
-            return
+        if self.truth is None or trainer.sanity_checking or not isinstance(outputs, dict) or "x_t" not in outputs:
+            return  # (a conditional model's outputs: its exact counterpart is not the unconditional score)
         self.score.update(**score_error_terms(self.truth, pl_module.schedule, outputs))
 
     on_test_batch_end = on_validation_batch_end
@@ -128,10 +136,14 @@ class GPDiagnostics(Callback):
 
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
-        results = {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()}
+        conditional_model = pl_module.mask is not None
+        results = {} if conditional_model else {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()}
         results.update(self._attention(trainer, pl_module, stage))
-        if with_samples:
+        if with_samples and not conditional_model:
             results.update(self._samples(trainer, pl_module, stage))
+        task = getattr(trainer.datamodule, "task", None)
+        if with_samples and task is not None and pl_module.conditioning is not None:
+            results.update(self._conditional(trainer, pl_module, stage, task))
         for name, value in results.items():
             if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
                 pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
@@ -194,6 +206,30 @@ class GPDiagnostics(Callback):
         if self.figures and trainer.is_global_zero:
             self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
+
+    def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
+        """Conditional samples of fresh exact cases, observed at one mask of the task, against the
+        exact posterior (``stdiff.metrics.conditional_report``); a fan chart of the first case."""
+        from stdiff.metrics import conditional_report
+
+        n, k, shape = self.conditional_cases, self.conditional_samples, self.truth.sample_shape
+        x = self.truth.sample(n, generator(self.seed, DIAGNOSTICS, 4))
+        mask = task.draw(1, shape, generator(self.seed, DIAGNOSTICS, 5))[0]
+        observed = x.repeat_interleave(k, 0)  # (n·k, T, *space): case i's k samples together
+        g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)
+        chunks = [pl_module.sample_conditional(o, mask.expand_as(o), g).cpu() for o in observed.split(512)]
+        samples = torch.cat(chunks).reshape(n, k, *shape)
+        report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7))
+        if self.figures and trainer.is_global_zero:
+            from stdiff.callbacks.figures import fan_chart
+            from stdiff.metrics.conditional import posterior_samples
+
+            exact = posterior_samples(self.truth, x[:1], mask, k, generator(self.seed, DIAGNOSTICS, 8))[0]
+            self._save_figure(trainer, f"{stage}_conditional_fan", fan_chart(x[0], mask, samples[0], exact, repr(task)))
+        prefix = f"{stage}/conditional/{type(task).__name__}"
+        values = {f"{prefix}/{key}": float(v) for key, v in report.items() if isinstance(v, (int, float))}
+        values.update({f"{prefix}/crps_by_frame/{f}": c for f, c in zip(report["frames"], report["crps_by_frame"])})
+        return values
 
     # --- output ----------------------------------------------------------------------------------
 

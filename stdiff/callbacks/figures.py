@@ -80,3 +80,31 @@ def score_error_figure(bins: list[str], values: list[float]) -> Figure:
     ax.set_xlabel("log-SNR bin")
     fig.tight_layout()
     return fig
+
+
+def fan_chart(x: Tensor, mask: Tensor, samples: Tensor, exact: Tensor, title: str, points: int = 3) -> Figure:
+    """For a few spatial points of one case ``x (T, *space)``: the observed values, the true series,
+    and the 50 % / 90 % bands of the model's conditional ``samples (k, T, *space)`` next to those of
+    exact posterior samples ``exact (k, T, *space)``, over frames."""
+    import torch
+
+    t = x.shape[0]
+    flat = lambda v: v.reshape(*v.shape[: v.ndim - x.ndim], t, -1).double()  # (…, T, S)
+    xs, ms, ss, es = flat(x), flat(mask.expand_as(x)), flat(samples), flat(exact)
+    chosen = torch.linspace(0, xs.shape[1] - 1, min(points, xs.shape[1])).round().long().tolist()
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 2.8), squeeze=False)
+    frames = range(t)
+    q = torch.tensor([0.05, 0.25, 0.75, 0.95], dtype=torch.float64)
+    for ax, p in zip(axes[0], chosen):
+        for draws, colour, label in ((es, "tab:gray", "exact posterior"), (ss, "tab:blue", "model")):
+            lo90, lo50, hi50, hi90 = torch.quantile(draws[:, :, p], q, dim=0)
+            ax.fill_between(frames, lo90, hi90, color=colour, alpha=0.18, label=f"{label} 90 %")
+            ax.fill_between(frames, lo50, hi50, color=colour, alpha=0.35, label=f"{label} 50 %")
+        ax.plot(frames, xs[:, p], "k-", lw=0.8, label="truth")
+        seen = ms[:, p].bool()
+        ax.plot([f for f in frames if seen[f]], xs[seen, p], "ko", ms=2.5, label="observed")
+        ax.set(title=f"point {p}", xlabel="frame")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(f"conditional samples vs exact posterior: {title}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -30,6 +30,10 @@ class SampleWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices):
         samples = torch.cat([p.detach().cpu() for p in predictions]) if predictions else torch.empty(0)
+        data = trainer.datamodule
+        conditional = getattr(data, "observed", None) is not None
+        if conditional and trainer.world_size == 1:  # (cases, samples per case, T, *space)
+            samples = samples.reshape(-1, data.num_predict, *samples.shape[1:])
         out_dir = trainer.log_dir or trainer.default_root_dir
         os.makedirs(out_dir, exist_ok=True)
         name = self.filename if trainer.world_size == 1 else f"{self.filename}_rank{trainer.global_rank}"
@@ -44,6 +48,9 @@ class SampleWriter(BasePredictionWriter):
             "sampler": repr(pl_module.sampler),
             "schedule": repr(pl_module.schedule),
             "denoiser": type(pl_module.denoiser).__name__,
+            "observed": getattr(data, "observed", None),
+            "task": repr(getattr(data, "task", None)),
+            "conditioning": repr(pl_module.conditioning) if conditional else None,
             "checkpoint": trainer.ckpt_path,
         }
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:

@@ -126,4 +126,6 @@ def _at(schedule, t: float) -> tuple[float, float]:
     return schedule.alpha(tt).item(), schedule.sigma(tt).item()
 
 
-CONDITIONINGS: dict[str, type[Conditioning]] = {cls.__name__: cls for cls in (Trained, Replacement, ReconstructionGuidance)}
+CONDITIONINGS: dict[str, type[Conditioning]] = {
+    cls.__name__: cls for cls in (Trained, Replacement, ReconstructionGuidance)
+}

@@ -20,13 +20,15 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from stdiff._validation import check_int
+from stdiff.conditioning import Mask, check_mask
 from stdiff.data.loading import BatchStream, EpochSampler, ResumableLoader, Samples, draw_fixed, evaluation_set
-from stdiff.seeding import PREDICT, TEST, TRAIN, VAL, derive_seed
+from stdiff.seeding import PREDICT, TEST, TRAIN, VAL, derive_seed, generator
 
 
 class SequenceDataModule(L.LightningDataModule, ABC):
@@ -44,6 +46,11 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         generate_on: where streamed training batches are drawn: ``cpu`` (in the loader) or
             ``device`` (the loader hands over the batch's seed and ``sample`` runs on the training
             device). Same seeds either way.
+        task: the conditional task (``Forecast``, ``Interpolation``, ``Imputation``): scored against
+            the exact posterior by ``stdiff validate`` / ``test``, and applied to ``observed``.
+        observed: a ``.npy`` file of observations ``(n, T, *space)`` (or one ``(T, *space)``), NaN
+            where missing: ``stdiff predict`` then draws ``num_predict`` conditional samples of
+            each, written as ``(n, num_predict, T, *space)``.
     """
 
     truth = None  # the exact distribution (a KroneckerGP) when known: diagnostics score against it
@@ -57,6 +64,8 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         num_workers: int = 0,
         num_predict: int = 0,
         generate_on: Literal["cpu", "device"] = "cpu",
+        task: Mask | None = None,
+        observed: str | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -67,7 +76,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         self.num_predict = check_int("num_predict", num_predict, 0)
         if generate_on not in ("cpu", "device"):
             raise ValueError(f"generate_on must be 'cpu' or 'device', got {generate_on!r}")
-        self.generate_on = generate_on
+        self.generate_on, self.task, self.observed = generate_on, task, observed
         self._train: Tensor | None = None
         self._val: tuple[Tensor, Tensor, Tensor] | None = None
         self._test: tuple[Tensor, Tensor, Tensor] | None = None
@@ -154,5 +163,31 @@ class SequenceDataModule(L.LightningDataModule, ABC):
                 "--data.init_args.num_predict=1000)"
             )
         sizes = [min(self.batch_size, self.num_predict - i) for i in range(0, self.num_predict, self.batch_size)]
+        if self.observed is not None:  # per case, its samples in batches: {seed, observed, mask}
+            values, mask = self.observations()
+            requests = [{"seed": derive_seed(self.seed, PREDICT, i, k), "observed": values[i].expand(n, *values[i].shape),
+                         "mask": mask[i].expand(n, *mask[i].shape)}
+                        for i in range(len(values)) for k, n in enumerate(sizes)]  # fmt: skip
+            return DataLoader(requests, batch_size=1)
         requests = [torch.tensor([derive_seed(self.seed, PREDICT, k), n]) for k, n in enumerate(sizes)]
         return DataLoader(requests, batch_size=1)  # each batch: one request, shape (1, 2)
+
+    def observations(self) -> tuple[Tensor, Tensor]:
+        """The ``observed`` file as values ``(n, T, *space)`` (0 where missing) and mask (True where
+        observed: not NaN, and observed by ``task`` if one is set)."""
+        path = self.observed
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"data.init_args.observed: cannot read {path!r} as a .npy array: {err}") from None
+        values = torch.from_numpy(np.array(array, dtype=np.float32))
+        if tuple(values.shape) == self.sample_shape:
+            values = values[None]
+        if tuple(values.shape[1:]) != self.sample_shape:
+            raise ValueError(f"data.init_args.observed: {path!r} holds an array of shape {tuple(array.shape)}; expected "
+                             f"(n, {', '.join(map(str, self.sample_shape))}) (n cases of (T, *space_shape))")  # fmt: skip
+        mask = ~values.isnan()
+        if self.task is not None:
+            mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
+        check_mask(mask, self.sample_shape, f"the mask of {path!r} (NaN = missing)")
+        return torch.nan_to_num(values), mask

@@ -2,6 +2,7 @@
 torchmetrics ``Metric``s that accumulate them across batches and DDP ranks."""
 
 from stdiff.metrics.attention import attention_alignment, frame_attention, temporal_map
+from stdiff.metrics.conditional import conditional_report, posterior_samples
 from stdiff.metrics.distances import (
     correlation_by_lag,
     early_stopping_kl,
@@ -23,6 +24,7 @@ __all__ = [
     "ScoreError",
     "attention_alignment",
     "attention_report",
+    "conditional_report",
     "correlation_by_lag",
     "early_stopping_kl",
     "factor_covariances",
@@ -32,6 +34,7 @@ __all__ = [
     "gaussian_kl",
     "gaussian_w2",
     "ks_normal",
+    "posterior_samples",
     "random_init_copy",
     "sample_distances",
     "sample_report",
