@@ -3,9 +3,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # Overlays are used on top of the quickstart: --config configs/quickstart.yaml --config <overlay>
-OVERLAYS = sorted((ROOT / "configs" / "attention").glob("*.yaml")) + sorted(
-    (ROOT / "configs" / "controls").glob("*.yaml")
-)
+OVERLAYS = [p for d in ("attention", "controls", "conditional") for p in sorted((ROOT / "configs" / d).glob("*.yaml"))]
 GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b")]  # after gpu/single.yaml
 # The paper's CPU scale: configs/paper/cpu/<experiment>.yaml on top of configs/paper/<experiment>.yaml
 PAPER_OVERLAYS = sorted((ROOT / "configs" / "paper" / "cpu").glob("*.yaml"))

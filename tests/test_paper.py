@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stdiff.paper import EXPERIMENTS, attention, dit_vs_unet, moving_ball, sample_complexity, theory
+from stdiff.paper import EXPERIMENTS, attention, conditional, dit_vs_unet, moving_ball, sample_complexity, theory
 from stdiff.paper.__main__ import main
 
 FAST = ["--diagnostics.num_samples=150", "--model.sampler.init_args.steps=2", "--data.init_args.num_val=32"]
@@ -18,6 +18,7 @@ TINY = {
     "dit_vs_unet": {**dit_vs_unet.CPU, "frames": [8], "samples": 40, "steps": 3, "overrides": [*dit_vs_unet.CPU["overrides"], *FAST]},
     "moving_ball": {**moving_ball.CPU, "samples": 4, "steps": 3,
                     "overrides": [*moving_ball.CPU["overrides"], "--model.sampler.init_args.steps=2", "--model.denoiser.init_args.backbone.init_args.depth=1"]},
+    "conditional": {**conditional.CPU, "cases": 3, "samples": 6, "steps": 3, "overrides": FAST},
 }  # fmt: skip
 FIGURES = {
     "theory": ["theory.png"],
@@ -25,13 +26,14 @@ FIGURES = {
     "attention": ["attention_vs_kernel.png"],
     "dit_vs_unet": ["dit_vs_unet.png"],
     "moving_ball": ["trajectory_and_attention.png", "frames.png"],
+    "conditional": ["conditional.png", "fan_forecast.png", "fan_interpolation.png", "fan_imputation.png"],
 }
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_and_writes_csv_and_figures(tmp_path, monkeypatch, name):
     module = {"theory": theory, "sample_complexity": sample_complexity, "attention": attention,
-              "dit_vs_unet": dit_vs_unet, "moving_ball": moving_ball}[name]  # fmt: skip
+              "dit_vs_unet": dit_vs_unet, "moving_ball": moving_ball, "conditional": conditional}[name]  # fmt: skip
     monkeypatch.setattr(module, "CPU", TINY[name])
     main([name, "--root", str(tmp_path)])
     (out,) = (tmp_path / "paper" / name).glob("version_*")

@@ -137,10 +137,11 @@ class MaskMixture(Mask):
         weights = [1.0] * len(masks) if weights is None else list(weights)
         if len(weights) != len(masks) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"MaskMixture.weights must be {len(masks)} numbers >= 0, not all 0; got {weights}")
-        self.masks, self.weights = list(masks), torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        self.masks, self.weights = list(masks), [w / sum(weights) for w in weights]
+        self._p = torch.tensor(self.weights, dtype=torch.float64)
 
     def observed(self, shape, generator=None):
-        k = int(torch.multinomial(self.weights, 1, generator=generator))
+        k = int(torch.multinomial(self._p, 1, generator=generator))
         return self.masks[k].observed(shape, generator)
 
 

@@ -1,0 +1,110 @@
+"""Conditional generation against the exact GP posterior: masks, the conditioning methods with
+the exact model (their bias, measured), the conditional DiT, and predict with observations."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import QUICKSTART
+
+from stdiff.cli import main
+from stdiff.conditioning import Forecast, Imputation, Interpolation, MaskMixture, Replacement, Trained, check_mask
+from stdiff.diffusion import Denoiser, ExactDenoiser, denoising_loss
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import RBF, PoweredExponential
+from stdiff.metrics import conditional_report, posterior_samples
+from stdiff.nn import ConditionalDiT
+from stdiff.sampling import EulerMaruyama
+from stdiff.schedules import OrnsteinUhlenbeck
+
+SHAPE = (12, 3)
+
+
+def small_gp():
+    return KroneckerGP(PoweredExponential(3.0, 1.0), RBF(1.0), frames=SHAPE[0], space_shape=SHAPE[1:])
+
+
+def test_tasks_observe_what_they_say():
+    g = torch.Generator().manual_seed(0)
+    assert Forecast(4).observed(SHAPE)[:4].all() and not Forecast(4).observed(SHAPE)[4:].any()
+    assert Interpolation(3).observed(SHAPE)[::3].all() and not Interpolation(3).observed(SHAPE)[1::3].any()
+    masks = Imputation(0.3).draw(400, SHAPE, g)
+    assert abs((~masks).float().mean().item() - 0.3) < 0.02
+    runs = Imputation(0.5, block=4).draw(50, SHAPE, g)
+    assert all(torch.equal(m[0:4], m[0:1].expand(4, 3)) for m in runs)  # whole blocks of frames
+    mixed = MaskMixture([Forecast(6), Interpolation(2)]).draw(100, SHAPE, g)
+    assert {tuple(m[:, 0].tolist()) for m in mixed} == {(True,) * 6 + (False,) * 6, (True, False) * 6}
+
+
+@pytest.mark.parametrize(
+    "mask,message",
+    [
+        (torch.ones(SHAPE, dtype=torch.bool), "every coordinate is observed"),
+        (torch.zeros(SHAPE, dtype=torch.bool), "nothing is observed"),
+        (torch.ones(5, 3, dtype=torch.bool), r"must have the sample shape \(12, 3\)"),
+        (torch.full(SHAPE, 2), "must be boolean"),
+    ],
+    ids=["all observed", "none observed", "wrong shape", "not boolean"],
+)
+def test_bad_masks_are_refused_with_the_problem(mask, message):
+    with pytest.raises(ValueError, match=message):
+        check_mask(mask, SHAPE)
+    with pytest.raises(ValueError, match="must be below the number of frames"):
+        Forecast(12).observed(SHAPE)
+
+
+def sample_cases(gp, method, mask, n=16, k=64, steps=60):
+    x = gp.sample(n, torch.Generator().manual_seed(1))
+    observed = x.repeat_interleave(k, 0)
+    model = ExactDenoiser.from_gp(gp, OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0))
+    s = method.sample(EulerMaruyama(steps), model, observed, mask.expand_as(observed), torch.Generator().manual_seed(2))
+    assert torch.equal(s[mask.expand_as(s)], observed[mask.expand_as(s)])  # the observations kept exactly
+    return x, s.reshape(n, k, *SHAPE)
+
+
+def test_exact_posterior_samples_sit_at_the_floor_of_every_statistic():
+    gp, mask = small_gp(), Interpolation(3).observed(SHAPE)
+    x = gp.sample(40, torch.Generator().manual_seed(3))
+    report = conditional_report(gp, x, mask, posterior_samples(gp, x, mask, 64, torch.Generator().manual_seed(4)))
+    assert report["crps_ratio"] == pytest.approx(1.0, abs=0.03)
+    assert abs(report["kl_excess"]) < 0.5 * report["kl_exact"] and abs(report["coverage90"] - 0.9) < 0.03
+
+
+def test_replacement_with_the_exact_model_is_close_but_biased_and_resampling_reduces_the_bias():
+    gp, mask = small_gp(), Forecast(6).observed(SHAPE)
+    x, plain = sample_cases(gp, Replacement(1), mask)
+    _, resampled = sample_cases(gp, Replacement(4), mask)
+    a, b = conditional_report(gp, x, mask, plain), conditional_report(gp, x, mask, resampled)
+    assert 1.0 < a["crps_ratio"] < 1.15 and abs(a["coverage90"] - 0.9) < 0.08
+    assert b["kl_excess"] < a["kl_excess"]  # RePaint's resampling moves towards the posterior
+
+
+def test_conditional_dit_loss_counts_only_missing_entries():
+    model = Denoiser(SHAPE, lambda s: ConditionalDiT(s, width=16, depth=1, heads=2), OrnsteinUhlenbeck())
+    x0 = small_gp().sample(4, torch.Generator().manual_seed(0))
+    mask = Forecast(6).draw(4, SHAPE)
+    t, noise = torch.full((4,), 0.5), torch.randn(x0.shape)
+    loss = denoising_loss(model, x0, t, noise, where=~mask, observed=x0 * mask, mask=mask)
+    x_t = x0 * model.schedule.alpha(t)[:, None, None] + noise * model.schedule.sigma(t)[:, None, None]
+    eps = model(x_t, t, observed=x0 * mask, mask=mask)
+    torch.testing.assert_close(loss, ((eps - noise) ** 2)[:, 6:].flatten(1).mean(1))
+    with pytest.raises(ValueError, match="DiT takes no conditioning inputs"):
+        Denoiser(SHAPE, lambda s: __import__("stdiff").nn.DiT(s, width=16, depth=1))(x_t, t, mask=mask)
+    assert isinstance(Trained(), Trained)
+
+
+def test_predict_with_observations_writes_conditional_samples(tmp_path):
+    observed = np.random.default_rng(0).standard_normal((2, 32, 8)).astype(np.float32)
+    observed[:, 20:] = np.nan  # forecast the last 12 frames
+    np.save(tmp_path / "obs.npy", observed)
+    main(["predict", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser",
+          "--model.conditioning=ReconstructionGuidance", f"--data.init_args.observed={tmp_path / 'obs.npy'}",
+          "--data.init_args.num_predict=5", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    samples = np.load(run / "samples.npy")
+    assert samples.shape == (2, 5, 32, 8) and np.isfinite(samples).all()
+    np.testing.assert_array_equal(samples[:, :, :20], np.broadcast_to(observed[:, None, :20], (2, 5, 20, 8)))
+    meta = json.loads((run / "samples.json").read_text())
+    assert meta["conditioning"].startswith("ReconstructionGuidance") and meta["observed"].endswith("obs.npy")
