@@ -73,11 +73,11 @@ def test_fixed_training_set_is_reused_and_seeded():
     dm.setup("fit")
     epoch = rows(list(dm.train_dataloader()))
     assert epoch.shape == (20, 24)
-    train = dm._train.reshape(20, -1)
+    train = dm._train.tensors[0].reshape(20, -1)
     assert torch.equal(epoch[torch.argsort(epoch[:, 0])], train[torch.argsort(train[:, 0])])
     other = make_dm(num_train=20, batch_size=8)
     other.setup("fit")
-    assert torch.equal(other._train, dm._train)
+    assert torch.equal(other._train.tensors[0], dm._train.tensors[0])
 
 
 def test_validation_set_is_fixed_and_separate_from_training():

@@ -23,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from stdiff._validation import check_int
 from stdiff.conditioning import Mask, check_mask
@@ -54,6 +54,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
     """
 
     truth = None  # the exact distribution (a KroneckerGP) when known: diagnostics score against it
+    missing_values = False  # True: samples may hold NaN (missing entries, left out of the loss)
 
     def __init__(
         self,
@@ -77,7 +78,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         if generate_on not in ("cpu", "device"):
             raise ValueError(f"generate_on must be 'cpu' or 'device', got {generate_on!r}")
         self.generate_on, self.task, self.observed = generate_on, task, observed
-        self._train: Tensor | None = None
+        self._train: Dataset | None = None
         self._val: tuple[Tensor, Tensor, Tensor] | None = None
         self._test: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -92,15 +93,32 @@ class SequenceDataModule(L.LightningDataModule, ABC):
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         """``n`` samples ``(n, T, *space_shape)`` in float32, drawn with ``generator`` on ``device``."""
 
-    # --- sets --------------------------------------------------------------------------------------
+    # --- sets (hooks a subclass may replace) --------------------------------------------------------
+
+    def training_set(self) -> Dataset:
+        """The fixed training set (``num_train`` set): ``num_train`` samples drawn from one seed."""
+        return Samples(draw_fixed(self.sample, self.num_train, derive_seed(self.seed, TRAIN)))
+
+    def evaluation_samples(self, stage: str) -> Tensor:
+        """The ``num_val`` samples ``(n, T, *space)`` of the validation (``stage="val"``) or test set."""
+        seed = derive_seed(self.seed, VAL if stage == "val" else TEST)
+        return draw_fixed(self.sample, self.num_val, derive_seed(seed, 0))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Data units to model units (identity here; ``ArrayDataModule`` standardises)."""
+        return x
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Model units back to data units: applied to what ``stdiff predict`` writes."""
+        return x
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.num_train is not None and self._train is None:
-            self._train = draw_fixed(self.sample, self.num_train, derive_seed(self.seed, TRAIN))
-        if stage in ("fit", "validate") and self._val is None:
-            self._val = evaluation_set(self.sample, self.num_val, derive_seed(self.seed, VAL))
-        if stage == "test" and self._test is None:
-            self._test = evaluation_set(self.sample, self.num_val, derive_seed(self.seed, TEST))
+            self._train = self.training_set()
+        for name, stages, key in (("_val", ("fit", "validate"), VAL), ("_test", ("test",), TEST)):
+            if stage in stages and getattr(self, name) is None:
+                x0 = self.evaluation_samples("val" if key == VAL else "test")
+                setattr(self, name, evaluation_set(x0, derive_seed(self.seed, key)))
 
     def __getstate__(self) -> dict:
         # Loader workers started by spawning get a copy of the stream, hence of this module: not of
@@ -139,7 +157,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             return ResumableLoader(stream, batch_size=None, **common)
         sampler = EpochSampler(self.num_train, self.batch_size, self.seed, rank, world, self._epoch_batches(world),
                                position=self.consumed)  # fmt: skip
-        return ResumableLoader(Samples(self._train), batch_size=self.batch_size, sampler=sampler, **common)
+        return ResumableLoader(self._train, batch_size=self.batch_size, sampler=sampler, **common)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, int):  # a seed from the stream with generate_on="device"
@@ -190,4 +208,4 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         if self.task is not None:
             mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
         check_mask(mask, self.sample_shape, f"the mask of {path!r} (NaN = missing)")
-        return torch.nan_to_num(values), mask
+        return torch.nan_to_num(self.normalize(values)), mask

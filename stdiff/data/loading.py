@@ -28,12 +28,12 @@ def draw_fixed(draw: Draw, n: int, seed: int, chunk: int = 4096) -> Tensor:
     return torch.cat([draw(min(chunk, n - i), g) for i in range(0, n, chunk)])
 
 
-def evaluation_set(draw: Draw, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def evaluation_set(x0: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """A fixed evaluation set: samples ``x0 (n, T, *space)``, the noise ``(n, T, *space)`` and the
     uniform variates ``u (n,)`` (mapped to diffusion times by the model) each sample is scored
-    with. Fixing all three per sample makes validation identical for any batch size and number of
-    processes."""
-    x0 = draw_fixed(draw, n, derive_seed(seed, 0))
+    with, drawn from ``derive_seed(seed, 1)``. Fixing all three per sample makes validation
+    identical for any batch size and number of processes."""
+    n = len(x0)
     g = torch.Generator().manual_seed(derive_seed(seed, 1))
     return x0, torch.randn(x0.shape, generator=g), torch.rand(n, generator=g)
 
