@@ -29,8 +29,9 @@ class SampleWriter(BasePredictionWriter):
         self.format, self.filename = format, filename
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices):
-        samples = torch.cat([p.detach().cpu() for p in predictions]) if predictions else torch.empty(0)
         data = trainer.datamodule
+        samples = torch.cat([p.detach().cpu() for p in predictions]) if predictions else torch.empty(0)
+        samples = data.denormalize(samples) if len(samples) else samples  # back to the data's units
         conditional = getattr(data, "observed", None) is not None
         if conditional and trainer.world_size == 1:  # (cases, samples per case, T, *space)
             samples = samples.reshape(-1, data.num_predict, *samples.shape[1:])

@@ -11,6 +11,7 @@ from stdiff.kernels.stationary import (
     Periodic,
     PoweredExponential,
     RationalQuadratic,
+    Tabulated,
     White,
 )
 
@@ -25,6 +26,7 @@ KERNELS: dict[str, type[Kernel]] = {
         RationalQuadratic,
         Periodic,
         White,
+        Tabulated,
         Sum,
         Product,
         Scaled,
@@ -51,6 +53,7 @@ __all__ = [
     "Scaled",
     "StationaryKernel",
     "Sum",
+    "Tabulated",
     "White",
     "get_kernel",
 ]

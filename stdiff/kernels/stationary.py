@@ -165,3 +165,35 @@ class White(Kernel):
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         return (torch.cdist(x1, x2, compute_mode="donot_use_mm_for_euclid_dist") < 1e-9).to(torch.float64)
+
+
+class Tabulated(Kernel):
+    """A covariance given as a matrix on a grid: ``k(x_i, x_j) = values[i][j]`` for the grid points
+    (row-major index of integer coordinates, as ``stdiff.gp.grid`` lists them). What a free-form
+    fit (``stdiff.gpfit.flip_flop``) returns as a kernel.
+
+    Args:
+        values: the symmetric covariance matrix, one row per grid point.
+        shape: the grid's shape, for coordinates in more than one dimension (e.g. ``[H, W]``).
+    """
+
+    def __init__(self, values: list[list[float]], shape: list[int] | None = None) -> None:
+        self.values = torch.as_tensor(values, dtype=torch.float64)
+        if self.values.ndim != 2 or self.values.shape[0] != self.values.shape[1]:
+            raise ValueError(f"Tabulated.values must be a square matrix, got shape {tuple(self.values.shape)}")
+        if not torch.allclose(self.values, self.values.T, atol=1e-10 * self.values.abs().max()):
+            raise ValueError("Tabulated.values must be symmetric")
+        self.shape = None if shape is None else [int(n) for n in shape]
+
+    def _index(self, x: Tensor) -> Tensor:
+        idx = x.round().long()
+        if x.shape[1] > 1:
+            if self.shape is None or len(self.shape) != x.shape[1]:
+                raise ValueError(f"Tabulated needs shape= for {x.shape[1]}-D coordinates, got {self.shape}")
+            idx = sum(idx[:, d] * math.prod(self.shape[d + 1 :]) for d in range(x.shape[1]))[:, None]
+        if (idx < 0).any() or (idx >= len(self.values)).any() or not torch.allclose(x, x.round()):
+            raise ValueError(f"Tabulated covers the integer grid points 0..{len(self.values) - 1}, got others")
+        return idx[:, 0]
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return self.values.to(x1.device)[self._index(x1)][:, self._index(x2)]

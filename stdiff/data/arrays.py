@@ -1,0 +1,183 @@
+"""``ArrayDataModule``: your own sequences on disk as training data, in windows of T frames.
+
+Files hold ``(N, T_total, *space)`` arrays (N series of T_total frames; ``(T_total, *space)`` is one
+series), read in place (``stdiff.data.files``). Each series' time axis is split into consecutive
+train / validation / test segments (``split``), and windows of ``frames`` frames, ``stride`` apart,
+are cut inside each segment only, so no window of one split overlaps another. Statistics for
+standardisation come from the training windows alone (stored in checkpoints, undone on predict).
+NaN entries are missing: left out of the loss, and usable as the missing part of a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from stdiff._validation import check_int
+from stdiff.data.base import SequenceDataModule
+from stdiff.data.files import ArrayFileError, open_array
+from stdiff.kernels import Kernel
+
+
+class Windows(Dataset):
+    """Windows ``(T, *space)`` at ``index`` rows ``(file, series, start)``, standardised."""
+
+    def __init__(self, readers: list, index: np.ndarray, frames: int, mean: Tensor, std: Tensor) -> None:
+        self.readers, self.index, self.frames, self.mean, self.std = readers, index, frames, mean, std
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Tensor:
+        f, n, start = (int(v) for v in self.index[i])
+        x = torch.from_numpy(self.readers[f].read(n, start, start + self.frames))
+        return (x - self.mean) / self.std
+
+
+class ArrayDataModule(SequenceDataModule):
+    """Windows of ``frames`` frames cut from arrays on disk (module docstring).
+
+    Args:
+        paths: ``.npy``, uncompressed ``.npz``, ``.nc`` or ``.zarr`` files (or one path), each
+            ``(N, T_total, *space)``; all must share ``*space``.
+        frames: T, the window length.
+        stride: frames between consecutive window starts (default: ``frames``, no overlap).
+        split: fractions of each series' frames for training, validation and test, in time order.
+        normalize: standardise ``point``-wise (each spatial coordinate by its own mean and
+            standard deviation), ``global``-ly, or ``none``; statistics of the training windows.
+        key: the array inside an ``.npz`` or the variable of a NetCDF / Zarr file.
+        reference: fit a separable Gaussian Γ ⊗ Σ to the training windows and score every run
+            against it (``truth``): ``kernels`` (the hyperparameters of ``temporal`` and ``spatial``
+            by maximum likelihood) or ``flip_flop`` (free-form Γ and Σ); ``none`` for no truth.
+        temporal, spatial: the kernels whose hyperparameters ``reference: kernels`` fits.
+        **kwargs: the base's ``batch_size``, ``num_val`` (the most validation / test windows),
+            ``seed``, ``num_workers``, ``num_predict``, ``task``, ``observed``.
+    """
+
+    def __init__(
+        self,
+        paths: str | list[str],
+        frames: int = 32,
+        stride: int | None = None,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        normalize: Literal["point", "global", "none"] = "point",
+        key: str | None = None,
+        reference: Literal["none", "kernels", "flip_flop"] = "none",
+        temporal: Kernel | None = None,
+        spatial: Kernel | None = None,
+        **kwargs,
+    ) -> None:
+        if kwargs.get("num_train") is not None:
+            raise ValueError("ArrayDataModule: the training set is every training window; num_train cannot be set")
+        super().__init__(**kwargs)
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.frames = check_int("frames", frames, 2)
+        self.stride = check_int("stride", self.frames if stride is None else stride, 1)
+        if len(split) != 3 or any(not 0 <= f for f in split) or not 0.999 < sum(split) < 1.001 or split[0] <= 0:
+            raise ValueError(f"split must be 3 fractions (train, val, test) >= 0 summing to 1, train > 0; got {split}")
+        if normalize not in ("point", "global", "none"):
+            raise ValueError(f"normalize must be 'point', 'global' or 'none', got {normalize!r}")
+        self.split, self.normalize_mode, self.reference = tuple(split), normalize, reference
+        self.temporal, self.spatial = temporal, spatial
+        self.readers = [open_array(p, key) for p in self.paths]
+        space = {tuple(r.shape[2:]) for r in self.readers}
+        if len(space) > 1:
+            shapes = ", ".join(f"{p}: {r.shape}" for p, r in zip(self.paths, self.readers))
+            raise ArrayFileError(f"{self.paths[0]}: the files disagree on the spatial shape ({shapes})")
+        for path, r in zip(self.paths, self.readers):
+            if len(r.shape) not in (3, 4):
+                raise ArrayFileError(f"{path}: has {len(r.shape)} axes {r.shape}; expected (N, T_total, S), "
+                                     "(N, T_total, H, W) or one series (T_total, *space)")  # fmt: skip
+        self.space_shape = next(iter(space))
+        self.index = {name: self._windows(i) for i, name in enumerate(("train", "val", "test"))}
+        self.num_train = len(self.index["train"])
+        self.mean, self.std = self._statistics()
+        self._truth = None
+
+    # --- windows and statistics ----------------------------------------------------------------
+
+    def _windows(self, part: int) -> np.ndarray:
+        """Rows ``(file, series, start)`` of the windows inside split ``part`` of every series."""
+        rows = []
+        for f, (path, r) in enumerate(zip(self.paths, self.readers)):
+            total = r.shape[1]
+            bounds = np.round(np.cumsum([0, *self.split]) * total).astype(int)
+            lo, hi = bounds[part], bounds[part + 1]
+            if part == 0 and hi - lo < self.frames:
+                raise ArrayFileError(f"{path}: too few frames for windows of T={self.frames}: its {total} frames give "
+                                     f"a training segment of {hi - lo} (split {list(self.split)})")  # fmt: skip
+            rows += [(f, n, s) for n in range(r.shape[0]) for s in range(lo, hi - self.frames + 1, self.stride)]
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+    def _statistics(self) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation ``(*space)`` over the training segments (NaN ignored), read
+        in chunks of frames; refuses a window that is entirely missing."""
+        total = torch.zeros(self.space_shape, dtype=torch.float64)
+        square, count = torch.zeros_like(total), torch.zeros_like(total)
+        for f, n, start in self.index["train"]:
+            x = torch.from_numpy(self.readers[f].read(int(n), int(start), int(start) + self.frames)).double()
+            seen = ~x.isnan()
+            if not seen.any():
+                raise ArrayFileError(f"{self.paths[f]}: series {n}, frames {start}:{start + self.frames} are all "
+                                     "missing (NaN); drop them or choose another split")  # fmt: skip
+            self.missing_values = self.missing_values or not bool(seen.all())
+            x = torch.nan_to_num(x)
+            total, square, count = total + x.sum(0), square + (x**2).sum(0), count + seen.sum(0)
+        if self.normalize_mode == "none":
+            return torch.zeros(self.space_shape), torch.ones(self.space_shape)
+        if self.normalize_mode == "global":
+            total, square, count = total.sum(), square.sum(), count.sum()
+        mean = total / count.clamp_min(1)
+        std = (square / count.clamp_min(1) - mean**2).clamp_min(1e-12).sqrt()
+        return mean.float().expand(self.space_shape).clone(), std.float().expand(self.space_shape).clone()
+
+    # --- the SequenceDataModule contract -------------------------------------------------------
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.frames, *self.space_shape)
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+        """``n`` training windows drawn at random (with replacement)."""
+        rows = torch.randint(self.num_train, (n,), generator=generator).tolist()
+        windows = self.training_set()
+        return torch.stack([windows[i] for i in rows]).to(device)
+
+    def training_set(self) -> Dataset:
+        return Windows(self.readers, self.index["train"], self.frames, self.mean, self.std)
+
+    def evaluation_samples(self, stage: str) -> Tensor:
+        rows = self.index[stage]
+        if len(rows) == 0:
+            raise ValueError(f"ArrayDataModule: no {stage} window of T={self.frames} frames fits the split "
+                             f"{list(self.split)}; give that split more frames")  # fmt: skip
+        keep = np.unique(np.linspace(0, len(rows) - 1, min(self.num_val, len(rows))).round().astype(int))
+        windows = Windows(self.readers, rows[keep], self.frames, self.mean, self.std)
+        return torch.stack([windows[i] for i in range(len(windows))])
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.std.to(x) + self.mean.to(x)
+
+    @property
+    def truth(self):
+        """The separable Gaussian fitted to the training windows (``reference``), or None."""
+        if self.reference != "none" and self._truth is None:
+            from stdiff.gpfit import fit_reference
+
+            self._truth = fit_reference(self, self.reference, self.temporal, self.spatial)
+        return self._truth
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # The model was trained in the units of these statistics: keep them (the data may have grown since).
+        self.mean, self.std = state_dict["mean"], state_dict["std"]
