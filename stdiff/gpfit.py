@@ -30,7 +30,7 @@ FITTED = ("lengthscale", "scale")  # the kernel attributes fitted; others stay a
 def log_likelihood(x: Tensor, gamma: Tensor, sigma: Tensor, mean: float | Tensor = 0.0) -> Tensor:
     """Mean log-density per window of ``x (n, T, S)`` under N(mean, Γ ⊗ Σ), through the Cholesky
     factors of Γ (T × T) and Σ (S × S): never a (T·S)² matrix."""
-    n, t, s = x.shape
+    _, t, s = x.shape
     lg, ls = torch.linalg.cholesky(gamma), torch.linalg.cholesky(sigma)
     y = torch.linalg.solve_triangular(lg, x - mean, upper=False)  # L_Γ⁻¹ X, (n, T, S)
     z = torch.linalg.solve_triangular(ls, y.transpose(1, 2), upper=False)  # L_Σ⁻¹ (L_Γ⁻¹ X)ᵀ, (n, S, T)

@@ -1,6 +1,6 @@
 """``ArrayDataModule``: your own sequences on disk as training data, in windows of T frames.
 
-Files hold ``(N, T_total, *space)`` arrays (N series of T_total frames; ``(T_total, *space)`` is one
+Files hold ``(N, T_total, *space)`` arrays (N series of T_total frames; a 2-D ``(T_total, S)`` is one
 series), read in place (``stdiff.data.files``). Each series' time axis is split into consecutive
 train / validation / test segments (``split``), and windows of ``frames`` frames, ``stride`` apart,
 are cut inside each segment only, so no window of one split overlaps another. Statistics for
@@ -92,7 +92,7 @@ class ArrayDataModule(SequenceDataModule):
         for path, r in zip(self.paths, self.readers):
             if len(r.shape) not in (3, 4):
                 raise ArrayFileError(f"{path}: has {len(r.shape)} axes {r.shape}; expected (N, T_total, S), "
-                                     "(N, T_total, H, W) or one series (T_total, *space)")  # fmt: skip
+                                     "(N, T_total, H, W) or one series (T_total, S)")  # fmt: skip
         self.space_shape = next(iter(space))
         self.index = {name: self._windows(i) for i, name in enumerate(("train", "val", "test"))}
         self.num_train = len(self.index["train"])
@@ -108,9 +108,10 @@ class ArrayDataModule(SequenceDataModule):
             total = r.shape[1]
             bounds = np.round(np.cumsum([0, *self.split]) * total).astype(int)
             lo, hi = bounds[part], bounds[part + 1]
-            if part == 0 and hi - lo < self.frames:
+            if self.split[part] > 0 and hi - lo < self.frames:
+                name = ("training", "validation", "test")[part]
                 raise ArrayFileError(f"{path}: too few frames for windows of T={self.frames}: its {total} frames give "
-                                     f"a training segment of {hi - lo} (split {list(self.split)})")  # fmt: skip
+                                     f"a {name} segment of {hi - lo} (split {list(self.split)})")  # fmt: skip
             rows += [(f, n, s) for n in range(r.shape[0]) for s in range(lo, hi - self.frames + 1, self.stride)]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
 

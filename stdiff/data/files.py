@@ -1,5 +1,6 @@
 """Arrays on disk read in place: a ``.npy`` file, or an uncompressed member of a ``.npz``, as a
-``(N, T_total, *space)`` array of which ``read(n, start, stop)`` returns frames ``start:stop`` of
+``(N, T_total, *space)`` array (3 axes: ``(N, T_total, S)``; 4: ``(N, T_total, H, W)``; a 2-D
+``(T_total, S)`` array is one series) of which ``read(n, start, stop)`` returns frames ``start:stop`` of
 series ``n`` with one ``os.pread`` (frames of one series are contiguous in C order). Nothing is
 memory-mapped, so reading a window touches only its bytes and resident memory stays bounded by the
 batch, however large the file. NetCDF and Zarr go through xarray (``pip install stdiff[xarray]``).
@@ -44,7 +45,7 @@ class NpyReader:
         if dtype.hasobject or dtype.kind not in "fiu":
             raise ArrayFileError(f"{self.path}: holds {dtype} values; expected numbers (float or int)")
         self.dtype = dtype
-        self.shape = (1, *shape) if len(shape) in (2, 3) else tuple(shape)
+        self.shape = (1, *shape) if len(shape) == 2 else tuple(shape)  # (T_total, S): one series
         self.frame_bytes = math.prod(self.shape[2:]) * dtype.itemsize
         self._fd: int | None = None
 
@@ -100,7 +101,7 @@ class XarrayReader:
             raise ArrayFileError(f"{path}: no variable {key!r} in it; it holds {', '.join(names)}")
         self.variable = opened[key or names[0]]
         self.shape = tuple(self.variable.shape)
-        if len(self.shape) in (2, 3):
+        if len(self.shape) == 2:
             self.variable, self.shape = self.variable.expand_dims("series"), (1, *self.shape)
 
     def read(self, n: int, start: int, stop: int) -> np.ndarray:

@@ -1,0 +1,146 @@
+"""Your own data: arrays on disk as training data (ArrayDataModule) and the separable Gaussian
+fitted to them (stdiff.gpfit), on files the tests write."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import QUICKSTART
+
+from stdiff.cli import main
+from stdiff.data import ArrayDataModule, MovingBall
+from stdiff.data.files import ArrayFileError
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import RBF, PoweredExponential
+
+
+def gp_file(path, n=6, frames=400, seed=0):
+    gp = KroneckerGP(PoweredExponential(5.0, 1.0), RBF(1.5), frames=frames, space_shape=(4,), mean=2.0)
+    x = 3.0 * gp.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    np.save(path, x.astype(np.float32))
+    return x
+
+
+def test_windows_come_from_disjoint_time_segments_and_statistics_from_training_only(tmp_path):
+    x = gp_file(tmp_path / "a.npy")
+    x[:, 330:] += 100.0  # a shift in the validation and test frames must not reach the statistics
+    np.save(tmp_path / "a.npy", x.astype(np.float32))
+    dm = ArrayDataModule(str(tmp_path / "a.npy"), frames=16, stride=8, split=[0.8, 0.1, 0.1])
+    spans = {k: {(int(n), s) for _, n, s in v} for k, v in dm.index.items()}
+    train_end = max(s + 16 for _, s in spans["train"])
+    assert train_end <= 320 <= min(s for _, s in spans["val"]) and max(s + 16 for _, s in spans["val"]) <= 360
+    assert min(s for _, s in spans["test"]) >= 360 and len(spans["train"]) == 6 * 39
+    assert (dm.mean - 6.0).abs().max() < 2.0 and (dm.std - 3.0).abs().max() < 1.0  # mean 6, sd 3, not the shift
+    window = dm.training_set()[0]
+    np.testing.assert_allclose(dm.denormalize(window).numpy(), x[0, :16], rtol=1e-5, atol=1e-4)
+
+
+def test_npz_members_are_read_in_place_and_compressed_ones_refused(tmp_path):
+    x = np.random.default_rng(0).standard_normal((2, 80, 3)).astype(np.float32)
+    np.savez(tmp_path / "plain.npz", series=x, other=x[:1])
+    dm = ArrayDataModule(str(tmp_path / "plain.npz"), frames=8, key="series")
+    np.testing.assert_allclose(dm.denormalize(dm.training_set()[1]).numpy(), x[0, 8:16], rtol=1e-5, atol=1e-5)
+    np.savez_compressed(tmp_path / "packed.npz", series=x)
+    with pytest.raises(ArrayFileError, match=r"packed.npz: array 'series' is compressed"):
+        ArrayDataModule(str(tmp_path / "packed.npz"), frames=8)
+    assert zipfile.is_zipfile(tmp_path / "plain.npz")
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: np.zeros((2, 3, 4, 5, 6), np.float32), r"bad.npy: has 5 axes \(2, 3, 4, 5, 6\); expected"),
+        (lambda: np.zeros((2, 20, 4), np.float32), r"bad.npy: too few frames for windows of T=16: its 20 frames give a validation segment of 2"),
+        (lambda: np.where(np.arange(400)[None, :, None] < 16, np.nan, 1.0).repeat(4, 2).astype(np.float32),
+         r"bad.npy: series 0, frames 0:16 are all missing \(NaN\)"),
+        (lambda: np.array([["a"]]), r"bad.npy: not a readable .npy array|bad.npy: holds <U1 values"),
+    ],
+    ids=["wrong ndim", "too few frames", "all-NaN window", "not numbers"],
+)  # fmt: skip
+def test_bad_files_get_one_line_naming_the_file(tmp_path, make, message):
+    np.save(tmp_path / "bad.npy", make())
+    with pytest.raises(ArrayFileError, match=message) as err:
+        ArrayDataModule(str(tmp_path / "bad.npy"), frames=16)
+    assert "\n" not in str(err.value)
+
+
+def test_files_with_other_spatial_shapes_are_refused(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((2, 64, 4), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((2, 64, 5), np.float32))
+    with pytest.raises(ArrayFileError, match=r"the files disagree on the spatial shape .*a.npy: \(2, 64, 4\), .*b.npy"):
+        ArrayDataModule([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], frames=16)
+
+
+@pytest.mark.parametrize("method", ["kernels", "flip_flop"])
+def test_the_reference_recovers_the_generating_gp(tmp_path, method):
+    gp_file(tmp_path / "gp.npy", n=8, frames=2000)
+    dm = ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, normalize="none", reference=method,
+                         temporal=PoweredExponential(2.0, 1.0), spatial=RBF(0.7))  # fmt: skip
+    truth = dm.truth
+    true = KroneckerGP(PoweredExponential(5.0, 1.0), RBF(1.5), frames=16, space_shape=(4,))
+    # Γ ⊗ Σ fitted within 10 % (relative Frobenius) of the generating 9 · Γ ⊗ Σ; the mean 3 · 2 within 0.5
+    fitted = torch.kron(truth.gamma, truth.sigma)
+    assert (fitted - 9 * true.covariance()).norm() / (9 * true.covariance()).norm() < 0.1
+    assert abs(truth.mean_value - 6.0) < 0.5
+    if method == "kernels":  # lengthscales 5 and 1.5, within 10 %
+        assert truth.temporal.lengthscale == pytest.approx(5.0, rel=0.1)
+        assert truth.spatial.kernel.lengthscale == pytest.approx(1.5, rel=0.1)
+    assert (
+        dm.reference_report["held_out_log_likelihood_per_window"] < dm.reference_report["log_likelihood_per_window"] + 5
+    )
+
+
+ARGS = ["--config", str(QUICKSTART), "--data=ArrayDataModule", "--data.init_args.frames=16",
+        "--model.denoiser.init_args.backbone.init_args.width=32", "--data.init_args.batch_size=8",
+        "--trainer.val_check_interval=6", "--checkpoint.every_n_train_steps=6", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false"]  # fmt: skip
+
+
+def last(root):
+    (path,) = root.glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_moving_ball_videos_on_disk_train_resume_exactly_and_predict_in_data_units(tmp_path):
+    videos = MovingBall(frames=8, size=8).sample(12, torch.Generator().manual_seed(0)).reshape(3, 32, 8, 8)
+    videos[0, 3, 2, 2] = float("nan")  # a missing pixel: out of the loss
+    np.save(tmp_path / "ball.npy", (videos.numpy() * 10 + 5).astype(np.float32))
+    data = [f"--data.init_args.paths={tmp_path / 'ball.npy'}", "--data.init_args.frames=8", "--data.init_args.stride=2",
+            "--data.init_args.split=[0.5,0.25,0.25]", "--model.denoiser.init_args.backbone.init_args.patch_size=4"]  # fmt: skip
+    main(["fit", *ARGS, *data, "--trainer.max_steps=12", f"--trainer.default_root_dir={tmp_path / 'a'}"])
+    main(["fit", *ARGS, *data, "--trainer.max_steps=6", f"--trainer.default_root_dir={tmp_path / 'b'}"])
+    main(
+        [
+            "fit",
+            *ARGS,
+            *data,
+            "--trainer.max_steps=12",
+            "--ckpt_path=last",
+            f"--trainer.default_root_dir={tmp_path / 'b'}",
+        ]
+    )
+    a, b = last(tmp_path / "a"), last(tmp_path / "b")
+    assert a["global_step"] == b["global_step"] == 12 and all(torch.isfinite(v).all() for v in a["state_dict"].values())
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+    stats = next(v for k, v in a.items() if k == "ArrayDataModule")  # the training split's statistics, kept
+    assert set(stats) == {"mean", "std"} and stats["std"].shape == (8, 8)
+    (ckpt,) = (tmp_path / "b").glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    main(["predict", *ARGS, *data, f"--ckpt_path={ckpt}", "--data.init_args.num_predict=6",
+          "--model.sampler.init_args.steps=3", f"--trainer.default_root_dir={tmp_path / 'b'}"])  # fmt: skip
+    (out,) = (tmp_path / "b").glob("lightning_logs/version_*/samples.npy")
+    samples = np.load(out)
+    assert samples.shape == (6, 8, 8, 8) and np.isfinite(samples).all()
+    assert json.loads(next((tmp_path / "b").glob("lightning_logs/version_*/samples.json")).read_text())["shape"][0] == 6
+
+
+def test_predict_from_the_fitted_reference_writes_samples_in_the_files_units(tmp_path):
+    gp_file(tmp_path / "gp.npy", n=8, frames=1000)  # mean 6, sd 3
+    main(["predict", "--config", str(QUICKSTART), "--data=ArrayDataModule", f"--data.init_args.paths={tmp_path / 'gp.npy'}",
+          "--data.init_args.frames=16", "--data.init_args.reference=flip_flop", "--model.denoiser=ExactDenoiser",
+          "--data.init_args.num_predict=400", "--data.init_args.batch_size=200", "--model.sampler.init_args.steps=50",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    samples = np.load(next(tmp_path.glob("lightning_logs/version_*/samples.npy")))
+    assert samples.shape == (400, 16, 4)
+    assert abs(samples.mean() - 6.0) < 1.0 and abs(samples.std() - 3.0) < 0.5  # not the model's standard units
