@@ -23,6 +23,7 @@ from stdiff.kernels import Kernel
 # number > 1e12): its inverse, used by log_prob and by the score at small noise, would have fewer
 # than ~4 correct digits in float64.
 MAX_CONDITION = 1e12
+AUTO_MAX_SHIFT = 1e-6  # jitter: auto adds at most this fraction of the largest eigenvalue
 
 
 def grid(space_shape: Sequence[int]) -> Tensor:
@@ -42,7 +43,12 @@ def _factorise(role: str, kernel: Kernel | None, matrix: Tensor, jitter: float |
     evals, evecs = torch.linalg.eigh(matrix)
     smallest, largest = evals[0].item(), evals[-1].item()
     if jitter == "auto":
-        # Adding δI shifts every eigenvalue by δ and leaves the eigenvectors: no second eigh.
+        # Adding δI shifts every eigenvalue by δ, eigenvectors unchanged: no second eigh. Round-off only:
+        # a kernel with eigenvalues below −1e-6 of the largest is not positive definite, not jittery.
+        if smallest < -AUTO_MAX_SHIFT * largest:
+            raise ValueError(f"{role} kernel {kernel!r} is not positive definite on {where}: smallest eigenvalue "
+                             f"{smallest:.3g} (largest {largest:.3g}); jitter: auto repairs round-off only (up to "
+                             f"{AUTO_MAX_SHIFT:.0e} of the largest). Use a valid kernel, or a jitter number on purpose.")  # fmt: skip
         added = max(0.0, largest / AUTO_CONDITION - smallest) if smallest <= largest / MAX_CONDITION else 0.0
     else:
         added = float(jitter)
@@ -154,10 +160,7 @@ class KroneckerGP:
 
     def condition_numbers(self) -> tuple[float, float]:
         """Condition numbers of Γ and Σ (that of Γ ⊗ Σ is their product)."""
-        return (
-            (self.gamma_evals[-1] / self.gamma_evals[0]).item(),
-            (self.sigma_evals[-1] / self.sigma_evals[0]).item(),
-        )
+        return self.conditioning["temporal"]["condition_number"], self.conditioning["spatial"]["condition_number"]
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -249,9 +252,8 @@ class KroneckerGP:
     # --- conditioning (forecasting and imputation baselines) ---------------------------------
 
     def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
-        """The exact distribution of the unobserved coordinates of ``x`` given its observed ones:
-        the Bayes-optimal forecast (observed = the first frames) or imputation any model's is
-        measured against.
+        """The exact distribution of the unobserved coordinates of ``x`` given its observed ones: the
+        Bayes-optimal forecast or imputation any model's is measured against.
 
         Args:
             x: ``(..., T, *space_shape)``; only the observed entries are read.
@@ -294,7 +296,5 @@ class KroneckerGP:
         return mean.reshape(*batch, *self.sample_shape), covariance
 
     def __repr__(self) -> str:
-        return (
-            f"KroneckerGP(temporal={self.temporal!r}, spatial={self.spatial!r}, frames={self.frames}, "
-            f"space_shape={self.space_shape}, mean={self.mean_value}, jitter={self.jitter})"
-        )
+        return (f"KroneckerGP(temporal={self.temporal!r}, spatial={self.spatial!r}, frames={self.frames}, "
+                f"space_shape={self.space_shape}, mean={self.mean_value}, jitter={self.jitter})")  # fmt: skip

@@ -144,3 +144,12 @@ def test_predict_from_the_fitted_reference_writes_samples_in_the_files_units(tmp
     samples = np.load(next(tmp_path.glob("lightning_logs/version_*/samples.npy")))
     assert samples.shape == (400, 16, 4)
     assert abs(samples.mean() - 6.0) < 1.0 and abs(samples.std() - 3.0) < 0.5  # not the model's standard units
+
+
+def test_zarr_through_xarray(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("zarr")
+    x = np.random.default_rng(1).standard_normal((2, 80, 3)).astype(np.float32)
+    xr.Dataset({"field": (("series", "time", "point"), x)}).to_zarr(tmp_path / "f.zarr")
+    dm = ArrayDataModule(str(tmp_path / "f.zarr"), frames=8, normalize="none")
+    np.testing.assert_allclose(dm.training_set()[9].numpy(), x[1, 8:16], rtol=1e-6)  # 8 windows a series

@@ -21,6 +21,7 @@ from stdiff.kernels import (
     RationalQuadratic,
     Scaled,
     Sum,
+    Tabulated,
     White,
     get_kernel,
 )
@@ -38,6 +39,7 @@ EXAMPLES = {
     "Sum": Sum([RBF(2.0), White()]),
     "Product": Product([PoweredExponential(3.0), Periodic(0.3, 7.3)]),
     "Scaled": Scaled(Matern(2.0, nu=2.5), scale=3.0),
+    "Tabulated": Tabulated(RBF(2.0)(grid((6, 7))).tolist(), shape=[6, 7]),  # a matrix on one grid
 }
 
 # Two 2-D points at distance 3 (Δ = (1.8, 2.4)), and the kernel value expected there.
@@ -69,7 +71,10 @@ def test_registry_is_the_set_of_concrete_subclasses():
 @pytest.mark.parametrize("name", sorted(KERNELS))
 @pytest.mark.parametrize("space", [(40,), (6, 7)], ids=["1d", "2d"])
 def test_symmetric_and_positive_definite(name, space):
-    k = EXAMPLES[name](grid(space))
+    kernel = EXAMPLES[name]
+    if name == "Tabulated":  # tabulated on this grid from RBF(2)
+        kernel = Tabulated(RBF(2.0)(grid(space)).tolist(), shape=list(space) if len(space) > 1 else None)
+    k = kernel(grid(space))
     assert k.dtype == torch.float64 and k.shape == (math.prod(space),) * 2
     torch.testing.assert_close(k, k.T, rtol=0, atol=1e-14)
     evals = torch.linalg.eigvalsh(k)
@@ -79,6 +84,13 @@ def test_symmetric_and_positive_definite(name, space):
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_closed_form_values(name):
     kernel = EXAMPLES[name]
+    if name == "Tabulated":  # defined on its grid's integer points only: RBF(2) there
+        assert kernel(torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 3.0]])).item() == pytest.approx(
+            math.exp(-0.5 * 13 / 4), rel=1e-12
+        )
+        with pytest.raises(ValueError, match="Tabulated covers the integer grid points"):
+            kernel(P0, P1)
+        return
     assert kernel(P0, P1).item() == pytest.approx(EXPECTED[name], rel=1e-12, abs=1e-15)
     assert kernel(P1, P0).item() == pytest.approx(EXPECTED[name], rel=1e-12, abs=1e-15)
     assert kernel(P0, P0).item() == pytest.approx(EXPECTED_AT_ZERO.get(name, 1.0), rel=1e-12)

@@ -28,6 +28,6 @@ def test_a_config_path_missing_here_is_found_in_the_package(tmp_path, monkeypatc
 def test_a_wheel_install_runs_the_quickstart_and_the_theory_from_an_empty_directory():
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "wheel_check.sh"), "--trainer.max_steps=20",
                           "--trainer.val_check_interval=20", "--diagnostics.num_samples=300",
-                          "--model.sampler.init_args.steps=5"], capture_output=True, text=True, timeout=1200)  # fmt: skip
+                          "--model.sampler.init_args.steps=5"], capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "wheel check passed" in out.stdout

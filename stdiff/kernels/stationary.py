@@ -178,10 +178,10 @@ class Tabulated(Kernel):
     """
 
     def __init__(self, values: list[list[float]], shape: list[int] | None = None) -> None:
-        self.values = torch.as_tensor(values, dtype=torch.float64)
-        if self.values.ndim != 2 or self.values.shape[0] != self.values.shape[1]:
-            raise ValueError(f"Tabulated.values must be a square matrix, got shape {tuple(self.values.shape)}")
-        if not torch.allclose(self.values, self.values.T, atol=1e-10 * self.values.abs().max()):
+        self.matrix = torch.as_tensor(values, dtype=torch.float64)
+        if self.matrix.ndim != 2 or self.matrix.shape[0] != self.matrix.shape[1]:
+            raise ValueError(f"Tabulated.values must be a square matrix, got shape {tuple(self.matrix.shape)}")
+        if not torch.allclose(self.matrix, self.matrix.T, atol=1e-10 * self.matrix.abs().max()):
             raise ValueError("Tabulated.values must be symmetric")
         self.shape = None if shape is None else [int(n) for n in shape]
 
@@ -191,9 +191,12 @@ class Tabulated(Kernel):
             if self.shape is None or len(self.shape) != x.shape[1]:
                 raise ValueError(f"Tabulated needs shape= for {x.shape[1]}-D coordinates, got {self.shape}")
             idx = sum(idx[:, d] * math.prod(self.shape[d + 1 :]) for d in range(x.shape[1]))[:, None]
-        if (idx < 0).any() or (idx >= len(self.values)).any() or not torch.allclose(x, x.round()):
-            raise ValueError(f"Tabulated covers the integer grid points 0..{len(self.values) - 1}, got others")
+        if (idx < 0).any() or (idx >= len(self.matrix)).any() or not torch.allclose(x, x.round()):
+            raise ValueError(f"Tabulated covers the integer grid points 0..{len(self.matrix) - 1}, got others")
         return idx[:, 0]
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return self.values.to(x1.device)[self._index(x1)][:, self._index(x2)]
+        return self.matrix.to(x1.device)[self._index(x1)][:, self._index(x2)]
+
+    def __repr__(self) -> str:
+        return f"Tabulated({len(self.matrix)}×{len(self.matrix)} matrix, diagonal mean {self.matrix.diagonal().mean():.4g})"

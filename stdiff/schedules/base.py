@@ -89,7 +89,9 @@ class NoiseSchedule(ABC):
 
 def _derivative(fn, t: Tensor) -> Tensor:
     """Elementwise d fn / dt by autograd (fn acts elementwise)."""
-    with torch.enable_grad():
+    # Also under torch.no_grad and Lightning's inference mode (predict, test), where a plug-in's
+    # schedule without a closed-form derivative is differentiated for the Heun / SDE samplers.
+    with torch.inference_mode(False), torch.enable_grad():
         s = t.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(fn(s).sum(), s)
     return grad
