@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from collections.abc import Iterable
 
 
@@ -54,3 +55,34 @@ def init_repr(obj) -> str:
     names = [p for p in inspect.signature(type(obj).__init__).parameters if p not in ("self", "args", "kwargs")]
     args = ", ".join(f"{n}={getattr(obj, n)!r}" for n in names if hasattr(obj, n))
     return f"{type(obj).__name__}({args})"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(what: str, parts: dict[str, float], advice: str) -> None:
+    """Refuse, before allocating, a set-up whose ``parts`` (name -> bytes) need more than half the
+    memory available (the other half is the model's, the optimizer's and the libraries'): the
+    message gives the estimate, part by part, and what to change."""
+    needed, available = sum(parts.values()), available_memory()
+    if available is None or needed <= available / 2:
+        return
+    listed = ", ".join(f"{name}: {_size(b)}" for name, b in parts.items())
+    raise ValueError(f"{what} needs about {_size(needed)} of memory ({listed}), more than half of the "
+                     f"{_size(available)} available: {advice}")  # fmt: skip
+
+
+def _size(b: float) -> str:
+    return f"{b / 2**30:.3g} GiB" if b >= 2**30 else f"{b / 2**20:.3g} MiB"

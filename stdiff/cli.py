@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -164,8 +165,18 @@ class StdiffCLI(LightningCLI):
             runs.preflight(self.subcommand, self.trainer, self.model, self.datamodule, kwargs)
         except (runs.RunError, ValueError) as err:
             raise UsageError(self.subcommand, str(err)) from None
+        if self.subcommand != "fit":
+            # validate / test / predict have no step to finish and no checkpoint to write: SIGTERM and
+            # Ctrl+C stop them at once (Lightning calls this handler after its own, which only takes note).
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, _stop_now)
 
     before_fit = before_validate = before_test = before_predict = _preflight
+
+
+def _stop_now(signum, frame) -> None:
+    reliability.stopped_by = signal.Signals(signum).name
+    raise SIGTERMException
 
 
 def _is_progress_bar(callback) -> bool:
@@ -218,12 +229,16 @@ def main(args: list[str] | None = None) -> None:
         prog = f"stdiff {err.subcommand}" if err.subcommand else "stdiff"
         sys.stderr.write(f"{prog}: error: {err}\ntip: `{prog} --help` lists every option\n")
         sys.exit(2)
-    except SIGTERMException:  # stopped by a signal, after writing a checkpoint (see Checkpoint)
+    except SIGTERMException:  # stopped by a signal (fit: after writing a checkpoint, see Checkpoint)
+        runs.discard_unused_run()
+        print(f"stdiff: stopped by {reliability.stopped_by or 'SIGTERM'}", file=sys.stderr)
         sys.exit(STOP_SIGNALS.get(reliability.stopped_by, 143))
     except (ValueError, runs.RunError, NonFiniteError, MisconfigurationException, OSError) as err:
         # A problem with the input or the run: its message is the explanation.
+        runs.discard_unused_run()
         sys.exit(f"stdiff: error: {runs.innermost_message(err)}")
     except Exception as err:  # noqa: BLE001 (a bug: the message first, the traceback for a report after it)
+        runs.discard_unused_run()
         print(f"stdiff: error: {type(err).__name__}: {err}\n", file=sys.stderr)
         traceback.print_exc()
         sys.exit(1)

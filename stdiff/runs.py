@@ -6,32 +6,37 @@ output directory is reported with nothing created and no existing run touched.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
 import torch
 
 LAST = "last.ckpt"
+claimed: Path | None = None  # the run directory this process claimed last (see discard_unused_run)
 
 
 class RunError(Exception):
     """A problem with the run's inputs or outputs (checkpoint, output directory) found before it starts."""
 
 
-def claim_version(root: str | os.PathLike) -> int:
-    """Create ``root/version_N`` for the smallest free N above every existing version and return N.
+def claim_version(root: str | os.PathLike, prefix: str = "version_") -> int:
+    """Create ``root/<prefix>N`` for the smallest free N above every existing one and return N.
 
     ``os.mkdir`` either creates the directory or fails, atomically, so two runs started at the
     same moment in the same place never share a version directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    taken = [int(p.name[len(prefix) :]) for p in root.glob(f"{prefix}*") if p.name[len(prefix) :].isdigit()]
     version = max(taken, default=-1) + 1
     while True:
         try:
-            (root / f"version_{version}").mkdir()
+            (root / f"{prefix}{version}").mkdir()
+            global claimed
+            claimed = root / f"{prefix}{version}"
             return version
         except FileExistsError:
             version += 1
@@ -83,15 +88,40 @@ def check_compatible(checkpoint: dict, path: str | os.PathLike, model: torch.nn.
         for k, v in ours.items()
         if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
     ]
-    if not problems:
-        return
     differing = _differences(checkpoint.get("hyper_parameters", {}), dict(getattr(model, "hparams", {})))
+    if not problems:
+        _check_settings(checkpoint.get("hyper_parameters", {}), dict(getattr(model, "hparams", {})), path)
+        return
     hint = f" Settings that differ (checkpoint → now): {'; '.join(differing[:6])}." if differing else ""
     raise RunError(
         f"checkpoint {str(path)!r} was trained with another model configuration: {len(problems)} parameter(s) do "
         f"not fit, e.g. {'; '.join(problems[:3])}.{hint} Use the configuration the checkpoint was trained with "
         f"(its run directory holds config.yaml)."
     )
+
+
+# Settings that give the weights their meaning: a checkpoint trained under other values is refused.
+# The rest (sampler, optimizer, loss weighting, conditioning method…) only warn: they change how the
+# weights are used or trained from here on, not what they are.
+MEANINGFUL = ("sample_shape", "denoiser", "mask")
+
+
+def _check_settings(stored: dict, current: dict, path) -> None:
+    if not stored or not current:
+        return  # a checkpoint without settings (written outside the CLI): nothing to compare
+    a, b = _flatten(_plain(stored)), _flatten(_plain(current))
+    differ = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and not k.startswith("_")]
+    refused = [k for k in differ if k.split(".")[0] in MEANINGFUL]
+    if refused:
+        listed = "; ".join(f"{k}: {a.get(k, '-')} in the checkpoint, {b.get(k, '-')} now" for k in refused[:6])
+        raise RunError(f"checkpoint {str(path)!r} was trained with other settings that change what its weights mean: "
+                       f"{listed}. Use the settings it was trained with (its run directory holds config.yaml).")  # fmt: skip
+    if differ:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        listed = "; ".join(f"{k}: {a.get(k, '-')} → {b.get(k, '-')}" for k in differ[:6])
+        rank_zero_warn(f"checkpoint {str(path)!r}: settings differ from those it was trained with ({listed}); "
+                       "used as configured now")  # fmt: skip
 
 
 def _flatten(value, prefix: str = "") -> dict[str, object]:
@@ -159,21 +189,25 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
     logger = trainer.logger
     version = None
     ckpt_path = kwargs.get("ckpt_path")
-    if ckpt_path == "last":
+    asked_last = ckpt_path == "last"
+    if asked_last:
         ckpt_path = kwargs["ckpt_path"] = _find_last(trainer)
-        if ckpt_path is None:
+        if ckpt_path is None and subcommand == "fit":
             rank_zero_info("--ckpt_path last: no checkpoint yet, starting a new run")
-        elif logger is not None and Path(ckpt_path).parent.name == "checkpoints":
-            version = Path(ckpt_path).parents[1].name  # continue in the run directory it came from
+        elif ckpt_path is not None and subcommand == "fit":
             rank_zero_info(f"--ckpt_path last: resuming from {ckpt_path}")
+    run = _run_of(ckpt_path, logger)
+    if subcommand == "fit" and asked_last and run is not None:
+        version = run.name  # a resumed fit continues in the run directory it came from
     if ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
         checkpoint = load_checkpoint(ckpt_path, kwargs["weights_only"])
         model.on_load_checkpoint(checkpoint)  # the sample shape, named first
         check_compatible(checkpoint, ckpt_path, model)
         if version is not None:  # the run's config.yaml stays; this run's settings go beside it
+            name = _free_name(run, f"config.resumed_step{checkpoint.get('global_step', 0)}", ".yaml")
             for cb in trainer.callbacks:
                 if isinstance(cb, SaveConfigCallback):
-                    cb.config_filename = f"config.resumed_step{checkpoint.get('global_step', 0)}.yaml"
+                    cb.config_filename = name
     if subcommand == "fit":
         if not model.trainable:
             raise RunError(
@@ -181,12 +215,13 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
                 "predict"
             )
         model.configure_optimizers()  # a bad optimizer setting fails now, not after set-up
+    if subcommand in ("validate", "test", "predict") and ckpt_path is None and model.trainable:
+        # Only fit may start from scratch: scoring or sampling a randomly initialised network is never meant.
+        how = "--ckpt_path last found no checkpoint" if asked_last else "pass --ckpt_path <file>.ckpt (or last)"
+        raise RunError(f"{subcommand} needs a trained model: {how} under {trainer.default_root_dir}; or use "
+                       "--model.denoiser=ExactDenoiser for the exact model")  # fmt: skip
     if subcommand == "predict":
-        if ckpt_path is None and model.trainable:
-            raise RunError(
-                "predict needs a trained model: pass --ckpt_path <file>.ckpt (or --ckpt_path last), or "
-                "--model.denoiser=ExactDenoiser for the exact model"
-            )
+        kwargs["return_predictions"] = False  # SampleWriter streams them to disk; none kept in memory
         if datamodule.num_predict == 0:
             raise RunError(
                 "predict needs a number of samples: set data.init_args.num_predict (e.g. "
@@ -195,6 +230,11 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
     if model.denoiser.needs_truth and datamodule.truth is None:
         raise RunError(f"model.denoiser={type(model.denoiser).__name__} needs data whose exact distribution is known "
                        f"(a data module with a `truth`, such as GPDataModule); {type(datamodule).__name__} has none")  # fmt: skip
+    from stdiff._validation import check_memory
+
+    shape = datamodule.sample_shape  # a batch of data, its noise and noisy copy, and the network's output
+    check_memory(f"batch_size={datamodule.batch_size} of samples {shape}", {"a batch": 4 * 4 * datamodule.batch_size *
+                 math.prod(shape)}, "use a smaller data.init_args.batch_size")  # fmt: skip
     out = getattr(logger, "root_dir", None) or trainer.default_root_dir
     check_writable(out)
     if hasattr(logger, "_version") and getattr(logger, "_version", None) is None:
@@ -202,8 +242,30 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
         # broadcast): concurrent runs never share a version directory.
         if version is not None:
             logger._version = version if not version.startswith("version_") else int(version[8:])
+        elif rank_zero_only.rank == 0 and subcommand != "fit" and run is not None:
+            # validate / test / predict of a run's checkpoint: beside its training, in <run>/<subcommand>_K
+            logger._version = f"{run.name}/{subcommand}_{claim_version(run, prefix=f'{subcommand}_')}"
         elif rank_zero_only.rank == 0:
             logger._version = claim_version(logger.root_dir)
+
+
+def _run_of(ckpt_path, logger) -> Path | None:
+    """The run directory a checkpoint was written in (``<run>/checkpoints/x.ckpt``), when it lies
+    under this logger's output directory; else None."""
+    if ckpt_path is None or logger is None or not getattr(logger, "root_dir", None):
+        return None
+    path = Path(ckpt_path).absolute()
+    if path.parent.name != "checkpoints" or path.parents[2] != Path(logger.root_dir).absolute():
+        return None
+    return path.parents[1]
+
+
+def _free_name(directory: Path, stem: str, suffix: str) -> str:
+    """``stem + suffix``, or ``stem_K + suffix`` for the first K not taken in ``directory``."""
+    name, k = stem + suffix, 1
+    while (directory / name).exists():
+        name, k = f"{stem}_{k}{suffix}", k + 1
+    return name
 
 
 def _find_last(trainer) -> str | None:
@@ -214,3 +276,16 @@ def _find_last(trainer) -> str | None:
     places.append(Path(trainer.default_root_dir) / "checkpoints")
     found = find_last_checkpoint(places)
     return None if found is None else str(found)
+
+
+def discard_unused_run() -> None:
+    """Remove the run directory this process claimed if the run failed before writing anything of
+    use (a checkpoint, samples, metrics, figures): a failed start leaves no empty ``version_N``."""
+    global claimed
+    if claimed is None or not claimed.is_dir():
+        return
+    useful = [p for p in claimed.rglob("*") if p.is_file() and (p.suffix in (".ckpt", ".npy", ".pt", ".png", ".partial")
+              or p.name == "metrics.json")]  # fmt: skip
+    if not useful:
+        shutil.rmtree(claimed, ignore_errors=True)
+    claimed = None

@@ -1,59 +1,115 @@
-"""``SampleWriter``: what `stdiff predict` generated, written to the run directory."""
+"""``SampleWriter``: what `stdiff predict` generates, streamed to the run directory as it comes."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class SampleWriter(BasePredictionWriter):
-    """Writes what ``stdiff predict`` generated to the run directory: ``samples.npy`` (or ``.pt``)
-    of shape ``(n, T, *space_shape)`` and ``samples.json`` (shape, sampler, schedule, checkpoint).
-    Under several processes each rank writes its own file, ``samples_rank{r}``.
+    """Writes what ``stdiff predict`` generates to the run directory: ``samples.npy`` of shape
+    ``(n, T, *space_shape)`` (``(cases, n, T, *space)`` with observations) and ``samples.json``
+    (shape, sampler, schedule, checkpoint, how many samples are non-finite).
+
+    Samples are written batch by batch into a ``.npy`` of the final shape (memory stays bounded by
+    the batch, whatever ``num_predict``), after checking that the disk has room; the file is named
+    ``samples.npy.partial`` until the last batch is in, so a run cut short leaves its samples so far
+    and says so. Under several processes each rank writes its own file, ``samples_rank{r}``.
 
     Args:
-        format: ``npy`` (NumPy) or ``pt`` (torch.save).
+        format: ``npy`` (streamed) or ``pt`` (``torch.save`` at the end: all samples in memory).
         filename: file name without extension.
     """
 
     def __init__(self, format: Literal["npy", "pt"] = "npy", filename: str = "samples") -> None:
-        super().__init__(write_interval="epoch")
+        super().__init__(write_interval="batch")
         if format not in ("npy", "pt"):
             raise ValueError(f"SampleWriter.format must be 'npy' or 'pt', got {format!r}")
         self.format, self.filename = format, filename
+        self._out: np.ndarray | None = None
+        self._kept: list[torch.Tensor] = []
+        self._written = self._non_finite = 0
 
-    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices):
-        data = trainer.datamodule
-        samples = torch.cat([p.detach().cpu() for p in predictions]) if predictions else torch.empty(0)
-        samples = data.denormalize(samples) if len(samples) else samples  # back to the data's units
-        conditional = getattr(data, "observed", None) is not None
-        if conditional and trainer.world_size == 1:  # (cases, samples per case, T, *space)
-            samples = samples.reshape(-1, data.num_predict, *samples.shape[1:])
+    # --- where and how much ----------------------------------------------------------------------
+
+    def _paths(self, trainer: L.Trainer) -> tuple[str, str]:
         out_dir = trainer.log_dir or trainer.default_root_dir
         os.makedirs(out_dir, exist_ok=True)
         name = self.filename if trainer.world_size == 1 else f"{self.filename}_rank{trainer.global_rank}"
-        path = os.path.join(out_dir, f"{name}.{self.format}")
+        return os.path.join(out_dir, f"{name}.{self.format}"), os.path.join(out_dir, f"{name}.json")
+
+    @staticmethod
+    def _count(trainer: L.Trainer) -> int:
+        """Samples this rank will generate: the sizes of its requests."""
+        total = 0
+        for request in trainer.predict_dataloaders:
+            total += len(request["observed"][0]) if isinstance(request, dict) else int(request.reshape(-1)[1])
+        return total
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._written = self._non_finite = 0
+        self._kept = []
+        self._path, self._meta = self._paths(trainer)
+        data = trainer.datamodule
+        count = self._count(trainer)
+        self._shape = (count, *pl_module.sample_shape)
+        needed = math.prod(self._shape) * 4
+        free = shutil.disk_usage(os.path.dirname(self._path)).free
+        if needed > free * 0.95:
+            raise OSError(f"predict would write {needed / 2**30:.2f} GiB of samples ({count} × "
+                          f"{pl_module.sample_shape} float32) to {os.path.dirname(self._path)}, which has "
+                          f"{free / 2**30:.2f} GiB free: lower data.init_args.num_predict or free space")  # fmt: skip
+        self._conditional = getattr(data, "observed", None) is not None
+        self._final = list(self._shape)
+        if self._conditional and trainer.world_size == 1:  # (cases, samples per case, T, *space)
+            self._final = [count // data.num_predict, data.num_predict, *self._shape[1:]]
         if self.format == "npy":
-            np.save(path, samples.numpy())
+            partial = self._path + ".partial"
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=tuple(self._final))
+            self._out = out.reshape(self._shape)  # a view: batches are written in order
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        x = trainer.datamodule.denormalize(prediction.detach()).float().cpu()  # back to the data's units
+        self._non_finite += int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).sum())
+        if self._out is not None:
+            self._out[self._written : self._written + len(x)] = x.numpy()
         else:
-            torch.save(samples, path)
+            self._kept.append(x)
+        self._written += len(x)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        data, shape = trainer.datamodule, self._final
+        if self._out is not None:
+            self._out.flush()
+            self._out = None
+            os.replace(self._path + ".partial", self._path)
+        else:
+            torch.save(torch.cat(self._kept).reshape(shape) if self._kept else torch.empty(0), self._path)
+            self._kept = []
+        if self._non_finite:
+            rank_zero_warn(f"predict: {self._non_finite} of {self._written} samples hold non-finite values (NaN or "
+                           "inf): the schedule or sampler diverges (a log-SNR range too wide, too few steps?)")  # fmt: skip
         meta = {
-            "file": os.path.basename(path),
-            "shape": list(samples.shape),
+            "file": os.path.basename(self._path),
+            "shape": shape,
+            "non_finite_samples": self._non_finite,
             "sampler": repr(pl_module.sampler),
             "schedule": repr(pl_module.schedule),
             "denoiser": type(pl_module.denoiser).__name__,
             "observed": getattr(data, "observed", None),
             "task": repr(getattr(data, "task", None)),
-            "conditioning": repr(pl_module.conditioning) if conditional else None,
+            "conditioning": repr(pl_module.conditioning) if self._conditional else None,
             "checkpoint": trainer.ckpt_path,
         }
-        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        with open(self._meta, "w") as f:
             json.dump(meta, f, indent=1)
-        print(f"wrote {tuple(samples.shape)} samples to {path}")
+        print(f"wrote {tuple(shape)} samples to {self._path}")

@@ -3,6 +3,7 @@ distribution (``truth``) the diagnostics score every model against."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from stdiff._validation import check_int, check_memory
 from stdiff.data.base import SequenceDataModule
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel
@@ -43,6 +45,12 @@ class GPDataModule(SequenceDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # Estimated before anything is allocated: Γ and Σ in float64 with their eigendecompositions
+        # and eigh's workspace (~6 matrices each), and a batch with its noise and noisy copy in float32.
+        t, s = check_int("frames", frames, 2), math.prod(int(n) for n in space_shape)
+        check_memory(f"GPDataModule(frames={t}, space_shape={tuple(space_shape)}, batch_size={self.batch_size})",
+                     {"Γ and Σ": 6 * 8 * (t * t + s * s), "a batch": 3 * 4 * self.batch_size * t * s},
+                     "use fewer frames, a smaller grid or a smaller batch_size")  # fmt: skip
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
         if any(r["jitter"] > 0 for r in self.gp.conditioning.values()):
