@@ -213,7 +213,8 @@ class GPDiagnostics(Callback):
         from stdiff.metrics import conditional_report
 
         n, k, shape = self.conditional_cases, self.conditional_samples, self.truth.sample_shape
-        x = self.truth.sample(n, generator(self.seed, DIAGNOSTICS, 4))
+        x = trainer.datamodule.conditional_cases(n, generator(self.seed, DIAGNOSTICS, 4))
+        n = len(x)
         mask = task.draw(1, shape, generator(self.seed, DIAGNOSTICS, 5))[0]
         observed = x.repeat_interleave(k, 0)  # (n·k, T, *space): case i's k samples together
         g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)

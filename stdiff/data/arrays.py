@@ -161,6 +161,12 @@ class ArrayDataModule(SequenceDataModule):
         windows = Windows(self.readers, rows[keep], self.frames, self.mean, self.std)
         return torch.stack([windows[i] for i in range(len(windows))])
 
+    def conditional_cases(self, n: int, generator: torch.Generator) -> Tensor:
+        """Held-out test windows without missing values: the model and the fitted reference are
+        compared on real data."""
+        x = self.evaluation_samples("test")
+        return x[~x.flatten(1).isnan().any(1)][:n]
+
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x)) / self.std.to(x)
 

@@ -104,6 +104,11 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         seed = derive_seed(self.seed, VAL if stage == "val" else TEST)
         return draw_fixed(self.sample, self.num_val, derive_seed(seed, 0))
 
+    def conditional_cases(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` cases ``(n, T, *space)`` the conditional diagnostics observe in part and complete:
+        exact draws of ``truth`` here; held-out data where the truth is only a fitted reference."""
+        return self.truth.sample(n, generator)
+
     def normalize(self, x: Tensor) -> Tensor:
         """Data units to model units (identity here; ``ArrayDataModule`` standardises)."""
         return x
