@@ -222,6 +222,7 @@ def main(args: list[str] | None = None) -> None:
         load_plugins()  # before parsing: plug-in classes must be importable by short name
     except PluginError as err:
         sys.exit(f"stdiff: error: {err}")
+    reliability.stopped_by = None
     try:
         StdiffCLI(args=args)
         _destroy_process_group()

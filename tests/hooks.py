@@ -48,3 +48,24 @@ class InjectNaN(L.Callback):
     def on_after_backward(self, trainer, pl_module) -> None:
         if self.where == "grad" and trainer.global_step in self.steps:
             next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = torch.inf
+
+
+class StallEvaluation(L.Callback):
+    """From the first validation / test / predict batch on, touches ``marker`` and sleeps ``seconds``
+    before each batch: a window in which a test signals a run that is not training."""
+
+    def __init__(self, marker: str, seconds: float = 30.0) -> None:
+        self.marker, self.seconds = marker, seconds
+
+    def _stall(self, *args, **kwargs) -> None:
+        pathlib.Path(self.marker).touch()
+        time.sleep(self.seconds)
+
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stall
+
+
+class FailAtStart(L.Callback):
+    """Raises as the run starts, after its run directory was claimed: a run that fails early."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("failing on purpose")

@@ -81,7 +81,7 @@ class Checkpoint(ModelCheckpoint):
         if not isinstance(exception, SIGTERMException):
             return  # an error mid-step: the model may be half-updated; keep the last good checkpoint
         global stopped_by
-        self.stopped_by = stopped_by = self.stopped_by or "SIGTERM"
+        self.stopped_by = stopped_by = self.stopped_by or stopped_by or "SIGTERM"
         if not trainer.training or trainer.sanity_checking:
             where = f" (step {self._last_global_step_saved})" if self.last_model_path else ""
             rank_zero_info(

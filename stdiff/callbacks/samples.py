@@ -49,11 +49,11 @@ class SampleWriter(BasePredictionWriter):
 
     @staticmethod
     def _count(trainer: L.Trainer) -> int:
-        """Samples this rank will generate: the sizes of its requests."""
-        total = 0
-        for request in trainer.predict_dataloaders:
-            total += len(request["observed"][0]) if isinstance(request, dict) else int(request.reshape(-1)[1])
-        return total
+        """Samples this rank will generate: its share of the requests, dealt out as Lightning's
+        distributed sampler does (padded to a multiple of the number of ranks)."""
+        sizes, world = trainer.datamodule.predict_sizes(), trainer.world_size
+        padded = sizes + sizes[: (-len(sizes)) % world]
+        return sum(padded[trainer.global_rank :: world])
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._written = self._non_finite = 0

@@ -185,7 +185,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
                 "predict needs a number of samples: set data.init_args.num_predict (e.g. "
                 "--data.init_args.num_predict=1000)"
             )
-        sizes = [min(self.batch_size, self.num_predict - i) for i in range(0, self.num_predict, self.batch_size)]
+        sizes = self._request_sizes()
         if self.observed is not None:  # per case, its samples in batches: {seed, observed, mask}
             values, mask = self.observations()
             requests = [{"seed": derive_seed(self.seed, PREDICT, i, k), "observed": values[i].expand(n, *values[i].shape),
@@ -194,6 +194,14 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             return DataLoader(requests, batch_size=1)
         requests = [torch.tensor([derive_seed(self.seed, PREDICT, k), n]) for k, n in enumerate(sizes)]
         return DataLoader(requests, batch_size=1)  # each batch: one request, shape (1, 2)
+
+    def _request_sizes(self) -> list[int]:
+        return [min(self.batch_size, self.num_predict - i) for i in range(0, self.num_predict, self.batch_size)]
+
+    def predict_sizes(self) -> list[int]:
+        """Samples per predict request, in order (per case when there are observations)."""
+        cases = len(self.observations()[0]) if self.observed is not None else 1
+        return self._request_sizes() * cases
 
     def observations(self) -> tuple[Tensor, Tensor]:
         """The ``observed`` file as values ``(n, T, *space)`` (0 where missing) and mask (True where
