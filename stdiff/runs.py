@@ -111,7 +111,8 @@ def _check_settings(stored: dict, current: dict, path) -> None:
         return  # a checkpoint without settings (written outside the CLI): nothing to compare
     a, b = _flatten(_plain(stored)), _flatten(_plain(current))
     differ = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and not k.startswith("_")]
-    refused = [k for k in differ if k.split(".")[0] in MEANINGFUL]
+    # The schedule's range only moves where training and sampling start and stop: warned, not refused.
+    refused = [k for k in differ if k.split(".")[0] in MEANINGFUL and not k.endswith((".t_min", ".t_max"))]
     if refused:
         listed = "; ".join(f"{k}: {a.get(k, '-')} in the checkpoint, {b.get(k, '-')} now" for k in refused[:6])
         raise RunError(f"checkpoint {str(path)!r} was trained with other settings that change what its weights mean: "

@@ -238,4 +238,42 @@ CASES = [
         ["validate", "--model.denoiser=ExactDenoiser", "--data=stdiff.data.MovingBall"],
         "model.denoiser=ExactDenoiser needs data whose exact distribution is known",
     ),
+    # Round two (issue L): sizes estimated first, checkpoints that contradict the config, fresh models
+    (
+        "too many frames for memory",
+        ["fit", "--data.init_args.frames=100000"],
+        "GPDataModule(frames=100000, space_shape=(8,), batch_size=64) needs about",
+    ),
+    (
+        "batch too large for memory",
+        ["fit", "--data.init_args.batch_size=100000000"],
+        "a batch: 286 GiB), more than half of the",
+    ),
+    (
+        "validate --ckpt_path last without a checkpoint",
+        ["validate", "--ckpt_path=last", "--trainer.default_root_dir={run}/no_runs_here"],
+        "validate needs a trained model: --ckpt_path last found no checkpoint",
+    ),
+    ("test without a checkpoint", ["test"], "test needs a trained model: pass --ckpt_path"),
+    (
+        "checkpoint trained with another parameterization",
+        ["predict", f"--ckpt_path={CKPT}", "--model.denoiser.init_args.parameterization=v"],
+        "denoiser.init_args.parameterization: eps in the checkpoint, v now",
+    ),
+    (
+        "checkpoint trained under another schedule",
+        ["validate", f"--ckpt_path={CKPT}", "--model.denoiser.init_args.schedule=LinearBeta"],
+        "that change what its weights mean: denoiser.init_args.schedule.class_path",
+    ),
+    (
+        "jitter auto on an indefinite kernel",
+        [
+            "fit",
+            "--data.init_args.frames=3",
+            "--data.init_args.temporal=Tabulated",
+            "--data.init_args.jitter=auto",
+            "--data.init_args.temporal.init_args.values=[[1,0.9,-0.5],[0.9,1,0.9],[-0.5,0.9,1]]",
+        ],
+        "smallest eigenvalue -0.547 (largest 2.05); jitter: auto repairs round-off only",
+    ),
 ]

@@ -7,6 +7,8 @@ import time
 import lightning as L
 import torch
 
+from stdiff.sampling import DDIM
+
 
 class BatchLog(L.Callback):
     """Appends ``rank step checksum…`` of every training batch to ``path``, one checksum (the sum
@@ -69,3 +71,13 @@ class FailAtStart(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         raise RuntimeError("failing on purpose")
+
+
+class HalfNaN(DDIM):
+    """A sampler that diverges on the first half of every batch (NaN there): what a schedule too
+    wide for its sampler produces, on demand."""
+
+    def step(self, model, schedule, x, t, s, generator):
+        out = super().step(model, schedule, x, t, s, generator)
+        out[: len(out) // 2] = float("nan")
+        return out

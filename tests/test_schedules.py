@@ -126,3 +126,17 @@ def test_user_schedule_selected_by_class_path_trains(tmp_path):
     )  # fmt: skip
     assert type(cli.model.denoiser.schedule).__name__ == "Quadratic" and cli.model.denoiser.schedule.t_max == 2.5
     assert cli.trainer.global_step == 3 and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "EulerMaruyama"])
+def test_a_user_schedule_without_closed_form_derivatives_samples_in_predict(tmp_path, sampler):
+    """Drift and diffusion come from autograd, also under Lightning's inference mode in predict."""
+    from stdiff.cli import main
+
+    main(["predict", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", f"--model.sampler={sampler}",
+          "--model.denoiser.init_args.schedule=test_schedules.Quadratic", "--model.sampler.init_args.steps=200",
+          "--data.init_args.num_predict=64", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    (path,) = tmp_path.glob("lightning_logs/version_*/samples.npy")
+    x = torch.from_numpy(__import__("numpy").load(path))
+    assert torch.isfinite(x).all() and 0.7 < x.std() < 1.3

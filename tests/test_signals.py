@@ -74,3 +74,17 @@ def test_predict_and_test_of_a_checkpoint_write_under_its_run(tmp_path):
     assert {p.name for p in run.iterdir() if p.is_dir()} == {"checkpoints", "predict_0", "predict_1", "test_0"}
     assert np.load(run / "predict_1" / "samples.npy").shape == (4, 32, 8)
     assert (run / "test_0" / "metrics.json").is_file()
+
+
+def test_non_finite_samples_are_counted_and_reported(tmp_path):
+    """A diverging sampler is reported (the count in samples.json and a warning), not silent."""
+    import json
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["predict", *BASE, "--data.init_args.batch_size=16", "--model.sampler=hooks.HalfNaN",
+              f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    (meta,) = tmp_path.glob("lightning_logs/version_*/samples.json")
+    assert json.loads(meta.read_text())["non_finite_samples"] == 32  # half of each batch of 16, 64 samples
+    assert any("32 of 64 samples hold non-finite values" in str(w.message) for w in caught)

@@ -144,6 +144,11 @@ class GPDiagnostics(Callback):
         task = getattr(trainer.datamodule, "task", None)
         if with_samples and task is not None and pl_module.conditioning is not None:
             results.update(self._conditional(trainer, pl_module, stage, task))
+        bad = sorted(k for k, v in results.items() if not math.isfinite(v) and "/head" not in k)
+        if bad:  # e.g. diverging samples: say so, rather than leave `null` in metrics.json unexplained
+            rank_zero_warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or "
+                           "the model's outputs hold NaN or inf (a schedule whose log-SNR range is too wide for the "
+                           "sampler, too few steps, or a diverged model)")  # fmt: skip
         for name, value in results.items():
             if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
                 pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
