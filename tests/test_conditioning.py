@@ -108,3 +108,12 @@ def test_predict_with_observations_writes_conditional_samples(tmp_path):
     np.testing.assert_array_equal(samples[:, :, :20], np.broadcast_to(observed[:, None, :20], (2, 5, 20, 8)))
     meta = json.loads((run / "samples.json").read_text())
     assert meta["conditioning"].startswith("ReconstructionGuidance") and meta["observed"].endswith("obs.npy")
+
+
+def test_mask_and_conditioning_registries_list_every_implementation():
+    from conftest import stdiff_subclasses
+
+    from stdiff.conditioning import CONDITIONINGS, MASKS, Conditioning, Mask
+
+    assert set(MASKS.values()) == stdiff_subclasses(Mask)
+    assert set(CONDITIONINGS.values()) == stdiff_subclasses(Conditioning)

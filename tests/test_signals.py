@@ -2,6 +2,7 @@
 signal handling, with its checkpoint, is tested in test_reliability.py); failed runs leave no run
 directory behind; runs of a checkpoint write under its run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -41,6 +42,10 @@ def test_a_signal_stops_a_subcommand_at_once(tmp_path, subcommand, how, code):
     assert proc.returncode == code, out[-3000:]
     assert time.monotonic() - sent < 10  # the batch sleeps 30 s: stopped in it, not after it
     assert f"stdiff: stopped by {how.name}" in out
+    if subcommand == "predict":  # what was written so far is kept, and said to be partial
+        (meta,) = tmp_path.glob("lightning_logs/version_*/samples.json")
+        assert json.loads(meta.read_text())["complete"] is False
+        assert (meta.parent / "samples.npy.partial").is_file()
 
 
 def test_a_run_that_fails_at_start_leaves_no_run_directory(tmp_path):

@@ -35,7 +35,7 @@ class SampleWriter(BasePredictionWriter):
         if format not in ("npy", "pt"):
             raise ValueError(f"SampleWriter.format must be 'npy' or 'pt', got {format!r}")
         self.format, self.filename = format, filename
-        self._out: np.ndarray | None = None
+        self._out = None  # the open .npy.partial while predicting
         self._kept: list[torch.Tensor] = []
         self._written = self._non_finite = 0
 
@@ -73,23 +73,37 @@ class SampleWriter(BasePredictionWriter):
         if self._conditional and trainer.world_size == 1:  # (cases, samples per case, T, *space)
             self._final = [count // data.num_predict, data.num_predict, *self._shape[1:]]
         if self.format == "npy":
-            partial = self._path + ".partial"
-            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=tuple(self._final))
-            self._out = out.reshape(self._shape)  # a view: batches are written in order
+            # Plain sequential writes, not a memory map: written pages of a mapped file count as
+            # resident memory until the kernel flushes them, which would grow with num_predict.
+            self._out = open(self._path + ".partial", "wb")  # noqa: SIM115 (closed in on_predict_end)
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": tuple(self._final)}  # fmt: skip
+            np.lib.format.write_array_header_2_0(self._out, header)
+            self._out.truncate(self._out.tell() + needed)  # full size now: readable (zeros) if cut short
+            self._out.flush()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         x = trainer.datamodule.denormalize(prediction.detach()).float().cpu()  # back to the data's units
         self._non_finite += int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).sum())
         if self._out is not None:
-            self._out[self._written : self._written + len(x)] = x.numpy()
+            self._out.write(x.numpy().tobytes())  # batches arrive in order
         else:
             self._kept.append(x)
         self._written += len(x)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._out is None:
+            return
+        self._out.close()  # what was written stays in .partial, said so beside it
+        self._out = None
+        with open(self._meta, "w") as f:
+            json.dump({"file": os.path.basename(self._path) + ".partial", "complete": False, "shape": self._final,
+                       "samples_written": self._written, "stopped_by": type(exception).__name__}, f, indent=1)  # fmt: skip
+
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data, shape = trainer.datamodule, self._final
         if self._out is not None:
-            self._out.flush()
+            self._out.close()
             self._out = None
             os.replace(self._path + ".partial", self._path)
         else:
@@ -100,6 +114,7 @@ class SampleWriter(BasePredictionWriter):
                            "inf): the schedule or sampler diverges (a log-SNR range too wide, too few steps?)")  # fmt: skip
         meta = {
             "file": os.path.basename(self._path),
+            "complete": True,
             "shape": shape,
             "non_finite_samples": self._non_finite,
             "sampler": repr(pl_module.sampler),
