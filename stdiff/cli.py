@@ -167,11 +167,18 @@ class StdiffCLI(LightningCLI):
             raise UsageError(self.subcommand, str(err)) from None
         if self.subcommand != "fit":
             # validate / test / predict have no step to finish and no checkpoint to write: SIGTERM and
-            # Ctrl+C stop them at once (Lightning calls this handler after its own, which only takes note).
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, _stop_now)
+            # Ctrl+C stop them at once (Lightning calls this handler after its own, which only takes
+            # note). The previous handlers come back when the subcommand ends (``_restore_signals``).
+            self._previous_handlers = {s: signal.signal(s, _stop_now) for s in (signal.SIGTERM, signal.SIGINT)}
 
     before_fit = before_validate = before_test = before_predict = _preflight
+
+    def _restore_signals(self) -> None:
+        for signum, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    after_validate = after_test = after_predict = _restore_signals
 
 
 def _stop_now(signum, frame) -> None:
@@ -223,6 +230,15 @@ def main(args: list[str] | None = None) -> None:
     except PluginError as err:
         sys.exit(f"stdiff: error: {err}")
     reliability.stopped_by = None
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _run(args)
+    finally:  # a library caller (tests, notebooks) gets its own signal handlers back, whatever happened
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _run(args: list[str] | None) -> None:
     try:
         StdiffCLI(args=args)
         _destroy_process_group()
