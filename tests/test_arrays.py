@@ -129,10 +129,15 @@ def test_moving_ball_videos_on_disk_train_resume_exactly_and_predict_in_data_uni
     (ckpt,) = (tmp_path / "b").glob("lightning_logs/version_*/checkpoints/last.ckpt")
     main(["predict", *ARGS, *data, f"--ckpt_path={ckpt}", "--data.init_args.num_predict=6",
           "--model.sampler.init_args.steps=3", f"--trainer.default_root_dir={tmp_path / 'b'}"])  # fmt: skip
-    (out,) = (tmp_path / "b").glob("lightning_logs/version_*/samples.npy")
+    (out,) = (tmp_path / "b").glob("lightning_logs/version_0/predict_0/samples.npy")
     samples = np.load(out)
     assert samples.shape == (6, 8, 8, 8) and np.isfinite(samples).all()
-    assert json.loads(next((tmp_path / "b").glob("lightning_logs/version_*/samples.json")).read_text())["shape"][0] == 6
+    assert (
+        json.loads(next((tmp_path / "b").glob("lightning_logs/version_0/predict_0/samples.json")).read_text())["shape"][
+            0
+        ]
+        == 6
+    )
 
 
 def test_predict_from_the_fitted_reference_writes_samples_in_the_files_units(tmp_path):

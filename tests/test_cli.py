@@ -177,10 +177,10 @@ def test_predict_from_a_checkpoint_writes_samples(tmp_path):
     main(["predict", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.num_predict=8",
           "--model.sampler.init_args.steps=3", "--sample_writer.format=pt", "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    samples = torch.load(tmp_path / "lightning_logs" / "version_1" / "samples.pt", weights_only=True)
+    samples = torch.load(tmp_path / "lightning_logs" / "version_0" / "predict_0" / "samples.pt", weights_only=True)
     assert samples.shape == (8, 32, 8)
     # The sampler given here, not the one stored in the checkpoint's settings
-    meta = json.loads((tmp_path / "lightning_logs" / "version_1" / "samples.json").read_text())
+    meta = json.loads((tmp_path / "lightning_logs" / "version_0" / "predict_0" / "samples.json").read_text())
     assert meta["sampler"].startswith("Heun(steps=3")
 
 
@@ -230,7 +230,7 @@ def test_fit_and_test_write_diagnostics(tmp_path):
     main(["test", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.num_val=64",
           "--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    out = read_metrics(tmp_path / "lightning_logs" / "version_1")
+    out = read_metrics(tmp_path / "lightning_logs" / "version_0" / "test_0")  # beside the run it tests
     assert out["stage"] == "test" and "test/score_rel_error" in out["metrics"] and "test/samples/ks" in out["metrics"]
 
 
@@ -245,7 +245,7 @@ def test_two_process_validation_matches_one_process(tmp_path):
     for devices in (1, 2):
         out = run_cli([*args, f"--trainer.devices={devices}"], tmp_path, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
-    one, two = (read_metrics(tmp_path / "lightning_logs" / f"version_{v}")["metrics"] for v in (1, 2))
+    one, two = (read_metrics(tmp_path / "lightning_logs" / "version_0" / f"validate_{v}")["metrics"] for v in (0, 1))
     keys = [k for k in one if "/samples/" not in k]  # samples differ: each rank draws its own
     assert "val/score_rel_error" in keys and "val/attention/pearson_best" in keys
     for k in keys:

@@ -45,6 +45,6 @@ def test_a_toy_subclass_trains_resumes_exactly_and_predicts(tmp_path):
     (ckpt,) = (tmp_path / "cut").glob("lightning_logs/version_*/checkpoints/last.ckpt")
     main(["predict", *ARGS, f"--ckpt_path={ckpt}", "--data.init_args.num_predict=20",
           "--model.sampler.init_args.steps=3", f"--trainer.default_root_dir={tmp_path / 'cut'}"])  # fmt: skip
-    (samples,) = (tmp_path / "cut").glob("lightning_logs/version_*/samples.npy")
+    (samples,) = (tmp_path / "cut").glob("lightning_logs/version_0/predict_0/samples.npy")  # under the run
     x = np.load(samples)
     assert x.shape == (20, 8, 4) and np.isfinite(x).all()

@@ -102,8 +102,13 @@ LAUNCHERS = {
 def test_multi_node_launch_through_lightning(environment, monkeypatch):
     """Config level: the process of rank 3 of 2 nodes × 2 processes, as `srun` or `torchrun`
     starts it, is placed by Lightning's own cluster environments (no stdiff launcher)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     from stdiff.cli import StdiffCLI
 
+    for flag in {id(f): f for f in (rank_zero_only, fabric_rank_zero)}.values():  # the trainer sets rank 3 on
+        monkeypatch.setattr(flag, "rank", getattr(flag, "rank", 0))  # them: put rank 0 back for later tests
     for key, value in LAUNCHERS[environment].items():
         monkeypatch.setenv(key, value)
     args = ["--config", str(QUICKSTART), "--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=2"]
