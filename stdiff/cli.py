@@ -12,6 +12,7 @@ import difflib
 import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -165,7 +166,7 @@ class StdiffCLI(LightningCLI):
             runs.preflight(self.subcommand, self.trainer, self.model, self.datamodule, kwargs)
         except (runs.RunError, ValueError) as err:
             raise UsageError(self.subcommand, str(err)) from None
-        if self.subcommand != "fit":
+        if self.subcommand != "fit" and threading.current_thread() is threading.main_thread():
             # validate / test / predict have no step to finish and no checkpoint to write: SIGTERM and
             # Ctrl+C stop them at once (Lightning calls this handler after its own, which only takes
             # note). The previous handlers come back when the subcommand ends (``_restore_signals``).
@@ -230,6 +231,8 @@ def main(args: list[str] | None = None) -> None:
     except PluginError as err:
         sys.exit(f"stdiff: error: {err}")
     reliability.stopped_by = None
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)  # signal handlers can only be set, hence only changed, in the main thread
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         _run(args)
