@@ -72,7 +72,7 @@ class Attention(nn.Module):
     """Base of the attention plug-ins: ``__init__(width, heads, …)``, ``forward(x (B, T, P, D))``.
 
     A user's own variant is a subclass in the user's package, selected from YAML by ``class_path``
-    (``model.backbone.init_args.attention``); extra ``__init__`` arguments come from ``init_args``.
+    (``model.denoiser.init_args.backbone.init_args.attention``); extra ``__init__`` arguments come from ``init_args``.
 
     Args:
         width: D, the token width.
