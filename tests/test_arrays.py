@@ -158,3 +158,20 @@ def test_zarr_through_xarray(tmp_path):
     xr.Dataset({"field": (("series", "time", "point"), x)}).to_zarr(tmp_path / "f.zarr")
     dm = ArrayDataModule(str(tmp_path / "f.zarr"), frames=8, normalize="none")
     np.testing.assert_allclose(dm.training_set()[9].numpy(), x[1, 8:16], rtol=1e-6)  # 8 windows a series
+
+
+def test_conditional_scores_on_held_out_windows_against_the_fitted_reference(tmp_path):
+    """With a reference and a task, `stdiff test` observes held-out windows in part and scores the
+    model's conditional samples beside the fitted Gaussian's posterior (here the model is that
+    Gaussian itself, so its CRPS must sit at the reference's)."""
+    gp_file(tmp_path / "gp.npy", n=8, frames=1000)
+    main(["test", "--config", str(QUICKSTART), "--data=ArrayDataModule", f"--data.init_args.paths={tmp_path / 'gp.npy'}",
+          "--data.init_args.frames=16", "--data.init_args.reference=flip_flop", "--data.init_args.task=Forecast",
+          "--data.init_args.task.init_args.context=8", "--model.denoiser=ExactDenoiser", "--model.conditioning=Replacement",
+          "--model.conditioning.init_args.resample=3", "--diagnostics.conditional_cases=16",
+          "--diagnostics.conditional_samples=32", "--diagnostics.num_samples=200", "--model.sampler.init_args.steps=50",
+          "--data.init_args.num_val=64", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    (path,) = tmp_path.glob("lightning_logs/version_*/metrics.json")
+    metrics = json.loads(path.read_text())["metrics"]
+    assert metrics["test/conditional/Forecast/cases"] == 16
+    assert 0.9 < metrics["test/conditional/Forecast/crps_ratio"] < 1.15
