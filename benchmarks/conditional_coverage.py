@@ -28,11 +28,13 @@ def main() -> None:
     p.add_argument("run", type=Path)
     p.add_argument("--cases", type=int, default=32)
     p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--sampler-steps", type=int, default=None, help="sampler steps (default: the config's, 100)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/conditional/coverage.json"))
     args = p.parse_args()
     configs = [str(CONFIGS / "conditional.yaml"), str(CONFIGS / "cpu" / "conditional.yaml"),
                str(CONFIGS.parent / "conditional" / "trained.yaml")]  # fmt: skip
-    model, data = load(args.run, configs, ["--trainer.max_steps=3000"])
+    steps = [f"--model.sampler.init_args.steps={args.sampler_steps}"] if args.sampler_steps else []
+    model, data = load(args.run, configs, ["--trainer.max_steps=3000", *steps])
     truth, n, k = data.truth, args.cases, args.samples
     x = truth.sample(n, generator(1, SWEEP, 20))
     mask = Forecast(16).observed(truth.sample_shape)
@@ -43,7 +45,7 @@ def main() -> None:
     report = conditional_report(truth, x, mask, draws.reshape(n, k, *truth.sample_shape), seed=1)
     exact = conditional_report(truth, x, mask, posterior_samples(truth, x, mask, k, generator(1, SWEEP, 22)), seed=1)
     keys = ("crps_ratio", "coverage50", "coverage90", "kl_excess", "w2_excess")
-    out = {"cases": n, "samples_per_case": k, "trained_conditional_dit": {c: report.get(c) for c in keys},
+    out = {"cases": n, "samples_per_case": k, "sampler": repr(model.sampler), "trained_conditional_dit": {c: report.get(c) for c in keys},
            "exact_posterior": {c: exact.get(c) for c in keys}}  # fmt: skip
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
