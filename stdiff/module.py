@@ -144,7 +144,7 @@ class DiffusionModule(L.LightningModule):
         generator = torch.Generator(device=x0.device).manual_seed(seed)
         t = training_times(self.schedule, len(x0), self.time_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x0, cond, where = self.loss_inputs(x0, derive_seed(seed, 0))
+        x0, cond, where = self.loss_inputs(x0, seed, 0)
         loss = denoising_loss(self.denoiser, x0, t, noise, self.weighting, self.min_snr_gamma, where, **cond).mean()
         if self._logs_this_step():
             self.log("train/loss", loss, prog_bar=True)
@@ -178,19 +178,24 @@ class DiffusionModule(L.LightningModule):
         conditional model on the missing entries, masks seeded by the batch index); returns what
         the diagnostics need, so they cost no second forward pass."""
         x0, t, noise = self.evaluation_inputs(batch)
-        x0, cond, where = self.loss_inputs(x0, derive_seed(0, VAL, batch_idx))
+        x0, cond, where = self.loss_inputs(x0, 0, VAL, batch_idx)
         x_t = diffuse(self.schedule, x0, t, noise)
         noise_pred = self(x_t, t, **cond)
         sq = (noise_pred - noise).pow(2)
-        loss = sq.flatten(1).mean(1) if where is None else (sq * where).flatten(1).sum(1) / where.flatten(1).sum(1)
+        loss = (
+            sq.flatten(1).mean(1)
+            if where is None
+            else (sq * where).flatten(1).sum(1) / where.flatten(1).sum(1).clamp_min(1)
+        )
         self.log(f"{stage}/loss", loss.mean(), prog_bar=True, sync_dist=True, batch_size=len(x0))
         if where is not None:  # the diagnostics' exact score is the unconditional one of complete data
             return {"loss": loss}
         return {"x0": x0, "t": t, "noise": noise, "x_t": x_t, "noise_pred": noise_pred, "loss": loss}
 
-    def loss_inputs(self, x0: Tensor, seed: int) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    def loss_inputs(self, x0: Tensor, *key: int) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
         """``(x0, cond, where)`` for the loss on a batch ``x0 (B, T, *space)``: a conditional model's
-        ``observed`` values (0 elsewhere) and ``mask``, drawn from the training task with ``seed``;
+        ``observed`` values (0 elsewhere) and ``mask``, drawn from the training task with the seed
+        ``derive_seed(*key)`` (derived only then: nothing per step for an unconditional model);
         ``where`` the entries the loss counts (the missing ones; never NaN entries of the data,
         which are set to 0), None for all."""
         valid = None
@@ -199,7 +204,7 @@ class DiffusionModule(L.LightningModule):
             x0 = torch.nan_to_num(x0)
         if self.mask is None:
             return x0, {}, valid
-        mask = self.mask.draw(len(x0), self.sample_shape, generator(seed)).to(x0.device)
+        mask = self.mask.draw(len(x0), self.sample_shape, generator(*key)).to(x0.device)
         where = ~mask
         if valid is not None:
             mask, where = mask & valid, where & valid

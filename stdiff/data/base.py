@@ -205,7 +205,12 @@ class SequenceDataModule(L.LightningDataModule, ABC):
 
     def observations(self) -> tuple[Tensor, Tensor]:
         """The ``observed`` file as values ``(n, T, *space)`` (0 where missing) and mask (True where
-        observed: not NaN, and observed by ``task`` if one is set)."""
+        observed: not NaN, and observed by ``task`` if one is set); read once."""
+        if getattr(self, "_observations", None) is None:
+            self._observations = self._read_observations()
+        return self._observations
+
+    def _read_observations(self) -> tuple[Tensor, Tensor]:
         path = self.observed
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
