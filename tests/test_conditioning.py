@@ -71,6 +71,18 @@ def test_exact_posterior_samples_sit_at_the_floor_of_every_statistic():
     assert abs(report["kl_excess"]) < 0.5 * report["kl_exact"] and abs(report["coverage90"] - 0.9) < 0.03
 
 
+def test_spread_measures_interval_width_against_the_posterior_at_any_sample_count():
+    gp, mask = small_gp(), Forecast(6).observed(SHAPE)
+    x = gp.sample(40, torch.Generator().manual_seed(3))
+    exact = posterior_samples(gp, x, mask, 8, torch.Generator().manual_seed(4))
+    mean = exact.mean(1, keepdim=True)
+    narrow = mean + 0.8 * (exact - mean)  # every case's samples pulled 20 % towards their own mean
+    a, b = conditional_report(gp, x, mask, exact), conditional_report(gp, x, mask, narrow)
+    assert a["spread"] == pytest.approx(1.0, abs=0.05) and a["spread_exact"] == pytest.approx(1.0, abs=0.05)
+    assert b["spread"] == pytest.approx(0.8 * a["spread"], rel=1e-9)
+    assert len(b["spread_by_frame"]) == len(b["frames"]) == SHAPE[0] - 6
+
+
 def test_replacement_with_the_exact_model_is_close_but_biased_and_resampling_reduces_the_bias():
     gp, mask = small_gp(), Forecast(6).observed(SHAPE)
     x, plain = sample_cases(gp, Replacement(1), mask)
@@ -82,6 +94,9 @@ def test_replacement_with_the_exact_model_is_close_but_biased_and_resampling_red
 
 def test_conditional_dit_loss_counts_only_missing_entries():
     model = Denoiser(SHAPE, lambda s: ConditionalDiT(s, width=16, depth=1, heads=2), OrnsteinUhlenbeck())
+    with torch.no_grad():  # away from the zero-initialised output layer, so that inputs matter
+        for p in model.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
     x0 = small_gp().sample(4, torch.Generator().manual_seed(0))
     mask = Forecast(6).draw(4, SHAPE)
     t, noise = torch.full((4,), 0.5), torch.randn(x0.shape)
@@ -89,6 +104,9 @@ def test_conditional_dit_loss_counts_only_missing_entries():
     x_t = x0 * model.schedule.alpha(t)[:, None, None] + noise * model.schedule.sigma(t)[:, None, None]
     eps = model(x_t, t, observed=x0 * mask, mask=mask)
     torch.testing.assert_close(loss, ((eps - noise) ** 2)[:, 6:].flatten(1).mean(1))
+    # x_t at observed entries is hidden: in sampling it drifts off the training distribution
+    drifted = torch.where(mask, 25 * torch.randn(x_t.shape), x_t)
+    torch.testing.assert_close(model(drifted, t, observed=x0 * mask, mask=mask), eps)
     with pytest.raises(ValueError, match="DiT takes no conditioning inputs"):
         Denoiser(SHAPE, lambda s: __import__("stdiff").nn.DiT(s, width=16, depth=1))(x_t, t, mask=mask)
     assert isinstance(Trained(), Trained)

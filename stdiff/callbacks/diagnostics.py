@@ -234,7 +234,8 @@ class GPDiagnostics(Callback):
             self._save_figure(trainer, f"{stage}_conditional_fan", fan_chart(x[0], mask, samples[0], exact, repr(task)))
         prefix = f"{stage}/conditional/{type(task).__name__}"
         values = {f"{prefix}/{key}": float(v) for key, v in report.items() if isinstance(v, (int, float))}
-        values.update({f"{prefix}/crps_by_frame/{f}": c for f, c in zip(report["frames"], report["crps_by_frame"])})
+        for key in ("crps_by_frame", "spread_by_frame"):
+            values.update({f"{prefix}/{key}/{f}": c for f, c in zip(report["frames"], report[key])})
         return values
 
     # --- output ----------------------------------------------------------------------------------
