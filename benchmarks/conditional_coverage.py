@@ -34,7 +34,7 @@ def main() -> None:
     configs = [str(CONFIGS / "conditional.yaml"), str(CONFIGS / "cpu" / "conditional.yaml"),
                str(CONFIGS.parent / "conditional" / "trained.yaml")]  # fmt: skip
     steps = [f"--model.sampler.init_args.steps={args.sampler_steps}"] if args.sampler_steps else []
-    model, data = load(args.run, configs, ["--trainer.max_steps=3000", *steps])
+    model, data = load(args.run, configs, steps)
     truth, n, k = data.truth, args.cases, args.samples
     x = truth.sample(n, generator(1, SWEEP, 20))
     mask = Forecast(16).observed(truth.sample_shape)
@@ -44,7 +44,7 @@ def main() -> None:
         draws = torch.cat([model.sample_conditional(o, mask.expand_as(o), g) for o in observed.split(1024)])
     report = conditional_report(truth, x, mask, draws.reshape(n, k, *truth.sample_shape), seed=1)
     exact = conditional_report(truth, x, mask, posterior_samples(truth, x, mask, k, generator(1, SWEEP, 22)), seed=1)
-    keys = ("crps_ratio", "coverage50", "coverage90", "kl_excess", "w2_excess")
+    keys = ("crps_ratio", "coverage50", "coverage90", "spread", "spread_by_frame", "kl_excess", "w2_excess")
     out = {"cases": n, "samples_per_case": k, "sampler": repr(model.sampler), "trained_conditional_dit": {c: report.get(c) for c in keys},
            "exact_posterior": {c: exact.get(c) for c in keys}}  # fmt: skip
     args.out.write_text(json.dumps(out, indent=1))
