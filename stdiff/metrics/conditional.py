@@ -15,7 +15,8 @@ finite-sample effects cancel in the difference, so the excess is the method's an
 - ``crps_by_frame``: CRPS per frame with a missing coordinate (the lead time, for forecasts).
 - ``spread``, ``spread_by_frame``: the samples' spread around their own case mean against the
   posterior's, as a ratio of root-mean variances (1: intervals of the right width; 0.9: 10 %
-  too narrow). Unbiased for any k, so it shows miscalibration that coverage's finite-sample floor hides.
+  too narrow). No finite-sample floor (sample variances are unbiased for any k), so it shows
+  miscalibration that coverage's floor hides.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ interpolation and imputation, each by
 
 - a conditional DiT trained on a mixture of the three tasks (``configs/conditional/trained.yaml``),
   sampled with the experiment's stochastic sampler and with Heun's ODE sampler at the same number
-  of network evaluations (the stochastic one's intervals come out too narrow),
+  of network evaluations (the two give intervals of different widths),
 - replacement (RePaint) and reconstruction guidance on an unconditional DiT of the same size,
 - the same two methods with the exact model: their bias when the score is perfect,
 - exact posterior samples: the floor of every statistic.
