@@ -8,8 +8,7 @@ counts only the missing entries.
 
 x_t is hidden where observed because nothing keeps it meaningful there: in training those entries
 are noised observations, but in sampling they follow the network's untrained output and drift far
-from that (in development, to ~20× the schedule's σ by the last steps, which made the forecast
-frame next to the observations 1.9× too variable under Heun).
+from that, which miscalibrated the missing entries next to observed ones.
 """
 
 from __future__ import annotations
