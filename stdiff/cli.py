@@ -23,7 +23,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from stdiff import runs
-from stdiff.callbacks import Checkpoint, GPDiagnostics, NonFiniteError, NonFiniteGuard, SampleWriter, reliability
+from stdiff.callbacks import (
+    Checkpoint,
+    GPDiagnostics,
+    LikelihoodReport,
+    NonFiniteError,
+    NonFiniteGuard,
+    SampleWriter,
+    reliability,
+)
 from stdiff.callbacks.reliability import STOP_SIGNALS
 from stdiff.config_check import ConfigError, check_config, resolve_class
 from stdiff.config_files import packaged_configs
@@ -37,6 +45,7 @@ ROOTS = {
     "data": (SequenceDataModule, True),
     "trainer": (L.Trainer, False),
     "diagnostics": (GPDiagnostics, False),
+    "likelihood": (LikelihoodReport, False),
     "checkpoint": (Checkpoint, False),
     "nonfinite": (NonFiniteGuard, False),
     "sample_writer": (SampleWriter, False),
@@ -115,6 +124,7 @@ class StdiffCLI(LightningCLI):
         # every validation and test is scored against the truth.
         parser.add_lightning_class_args(SampleWriter, "sample_writer")
         parser.add_lightning_class_args(GPDiagnostics, "diagnostics")
+        parser.add_lightning_class_args(LikelihoodReport, "likelihood")  # `stdiff test` only
         # Periodic and on-signal checkpoints (checkpoints/last.ckpt), and the non-finite check.
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")

@@ -228,6 +228,14 @@ class KroneckerGP:
         logdet = self.num_points * self.gamma_evals.log().sum() + self.frames * self.sigma_evals.log().sum()
         return -0.5 * (quad + logdet.to(y.device) + self.dim * math.log(2 * math.pi))
 
+    def noised_log_prob(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
+        """Log-density of ``x_t = α x_0 + σ ε`` (x_0 from this GP), N(αμ, α² Γ⊗Σ + σ² I), at
+        ``x_t (..., T, *space_shape)`` -> ``(...)`` in float64; ``log_prob`` at α = 1, σ = 0."""
+        self._check_sample_shape(x_t, "x_t")
+        y = self._to_eigenbasis(x_t - alpha * self._float64_on(x_t.device)[3])  # (..., T, S)
+        var = alpha**2 * self._eigenvalues(y.device) + sigma**2
+        return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum() + self.dim * math.log(2 * math.pi))
+
     def score(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """Exact score of the noised data ``x_t = α x_0 + σ ε``:
 

@@ -55,17 +55,33 @@ class Sampler(ABC):
     """Integrates the reverse process over a time grid; subclasses implement one ``step``.
 
     Args:
-        steps: number of steps (network evaluations per step depend on the method), >= 1.
+        steps: number of steps (network evaluations per step depend on the method: ``evaluations``
+            gives the total), >= 1.
         spacing: time grid: ``uniform`` in t, ``log_snr`` (uniform in log-SNR) or ``karras``.
         rho: exponent of the ``karras`` spacing.
+        denoise_final: return the denoised estimate x̂₀ = E[x₀ | x_{t_min}] (Tweedie) of the last state
+            instead of the state at ``t_min``: one more network evaluation (diffusers' final step to
+            σ = 0).
     """
 
-    def __init__(self, steps: int = 100, spacing: Spacing = "log_snr", rho: float = 7.0) -> None:
+    evaluations_per_step = 1  # network evaluations per step
+
+    def __init__(
+        self, steps: int = 100, spacing: Spacing = "log_snr", rho: float = 7.0, denoise_final: bool = False
+    ) -> None:
         self.steps = check_int(f"{type(self).__name__}.steps", steps, 1)
         if spacing not in ("uniform", "log_snr", "karras"):
             raise ValueError(f"{type(self).__name__}.spacing must be one of uniform, log_snr, karras, got {spacing!r}")
         self.spacing = spacing
         self.rho = check_positive(f"{type(self).__name__}.rho", rho)
+        if not isinstance(denoise_final, bool):
+            raise ValueError(f"{type(self).__name__}.denoise_final must be true or false, got {denoise_final!r}")
+        self.denoise_final = denoise_final
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per sample: the cost of a sampler, whatever its order."""
+        return self.steps * self.evaluations_per_step + int(self.denoise_final)
 
     @torch.no_grad()
     def sample(
@@ -89,11 +105,23 @@ class Sampler(ABC):
             model = functools.partial(model, **cond)
         times = self.times(schedule)
         x = self.initial(schedule, shape, generator, device, dtype)
+        self.begin()
         for i in range(self.steps):
             x = self.step(model, schedule, x, times[i].item(), times[i + 1].item(), generator)
             if progress is not None:
                 progress(i + 1, self.steps)
-        return x
+        return self.finish(model, schedule, x)
+
+    def begin(self) -> None:
+        """Called before the first step of every draw (multistep samplers forget their history)."""
+
+    def finish(self, model: NoiseModel, schedule: NoiseSchedule, x: Tensor) -> Tensor:
+        """The sample from the state ``x`` at ``t_min``: ``x`` itself, or with ``denoise_final`` its
+        denoised estimate ``(x − σ ε̂) / α``."""
+        if not self.denoise_final:
+            return x
+        a, s = _at(schedule, schedule.t_min)
+        return (x - s * _eps(model, x, schedule.t_min)) / a
 
     def times(self, schedule: NoiseSchedule) -> Tensor:
         """The ``steps + 1`` decreasing times of this sampler's grid."""
@@ -171,10 +199,18 @@ class DDIM(Sampler):
         spacing: time grid (see ``Sampler``).
         rho: exponent of the ``karras`` spacing.
         eta: η ∈ [0, 1], the fraction of the posterior noise injected at each step.
+        denoise_final: end on x̂₀ (see ``Sampler``).
     """
 
-    def __init__(self, steps: int = 100, spacing: Spacing = "log_snr", rho: float = 7.0, eta: float = 0.0) -> None:
-        super().__init__(steps, spacing, rho)
+    def __init__(
+        self,
+        steps: int = 100,
+        spacing: Spacing = "log_snr",
+        rho: float = 7.0,
+        eta: float = 0.0,
+        denoise_final: bool = False,
+    ) -> None:
+        super().__init__(steps, spacing, rho, denoise_final)
         self.eta = check_range("DDIM.eta", eta, 0.0, 1.0, low_open=False)
 
     def step(self, model, schedule, x, t, s, generator):
@@ -188,18 +224,106 @@ class DDIM(Sampler):
 
 
 class Heun(Sampler):
-    """Heun's second-order method on the probability-flow ODE ``dx/dt = f x − ½ g² ∇log p_t(x)``
-    (Karras et al. 2022, Alg. 1): two model evaluations per step, no noise."""
+    """Heun's second-order predictor–corrector on the probability-flow ODE, written in half
+    log-SNR λ = log(α/σ) with its linear part integrated exactly: ``x_s = (σ_s/σ_t) x_t +
+    α_s (1 − e^{−h}) x̂₀``, x̂₀ the data prediction, taken at t (predictor) and then as the mean of
+    its values at t and at the predicted x_s (corrector). Two model evaluations per step, no noise.
 
-    def _velocity(self, model, schedule, x, t):
-        f, g2 = _coefficient(schedule.drift, t), _coefficient(schedule.diffusion_sq, t)
-        return f * x + 0.5 * g2 * _eps(model, x, t) / _at(schedule, t)[1]
+    This is Heun's method in the variables where the ODE is least stiff: in t its rate grows like
+    1/σ² near t_min, and Karras et al.'s Heun in σ/α (their Alg. 1) extrapolates x̂₀'s change
+    linearly across large steps; both diverge with a few large steps, while this form degrades
+    gracefully (``benchmarks/results/sampler_kl.md``).
+    """
+
+    evaluations_per_step = 2
 
     def step(self, model, schedule, x, t, s, generator):
-        d1 = self._velocity(model, schedule, x, t)
-        x_euler = x + (s - t) * d1
-        d2 = self._velocity(model, schedule, x_euler, s)
-        return x + (s - t) * 0.5 * (d1 + d2)
+        (a_t, s_t), (a_s, s_s) = _at(schedule, t), _at(schedule, s)
+        gain = -a_s * math.expm1(-(math.log(a_s / s_s) - math.log(a_t / s_t)))  # α_s (1 − e^{−h})
+        x0_t = (x - s_t * _eps(model, x, t)) / a_t
+        x_pred = (s_s / s_t) * x + gain * x0_t
+        x0_s = (x_pred - s_s * _eps(model, x_pred, s)) / a_s
+        return (s_s / s_t) * x + gain * 0.5 * (x0_t + x0_s)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.__name__: cls for cls in (EulerMaruyama, Ancestral, DDIM, Heun)}
+class DPMSolver(Sampler):
+    """DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095): a multistep solver of the probability-flow
+    ODE in half log-SNR λ = log(α/σ), integrating the linear part exactly and the data prediction
+    x̂₀ = (x − σ ε̂)/α by a polynomial through the last ``order`` evaluations (Alg. 2, "2M", and
+    the third-order multistep update): one network evaluation per step. With ``stochastic`` it is
+    SDE-DPM-Solver++ (Lu et al. 2022, sec. 5; order 1 is DDPM's ancestral step), which injects
+    the reverse SDE's noise and so forgets a model's errors instead of carrying them to the end.
+
+    Args:
+        steps: number of steps (network evaluations), >= 1.
+        spacing: time grid (see ``Sampler``); ``log_snr`` is the solver's natural one.
+        rho: exponent of the ``karras`` spacing.
+        order: 1, 2 or 3 (``stochastic``: 1 or 2); the first steps use lower orders until enough
+            evaluations exist.
+        stochastic: the SDE variant.
+        lower_order_final: below 15 steps, lower the order of the last steps to the steps left
+            (diffusers' default): fewer, larger steps make a high order unstable at the end.
+        denoise_final: end on x̂₀ (see ``Sampler``).
+    """
+
+    def __init__(
+        self,
+        steps: int = 20,
+        spacing: Spacing = "log_snr",
+        rho: float = 7.0,
+        order: int = 2,
+        stochastic: bool = False,
+        lower_order_final: bool = True,
+        denoise_final: bool = False,
+    ) -> None:
+        super().__init__(steps, spacing, rho, denoise_final)
+        if order not in (1, 2, 3) or (stochastic and order == 3):
+            allowed = "1 or 2 with stochastic=true" if stochastic else "1, 2 or 3"
+            raise ValueError(f"DPMSolver.order must be {allowed}, got {order!r}")
+        self.order, self.stochastic, self.lower_order_final = order, bool(stochastic), bool(lower_order_final)
+        self.begin()
+
+    def begin(self) -> None:
+        self._history: list[tuple[float, Tensor]] = []  # (λ, x̂₀) of the last evaluations
+        self._taken = 0
+
+    def step(self, model, schedule, x, t, s, generator):
+        (a_t, s_t), (a_s, s_s) = _at(schedule, t), _at(schedule, s)
+        lam_t, lam_s = math.log(a_t / s_t), math.log(a_s / s_s)
+        x0 = (x - s_t * _eps(model, x, t)) / a_t
+        if self._history and self._history[-1][0] == lam_t:  # the same time again (Replacement's resampling)
+            self._history.pop()
+        else:
+            self._taken += 1
+        self._history = (self._history + [(lam_t, x0)])[-3:]
+        order = min(self.order, len(self._history))
+        if self.lower_order_final and self.steps < 15:
+            order = min(order, self.steps - self._taken + 1)
+        h = lam_s - lam_t
+        (_, d0), d1, d2 = self._history[-1], 0.0, 0.0
+        if order >= 2:
+            lam_1, m1 = self._history[-2]
+            d1_0 = (d0 - m1) / ((lam_t - lam_1) / h)
+            d1 = d1_0
+        if order == 3:
+            lam_2, m2 = self._history[-3]
+            r0, r1 = (lam_t - lam_1) / h, (lam_1 - lam_2) / h
+            d1_1 = (m1 - m2) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+        if self.stochastic:
+            decay = -math.expm1(-2 * h)  # 1 − e^{−2h}
+            mean = (s_s / s_t) * math.exp(-h) * x + a_s * decay * (d0 + 0.5 * d1)
+            return mean + s_s * math.sqrt(decay) * _noise(x, generator)
+        phi1 = math.expm1(-h)  # e^{−h} − 1
+        out = (s_s / s_t) * x - a_s * phi1 * d0
+        if order == 2:
+            out = out - 0.5 * a_s * phi1 * d1
+        elif order == 3:
+            out = out + a_s * (phi1 / h + 1) * d1 - a_s * ((phi1 + h) / h**2 - 0.5) * d2
+        return out
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.__name__: cls for cls in (EulerMaruyama, Ancestral, DDIM, Heun, DPMSolver)
+}

@@ -1,8 +1,9 @@
-"""stdiff's Lightning callbacks: truth-checking diagnostics, the predict writer, checkpoints that
+"""stdiff's Lightning callbacks: truth-checking diagnostics, the held-out likelihood, the predict writer, checkpoints that
 survive signals, the non-finite guard, and lighter versions of Lightning's EMA and progress bar."""
 
 from stdiff.callbacks.diagnostics import GPDiagnostics
 from stdiff.callbacks.ema import EMA
+from stdiff.callbacks.likelihood import LikelihoodReport
 from stdiff.callbacks.progress import ProgressBar
 from stdiff.callbacks.reliability import Checkpoint, NonFiniteError, NonFiniteGuard
 from stdiff.callbacks.samples import SampleWriter
@@ -12,6 +13,7 @@ __all__ = [
     "EMA",
     "Checkpoint",
     "GPDiagnostics",
+    "LikelihoodReport",
     "NonFiniteError",
     "NonFiniteGuard",
     "ProgressBar",

@@ -64,6 +64,7 @@ class Replacement(Conditioning):
         schedule = model.schedule
         times = sampler.times(schedule)
         x = sampler.initial(schedule, observed.shape, generator, device or observed.device, observed.dtype)
+        sampler.begin()
 
         def noise():
             return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -81,7 +82,7 @@ class Replacement(Conditioning):
                     x = x_s
             if progress is not None:
                 progress(i + 1, sampler.steps)
-        return torch.where(mask, observed, x)
+        return torch.where(mask, observed, sampler.finish(model, schedule, x))
 
 
 class ReconstructionGuidance(Conditioning):

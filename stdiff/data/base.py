@@ -54,6 +54,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
     """
 
     truth = None  # the exact distribution (a KroneckerGP) when known: diagnostics score against it
+    truth_is_exact = True  # False: ``truth`` is a reference fitted to the data, not its distribution
     missing_values = False  # True: samples may hold NaN (missing entries, left out of the loss)
 
     def __init__(

@@ -1,0 +1,121 @@
+"""``LikelihoodReport``: the model's own held-out log-likelihood in ``stdiff test``, and, where the
+data's distribution is known, the true KL of the learned distribution."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from stdiff._validation import check_int
+from stdiff.likelihood import Divergence, log_likelihood
+from stdiff.seeding import DIAGNOSTICS, generator
+
+
+class LikelihoodReport(Callback):
+    """At the end of ``stdiff test``: the log-likelihood of the first ``num_samples`` test samples
+    under the model's probability-flow ODE (``stdiff.likelihood.log_likelihood``), logged as
+    ``test/likelihood/*``:
+
+    - ``nll``, ``nll_se``: negative log-likelihood in nats per dimension and its standard error;
+    - with the exact truth (GP data): ``nll_truth`` (the truth's own, closed form, same samples),
+      ``kl_true`` = E[log p(x) − log p_θ(x)] in nats with ``kl_true_se``: the real KL(p ‖ p_θ) of
+      the learned distribution, not of a Gaussian fit; ``kl_true_floor``, the same for the exact
+      model, which stops at t_min too (closed form), and ``kl_true_excess``;
+    - with a fitted reference (``ArrayDataModule(reference=…)``): ``nll_reference``, the fitted
+      Gaussian's, and ``nll_excess`` = nll − nll_reference (< 0: the model explains the held-out
+      data better than the Gaussian);
+    - ``seconds``, ``evaluations`` (network evaluations, each with a backward pass per probe).
+
+    Args:
+        num_samples: test samples scored (0: off); samples with missing values are skipped.
+        steps: ODE steps (2·steps + 1 network evaluations).
+        divergence: ``exact`` (d backward passes per evaluation), ``hutchinson`` or ``auto``
+            (exact up to d = 64).
+        probes: Hutchinson probes per sample.
+        seed: seed of the probes.
+    """
+
+    def __init__(
+        self, num_samples: int = 256, steps: int = 100, divergence: Divergence = "auto", probes: int = 1, seed: int = 0
+    ) -> None:
+        self.num_samples = check_int("likelihood.num_samples", num_samples, 0)
+        self.steps = check_int("likelihood.steps", steps, 1)
+        self.probes = check_int("likelihood.probes", probes, 1)
+        if divergence not in ("auto", "exact", "hutchinson"):
+            raise ValueError(f"likelihood.divergence must be one of auto, exact, hutchinson, got {divergence!r}")
+        self.divergence, self.seed = divergence, seed
+        self._kept: list[torch.Tensor] = []
+        self.results: dict[str, float] = {}
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._kept = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        have = sum(len(x) for x in self._kept)
+        if self.num_samples and have < self.num_samples:
+            x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x0 = x0[~x0.flatten(1).isnan().any(1)]  # only complete samples have a likelihood
+            self._kept.append(x0[: self.num_samples - have].detach())
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.num_samples:
+            return
+        if pl_module.mask is not None:
+            rank_zero_warn("LikelihoodReport: a conditional model has no unconditional likelihood; skipped.")
+            return
+        x = torch.cat(self._kept) if self._kept else torch.empty(0)
+        if len(x) < 2:
+            rank_zero_warn(f"LikelihoodReport: {len(x)} complete test samples; need >= 2 for a likelihood.")
+            return
+        bar = None
+        if trainer.is_global_zero and trainer.progress_bar_callback is not None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.steps, desc=f"likelihood of {len(x)} test samples", leave=False)
+        start = time.perf_counter()
+        g = generator(self.seed, DIAGNOSTICS, 9, trainer.global_rank, device=pl_module.device)
+        result = log_likelihood(
+            pl_module.denoiser, x.to(pl_module.device), self.steps, self.divergence, self.probes, g,
+            progress=(lambda i, total: bar.update(1)) if bar is not None else None,
+        )  # fmt: skip
+        if bar is not None:
+            bar.close()
+        log_prob = pl_module.all_gather(result.log_prob.to(pl_module.device)).reshape(-1).double().cpu()
+        xs = pl_module.all_gather(x.to(pl_module.device)).reshape(-1, *x.shape[1:]).cpu()
+        d, n = result.dim, len(log_prob)
+        values = {
+            "nll": -log_prob.mean().item() / d,
+            "nll_se": log_prob.std().item() / math.sqrt(n) / d,
+            "seconds": time.perf_counter() - start,
+            "evaluations": float(2 * self.steps + 1),
+            "samples": float(n),
+        }
+        truth = getattr(trainer.datamodule, "truth", None)
+        if truth is not None and tuple(truth.sample_shape) == tuple(x.shape[1:]):
+            truth_lp = truth.log_prob(xs)
+            if getattr(trainer.datamodule, "truth_is_exact", True):
+                t_min = torch.tensor(pl_module.schedule.t_min, dtype=torch.float64)
+                a, s = pl_module.schedule.alpha(t_min).item(), pl_module.schedule.sigma(t_min).item()
+                gap = truth_lp - log_prob
+                floor = (truth_lp - truth.noised_log_prob(xs, a, s)).mean().item()
+                values.update({"nll_truth": -truth_lp.mean().item() / d, "kl_true": gap.mean().item(),
+                               "kl_true_se": gap.std().item() / math.sqrt(n), "kl_true_floor": floor,
+                               "kl_true_excess": gap.mean().item() - floor})  # fmt: skip
+            else:
+                values.update({"nll_reference": -truth_lp.mean().item() / d,
+                               "nll_excess": values["nll"] + truth_lp.mean().item() / d})  # fmt: skip
+        self.results = {f"test/likelihood/{k}": v for k, v in values.items()}
+        for name, value in self.results.items():
+            pl_module.log(name, value, sync_dist=False, rank_zero_only=True)
+        rank_zero_info(
+            f"likelihood of {n} test samples ({result.divergence} divergence, {2 * self.steps + 1} evaluations, "
+            f"{values['seconds']:.0f} s): nll {values['nll']:.4f} ± {values['nll_se']:.4f} nats/dim"
+            + (f", true KL {values['kl_true']:.3f} ± {values['kl_true_se']:.3f} nats (exact model at t_min: "
+               f"{values['kl_true_floor']:.3f})" if "kl_true" in values else "")
+            + (f", fitted reference {values['nll_reference']:.4f} nats/dim" if "nll_reference" in values else "")
+        )  # fmt: skip
