@@ -1,11 +1,13 @@
 """Sampler error with the exact model: Gaussian-fit KL of generated samples to the true GP, in
 excess of the KL that exact samples give (the finite-sample floor of the same estimator).
 
-    python benchmarks/sampler_kl.py [--n 20000] [--steps 10 20 50 100 200 500 1000] [--out benchmarks/results]
+    python benchmarks/sampler_kl.py [--n 20000] [--evaluations 6 8 10 15 20 25 50 100 200] [--out benchmarks/results]
 
 GP: T = 8 frames × S = 4 points (d = 32), powered-exponential time kernel (ℓ = 3, ν = 1), RBF
-space kernel (ℓ = 1); OU schedule with t₀ = 1e-3, horizon 10; log-SNR time grid. Writes
-``sampler_kl.csv`` and ``sampler_kl.md`` (sampler × steps × excess KL) to ``--out``.
+space kernel (ℓ = 1); OU schedule with t₀ = 1e-3, horizon 10; log-SNR time grid. Samplers are
+compared at equal cost, network evaluations (NFE): Heun spends two per step, so it takes
+⌊NFE/2⌋ steps; a final denoising step spends one. Writes ``sampler_kl.csv`` and ``sampler_kl.md``
+(sampler × evaluations × excess KL) to ``--out``.
 """
 
 import argparse
@@ -19,7 +21,7 @@ from stdiff.diffusion import ExactDenoiser
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor
-from stdiff.sampling import SAMPLERS
+from stdiff.sampling import DDIM, Ancestral, DPMSolver, EulerMaruyama, Heun
 from stdiff.schedules import OrnsteinUhlenbeck
 
 
@@ -40,10 +42,26 @@ def excess_kl(sampler, gp, schedule, n: int, floor: float, seed: int = 2) -> tup
     return gaussian_fit_kl(x, gp.mean, gp.covariance()) - floor, time.perf_counter() - start
 
 
+# name -> sampler spending at most `nfe` network evaluations
+VARIANTS = {
+    "EulerMaruyama": lambda nfe: EulerMaruyama(steps=nfe),
+    "Ancestral": lambda nfe: Ancestral(steps=nfe),
+    "DDIM": lambda nfe: DDIM(steps=nfe),
+    "Heun": lambda nfe: Heun(steps=max(nfe // 2, 1)),
+    "DPMSolver (2M)": lambda nfe: DPMSolver(steps=nfe, order=2),
+    "DPMSolver (3M)": lambda nfe: DPMSolver(steps=nfe, order=3),
+    "DPMSolver (2M, denoise_final)": lambda nfe: DPMSolver(steps=nfe - 1, order=2, denoise_final=True),
+    "DPMSolver (2M, stochastic)": lambda nfe: DPMSolver(steps=nfe, order=2, stochastic=True),
+}
+# The outside check of issue [M]: diffusers' DPMSolverMultistepScheduler (DPM-Solver++ 2M) on a
+# log-SNR grid, same problem and estimator.
+DIFFUSERS_2M = {10: 0.072, 15: 0.030, 25: 0.0049}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20_000)
-    p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 200, 500, 1000])
+    p.add_argument("--evaluations", type=int, nargs="+", default=[6, 8, 10, 15, 20, 25, 50, 100, 200])
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = p.parse_args()
     gp, schedule = reference_problem()
@@ -51,24 +69,32 @@ def main() -> None:
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
     bias = early_stopping_kl(gp, schedule.alpha(t0).item(), schedule.sigma(t0).item())
     rows = []
-    for name, cls in SAMPLERS.items():
-        for steps in args.steps:
-            excess, seconds = excess_kl(cls(steps=steps), gp, schedule, args.n, floor)
-            rows.append({"sampler": name, "steps": steps, "excess_kl": round(excess, 5), "seconds": round(seconds, 1)})
+    for name, make in VARIANTS.items():
+        for nfe in args.evaluations:
+            sampler = make(nfe)
+            excess, seconds = excess_kl(sampler, gp, schedule, args.n, floor)
+            rows.append({"sampler": name, "evaluations": sampler.evaluations, "budget": nfe,
+                         "excess_kl": round(excess, 5), "seconds": round(seconds, 1), "config": repr(sampler)})  # fmt: skip
             print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "sampler_kl.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = ["| sampler | " + " | ".join(str(s) for s in args.steps) + " |", "|---" * (len(args.steps) + 1) + "|"]
-    for name in SAMPLERS:
+    budgets = args.evaluations
+    table = ["| sampler | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for name in VARIANTS:
         cells = [f"{r['excess_kl']:.4f}" for r in rows if r["sampler"] == name]
         table.append(f"| {name} | " + " | ".join(cells) + " |")
+    table.append("| *diffusers DPM-Solver++(2M), outside check* | "
+                 + " | ".join(f"*{DIFFUSERS_2M[b]}*" if b in DIFFUSERS_2M else "" for b in budgets) + " |")  # fmt: skip
+    best = [min((r for r in rows if r["budget"] == b), key=lambda r: r["excess_kl"]) for b in budgets]
+    table.append("| **best** | " + " | ".join(f"**{r['excess_kl']:.4f}** ({r['sampler']})" for r in best) + " |")
     header = (
         f"Excess Gaussian-fit KL of {args.n} samples from the exact model over {args.n} exact samples "
-        f"(floor {floor:.4f}), columns: steps. Includes the early-stopping bias KL(p_t0 ‖ p_0) = {bias:.4f} "
-        f"(t0 = {schedule.t_min}). Sampling time is in sampler_kl.csv. `python benchmarks/sampler_kl.py`\n\n"
+        f"(floor {floor:.4f}), columns: network evaluations (Heun: ⌊NFE/2⌋ steps, at most that many). "
+        f"Includes the early-stopping bias KL(p_t0 ‖ p_0) = {bias:.4f} (t0 = {schedule.t_min}), except "
+        f"with denoise_final. Sampling time is in sampler_kl.csv. `python benchmarks/sampler_kl.py`\n\n"
     )
     (args.out / "sampler_kl.md").write_text(header + "\n".join(table) + "\n")
     print("\n".join(table))

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from stdiff.diffusion import ExactDenoiser, NoiseModel
-from stdiff.paper.common import figure, load, save
+from stdiff.paper.common import figure, load_run, save
 from stdiff.sampling import SAMPLERS, Sampler
 from stdiff.seeding import SWEEP, generator
 
@@ -78,21 +77,6 @@ def run_sampler(sampler: Sampler, model, shape, seed: int, record: bool = False)
     return x.double(), times, states
 
 
-def run_config(run: Path) -> str:
-    """The run's resolved ``config.yaml`` without the subcommand's own keys, as a temporary file."""
-    import tempfile
-
-    import yaml
-
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    for key in ("ckpt_path", "weights_only"):  # fit's own options, not the configuration
-        config.pop(key, None)
-    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115
-    yaml.safe_dump(config, f)
-    f.close()
-    return f.name
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -103,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     overrides = [f"--model.sampler={args.sampler}"] if args.sampler else []
     overrides += [f"--model.sampler.init_args.steps={args.steps}"] if args.steps else []
-    model, data = load(args.run, [run_config(args.run)], overrides)
+    model, data = load_run(args.run, overrides)
     gp, schedule, sampler = data.truth, model.schedule, model.sampler
     net, exact = model.denoiser, ExactDenoiser.from_gp(data.truth, model.schedule)
     shape = (args.samples, *gp.sample_shape)
@@ -129,7 +113,7 @@ def main() -> None:
         print(f"  swap {k:32s} KL excess {v:9.3f}")
 
     # 2. KL by time ----------------------------------------------------------------------------
-    x, times, states = run_sampler(sampler, net, shape, seed=2, record=True)
+    _, times, states = run_sampler(sampler, net, shape, seed=2, record=True)
     by_time = []
     for i, state in enumerate(states):
         t = times[i + 1]
@@ -154,8 +138,10 @@ def main() -> None:
                           "ratio_smallest_decile": ratio[order[: len(order) // 10]].mean().item(),
                           "ratio_largest_decile": ratio[order[-len(order) // 10 :]].mean().item(),
                           "ratio": ratio[order].tolist()}  # fmt: skip
-        print(f"  {name:14s} KL excess {variance[name]['kl_excess']:8.3f}, variance/true: smallest decile "
-              f"{variance[name]['ratio_smallest_decile']:.3f}, largest {variance[name]['ratio_largest_decile']:.3f}")
+        print(
+            f"  {name:14s} KL excess {variance[name]['kl_excess']:8.3f}, variance/true: smallest decile "
+            f"{variance[name]['ratio_smallest_decile']:.3f}, largest {variance[name]['ratio_largest_decile']:.3f}"
+        )
     out["variance_by_direction"] = variance
 
     # 4. gain error by direction and noise level ------------------------------------------------

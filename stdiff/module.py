@@ -247,4 +247,9 @@ class DiffusionModule(L.LightningModule):
         optimizer = make_optimizer(self.parameters())
         if make_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "step"}}
+        scheduler = make_scheduler(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None and self._trainer is not None:
+            # A schedule that decays over the run (stdiff.optim.WarmupCosine) learns its length here.
+            steps = self.trainer.max_steps
+            scheduler.total_steps = int(steps if steps and steps > 0 else self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

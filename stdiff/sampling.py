@@ -75,7 +75,8 @@ class Sampler(ABC):
         self.spacing = spacing
         self.rho = check_positive(f"{type(self).__name__}.rho", rho)
         if not isinstance(denoise_final, bool):
-            raise ValueError(f"{type(self).__name__}.denoise_final must be true or false, got {denoise_final!r}")
+            name = type(self).__name__  # a ValueError, as every configuration error (TRY004)
+            raise ValueError(f"{name}.denoise_final must be true or false, got {denoise_final!r}")  # noqa: TRY004
         self.denoise_final = denoise_final
 
     @property
@@ -324,6 +325,4 @@ class DPMSolver(Sampler):
         return out
 
 
-SAMPLERS: dict[str, type[Sampler]] = {
-    cls.__name__: cls for cls in (EulerMaruyama, Ancestral, DDIM, Heun, DPMSolver)
-}
+SAMPLERS: dict[str, type[Sampler]] = {cls.__name__: cls for cls in (EulerMaruyama, Ancestral, DDIM, Heun, DPMSolver)}

@@ -257,8 +257,8 @@ CASES = [
     ("test without a checkpoint", ["test"], "test needs a trained model: pass --ckpt_path"),
     (
         "checkpoint trained with another parameterization",
-        ["predict", f"--ckpt_path={CKPT}", "--model.denoiser.init_args.parameterization=v"],
-        "denoiser.init_args.parameterization: eps in the checkpoint, v now",
+        ["predict", f"--ckpt_path={CKPT}", "--model.denoiser.init_args.parameterization=eps"],
+        "denoiser.init_args.parameterization: v in the checkpoint, eps now",
     ),
     (
         "checkpoint trained under another schedule",

@@ -22,6 +22,7 @@ from stdiff.diffusion import (
 )
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
+from stdiff.nn import DiT
 from stdiff.sampling import SAMPLERS
 from stdiff.schedules import SCHEDULES, OrnsteinUhlenbeck
 
@@ -157,3 +158,18 @@ def test_exact_denoiser_is_the_conditional_mean_of_the_noise():
     assert torch.allclose(exact(probe, t[:5]).reshape(5, -1), probe.reshape(5, -1) @ a, atol=0.02)
     with pytest.raises(ValueError, match="ExactDenoiser needs data whose exact distribution is known"):
         ExactDenoiser((3, 2)).attach_truth(None)
+
+
+def test_v_parameterisation_carries_the_white_data_denoiser_as_a_skip():
+    # Untrained (zero output layer), a v-predicting Denoiser is the optimal denoiser of white
+    # unit-variance data, ε̂ = σ x_t / (α² + σ²): at high noise ε̂ = x_t without the network's help
+    # (Karras et al. 2022's c_skip); an ε-predicting one outputs 0 there.
+    schedule = OrnsteinUhlenbeck()
+    x_t = torch.randn(3, 4, 2)
+    t = torch.tensor([0.01, 1.0, 9.0])
+    alpha, sigma = (f(t)[:, None, None] for f in (schedule.alpha, schedule.sigma))
+    v = Denoiser((4, 2), lambda shape: DiT(shape, width=16, depth=1, heads=2), schedule)
+    assert v.parameterization_name == "v"  # the default
+    torch.testing.assert_close(v(x_t, t), sigma * x_t / (alpha**2 + sigma**2))
+    eps = Denoiser((4, 2), lambda shape: DiT(shape, width=16, depth=1, heads=2), schedule, parameterization="eps")
+    assert eps(x_t, t).abs().max() == 0

@@ -85,7 +85,9 @@ def test_denoise_final_returns_the_posterior_mean_of_the_last_state(problem):
     gp, schedule, _ = problem
     exact = ExactDenoiser.from_gp(gp, schedule)
     draw = [
-        DDIM(steps=6, denoise_final=flag).sample(exact, (32, 8, 4), torch.Generator().manual_seed(3), dtype=torch.float64)
+        DDIM(steps=6, denoise_final=flag).sample(
+            exact, (32, 8, 4), torch.Generator().manual_seed(3), dtype=torch.float64
+        )
         for flag in (False, True)
     ]
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from stdiff._validation import check_int
+from stdiff.diffusion import ExactDenoiser
 from stdiff.likelihood import Divergence, log_likelihood
 from stdiff.seeding import DIAGNOSTICS, generator
 
@@ -36,7 +37,9 @@ class LikelihoodReport(Callback):
         steps: ODE steps (2·steps + 1 network evaluations).
         divergence: ``exact`` (d backward passes per evaluation), ``hutchinson`` or ``auto``
             (exact up to d = 64).
-        probes: Hutchinson probes per sample.
+        probes: Hutchinson probes per sample. Where the data has a truth (exact or fitted), its
+            exact model is the control variate: Hutchinson estimates only the divergence of the
+            network's difference from it.
         seed: seed of the probes.
     """
 
@@ -79,9 +82,14 @@ class LikelihoodReport(Callback):
             bar = tqdm(total=self.steps, desc=f"likelihood of {len(x)} test samples", leave=False)
         start = time.perf_counter()
         g = generator(self.seed, DIAGNOSTICS, 9, trainer.global_rank, device=pl_module.device)
+        truth = getattr(trainer.datamodule, "truth", None)
+        if truth is not None and tuple(truth.sample_shape) != tuple(x.shape[1:]):
+            truth = None
+        # The exact model of the truth (or of the fitted reference) as Hutchinson's control variate.
+        control = None if truth is None else ExactDenoiser.from_gp(truth, pl_module.schedule)
         result = log_likelihood(
             pl_module.denoiser, x.to(pl_module.device), self.steps, self.divergence, self.probes, g,
-            progress=(lambda i, total: bar.update(1)) if bar is not None else None,
+            progress=(lambda i, total: bar.update(1)) if bar is not None else None, control=control,
         )  # fmt: skip
         if bar is not None:
             bar.close()
@@ -95,8 +103,7 @@ class LikelihoodReport(Callback):
             "evaluations": float(2 * self.steps + 1),
             "samples": float(n),
         }
-        truth = getattr(trainer.datamodule, "truth", None)
-        if truth is not None and tuple(truth.sample_shape) == tuple(x.shape[1:]):
+        if truth is not None:
             truth_lp = truth.log_prob(xs)
             if getattr(trainer.datamodule, "truth_is_exact", True):
                 t_min = torch.tensor(pl_module.schedule.t_min, dtype=torch.float64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +69,23 @@ def load(run: Path, configs: Sequence[str], overrides: Sequence[str]):
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     cli.model.load_state_dict(state["state_dict"])
     return cli.model.eval(), cli.datamodule
+
+
+def load_run(run: Path, overrides: Sequence[str] = ()):
+    """``load`` of any ``stdiff fit`` run, rebuilt from its own resolved ``config.yaml``."""
+    import tempfile
+
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("ckpt_path", "weights_only"):  # fit's own options, not the configuration
+        config.pop(key, None)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f)
+    try:
+        return load(run, [f.name], overrides)
+    finally:
+        os.unlink(f.name)
 
 
 @torch.no_grad()
