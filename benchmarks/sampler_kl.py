@@ -93,8 +93,8 @@ def main() -> None:
     header = (
         f"Excess Gaussian-fit KL of {args.n} samples from the exact model over {args.n} exact samples "
         f"(floor {floor:.4f}), columns: network evaluations (Heun: ⌊NFE/2⌋ steps, at most that many). "
-        f"Includes the early-stopping bias KL(p_t0 ‖ p_0) = {bias:.4f} (t0 = {schedule.t_min}), except "
-        f"with denoise_final. Sampling time is in sampler_kl.csv. `python benchmarks/sampler_kl.py`\n\n"
+        f"Includes the early-stopping bias KL(p_t0 ‖ p_0) = {bias:.4f} (t0 = {schedule.t_min}); with "
+        f"denoise_final the bias of the denoised estimate instead. Sampling time is in sampler_kl.csv. `python benchmarks/sampler_kl.py`\n\n"
     )
     (args.out / "sampler_kl.md").write_text(header + "\n".join(table) + "\n")
     print("\n".join(table))

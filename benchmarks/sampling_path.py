@@ -67,13 +67,12 @@ def run_sampler(sampler: Sampler, model, shape, seed: int, record: bool = False)
     g = generator(seed, SWEEP, 0)
     x = sampler.initial(schedule, shape, g)
     with torch.no_grad():
-        sampler.reset() if hasattr(sampler, "reset") else None
+        sampler.begin()
         for i in range(sampler.steps):
             x = sampler.step(model, schedule, x, times[i].item(), times[i + 1].item(), g)
             if record:
                 states.append(x.double())
-        if getattr(sampler, "denoise_final", False):
-            x = sampler.final(model, schedule, x)
+        x = sampler.finish(model, schedule, x)
     return x.double(), times, states
 
 
@@ -129,9 +128,9 @@ def main() -> None:
     # 3. variance by eigendirection, several samplers at the same network evaluations ---------
     order = lam.argsort()
     variance = {}
-    nfe = sampler.evaluations if hasattr(sampler, "evaluations") else sampler.steps
+    nfe = sampler.evaluations
     for name, cls in SAMPLERS.items():
-        other = sampler if type(sampler) is cls else cls(steps=max(1, nfe // getattr(cls, "evaluations_per_step", 1)))
+        other = sampler if type(sampler) is cls else cls(steps=max(1, nfe // cls.evaluations_per_step))
         y = eigen_coordinates(gp, run_sampler(other, net, shape, seed=2)[0])
         ratio = y.var(0) / lam
         variance[name] = {"kl_excess": fit_kl_diagonal(y, lam) - floor, "whitened_norm": ratio.mean().item(),

@@ -181,7 +181,7 @@ def test_predict_from_a_checkpoint_writes_samples(tmp_path):
     assert samples.shape == (8, 32, 8)
     # The sampler given here, not the one stored in the checkpoint's settings
     meta = json.loads((tmp_path / "lightning_logs" / "version_0" / "predict_0" / "samples.json").read_text())
-    assert meta["sampler"].startswith("Heun(steps=3")
+    assert meta["sampler"].startswith("DPMSolver(steps=3")
 
 
 def read_metrics(run):
@@ -229,9 +229,17 @@ def test_fit_and_test_write_diagnostics(tmp_path):
     assert {"val/score_rel_error", "val/excess_loss", "val/attention/pearson_best", "val/samples/ks_excess"} <= tags
     main(["test", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--data.init_args.num_val=64",
           "--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+          "--likelihood.num_samples=16", "--likelihood.steps=4", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     out = read_metrics(tmp_path / "lightning_logs" / "version_0" / "test_0")  # beside the run it tests
     assert out["stage"] == "test" and "test/score_rel_error" in out["metrics"] and "test/samples/ks" in out["metrics"]
+    m = out["metrics"]  # the model's own likelihood, and the true KL of what it learned
+    assert m["test/likelihood/samples"] == 16 and m["test/likelihood/evaluations"] == 9
+    assert m["test/likelihood/nll"] > 0 and m["test/likelihood/nll_se"] > 0
+    assert m["test/likelihood/kl_true"] == pytest.approx(
+        (m["test/likelihood/nll"] - m["test/likelihood/nll_truth"]) * 256, rel=1e-4
+    )
+    floor = m["test/likelihood/kl_true_floor"]  # the exact model's through the same (4) ODE steps
+    assert m["test/likelihood/kl_true_excess"] == pytest.approx(m["test/likelihood/kl_true"] - floor)
 
 
 def test_two_process_validation_matches_one_process(tmp_path):

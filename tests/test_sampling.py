@@ -55,8 +55,8 @@ def test_dpm_solver_matches_the_outside_reference(evaluations, problem):
 
 
 def test_heun_degrades_gracefully_with_few_steps(problem):
-    # In t (the old form) 3 steps gave an excess KL in the hundreds; in log-SNR with the linear
-    # part exact it stays within a few nats, and falls as steps grow.
+    # Issue [M] measured 1122 at 3 steps for the old form, in t; in log-SNR with the linear part
+    # exact it stays within a few nats (5.1, benchmarks/results/sampler_kl.md), and falls as steps grow.
     values = [excess(Heun(steps=k), problem) for k in (3, 5, 12)]
     assert values[0] < 10 and values[0] > values[1] > values[2], values
 
