@@ -231,9 +231,9 @@ class Heun(Sampler):
     its values at t and at the predicted x_s (corrector). Two model evaluations per step, no noise.
 
     This is Heun's method in the variables where the ODE is least stiff: in t its rate grows like
-    1/σ² near t_min, and Karras et al.'s Heun in σ/α (their Alg. 1) extrapolates x̂₀'s change
-    linearly across large steps; both diverge with a few large steps, while this form degrades
-    gracefully (``benchmarks/results/sampler_kl.md``).
+    1/σ² near t_min (issue [M] measured an excess KL of 1122 at 6 evaluations for that form), and
+    Karras et al.'s Heun in σ/α (their Alg. 1) extrapolates x̂₀'s change linearly across large
+    steps; this form degrades gracefully (``benchmarks/results/sampler_kl.md``).
     """
 
     evaluations_per_step = 2
@@ -252,8 +252,9 @@ class DPMSolver(Sampler):
     ODE in half log-SNR λ = log(α/σ), integrating the linear part exactly and the data prediction
     x̂₀ = (x − σ ε̂)/α by a polynomial through the last ``order`` evaluations (Alg. 2, "2M", and
     the third-order multistep update): one network evaluation per step. With ``stochastic`` it is
-    SDE-DPM-Solver++ (Lu et al. 2022, sec. 5; order 1 is DDPM's ancestral step), which injects
-    the reverse SDE's noise and so forgets a model's errors instead of carrying them to the end.
+    the SDE variant (diffusers' ``sde-dpmsolver++``; order 1 is DDPM's ancestral step), which
+    injects the reverse SDE's noise and so forgets a model's errors instead of carrying them to
+    the end.
 
     Args:
         steps: number of steps (network evaluations), >= 1.
