@@ -76,6 +76,17 @@ def run_sampler(sampler: Sampler, model, shape, seed: int, record: bool = False)
     return x.double(), times, states
 
 
+def rounded(value):
+    """``value`` with every float to 4 significant digits (the per-direction lists are long)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -161,7 +172,7 @@ def main() -> None:
     out["gain_error"] = {"log_snr": grid_lam.tolist(), "eigenvalues_sorted": lam[order].tolist(), "relative": gains}
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(out, indent=1))
+    (args.out / "summary.json").write_text(json.dumps(rounded(out)))
     fig, (axes,) = figure(1, 3, (4.6, 3.4))
     ax = axes[0]
     ax.plot([b["log_snr"] for b in by_time], [b["kl"] for b in by_time], label="network samples")
