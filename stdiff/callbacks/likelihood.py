@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from stdiff._validation import check_int
 from stdiff.diffusion import ExactDenoiser
-from stdiff.likelihood import Divergence, log_likelihood
+from stdiff.likelihood import Divergence, Likelihood, log_likelihood
 from stdiff.seeding import DIAGNOSTICS, generator
 
 
@@ -96,21 +96,22 @@ class LikelihoodReport(Callback):
             bar.close()
         log_prob = pl_module.all_gather(result.log_prob.to(pl_module.device)).reshape(-1).double().cpu()
         xs = pl_module.all_gather(x.to(pl_module.device)).reshape(-1, *x.shape[1:]).cpu()
-        d, n = result.dim, len(log_prob)
+        every = Likelihood(log_prob, result.dim, result.divergence, result.evaluations)  # all ranks' samples
+        d, n = every.dim, len(log_prob)
         values = {
-            "nll": -log_prob.mean().item() / d,
-            "nll_se": log_prob.std().item() / math.sqrt(n) / d,
+            "nll": every.nll,
+            "nll_se": every.nll_se,
             "seconds": time.perf_counter() - start,
-            "evaluations": float(2 * self.steps + 1),
+            "evaluations": float(every.evaluations),
             "samples": float(n),
         }
         if truth is not None:
             truth_lp = truth.log_prob(xs)
             if getattr(trainer.datamodule, "truth_is_exact", True):
                 # The floor: the exact model through the same ODE steps (it stops at t_min too, and
-                # shares the integrator's error); its divergence is exact, so this costs little.
-                exact = log_likelihood(control, xs.to(pl_module.device), self.steps, "exact" if d <= 64 else
-                                       "hutchinson", 1, g, control=control).log_prob.double().cpu()  # fmt: skip
+                # shares the integrator's error); as its own control, Hutchinson's estimate is exact.
+                exact = log_likelihood(control, xs.to(pl_module.device), self.steps, "hutchinson", 1, g,
+                                       control=control).log_prob.double().cpu()  # fmt: skip
                 gap = truth_lp - log_prob
                 floor = (truth_lp - exact).mean().item()
                 values.update({"nll_truth": -truth_lp.mean().item() / d, "kl_true": gap.mean().item(),
