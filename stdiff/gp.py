@@ -84,6 +84,11 @@ class KroneckerGP:
             ``MAX_CONDITION`` (1e12) the smallest amount that brings it to 1e11, nothing otherwise.
             What was added and the resulting condition numbers are in ``conditioning`` and
             ``report()`` (``GPDataModule`` prints the report whenever jitter is added).
+        coordinates: where the S spatial points are, ``(S, k)`` (station coordinates); the spatial
+            kernel is evaluated on them instead of the grid. Needs ``space_shape = (S,)``.
+        nugget: τ² >= 0, independent noise of that variance on every coordinate: the covariance is
+            Γ ⊗ Σ + τ² I. It shares the Kronecker eigenvectors (eigenvalues λ_Γ λ_Σ + τ²), so
+            sampling, density and score stay exact and cheap.
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class KroneckerGP:
         space_shape: Sequence[int] = (8,),
         mean: float = 0.0,
         jitter: float | Literal["auto"] = 0.0,
+        coordinates: Tensor | Sequence[Sequence[float]] | None = None,
+        nugget: float = 0.0,
     ) -> None:
         self.frames = check_int("frames", frames, 2)
         space_shape = tuple(space_shape)
@@ -105,8 +112,21 @@ class KroneckerGP:
             raise ValueError(f"jitter must be a finite number >= 0 or 'auto', got {jitter!r}")
         if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
             raise ValueError(f"mean must be a finite number, got {mean!r}")
+        if not (isinstance(nugget, (int, float)) and 0 <= nugget < math.inf):
+            raise ValueError(f"nugget must be a finite number >= 0, got {nugget!r}")
+        self.nugget = float(nugget)
         self.temporal, self.spatial = temporal, spatial
         self.space_shape = space_shape
+        self.coordinates = None
+        if coordinates is not None:
+            coords = torch.as_tensor(coordinates, dtype=torch.float64)
+            coords = coords[:, None] if coords.ndim == 1 else coords
+            if coords.ndim != 2 or len(space_shape) != 1 or coords.shape[0] != space_shape[0]:
+                raise ValueError(f"coordinates must be (S, k) for S = space_shape[0] points of a 1-D space_shape; "
+                                 f"got coordinates of shape {tuple(coords.shape)} for space_shape {space_shape}")  # fmt: skip
+            if not torch.isfinite(coords).all():
+                raise ValueError("coordinates must be finite numbers")
+            self.coordinates = coords
         self.num_points = math.prod(space_shape)  # S
         self.jitter = jitter if jitter == "auto" else float(jitter)
         self.mean_value = float(mean)
@@ -122,7 +142,8 @@ class KroneckerGP:
             sigma_record = {"jitter": 0.0, "condition_number": 1.0, "smallest_eigenvalue_without_jitter": 1.0}
         else:
             self.sigma, self.sigma_evals, self.sigma_evecs, sigma_record = _factorise(
-                "spatial", spatial, spatial(grid(space_shape)), self.jitter, f"a {space_shape} grid"
+                "spatial", spatial, spatial(self.points()), self.jitter,
+                f"a {space_shape} grid" if self.coordinates is None else f"{self.num_points} given coordinates",
             )
         # Per factor: jitter added, condition number after it, smallest eigenvalue before it.
         self.conditioning = {"temporal": gamma_record, "spatial": sigma_record}
@@ -138,14 +159,18 @@ class KroneckerGP:
         """Shape of one sample, ``(T, *space_shape)``."""
         return (self.frames, *self.space_shape)
 
+    def points(self) -> Tensor:
+        """Coordinates ``(S, k)`` of the spatial points: the given ``coordinates`` or the grid."""
+        return grid(self.space_shape) if self.coordinates is None else self.coordinates
+
     @property
     def dim(self) -> int:
         """T·S, the dimension of one sample."""
         return self.frames * self.num_points
 
     def covariance(self) -> Tensor:
-        """The dense (T·S) × (T·S) covariance Γ ⊗ Σ in float64. O((T·S)²) memory."""
-        return torch.kron(self.gamma, self.sigma)
+        """The dense (T·S) × (T·S) covariance Γ ⊗ Σ + τ² I in float64. O((T·S)²) memory."""
+        return torch.kron(self.gamma, self.sigma) + self.nugget * torch.eye(self.dim, dtype=torch.float64)
 
     def report(self) -> str:
         """One line per factor: its condition number and the jitter added to it."""
@@ -189,6 +214,8 @@ class KroneckerGP:
         z = torch.randn(t, n * s, generator=generator, dtype=dtype, device=device)
         az = (a @ z).reshape(t, n, s).transpose(0, 1)  # (n, T, S), a strided view
         x = torch.matmul(az, b.T, out=torch.empty(n, t, s, dtype=dtype, device=device))  # (n, T, S)
+        if self.nugget > 0:  # only then a second draw: samples without a nugget keep their seeds
+            x.add_(torch.randn(n, t, s, generator=generator, dtype=dtype, device=device), alpha=self.nugget**0.5)
         return x.add_(mu).reshape(n, *self.sample_shape)
 
     # --- density and score -------------------------------------------------------------------
@@ -197,7 +224,7 @@ class KroneckerGP:
         """(U_Γ, U_Σ, eigenvalues of Γ ⊗ Σ as (T, S), μ) in float64, moved once per device."""
         key = ("eigen", torch.device(device))
         if key not in self._on_device:
-            lam = self.gamma_evals[:, None] * self.sigma_evals[None, :]  # (T, S)
+            lam = self.gamma_evals[:, None] * self.sigma_evals[None, :] + self.nugget  # (T, S)
             self._on_device[key] = tuple(t.to(device) for t in (self.gamma_evecs, self.sigma_evecs, lam, self.mean))
         return self._on_device[key]
 
@@ -217,16 +244,16 @@ class KroneckerGP:
             raise ValueError(f"{name} must end in the sample shape {self.sample_shape}, got {tuple(x.shape)}")
 
     def _eigenvalues(self, device: torch.device) -> Tensor:
-        """Eigenvalues of Γ ⊗ Σ arranged as ``(T, S)``: λ_Γ[i] · λ_Σ[a]."""
+        """Eigenvalues of Γ ⊗ Σ + τ² I arranged as ``(T, S)``: λ_Γ[i] · λ_Σ[a] + τ²."""
         return self._float64_on(device)[2]
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of samples ``x (..., T, *space_shape)`` -> ``(...)``, in float64."""
         self._check_sample_shape(x, "x")
         y = self._to_eigenbasis(x - self._float64_on(x.device)[3])  # (..., T, S)
-        quad = (y**2 / self._eigenvalues(y.device)).sum((-2, -1))
-        logdet = self.num_points * self.gamma_evals.log().sum() + self.frames * self.sigma_evals.log().sum()
-        return -0.5 * (quad + logdet.to(y.device) + self.dim * math.log(2 * math.pi))
+        lam = self._eigenvalues(y.device)
+        quad = (y**2 / lam).sum((-2, -1))
+        return -0.5 * (quad + lam.log().sum() + self.dim * math.log(2 * math.pi))
 
     def noised_log_prob(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
         """Log-density of ``x_t = α x_0 + σ ε`` (x_0 from this GP), N(αμ, α² Γ⊗Σ + σ² I), at
@@ -283,6 +310,8 @@ class KroneckerGP:
             )
         batch = x.shape[: x.ndim - len(self.sample_shape)]
         mu = self.mean_value
+        if frames_only and self.nugget > 0:  # τ² I does not factor over frames: condition on the coordinates
+            observed, frames_only = observed[:, None].expand(self.frames, self.num_points).reshape(self.sample_shape), False
         if frames_only:  # x_m | x_o = μ + (Γ_mo Γ_oo⁻¹ ⊗ I)(x_o − μ), covariance (Γ_mm − Γ_mo Γ_oo⁻¹ Γ_om) ⊗ Σ
             k, flat = self.gamma.to(x.device), x.to(torch.float64).reshape(*batch, self.frames, self.num_points)
             mask = observed
@@ -305,4 +334,7 @@ class KroneckerGP:
 
     def __repr__(self) -> str:
         return (f"KroneckerGP(temporal={self.temporal!r}, spatial={self.spatial!r}, frames={self.frames}, "
-                f"space_shape={self.space_shape}, mean={self.mean_value}, jitter={self.jitter})")  # fmt: skip
+                f"space_shape={self.space_shape}, mean={self.mean_value}, jitter={self.jitter}"
+                + (f", nugget={self.nugget:.4g}" if self.nugget else "")
+                + (f", coordinates=<{self.num_points}×{self.coordinates.shape[1]}>" if self.coordinates is not None else "")
+                + ")")  # fmt: skip

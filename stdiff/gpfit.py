@@ -1,21 +1,28 @@
-"""A separable Gaussian Γ ⊗ Σ fitted to sequences by maximum likelihood: the best Gaussian
-reference for data whose truth is unknown (your own arrays), against which stdiff's diagnostics
-then score a model.
+"""Gaussian references fitted to sequences by maximum likelihood: the best Gaussian for data whose
+truth is unknown (your own arrays), against which stdiff's diagnostics then score a model.
 
 - ``fit_kernels(x, temporal, spatial)``: the hyperparameters (lengthscales, scales) of kernels from
-  the registry, and an overall variance, by gradient descent (autograd) on the exact Kronecker
-  log-likelihood. Shape parameters (power, ν, α, β, period) stay as given.
+  the registry, an overall variance and optionally a nugget τ² (Γ ⊗ Σ + τ² I), by L-BFGS on the
+  exact log-likelihood; stops when converged and says so when it did not (``report["converged"]``,
+  a warning). Shape parameters (power, ν, α, β, period) stay as given.
 - ``flip_flop(x)``: free-form Γ and Σ by the flip-flop algorithm (Dutilleul 1999), returned as
   ``Tabulated`` kernels.
+- ``fit_gneiting(x, coordinates)``: Gneiting's (2002) non-separable space-time covariance, for a
+  likelihood comparison with the separable fits (a reference for reporting, not a ``KroneckerGP``).
 
-Both return a ``KroneckerGP`` and a report (the kernels, log-likelihood per window on the windows
-fitted and on held-out ones). ``ArrayDataModule(reference=...)`` calls them on its training windows.
+Missing values (NaN) are allowed everywhere: the likelihood is that of the observed entries only,
+maximised by EM (expected second moments given the observed entries, then the complete-data fit on
+them, repeated until the observed-data log-likelihood stops rising). All fits return a report: the
+kernels, the observed-data log-likelihood per window on the windows fitted and on held-out ones.
+``ArrayDataModule(reference=...)`` calls them on its training windows.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -25,26 +32,82 @@ from stdiff.gp import KroneckerGP, grid
 from stdiff.kernels import RBF, Kernel, Matern, Scaled, Tabulated
 
 FITTED = ("lengthscale", "scale")  # the kernel attributes fitted; others stay as given
+DENSE_LIMIT = 4096  # T·S up to which the (T·S)² moments are formed (missing values, nugget, Gneiting)
+LOG_2PI = math.log(2 * math.pi)
+
+
+class FitWarning(UserWarning):
+    """A reference fit that stopped before converging."""
 
 
 def log_likelihood(x: Tensor, gamma: Tensor, sigma: Tensor, mean: float | Tensor = 0.0) -> Tensor:
-    """Mean log-density per window of ``x (n, T, S)`` under N(mean, Γ ⊗ Σ), through the Cholesky
-    factors of Γ (T × T) and Σ (S × S): never a (T·S)² matrix."""
+    """Mean log-density per window of complete ``x (n, T, S)`` under N(mean, Γ ⊗ Σ), through the
+    Cholesky factors of Γ (T × T) and Σ (S × S): never a (T·S)² matrix."""
     _, t, s = x.shape
     lg, ls = torch.linalg.cholesky(gamma), torch.linalg.cholesky(sigma)
     y = torch.linalg.solve_triangular(lg, x - mean, upper=False)  # L_Γ⁻¹ X, (n, T, S)
     z = torch.linalg.solve_triangular(ls, y.transpose(1, 2), upper=False)  # L_Σ⁻¹ (L_Γ⁻¹ X)ᵀ, (n, S, T)
     logdet = 2 * (s * lg.diagonal().log().sum() + t * ls.diagonal().log().sum())
-    return -0.5 * (z.pow(2).sum((1, 2)).mean() + logdet + t * s * math.log(2 * math.pi))
+    return -0.5 * (z.pow(2).sum((1, 2)).mean() + logdet + t * s * LOG_2PI)
 
 
-def _moment_log_likelihood(moments: Tensor, gamma: Tensor, sigma: Tensor) -> Tensor:
-    """``log_likelihood`` from the windows' second moments ``E[X_ts X_uv]`` ``(T, S, T, S)``."""
+def observed_log_likelihood(x: Tensor, cov: Tensor, mean: float = 0.0) -> Tensor:
+    """Mean log-density per window of the observed (non-NaN) entries of ``x (n, d)`` under
+    N(mean, cov), ``cov (d, d)``: one Cholesky factor per pattern of missing entries."""
+    total = x.new_zeros((), dtype=torch.float64)
+    for keep, rows in _patterns(x):
+        if not keep.any():
+            continue
+        chol = torch.linalg.cholesky(cov[keep][:, keep])
+        z = torch.linalg.solve_triangular(chol, (x[rows][:, keep] - mean).T, upper=False)
+        total = total - 0.5 * (z.pow(2).sum() + len(rows) * (2 * chol.diagonal().log().sum() + int(keep.sum()) * LOG_2PI))
+    return total / len(x)
+
+
+def _patterns(x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """``(observed coordinates (d,), rows)`` for each distinct pattern of NaN among the rows of ``x (n, d)``."""
+    seen = ~x.isnan()
+    patterns, inverse = torch.unique(seen, dim=0, return_inverse=True)
+    return [(p, (inverse == i).nonzero().squeeze(1)) for i, p in enumerate(patterns)]
+
+
+def expected_moments(x: Tensor, cov: Tensor, mean: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The E-step: ``E[(x − μ)(x − μ)ᵀ | observed]`` averaged over windows ``x (n, d)`` (NaN =
+    missing) under N(μ, cov), ``(d, d)``, and the observed-data log-likelihood per window."""
+    n, d = x.shape
+    moments = torch.zeros(d, d, dtype=torch.float64)
+    loglik = x.new_zeros((), dtype=torch.float64)
+    for keep, rows in _patterns(x):
+        xo = x[rows][:, keep] - mean  # (r, o)
+        filled = torch.zeros(len(rows), d, dtype=torch.float64)
+        filled[:, keep] = xo
+        chol = torch.linalg.cholesky(cov[keep][:, keep])  # every row has an observed entry (_Flat)
+        z = torch.linalg.solve_triangular(chol, xo.T, upper=False)
+        loglik -= 0.5 * (z.pow(2).sum() + len(rows) * (2 * chol.diagonal().log().sum() + int(keep.sum()) * LOG_2PI))
+        if not keep.all():  # missing entries: their conditional mean, plus their conditional covariance
+            miss = ~keep
+            weights = torch.cholesky_solve(cov[keep][:, miss], chol).T  # K_mo K_oo⁻¹
+            filled[:, miss] = xo @ weights.T
+            where = miss.nonzero()[:, 0]
+            moments[where[:, None], where[None, :]] += len(rows) * (cov[miss][:, miss] - weights @ cov[keep][:, miss])
+        moments += filled.T @ filled
+    return moments / n, loglik / n
+
+
+def _dense_q(moments: Tensor, cov: Tensor) -> Tensor:
+    """E[log N(x; μ, cov)] for windows with second moments ``moments (d, d)`` (EM's objective)."""
+    chol = torch.linalg.cholesky(cov)
+    quad = torch.cholesky_solve(moments, chol).diagonal().sum()
+    return -0.5 * (quad + 2 * chol.diagonal().log().sum() + len(cov) * LOG_2PI)
+
+
+def _separable_q(moments: Tensor, gamma: Tensor, sigma: Tensor) -> Tensor:
+    """``_dense_q`` for cov = Γ ⊗ Σ without forming it: moments as ``(T, S, T, S)``."""
     t, s = gamma.shape[0], sigma.shape[0]
     quad = torch.einsum("tu,sv,tsuv->", torch.cholesky_inverse(torch.linalg.cholesky(gamma)),
-                        torch.cholesky_inverse(torch.linalg.cholesky(sigma)), moments)  # fmt: skip
+                        torch.cholesky_inverse(torch.linalg.cholesky(sigma)), moments.reshape(t, s, t, s))  # fmt: skip
     logdet = s * torch.logdet(gamma) + t * torch.logdet(sigma)
-    return -0.5 * (quad + logdet + t * s * math.log(2 * math.pi))
+    return -0.5 * (quad + logdet + t * s * LOG_2PI)
 
 
 def _leaves(kernel: Kernel) -> list[tuple[object, str]]:
@@ -55,18 +118,67 @@ def _leaves(kernel: Kernel) -> list[tuple[object, str]]:
     return out
 
 
-def fit_kernels(x: Tensor, temporal: Kernel, spatial: Kernel, space_shape: tuple[int, ...], steps: int = 300,
-                held_out: Tensor | None = None) -> tuple[KroneckerGP, dict]:  # fmt: skip
-    """Kernel hyperparameters by maximum likelihood on windows ``x (n, T, *space)`` (float64, no NaN)."""
-    x = x.double().reshape(len(x), x.shape[1], -1)
-    t, s = x.shape[1], x.shape[2]
-    times, points = torch.arange(t, dtype=torch.float64)[:, None], grid(space_shape)
+def _maximise(objective: Callable[[], Tensor], params: list[Tensor], steps: int) -> dict:
+    """Maximise ``objective()`` over ``params`` by L-BFGS (strong Wolfe line search) for at most
+    ``steps`` iterations; whether the gradient vanished (converged) or the budget ran out."""
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, max_eval=steps * 2, tolerance_grad=1e-5,
+                                  tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        optimizer.zero_grad()
+        loss = -objective()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    state = optimizer.state[optimizer._params[0]]
+    grad = max(p.grad.abs().max().item() for p in params if p.grad is not None)
+    iterations = int(state.get("n_iter", 0))
+    return {"iterations": iterations, "gradient": grad, "converged": grad < 1e-3 or iterations < steps}
+
+
+class _Flat:
+    """Windows ``(n, T, *space)`` as float64 ``(n, T·S)``, with what the fits need to know of them."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.t = x.shape[1]
+        self.x = x.double().reshape(len(x), -1)
+        self.s = self.x.shape[1] // self.t
+        self.missing = bool(self.x.isnan().any())
+        if self.missing and self.x.shape[1] > DENSE_LIMIT:
+            raise ValueError(f"fitting a reference to windows with missing values forms (T·S)² moments: "
+                             f"T·S = {self.x.shape[1]} > {DENSE_LIMIT}; use shorter windows or fewer points")  # fmt: skip
+        rows = self.x.isnan().all(1)
+        if rows.any():
+            raise ValueError(f"{int(rows.sum())} of the {len(x)} windows have no observed value; drop them")
+        self.mean = self.x.nanmean().item()
+        self.var = ((self.x - self.mean) ** 2).nanmean().item()
+
+
+def fit_kernels(x: Tensor, temporal: Kernel, spatial: Kernel, space_shape: tuple[int, ...], steps: int = 500,
+                held_out: Tensor | None = None, nugget: bool = False, coordinates: Tensor | None = None,
+                em_iterations: int = 50, tolerance: float = 1e-3) -> tuple[KroneckerGP, dict]:  # fmt: skip
+    """Kernel hyperparameters by maximum likelihood on windows ``x (n, T, *space)`` (NaN = missing).
+
+    Args:
+        steps: the most L-BFGS iterations of each fit (of each EM round with missing values).
+        nugget: fit a noise variance τ² on every coordinate too (Γ ⊗ Σ + τ² I).
+        coordinates: ``(S, k)`` positions of the spatial points (default: the grid of ``space_shape``).
+        em_iterations, tolerance: with missing values, EM rounds at most, stopping once a round adds
+            less than ``tolerance`` nats per window to the observed-data log-likelihood.
+    """
+    data = _Flat(x)
+    t, s = data.t, data.s
+    times = torch.arange(t, dtype=torch.float64)[:, None]
+    points = grid(space_shape) if coordinates is None else torch.as_tensor(coordinates, dtype=torch.float64)
+    points = points[:, None] if points.ndim == 1 else points
     temporal, spatial = copy.deepcopy(temporal), copy.deepcopy(spatial)
     leaves = _leaves(temporal) + _leaves(spatial)
-    mean = x.mean().item()
     logs = [torch.tensor(math.log(getattr(k, a)), dtype=torch.float64, requires_grad=True) for k, a in leaves]
-    log_var = torch.tensor(math.log(x.var().item()), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.Adam([*logs, log_var], lr=0.05)
+    log_var = torch.tensor(math.log(data.var * (0.9 if nugget else 1.0)), dtype=torch.float64, requires_grad=True)
+    log_nugget = torch.tensor(math.log(0.1 * data.var), dtype=torch.float64, requires_grad=nugget)
+    params = [*logs, log_var] + ([log_nugget] if nugget else [])
+    dense = nugget or data.missing
 
     def matrices():
         for (k, a), p in zip(leaves, logs):
@@ -74,91 +186,242 @@ def fit_kernels(x: Tensor, temporal: Kernel, spatial: Kernel, space_shape: tuple
         eye_t, eye_s = torch.eye(t, dtype=torch.float64), torch.eye(s, dtype=torch.float64)
         return temporal(times) + 1e-8 * eye_t, log_var.exp() * spatial(points) + 1e-8 * eye_s
 
-    # The likelihood needs the data only through its second moments: (T, S, T, S) of them when small
-    # enough, so that a step costs O(T²S²) whatever the number of windows.
-    moments = torch.einsum("nts,nuv->tsuv", x - mean, x - mean) / len(x) if (t * s) ** 2 <= 2**24 else None
+    def covariance():
+        gamma, sigma = matrices()
+        tau2 = log_nugget.exp() if nugget else 0.0
+        return torch.kron(gamma, sigma) + tau2 * torch.eye(t * s, dtype=torch.float64)
+
     try:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            gamma, sigma = matrices()
-            nll = (
-                -_moment_log_likelihood(moments, gamma, sigma)
-                if moments is not None
-                else -log_likelihood(x, gamma, sigma, mean)
-            )
-            nll.backward()
-            optimizer.step()
+        if dense:
+            if t * s > DENSE_LIMIT:
+                raise ValueError(f"a nugget needs the dense (T·S)² covariance: T·S = {t * s} > {DENSE_LIMIT}")
+            fit = _em(data, lambda m: (lambda: _dense_q(m, covariance())), covariance, params, steps, em_iterations,
+                      tolerance)  # fmt: skip
+        else:
+            # Complete windows: the likelihood needs them only through their second moments, (T·S)² of
+            # them when small enough, so that a step costs O(T²S²) whatever the number of windows.
+            xc = data.x - data.mean
+            if t * s <= DENSE_LIMIT:
+                moments = xc.T @ xc / len(xc)
+                fit = _maximise(lambda: _separable_q(moments, *matrices()), params, steps)
+            else:
+                fit = _maximise(lambda: log_likelihood(xc.reshape(-1, t, s), *matrices()), params, steps)
+            fit["em_iterations"] = 0
     finally:
         for (k, a), p in zip(leaves, logs):
             setattr(k, a, p.detach().exp().item())
-    gp = KroneckerGP(temporal, Scaled(spatial, log_var.detach().exp().item()), t, space_shape, mean, jitter="auto")
-    return gp, _report(gp, x, held_out, "kernels")
+    tau2 = log_nugget.exp().item() if nugget else 0.0
+    gp = KroneckerGP(temporal, Scaled(spatial, log_var.detach().exp().item()), t, space_shape, data.mean,
+                     jitter="auto", coordinates=coordinates, nugget=tau2)  # fmt: skip
+    report = _report(gp, data, held_out, "kernels", fit)
+    if not report["converged"]:
+        warnings.warn(f"fit_kernels did not converge in {steps} L-BFGS iterations (largest gradient "
+                      f"{fit['gradient']:.2g} in log-parameters): the reference may be short of its optimum; "
+                      "raise steps (ArrayDataModule: reference_steps)", FitWarning, stacklevel=2)  # fmt: skip
+    return gp, report
+
+
+def _em(data: _Flat, objective_for: Callable, covariance: Callable, params: list[Tensor], steps: int,
+        iterations: int, tolerance: float) -> dict:  # fmt: skip
+    """Maximise the observed-data likelihood of ``data``: complete-data fits of ``objective_for(moments)``
+    on expected moments until the observed-data log-likelihood gains less than ``tolerance``."""
+    if not data.missing:  # one round is the exact fit
+        xc = data.x - data.mean
+        fit = _maximise(objective_for(xc.T @ xc / len(xc)), params, steps)
+        return {**fit, "em_iterations": 0}
+    previous, fit = -math.inf, {}
+    for round_ in range(1, iterations + 1):
+        with torch.no_grad():
+            moments, loglik = expected_moments(data.x, covariance(), data.mean)
+        if loglik.item() - previous < tolerance:
+            return {**fit, "em_iterations": round_ - 1}
+        previous = loglik.item()
+        fit = _maximise(objective_for(moments), params, steps)
+    with torch.no_grad():
+        gain = expected_moments(data.x, covariance(), data.mean)[1].item() - previous
+    return {**fit, "em_iterations": iterations, "converged": fit["converged"] and gain < tolerance}
 
 
 def flip_flop(x: Tensor, space_shape: tuple[int, ...], iterations: int = 30,
-              held_out: Tensor | None = None) -> tuple[KroneckerGP, dict]:  # fmt: skip
+              held_out: Tensor | None = None, em_iterations: int = 50, tolerance: float = 1e-3) -> tuple[KroneckerGP, dict]:  # fmt: skip
     """Free-form Γ and Σ maximising the likelihood of ``x (n, T, *space)`` (flip-flop, Dutilleul
     1999): Σ = Σ_i X_iᵀ Γ⁻¹ X_i / (nT), Γ = Σ_i X_i Σ⁻¹ X_iᵀ / (nS), alternated; Γ scaled to unit
-    mean variance (the scale of Γ ⊗ Σ lives in Σ). Needs n·S > T and n·T > S."""
-    x = x.double().reshape(len(x), x.shape[1], -1)
-    n, t, s = x.shape
+    mean variance (the scale of Γ ⊗ Σ lives in Σ). Needs n·S > T and n·T > S. With missing values
+    (NaN) each EM round runs it on the expected second moments."""
+    data = _Flat(x)
+    n, t, s = len(data.x), data.t, data.s
     if n * s <= t or n * t <= s:
         raise ValueError(f"flip_flop needs n·S > T and n·T > S windows' worth of data; got n={n}, T={t}, S={s}")
-    mean = x.mean()
-    xc = x - mean
-    gamma = torch.eye(t, dtype=torch.float64)
-    for _ in range(iterations):
-        sigma = torch.einsum("nts,ntu->su", xc, torch.linalg.solve(gamma, xc)) / (n * t)
-        gamma = torch.einsum("nts,nus->tu", xc, torch.linalg.solve(sigma, xc.transpose(1, 2)).transpose(1, 2)) / (n * s)
-        scale = gamma.diagonal().mean()
-        gamma, sigma = gamma / scale, sigma * scale
-    gamma, sigma = (gamma + gamma.T) / 2, (sigma + sigma.T) / 2
+    # Complete windows too many for the (T·S)² moments: per window.
+    xc = (data.x - data.mean).reshape(n, t, s) if not data.missing and t * s > DENSE_LIMIT else None
+    gamma, sigma = torch.eye(t, dtype=torch.float64), torch.eye(s, dtype=torch.float64)
+
+    def rounds(moments: Tensor | None) -> None:
+        nonlocal gamma, sigma
+        m = None if moments is None else moments.reshape(t, s, t, s)
+        for _ in range(iterations):
+            gi = torch.linalg.inv(gamma)
+            sigma = (torch.einsum("nts,tu,nuv->sv", xc, gi, xc) / (n * t) if m is None
+                     else torch.einsum("tu,tsuv->sv", gi, m) / t)  # fmt: skip
+            si = torch.linalg.inv(sigma)
+            gamma = (torch.einsum("nts,sv,nuv->tu", xc, si, xc) / (n * s) if m is None
+                     else torch.einsum("sv,tsuv->tu", si, m) / s)  # fmt: skip
+            scale = gamma.diagonal().mean()
+            gamma, sigma = (gamma + gamma.T) / (2 * scale), (sigma + sigma.T) * scale / 2
+
+    fit = {"iterations": iterations, "converged": True, "em_iterations": 0}
+    if xc is not None:
+        rounds(None)
+    elif not data.missing:
+        centred = data.x - data.mean
+        rounds(centred.T @ centred / n)
+    else:
+        previous = -math.inf
+        for round_ in range(1, em_iterations + 1):
+            second, loglik = expected_moments(data.x, torch.kron(gamma, sigma), data.mean)
+            fit["em_iterations"] = round_ - 1
+            if loglik.item() - previous < tolerance:
+                break
+            previous = loglik.item()
+            rounds(second)
+        else:
+            fit["converged"] = False
+            warnings.warn(f"flip_flop's EM did not converge in {em_iterations} rounds", FitWarning, stacklevel=2)
     shape = list(space_shape) if len(space_shape) > 1 else None
-    gp = KroneckerGP(Tabulated(gamma.tolist()), Tabulated(sigma.tolist(), shape), t, space_shape, mean.item(),
+    gp = KroneckerGP(Tabulated(gamma.tolist()), Tabulated(sigma.tolist(), shape), t, space_shape, data.mean,
                      jitter="auto")  # fmt: skip
-    return gp, _report(gp, x, held_out, "flip_flop")
+    return gp, _report(gp, data, held_out, "flip_flop", fit)
 
 
-def _report(gp: KroneckerGP, x: Tensor, held_out: Tensor | None, method: str) -> dict:
-    gamma, sigma = gp.gamma, gp.sigma
+def _window_log_likelihood(gp: KroneckerGP, x: Tensor) -> float:
+    """Observed-data log-likelihood per window of ``x (n, d)`` (NaN = missing) under ``gp``."""
+    if not x.isnan().any():
+        return gp.log_prob(x.reshape(len(x), *gp.sample_shape)).mean().item()
+    return observed_log_likelihood(x, gp.covariance(), gp.mean_value).item()
+
+
+def _report(gp: KroneckerGP, data: _Flat, held_out: Tensor | None, method: str, fit: dict) -> dict:
     out = {"method": method, "temporal": repr(gp.temporal)[:300], "spatial": repr(gp.spatial)[:300],
-           "mean": gp.mean_value, "log_likelihood_per_window": log_likelihood(x, gamma, sigma, gp.mean_value).item(),
-           "windows": len(x)}  # fmt: skip
+           "nugget": gp.nugget, "mean": gp.mean_value, "log_likelihood_per_window": _window_log_likelihood(gp, data.x),
+           "windows": len(data.x), "missing_fraction": data.x.isnan().double().mean().item(),
+           "converged": bool(fit["converged"]), "iterations": fit["iterations"], "em_iterations": fit["em_iterations"]}  # fmt: skip
     if held_out is not None and len(held_out):
-        h = held_out.double().reshape(len(held_out), x.shape[1], -1)
-        out["held_out_log_likelihood_per_window"] = log_likelihood(h, gamma, sigma, gp.mean_value).item()
+        h = held_out.double().reshape(len(held_out), -1)
+        out["held_out_log_likelihood_per_window"] = _window_log_likelihood(gp, h)
         out["held_out_windows"] = len(h)
     return out
 
 
-def fit_reference(data, method: str, temporal: Kernel | None, spatial: Kernel | None,
-                  max_windows: int = 2048) -> KroneckerGP:  # fmt: skip
+# --- a non-separable reference --------------------------------------------------------------------
+
+
+def gneiting_covariance(times: Tensor, points: Tensor, variance, a, alpha, beta, c, gamma, delta, nugget=0.0) -> Tensor:
+    """Gneiting's (2002, eq. 14) space-time covariance on ``times (T,)`` × ``points (S, k)``,
+    frame-major ``(T·S, T·S)``:
+
+    ``C(h, u) = σ² / ψ(u)^(δ + βk/2) · exp(−c‖h‖^(2γ) / ψ(u)^(βγ))``, ``ψ(u) = a|u|^(2α) + 1``,
+
+    α, γ ∈ (0, 1], β ∈ [0, 1] the space-time interaction (β = 0: separable), plus ``nugget`` on the
+    diagonal."""
+    k = points.shape[1]
+    u = (times[:, None] - times[None, :]).abs()  # (T, T)
+    h = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")  # (S, S)
+    psi = a * u.clamp_min(1e-300) ** (2 * alpha) * (u > 0) + 1  # (T, T)
+    temporal = psi ** -(delta + beta * k / 2)
+    powered = h.clamp_min(1e-300) ** (2 * gamma) * (h > 0)  # ‖h‖^(2γ), with a finite gradient at h = 0
+    spatial = torch.exp(-c * powered[None, None] / psi[:, :, None, None] ** (beta * gamma))  # (T, T, S, S)
+    cov = variance * (temporal[:, :, None, None] * spatial).permute(0, 2, 1, 3).reshape(len(u) * len(h), -1)
+    return cov + nugget * torch.eye(len(cov), dtype=cov.dtype)
+
+
+GNEITING = {"variance": (0.0, None), "a": (0.0, None), "alpha": (0.0, 1.0), "beta": (0.0, 1.0), "c": (0.0, None),
+            "gamma": (0.0, 1.0), "delta": (0.0, None), "nugget": (0.0, None)}  # fmt: skip
+
+
+def fit_gneiting(x: Tensor, coordinates: Tensor, steps: int = 300, held_out: Tensor | None = None,
+                 separable: bool = False, em_iterations: int = 30, tolerance: float = 1e-3) -> dict:  # fmt: skip
+    """Gneiting's non-separable covariance fitted by maximum likelihood (EM with missing values) to
+    windows ``x (n, T, S)`` at spatial ``coordinates (S, k)``; ``separable=True`` pins β = 0, its
+    separable special case, for a like-for-like comparison. Returns the report: parameters,
+    log-likelihood per window (observed data) on ``x`` and ``held_out``, the covariance."""
+    data = _Flat(x)
+    if data.t * data.s > DENSE_LIMIT:
+        raise ValueError(f"fit_gneiting forms the dense covariance: T·S = {data.t * data.s} > {DENSE_LIMIT}")
+    times = torch.arange(data.t, dtype=torch.float64)
+    points = torch.as_tensor(coordinates, dtype=torch.float64)
+    points = points[:, None] if points.ndim == 1 else points
+    scale = torch.cdist(points, points).median().item() or 1.0
+    start = {"variance": 0.9 * data.var, "a": 0.5, "alpha": 0.5, "beta": 0.5, "c": 1.0 / scale, "gamma": 0.5,
+             "delta": 1.0, "nugget": 0.05 * data.var}  # fmt: skip
+    raw = {}
+    for name, value in start.items():
+        lo, hi = GNEITING[name]
+        v = math.log(value) if hi is None else math.log(value / (hi - value))
+        raw[name] = torch.tensor(v, dtype=torch.float64, requires_grad=not (separable and name == "beta"))
+    if separable:
+        raw["beta"] = torch.tensor(-math.inf, dtype=torch.float64)
+
+    def values() -> dict:
+        return {n: (r.exp() if GNEITING[n][1] is None else GNEITING[n][1] * torch.sigmoid(r)) for n, r in raw.items()}
+
+    def covariance() -> Tensor:
+        return gneiting_covariance(times, points, **values()) + 1e-8 * torch.eye(data.t * data.s, dtype=torch.float64)
+
+    params = [r for r in raw.values() if r.requires_grad]
+    fit = _em(data, lambda m: (lambda: _dense_q(m, covariance())), covariance, params, steps, em_iterations, tolerance)
+    with torch.no_grad():
+        cov = covariance()
+        out = {"method": "gneiting_separable" if separable else "gneiting",
+               **{n: v.item() for n, v in values().items()}, "mean": data.mean,
+               "log_likelihood_per_window": observed_log_likelihood(data.x, cov, data.mean).item(),
+               "windows": len(data.x), "converged": bool(fit["converged"]), "iterations": fit["iterations"],
+               "em_iterations": fit["em_iterations"], "parameters": len(params)}  # fmt: skip
+        if held_out is not None and len(held_out):
+            h = held_out.double().reshape(len(held_out), -1)
+            out["held_out_log_likelihood_per_window"] = observed_log_likelihood(h, cov, data.mean).item()
+            out["held_out_windows"] = len(h)
+    out["covariance"] = cov
+    return out
+
+
+# --- the reference of an ArrayDataModule ---------------------------------------------------------
+
+
+def fit_reference(data, method: str, temporal: Kernel | None, spatial: Kernel | None, max_windows: int = 2048,
+                  steps: int = 500, nugget: bool = False) -> KroneckerGP:  # fmt: skip
     """The reference of an ``ArrayDataModule``: ``method`` (``kernels`` or ``flip_flop``) fitted to
-    up to ``max_windows`` complete training windows (evenly spaced), checked on test windows; the
-    report is printed and kept as ``data.reference_report``."""
-    train = _complete(data.training_set(), max_windows)
-    held_out = _complete(data.evaluation_samples("test"), max_windows) if len(data.index["test"]) else None
+    up to ``max_windows`` training windows (evenly spaced; missing values allowed), checked on test
+    windows; the report is printed and kept as ``data.reference_report``."""
+    train = _spread(data.training_set(), max_windows)
+    held_out = _spread(data.evaluation_samples("test"), max_windows) if len(data.index["test"]) else None
     if len(train) < 2:
-        raise ValueError("ArrayDataModule.reference: fewer than 2 training windows without missing values to fit")
+        raise ValueError(f"ArrayDataModule.reference: {len(train)} training window(s) with an observed value; "
+                         "a reference needs at least 2")  # fmt: skip
+    std = train[~train.isnan()].std().item() if (~train.isnan()).sum() > 1 else 0.0
+    if not std > 0:
+        raise ValueError("ArrayDataModule.reference: the training windows are constant (standard deviation 0); "
+                         "a Gaussian reference needs data that varies")  # fmt: skip
     if method == "kernels":
         temporal = temporal if temporal is not None else Matern(4.0, 1.5)
         spatial = spatial if spatial is not None else RBF(1.0)
-        gp, report = fit_kernels(train, temporal, spatial, data.space_shape, held_out=held_out)
+        gp, report = fit_kernels(train, temporal, spatial, data.space_shape, steps=steps, held_out=held_out,
+                                 nugget=nugget, coordinates=data.coordinates)  # fmt: skip
     elif method == "flip_flop":
         gp, report = flip_flop(train, data.space_shape, held_out=held_out)
     else:
         raise ValueError(f"reference must be 'none', 'kernels' or 'flip_flop', got {method!r}")
     data.reference_report = report
-    rank_zero_info("separable Gaussian reference: " + ", ".join(f"{k}={v}" for k, v in report.items()))
+    rank_zero_info("fitted Gaussian reference (not the data's true distribution): "
+                   + ", ".join(f"{k}={v}" for k, v in report.items()))  # fmt: skip
     return gp
 
 
-def _complete(windows, limit: int) -> Tensor:
-    """Up to ``limit`` evenly spaced windows without NaN, stacked."""
+def _spread(windows, limit: int) -> Tensor:
+    """Up to ``limit`` evenly spaced windows with at least one observed value, stacked."""
     if isinstance(windows, Tensor):
         rows = windows
     else:
-        picks = torch.linspace(0, len(windows) - 1, min(limit * 2, len(windows))).round().long().unique().tolist()
+        picks = torch.linspace(0, len(windows) - 1, min(limit, len(windows))).round().long().unique().tolist()
         rows = torch.stack([windows[i] for i in picks])
-    rows = rows[~rows.flatten(1).isnan().any(1)]
+    rows = rows[~rows.flatten(1).isnan().all(1)]
     return rows[torch.linspace(0, len(rows) - 1, min(limit, len(rows))).round().long().unique()] if len(rows) else rows

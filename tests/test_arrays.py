@@ -77,7 +77,7 @@ def test_files_with_other_spatial_shapes_are_refused(tmp_path):
 def test_the_reference_recovers_the_generating_gp(tmp_path, method):
     gp_file(tmp_path / "gp.npy", n=8, frames=2000)
     dm = ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, normalize="none", reference=method,
-                         temporal=PoweredExponential(2.0, 1.0), spatial=RBF(0.7))  # fmt: skip
+                         reference_temporal=PoweredExponential(2.0, 1.0), reference_spatial=RBF(0.7))  # fmt: skip
     truth = dm.truth
     true = KroneckerGP(PoweredExponential(5.0, 1.0), RBF(1.5), frames=16, space_shape=(4,))
     # Γ ⊗ Σ fitted within 10 % (relative Frobenius) of the generating 9 · Γ ⊗ Σ; the mean 3 · 2 within 0.5

@@ -213,27 +213,36 @@ class GPDiagnostics(Callback):
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
     def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
-        """Conditional samples of fresh exact cases, observed at one mask of the task, against the
-        exact posterior (``stdiff.metrics.conditional_report``); a fan chart of the first case."""
+        """Conditional samples of cases (exact draws, or held-out windows where the truth is a fitted
+        reference), observed at one mask of the task and wherever present, against the posterior
+        (``stdiff.metrics.conditional_report``); a fan chart of the first case. Against a fitted
+        reference the ``…_exact`` statistics are logged as ``…_reference``."""
         from stdiff.metrics import conditional_report
 
         n, k, shape = self.conditional_cases, self.conditional_samples, self.truth.sample_shape
         x = trainer.datamodule.conditional_cases(n, generator(self.seed, DIAGNOSTICS, 4))
         n = len(x)
         mask = task.draw(1, shape, generator(self.seed, DIAGNOSTICS, 5))[0]
-        observed = x.repeat_interleave(k, 0)  # (n·k, T, *space): case i's k samples together
+        if x.isnan().any():  # missing values: each case observes what the task shows and the data has
+            mask = mask.expand(n, *shape) & ~x.isnan()
+        cases = torch.nan_to_num(x)
+        observed = cases.repeat_interleave(k, 0)  # (n·k, T, *space): case i's k samples together
+        masks = mask.repeat_interleave(k, 0) if mask.ndim == len(shape) + 1 else mask.expand(len(observed), *shape)
         g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)
-        chunks = [pl_module.sample_conditional(o, mask.expand_as(o), g).cpu() for o in observed.split(512)]
+        chunks = [pl_module.sample_conditional(o, m, g).cpu() for o, m in zip(observed.split(512), masks.split(512))]
         samples = torch.cat(chunks).reshape(n, k, *shape)
         report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7))
         if self.figures and trainer.is_global_zero:
             from stdiff.callbacks.figures import fan_chart
             from stdiff.metrics.conditional import posterior_samples
 
-            exact = posterior_samples(self.truth, x[:1], mask, k, generator(self.seed, DIAGNOSTICS, 8))[0]
-            self._save_figure(trainer, f"{stage}_conditional_fan", fan_chart(x[0], mask, samples[0], exact, repr(task)))
+            first = mask[0] if mask.ndim == len(shape) + 1 else mask
+            exact = posterior_samples(self.truth, x[:1], first, k, generator(self.seed, DIAGNOSTICS, 8))[0]
+            self._save_figure(trainer, f"{stage}_conditional_fan", fan_chart(cases[0], first, samples[0], exact, repr(task)))
         prefix = f"{stage}/conditional/{type(task).__name__}"
-        values = {f"{prefix}/{key}": float(v) for key, v in report.items() if isinstance(v, (int, float))}
+        exact_name = "_exact" if getattr(trainer.datamodule, "truth_is_exact", True) else "_reference"
+        values = {f"{prefix}/{key.replace('_exact', exact_name)}": float(v) for key, v in report.items()
+                  if isinstance(v, (int, float))}  # fmt: skip
         for key in ("crps_by_frame", "spread_by_frame"):
             values.update({f"{prefix}/{key}/{f}": c for f, c in zip(report["frames"], report[key])})
         return values

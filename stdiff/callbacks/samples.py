@@ -18,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 class SampleWriter(BasePredictionWriter):
     """Writes what ``stdiff predict`` generates to the run directory: ``samples.npy`` of shape
     ``(n, T, *space_shape)`` (``(cases, n, T, *space)`` with observations) and ``samples.json``
-    (shape, sampler, schedule, checkpoint, how many samples are non-finite).
+    (shape, sampler, schedule, checkpoint, how many samples are non-finite, and ``data``: the
+    normalisation undone and, for observations taken from a split, the windows they came from).
 
     Samples are written batch by batch into a ``.npy`` of the final shape (memory stays bounded by
     the batch, whatever ``num_predict``), after checking that the disk has room; the file is named
@@ -124,6 +125,7 @@ class SampleWriter(BasePredictionWriter):
             "task": repr(getattr(data, "task", None)),
             "conditioning": repr(pl_module.conditioning) if self._conditional else None,
             "checkpoint": trainer.ckpt_path,
+            "data": {"class": type(data).__name__, **data.describe()},
         }
         with open(self._meta, "w") as f:
             json.dump(meta, f, indent=1)

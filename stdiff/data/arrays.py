@@ -5,7 +5,8 @@ series), read in place (``stdiff.data.files``). Each series' time axis is split 
 train / validation / test segments (``split``), and windows of ``frames`` frames, ``stride`` apart,
 are cut inside each segment only, so no window of one split overlaps another. Statistics for
 standardisation come from the training windows alone (stored in checkpoints, undone on predict).
-NaN entries are missing: left out of the loss, and usable as the missing part of a task.
+NaN entries are missing: left out of the loss and of every fit (the reference's likelihood is that
+of the observed entries), never scored, and usable as the missing part of a task.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from stdiff._validation import check_int
+from stdiff.conditioning import check_mask
 from stdiff.data.base import SequenceDataModule
 from stdiff.data.files import ArrayFileError, open_array
 from stdiff.kernels import Kernel
+from stdiff.seeding import PREDICT, generator
 
 
 class Windows(Dataset):
@@ -51,12 +57,24 @@ class ArrayDataModule(SequenceDataModule):
         normalize: standardise ``point``-wise (each spatial coordinate by its own mean and
             standard deviation), ``global``-ly, or ``none``; statistics of the training windows.
         key: the array inside an ``.npz`` or the variable of a NetCDF / Zarr file.
-        reference: fit a separable Gaussian Γ ⊗ Σ to the training windows and score every run
-            against it (``truth``): ``kernels`` (the hyperparameters of ``temporal`` and ``spatial``
-            by maximum likelihood) or ``flip_flop`` (free-form Γ and Σ); ``none`` for no truth.
-        temporal, spatial: the kernels whose hyperparameters ``reference: kernels`` fits.
+        train_stride: frames between consecutive training window starts (default: ``stride``);
+            1 trains on every offset, the cheapest augmentation of a small data set (validation and
+            test windows keep ``stride``).
+        reference: fit a separable Gaussian Γ ⊗ Σ (+ τ² I) to the training windows and score every
+            run against it (``truth``, a fitted reference, not the data's true law): ``kernels``
+            (the hyperparameters of ``reference_temporal`` and ``reference_spatial`` by maximum
+            likelihood) or ``flip_flop`` (free-form Γ and Σ); ``none`` for no reference. Missing
+            values are allowed (EM on the observed entries).
+        reference_temporal, reference_spatial: the kernels whose hyperparameters ``reference:
+            kernels`` fits (default Matern(4, 1.5) and RBF(1)).
+        reference_nugget: fit a noise variance τ² on every coordinate too (``kernels`` only).
+        reference_steps: the most L-BFGS iterations of the kernel fit; a fit that stops short warns.
+        coordinates: positions of the spatial points, ``(S, k)``: a ``.npy`` or ``.csv`` / ``.txt``
+            file (one row per point, comma- or space-separated) or a list of rows. The reference's
+            spatial kernel is evaluated on them (distances in their units) instead of the grid.
         **kwargs: the base's ``batch_size``, ``num_val`` (the most validation / test windows),
-            ``seed``, ``num_workers``, ``num_predict``, ``task``, ``observed``.
+            ``seed``, ``num_workers``, ``num_predict``, ``task``, ``observed`` (a file, or ``test`` /
+            ``val``: that split's windows, recorded in ``samples.json``).
     """
 
     def __init__(
@@ -67,9 +85,13 @@ class ArrayDataModule(SequenceDataModule):
         split: Sequence[float] = (0.8, 0.1, 0.1),
         normalize: Literal["point", "global", "none"] = "point",
         key: str | None = None,
+        train_stride: int | None = None,
         reference: Literal["none", "kernels", "flip_flop"] = "none",
-        temporal: Kernel | None = None,
-        spatial: Kernel | None = None,
+        reference_temporal: Kernel | None = None,
+        reference_spatial: Kernel | None = None,
+        reference_nugget: bool = False,
+        reference_steps: int = 500,
+        coordinates: str | list[list[float]] | None = None,
         **kwargs,
     ) -> None:
         if kwargs.get("num_train") is not None:
@@ -78,12 +100,16 @@ class ArrayDataModule(SequenceDataModule):
         self.paths = [paths] if isinstance(paths, str) else list(paths)
         self.frames = check_int("frames", frames, 2)
         self.stride = check_int("stride", self.frames if stride is None else stride, 1)
+        self.train_stride = check_int("train_stride", self.stride if train_stride is None else train_stride, 1)
         if len(split) != 3 or any(not 0 <= f for f in split) or not 0.999 < sum(split) < 1.001 or split[0] <= 0:
             raise ValueError(f"split must be 3 fractions (train, val, test) >= 0 summing to 1, train > 0; got {split}")
         if normalize not in ("point", "global", "none"):
             raise ValueError(f"normalize must be 'point', 'global' or 'none', got {normalize!r}")
+        if reference not in ("none", "kernels", "flip_flop"):
+            raise ValueError(f"reference must be 'none', 'kernels' or 'flip_flop', got {reference!r}")
         self.split, self.normalize_mode, self.reference = tuple(split), normalize, reference
-        self.temporal, self.spatial = temporal, spatial
+        self.temporal, self.spatial = reference_temporal, reference_spatial
+        self.reference_nugget, self.reference_steps = bool(reference_nugget), check_int("reference_steps", reference_steps, 1)
         self.readers = [open_array(p, key) for p in self.paths]
         space = {tuple(r.shape[2:]) for r in self.readers}
         if len(space) > 1:
@@ -94,8 +120,18 @@ class ArrayDataModule(SequenceDataModule):
                 raise ArrayFileError(f"{path}: has {len(r.shape)} axes {r.shape}; expected (N, T_total, S), "
                                      "(N, T_total, H, W) or one series (T_total, S)")  # fmt: skip
         self.space_shape = next(iter(space))
+        self.coordinates = None if coordinates is None else read_coordinates(coordinates, self.space_shape)
         self.index = {name: self._windows(i) for i, name in enumerate(("train", "val", "test"))}
         self.num_train = len(self.index["train"])
+        if self.num_train == 0:
+            raise ArrayFileError(f"{self.paths[0]}: no training window of T={self.frames} frames (the files hold "
+                                 f"{sum(r.shape[0] for r in self.readers)} series)")  # fmt: skip
+        for name, part in (("validation", "val"), ("test", "test")):
+            count = len(self.index[part])
+            if 0 < count < 5:
+                warnings.warn(f"ArrayDataModule: the split {list(self.split)} leaves {count} {name} window(s) of "
+                              f"T={self.frames}: metrics on so few are noise. Give that split more frames, a smaller "
+                              "stride, or more series", stacklevel=2)  # fmt: skip
         self.mean, self.std = self._statistics()
         self._truth = None
 
@@ -112,7 +148,8 @@ class ArrayDataModule(SequenceDataModule):
                 name = ("training", "validation", "test")[part]
                 raise ArrayFileError(f"{path}: too few frames for windows of T={self.frames}: its {total} frames give "
                                      f"a {name} segment of {hi - lo} (split {list(self.split)})")  # fmt: skip
-            rows += [(f, n, s) for n in range(r.shape[0]) for s in range(lo, hi - self.frames + 1, self.stride)]
+            step = self.train_stride if part == 0 else self.stride
+            rows += [(f, n, s) for n in range(r.shape[0]) for s in range(lo, hi - self.frames + 1, step)]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
     def _statistics(self) -> tuple[Tensor, Tensor]:
@@ -157,15 +194,37 @@ class ArrayDataModule(SequenceDataModule):
         if len(rows) == 0:
             raise ValueError(f"ArrayDataModule: no {stage} window of T={self.frames} frames fits the split "
                              f"{list(self.split)}; give that split more frames")  # fmt: skip
-        keep = np.unique(np.linspace(0, len(rows) - 1, min(self.num_val, len(rows))).round().astype(int))
-        windows = Windows(self.readers, rows[keep], self.frames, self.mean, self.std)
+        windows = Windows(self.readers, self.evaluation_rows(stage), self.frames, self.mean, self.std)
         return torch.stack([windows[i] for i in range(len(windows))])
 
     def conditional_cases(self, n: int, generator: torch.Generator) -> Tensor:
-        """Held-out test windows without missing values: the model and the fitted reference are
-        compared on real data."""
+        """Up to ``n`` held-out test windows, NaN where missing: the model and the fitted reference
+        both condition on what is observed and are scored on the really observed entries only."""
         x = self.evaluation_samples("test")
-        return x[~x.flatten(1).isnan().any(1)][:n]
+        return x[~x.flatten(1).isnan().all(1)][:n]
+
+    def _read_observations(self) -> tuple[Tensor, Tensor]:
+        if self.observed not in ("test", "val"):
+            return super()._read_observations()
+        values = self.evaluation_samples(self.observed)
+        mask = ~values.isnan()
+        if self.task is not None:
+            mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
+        check_mask(mask, self.sample_shape, f"the {self.observed} windows observed by {self.task!r}")
+        return torch.nan_to_num(values), mask
+
+    def evaluation_rows(self, stage: str) -> np.ndarray:
+        """``(file, series, start)`` of the windows ``evaluation_samples(stage)`` returns, in order."""
+        rows = self.index[stage]
+        return rows[np.unique(np.linspace(0, len(rows) - 1, min(self.num_val, len(rows))).round().astype(int))]
+
+    def describe(self) -> dict:
+        """What ``stdiff predict`` records beside its samples: the units and where observations came from."""
+        out = {"normalize": self.normalize_mode, "mean": self.mean.tolist(), "std": self.std.tolist(),
+               "paths": [str(Path(p).resolve()) for p in self.paths], "frames": self.frames}  # fmt: skip
+        if self.observed in ("test", "val"):
+            out["windows"] = {"columns": ["file", "series", "start"], "rows": self.evaluation_rows(self.observed).tolist()}
+        return out
 
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x)) / self.std.to(x)
@@ -181,7 +240,8 @@ class ArrayDataModule(SequenceDataModule):
         if self.reference != "none" and self._truth is None:
             from stdiff.gpfit import fit_reference
 
-            self._truth = fit_reference(self, self.reference, self.temporal, self.spatial)
+            self._truth = fit_reference(self, self.reference, self.temporal, self.spatial,
+                                        steps=self.reference_steps, nugget=self.reference_nugget)  # fmt: skip
         return self._truth
 
     def state_dict(self) -> dict:
@@ -190,3 +250,27 @@ class ArrayDataModule(SequenceDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         # The model was trained in the units of these statistics: keep them (the data may have grown since).
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+
+
+def read_coordinates(source, space_shape: tuple[int, ...]) -> Tensor:
+    """Coordinates ``(S, k)`` of the spatial points from a ``.npy`` / ``.csv`` / ``.txt`` file or rows."""
+    where = repr(source) if not isinstance(source, str) else source
+    if isinstance(source, str):
+        if not Path(source).is_file():
+            raise ArrayFileError(f"coordinates: {source}: no such file")
+        try:
+            values = (np.load(source, allow_pickle=False) if source.endswith(".npy")
+                      else np.loadtxt(source, delimiter="," if source.endswith(".csv") else None, ndmin=2))  # fmt: skip
+        except (OSError, ValueError) as err:
+            raise ArrayFileError(f"coordinates: {source}: not a table of numbers ({err})") from None
+    else:
+        values = np.asarray(source, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    if len(space_shape) != 1 or values.ndim != 2 or values.shape[0] != space_shape[0]:
+        raise ArrayFileError(f"coordinates: {where} has shape {values.shape}; expected one row per spatial point, "
+                             f"({space_shape[0] if len(space_shape) == 1 else 'S'}, k), for data of spatial shape "
+                             f"{space_shape} (coordinates need a 1-D list of points)")  # fmt: skip
+    if not np.isfinite(values).all():
+        raise ArrayFileError(f"coordinates: {where} holds non-finite values")
+    return torch.from_numpy(values)

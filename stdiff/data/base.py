@@ -118,6 +118,10 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         """Model units back to data units: applied to what ``stdiff predict`` writes."""
         return x
 
+    def describe(self) -> dict:
+        """What ``stdiff predict`` records about the data beside its samples (``samples.json``)."""
+        return {"normalize": "none"}
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.num_train is not None and self._train is None:
             self._train = self.training_set()

@@ -1,7 +1,8 @@
 """Arrays on disk read in place: a ``.npy`` file, or an uncompressed member of a ``.npz``, as a
 ``(N, T_total, *space)`` array (3 axes: ``(N, T_total, S)``; 4: ``(N, T_total, H, W)``; a 2-D
 ``(T_total, S)`` array is one series) of which ``read(n, start, stop)`` returns frames ``start:stop`` of
-series ``n`` with one ``os.pread`` (frames of one series are contiguous in C order). Nothing is
+series ``n`` with one ``os.pread`` (frames of one series are contiguous in C order; a Fortran-order file, as
+np.save writes a pandas DataFrame's values, is read through a read-only memory map). Nothing is
 memory-mapped, so reading a window touches only its bytes and resident memory stays bounded by the
 batch, however large the file. NetCDF and Zarr go through xarray (``pip install stdiff[xarray]``).
 """
@@ -40,14 +41,16 @@ class NpyReader:
                 self.offset = f.tell()
         except (OSError, ValueError) as err:
             raise ArrayFileError(f"{self.path}: not a readable .npy array ({err})") from None
-        if fortran:
-            raise ArrayFileError(f"{self.path}: stored in Fortran order; re-save it in C order (np.ascontiguousarray)")
         if dtype.hasobject or dtype.kind not in "fiu":
             raise ArrayFileError(f"{self.path}: holds {dtype} values; expected numbers (float or int)")
         self.dtype = dtype
         self.shape = (1, *shape) if len(shape) == 2 else tuple(shape)  # (T_total, S): one series
         self.frame_bytes = math.prod(self.shape[2:]) * dtype.itemsize
         self._fd: int | None = None
+        # Fortran order (what np.save writes for a pandas DataFrame's values): a frame is not contiguous,
+        # so windows are read through a read-only memory map instead of one pread.
+        self.fortran, self._stored_shape = bool(fortran), tuple(shape)
+        self._map = None
 
     def _member_offset(self, key: str | None) -> int:
         try:
@@ -71,10 +74,15 @@ class NpyReader:
                 return info.header_offset + 30 + int(name_len) + int(extra_len)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fd": None}  # loader workers open their own descriptor
+        return {**self.__dict__, "_fd": None, "_map": None}  # loader workers open their own descriptor
 
     def read(self, n: int, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` of series ``n`` as float32 ``(stop − start, *space)``."""
+        if self.fortran:
+            if self._map is None:
+                self._map = np.memmap(self.path, self.dtype, "r", self.offset, self._stored_shape, order="F")
+            part = self._map[start:stop] if len(self._stored_shape) == 2 else self._map[n, start:stop]
+            return np.array(part, dtype=np.float32)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         frames = self.shape[1]

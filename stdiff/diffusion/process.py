@@ -177,8 +177,8 @@ def training_times(
 def denoising_loss_floor(gp: KroneckerGP, schedule: NoiseSchedule, t: Tensor) -> Tensor:
     """Expected ε-loss of ``ExactDenoiser`` at times ``t (B,)`` -> ``(B,)``, the smallest any
     model can reach: ``(1/d) tr Cov(ε | x_t) = (1/d) Σ_k α²λ_k / (α²λ_k + σ²)``, λ_k the
-    eigenvalues of Γ ⊗ Σ."""
-    lam = (gp.gamma_evals[:, None] * gp.sigma_evals[None, :]).reshape(1, -1).to(t.device)
+    eigenvalues of Γ ⊗ Σ (+ τ² I)."""
+    lam = gp._eigenvalues(t.device).reshape(1, -1)
     a2 = schedule.alpha(t.double())[:, None] ** 2
     s2 = schedule.sigma(t.double())[:, None] ** 2
     return (a2 * lam / (a2 * lam + s2)).mean(1)
