@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from stdiff import runs
 from stdiff.callbacks import (
+    BestCheckpoint,
     Checkpoint,
     GPDiagnostics,
     LikelihoodReport,
@@ -47,6 +48,7 @@ ROOTS = {
     "diagnostics": (GPDiagnostics, False),
     "likelihood": (LikelihoodReport, False),
     "checkpoint": (Checkpoint, False),
+    "best_checkpoint": (BestCheckpoint, False),
     "nonfinite": (NonFiniteGuard, False),
     "sample_writer": (SampleWriter, False),
 }
@@ -127,6 +129,8 @@ class StdiffCLI(LightningCLI):
         parser.add_lightning_class_args(LikelihoodReport, "likelihood")  # `stdiff test` only
         # Periodic and on-signal checkpoints (checkpoints/last.ckpt), and the non-finite check.
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        # checkpoints/best.ckpt (lowest val/loss) and a warning when val/loss keeps rising.
+        parser.add_lightning_class_args(BestCheckpoint, "best_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
     def _parse_ckpt_path(self) -> None:
@@ -146,6 +150,8 @@ class StdiffCLI(LightningCLI):
             # to write nothing instead.
             trainer.enable_checkpointing = True
             config.checkpoint.every_n_train_steps, config.checkpoint.save_last = 0, False
+            if "best_checkpoint" in config:
+                config.best_checkpoint.enabled = False
         # stdiff's lighter progress bar, unless there is none or the configuration brings its own.
         callbacks = trainer.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]

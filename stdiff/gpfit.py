@@ -334,8 +334,9 @@ def gneiting_covariance(times: Tensor, points: Tensor, variance, a, alpha, beta,
     return cov + nugget * torch.eye(len(cov), dtype=cov.dtype)
 
 
-GNEITING = {"variance": (0.0, None), "a": (0.0, None), "alpha": (0.0, 1.0), "beta": (0.0, 1.0), "c": (0.0, None),
-            "gamma": (0.0, 1.0), "delta": (0.0, None), "nugget": (0.0, None)}  # fmt: skip
+# Upper bound of each parameter (all are > 0): None for (0, ∞), fitted in log; 1 for (0, 1), in logit.
+GNEITING = {"variance": None, "a": None, "alpha": 1.0, "beta": 1.0, "c": None, "gamma": 1.0, "delta": None,
+            "nugget": None}  # fmt: skip
 
 
 def fit_gneiting(x: Tensor, coordinates: Tensor, steps: int = 300, held_out: Tensor | None = None,
@@ -355,14 +356,14 @@ def fit_gneiting(x: Tensor, coordinates: Tensor, steps: int = 300, held_out: Ten
              "delta": 1.0, "nugget": 0.05 * data.var}  # fmt: skip
     raw = {}
     for name, value in start.items():
-        lo, hi = GNEITING[name]
+        hi = GNEITING[name]
         v = math.log(value) if hi is None else math.log(value / (hi - value))
         raw[name] = torch.tensor(v, dtype=torch.float64, requires_grad=not (separable and name == "beta"))
     if separable:
         raw["beta"] = torch.tensor(-math.inf, dtype=torch.float64)
 
     def values() -> dict:
-        return {n: (r.exp() if GNEITING[n][1] is None else GNEITING[n][1] * torch.sigmoid(r)) for n, r in raw.items()}
+        return {n: (r.exp() if GNEITING[n] is None else GNEITING[n] * torch.sigmoid(r)) for n, r in raw.items()}
 
     def covariance() -> Tensor:
         return gneiting_covariance(times, points, **values()) + 1e-8 * torch.eye(data.t * data.s, dtype=torch.float64)

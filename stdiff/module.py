@@ -188,9 +188,13 @@ class DiffusionModule(L.LightningModule):
             else (sq * where).flatten(1).sum(1) / where.flatten(1).sum(1).clamp_min(1)
         )
         self.log(f"{stage}/loss", loss.mean(), prog_bar=True, sync_dist=True, batch_size=len(x0))
-        if where is not None:  # the diagnostics' exact score is the unconditional one of complete data
-            return {"loss": loss}
-        return {"x0": x0, "t": t, "noise": noise, "x_t": x_t, "noise_pred": noise_pred, "loss": loss}
+        out = {"x0": x0, "t": t, "noise": noise, "x_t": x_t, "noise_pred": noise_pred, "loss": loss}
+        if where is not None:  # the diagnostics' exact score is the unconditional one of complete data:
+            if self.mask is not None:  # a conditional model has no such counterpart
+                return {"loss": loss}
+            complete = where.flatten(1).all(1)  # unconditional, missing values: the windows without any
+            out = {k: v[complete] for k, v in out.items()} if complete.any() else {"loss": loss}
+        return out
 
     def loss_inputs(self, x0: Tensor, *key: int) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
         """``(x0, cond, where)`` for the loss on a batch ``x0 (B, T, *space)``: a conditional model's

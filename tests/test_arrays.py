@@ -2,6 +2,7 @@
 fitted to them (stdiff.gpfit), on files the tests write."""
 
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import QUICKSTART
 
-from stdiff.cli import main
+from stdiff.cli import StdiffCLI, main
 from stdiff.data import ArrayDataModule, MovingBall
 from stdiff.data.files import ArrayFileError
 from stdiff.gp import KroneckerGP
@@ -182,3 +183,102 @@ def test_conditional_scores_on_held_out_windows_against_the_fitted_reference(tmp
     assert metrics["test/likelihood/nll"] == pytest.approx(
         metrics["test/likelihood/nll_reference"] + metrics["test/likelihood/nll_excess"]
     )
+
+
+def missing_file(path, fraction=0.036, **kwargs):
+    """A GP file where ``fraction`` of the entries are missing at random: every window has a gap."""
+    x = gp_file(path, **kwargs)
+    x[np.random.default_rng(7).random(x.shape) < fraction] = np.nan
+    np.save(path, x.astype(np.float32))
+    return x
+
+
+def test_fortran_order_files_from_pandas_read_the_same_windows(tmp_path):
+    x = np.random.default_rng(2).standard_normal((300, 5)).astype(np.float32)  # one series (T_total, S)
+    np.save(tmp_path / "c.npy", x)
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))  # what np.save(df.to_numpy()) writes for a DataFrame
+    assert np.load(tmp_path / "f.npy").flags.f_contiguous
+    c, f = (ArrayDataModule(str(tmp_path / n), frames=8, normalize="none") for n in ("c.npy", "f.npy"))
+    for i in (0, 7, len(c.training_set()) - 1):
+        np.testing.assert_array_equal(c.training_set()[i].numpy(), f.training_set()[i].numpy())
+    np.save(tmp_path / "f3.npy", np.asfortranarray(np.stack([x, 2 * x])))
+    f3 = ArrayDataModule(str(tmp_path / "f3.npy"), frames=8, normalize="none")
+    np.testing.assert_array_equal(f3.training_set()[len(f3.training_set()) // 2].numpy(), 2 * x[:8])
+
+
+def test_the_reference_fits_windows_that_all_have_missing_values(tmp_path):
+    """Every training window has a gap (15 % missing): the fit uses the observed entries (EM)."""
+    missing_file(tmp_path / "gp.npy", fraction=0.15, frames=600)
+    dm = ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, normalize="none", reference="kernels",
+                         reference_temporal=PoweredExponential(2.0, 1.0), reference_spatial=RBF(0.7))  # fmt: skip
+    windows = torch.stack([dm.training_set()[i] for i in range(len(dm.training_set()))])
+    assert windows.flatten(1).isnan().any(1).all()  # no complete window at all
+    truth = dm.truth
+    assert dm.reference_report["converged"] and dm.reference_report["em_iterations"] > 0
+    assert truth.temporal.lengthscale == pytest.approx(5.0, rel=0.15)
+    assert truth.spatial.kernel.lengthscale == pytest.approx(1.5, rel=0.15)
+    assert truth.spatial.scale == pytest.approx(9.0, rel=0.2)  # the file's variance (sd 3)
+
+
+def test_station_coordinates_reach_the_reference_and_bad_ones_are_refused(tmp_path):
+    gp_file(tmp_path / "gp.npy")
+    coords = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    np.savetxt(tmp_path / "stations.csv", coords, delimiter=",")
+    dm = ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, reference="kernels", reference_nugget=True,
+                         coordinates=str(tmp_path / "stations.csv"))  # fmt: skip
+    assert torch.equal(dm.truth.coordinates, torch.from_numpy(coords))
+    assert torch.allclose(dm.truth.sigma, dm.truth.spatial(torch.from_numpy(coords)))
+    assert dm.reference_report["nugget"] > 0
+    with pytest.raises(ArrayFileError, match=r"coordinates: .*has shape \(3, 2\); expected one row per spatial point, \(4, k\)"):
+        ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, coordinates=coords[:3].tolist())
+    with pytest.raises(ArrayFileError, match=r"coordinates: .*nope.csv: no such file"):
+        ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, coordinates=str(tmp_path / "nope.csv"))
+
+
+def test_a_split_with_few_held_out_windows_warns(tmp_path):
+    gp_file(tmp_path / "gp.npy", n=1, frames=200)
+    with pytest.warns(UserWarning, match=r"leaves 1 test window\(s\) of T=16: metrics on so few are noise"):
+        ArrayDataModule(str(tmp_path / "gp.npy"), frames=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, stride=2, split=[0.6, 0.2, 0.2])
+
+
+def test_switching_the_quickstart_to_array_data_does_not_keep_its_kernels(tmp_path):
+    gp_file(tmp_path / "gp.npy")
+    cli = StdiffCLI(args=["--config", str(QUICKSTART), "--data=ArrayDataModule", f"--data.init_args.paths={tmp_path / 'gp.npy'}",
+                          "--data.init_args.frames=16", "--data.init_args.reference=kernels"], run=False)  # fmt: skip
+    assert isinstance(cli.datamodule, ArrayDataModule)
+    assert cli.datamodule.temporal is None and cli.datamodule.spatial is None  # the fit's defaults, not the quickstart's
+
+
+def test_train_stride_cuts_training_windows_at_every_offset(tmp_path):
+    gp_file(tmp_path / "gp.npy", n=2)
+    dm = ArrayDataModule(str(tmp_path / "gp.npy"), frames=16, train_stride=1)
+    assert len(dm.index["train"]) == 2 * (320 - 16 + 1) and len(dm.index["test"]) == 2 * 2  # held-out: stride 16
+
+
+def test_conditional_test_and_predict_with_missing_values(tmp_path):
+    """3.6 % missing everywhere: `stdiff test` conditions each held-out window on what it observes
+    and scores only really observed entries (the model is the fitted Gaussian: ratio ≈ 1); predict
+    on the test windows records the normalisation and the windows it drew from."""
+    missing_file(tmp_path / "gp.npy", n=8, frames=1000)
+    common = ["--config", str(QUICKSTART), "--data=ArrayDataModule", f"--data.init_args.paths={tmp_path / 'gp.npy'}",
+              "--data.init_args.frames=16", "--data.init_args.reference=kernels", "--data.init_args.task=Forecast",
+              "--data.init_args.task.init_args.context=8", "--model.denoiser=ExactDenoiser",
+              "--model.conditioning=Replacement", "--model.sampler.init_args.steps=30", "--data.init_args.num_val=64",
+              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    main(["test", *common, "--diagnostics.conditional_cases=16", "--diagnostics.conditional_samples=32",
+          "--diagnostics.num_samples=200", "--likelihood.steps=30"])  # fmt: skip
+    (path,) = tmp_path.glob("lightning_logs/version_*/metrics.json")
+    metrics = json.loads(path.read_text())["metrics"]
+    prefix = "test/conditional/Forecast"
+    assert metrics[f"{prefix}/cases"] == 16 and 0.85 < metrics[f"{prefix}/crps_ratio"] < 1.2
+    assert f"{prefix}/crps_reference" in metrics and f"{prefix}/crps_exact" not in metrics  # a fit, not the truth
+    assert metrics[f"{prefix}/scored"] < 16 * 8 * 4  # the missing held-out entries were not scored
+    main(["predict", *common, "--data.init_args.observed=test", "--data.init_args.num_predict=4"])
+    meta = json.loads(next(tmp_path.glob("lightning_logs/version_*/samples.json")).read_text())
+    samples = np.load(next(tmp_path.glob("lightning_logs/version_*/samples.npy")))
+    rows = meta["data"]["windows"]["rows"]
+    assert samples.shape == (len(rows), 4, 16, 4) and meta["data"]["normalize"] == "point"
+    assert len(meta["data"]["mean"]) == 4 and rows[0][2] >= 900  # test windows: the last 10 % of the frames

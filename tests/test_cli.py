@@ -42,7 +42,8 @@ def test_quickstart_fit_writes_events_checkpoint_and_config(tmp_path):
     main(["fit", "--config", str(QUICKSTART), *TINY, f"--trainer.default_root_dir={tmp_path}"])
     run = tmp_path / "lightning_logs" / "version_0"
     assert list(run.glob("events.out.tfevents.*"))
-    (ckpt,) = run.glob("checkpoints/*.ckpt")
+    assert sorted(p.name for p in run.glob("checkpoints/*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    ckpt = run / "checkpoints" / "last.ckpt"
     assert (run / "config.yaml").read_text().startswith("# stdiff==")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
@@ -129,7 +130,7 @@ def test_unknown_name_inside_a_composite_is_explained(tmp_path):
 
 def fit_tiny(tmp_path, *extra):
     main(["fit", "--config", str(QUICKSTART), *TINY, f"--trainer.default_root_dir={tmp_path}", *extra])
-    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     return ckpt
 
 

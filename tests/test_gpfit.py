@@ -67,7 +67,7 @@ def test_observed_data_likelihood_and_expected_moments_are_those_of_the_marginal
     x = with_missing(gp.sample(20, torch.Generator().manual_seed(2), dtype=torch.float64).reshape(20, -1), 0.3)
     direct = torch.stack([mvn_log_prob(r[~r.isnan()], cov[~r.isnan()][:, ~r.isnan()], 0.5) for r in x]).mean()
     assert observed_log_likelihood(x, cov, 0.5).item() == pytest.approx(direct.item(), rel=1e-10)
-    moments, loglik = expected_moments(x, cov, 0.5)
+    _, loglik = expected_moments(x, cov, 0.5)
     assert loglik.item() == pytest.approx(direct.item(), rel=1e-10)
     row = x[0]  # one window by hand: filled-in conditional mean plus conditional covariance on the missing block
     o, m = ~row.isnan(), row.isnan()

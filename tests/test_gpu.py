@@ -19,7 +19,7 @@ SMALL = ["--trainer.max_steps=20", "--trainer.val_check_interval=10", "--data.in
 
 def test_bf16_fit_on_gpu_with_data_generated_on_device(tmp_path):
     main(["fit", "--config", str(SINGLE), *SMALL, f"--trainer.default_root_dir={tmp_path}"])
-    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 20
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

@@ -213,3 +213,21 @@ def test_concurrent_runs_never_share_a_version_directory(tmp_path):
         with multiprocessing.Pool(8) as pool:
             versions = pool.map(_claim, [(tmp_path, barrier)] * 8)
     assert sorted(versions) == list(range(4, 12))
+
+
+def test_best_checkpoint_warns_once_when_validation_loss_keeps_rising():
+    from stdiff.callbacks import BestCheckpoint
+
+    watch = BestCheckpoint(patience=2, tolerance=0.05)
+    for step, loss in [(500, 0.40), (1000, 0.41), (1500, 0.43)]:  # within 5 % + noise: no warning
+        watch.history.append((step, loss))
+        watch._check_rise()
+    assert not watch._warned
+    rise = r"risen from its best 0.4 \(step 500\) to 0.55 \(step 2000\).*train_stride=1"
+    with pytest.warns(UserWarning, match=rise):
+        for step, loss in [(2000, 0.55), (2500, 0.68)]:
+            watch.history.append((step, loss))
+            watch._check_rise()
+    assert watch._warned
+    with pytest.raises(ValueError, match="BestCheckpoint.tolerance must be a number >= 0"):
+        BestCheckpoint(tolerance=-1)

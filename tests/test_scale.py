@@ -26,7 +26,7 @@ def test_two_process_ddp_fit_deals_the_fixed_set_out_to_the_ranks(tmp_path):
                    f"--trainer.default_root_dir={tmp_path}"], tmp_path, timeout=300,
                   env={"PYTHONPATH": str(ROOT / "tests")})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 4
     rows = [line.split() for line in log.read_text().splitlines()]
     assert sorted((rank, step) for rank, step, *_ in rows) == [(r, str(s)) for r in "01" for s in range(4)]
@@ -37,7 +37,7 @@ def test_two_process_ddp_fit_deals_the_fixed_set_out_to_the_ranks(tmp_path):
 def test_bf16_mixed_fit_on_cpu(tmp_path):
     main(["fit", "--config", str(QUICKSTART), *TINY, "--trainer.precision=bf16-mixed",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
@@ -46,7 +46,7 @@ def test_bf16_mixed_fit_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_compiled_backbone_fits_and_keeps_checkpoint_keys(tmp_path):
     main(["fit", "--config", str(QUICKSTART), *TINY, "--model.compile=true", f"--trainer.default_root_dir={tmp_path}"])
-    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert "denoiser.backbone.embed.weight" in keys and not any("_orig_mod" in k for k in keys)
 

@@ -137,7 +137,8 @@ class GPDiagnostics(Callback):
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
         conditional_model = pl_module.mask is not None
-        results = {} if conditional_model else {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()}
+        scored = not conditional_model and self.score.update_called  # data with gaps in every window: none
+        results = {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()} if scored else {}
         results.update(self._attention(trainer, pl_module, stage))
         if with_samples and not conditional_model:
             results.update(self._samples(trainer, pl_module, stage))

@@ -11,11 +11,10 @@ of the observed entries), never scored, and usable as the missing part of a task
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
-
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch

@@ -99,20 +99,23 @@ class DiTBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated by the conditioning ``c (B, D)``;
     the modulation is zero-initialised, so each block starts as the identity (adaLN-Zero)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, attention: AttentionFactory) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, attention: AttentionFactory,
+                 dropout: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = attention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        # Dropout on each residual branch when asked: a regulariser for small data (no parameters).
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """``x (B, T, P, D)``, ``c (B, D)`` -> ``(B, T, P, D)``."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each (B, D)
-        x = x + gate1[:, None, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2[:, None, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate1[:, None, None] * self.drop(self.attn(modulate(self.norm1(x), shift1, scale1)))
+        return x + gate2[:, None, None] * self.drop(self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class FinalLayer(nn.Module):
@@ -148,6 +151,8 @@ class DiT(Backbone):
         position_embedding: ``separate``: sinusoidal frame positions plus sinusoidal patch
             positions (2-D sin-cos on a 2-D grid), each over all channels; ``joint_2d``: one 2-D
             sin-cos embedding of the (frame, patch) token grid, half the channels each.
+        dropout: probability of zeroing activations of every residual branch (attention, MLP)
+            while training (0: none); a regulariser for small data sets.
     """
 
     def __init__(
@@ -160,8 +165,11 @@ class DiT(Backbone):
         mlp_ratio: float = 4.0,
         attention: AttentionFactory = FullAttention,
         position_embedding: Literal["separate", "joint_2d"] = "separate",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(sample_shape)
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         check_int("width", width, 4)
         if width % 4:
             raise ValueError(f"width must be divisible by 4 (sinusoidal positions), got {width}")
@@ -183,7 +191,7 @@ class DiT(Backbone):
             raise ValueError(f"position_embedding must be 'separate' or 'joint_2d', got {position_embedding!r}")
         self.register_buffer("pos", pos, persistent=False)  # (T, P or 1, D)
         self.noise_embed = NoiseEmbedding(width)
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, attention, dropout) for _ in range(depth))
         self.final = FinalLayer(width, features)
         self.reset_parameters()
 
