@@ -224,10 +224,11 @@ def test_best_checkpoint_warns_once_when_validation_loss_keeps_rising():
         watch._check_rise()
     assert not watch._warned
     rise = r"risen from its best 0.4 \(step 500\) to 0.55 \(step 2000\).*train_stride=1"
+    watch.history.append((2000, 0.55))
     with pytest.warns(UserWarning, match=rise):
-        for step, loss in [(2000, 0.55), (2500, 0.68)]:
-            watch.history.append((step, loss))
-            watch._check_rise()
+        watch._check_rise()
     assert watch._warned
+    watch.history.append((2500, 0.68))
+    watch._check_rise()  # already warned: no second warning
     with pytest.raises(ValueError, match="BestCheckpoint.tolerance must be a number >= 0"):
         BestCheckpoint(tolerance=-1)

