@@ -121,7 +121,8 @@ def _leaves(kernel: Kernel) -> list[tuple[object, str]]:
 def _maximise(objective: Callable[[], Tensor], params: list[Tensor], steps: int) -> dict:
     """Maximise ``objective()`` over ``params`` by L-BFGS (strong Wolfe line search) for at most
     ``steps`` iterations; whether the gradient vanished (converged) or the budget ran out."""
-    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, max_eval=steps * 2, tolerance_grad=1e-5,
+    max_eval = 4 * steps
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, max_eval=max_eval, tolerance_grad=1e-5,
                                   tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")  # fmt: skip
 
     def closure():
@@ -133,8 +134,10 @@ def _maximise(objective: Callable[[], Tensor], params: list[Tensor], steps: int)
     optimizer.step(closure)
     state = optimizer.state[optimizer._params[0]]
     grad = max(p.grad.abs().max().item() for p in params if p.grad is not None)
-    iterations = int(state.get("n_iter", 0))
-    return {"iterations": iterations, "gradient": grad, "converged": grad < 1e-3 or iterations < steps}
+    iterations, evaluations = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+    # Converged: a vanishing gradient, or L-BFGS's own stop (no progress) before either budget ran out.
+    stopped_itself = iterations < steps and evaluations < max_eval
+    return {"iterations": iterations, "gradient": grad, "converged": grad < 1e-3 or stopped_itself}
 
 
 class _Flat:

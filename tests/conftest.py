@@ -7,7 +7,10 @@ OVERLAYS = [p for d in ("attention", "controls", "conditional") for p in sorted(
 GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b")]  # after gpu/single.yaml
 # The paper's CPU scale: configs/paper/cpu/<experiment>.yaml on top of configs/paper/<experiment>.yaml
 PAPER_OVERLAYS = sorted((ROOT / "configs" / "paper" / "cpu").glob("*.yaml"))
-CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS) - set(PAPER_OVERLAYS))
+# Real-data overlays need their prepared files: each is run by its example's test (tests/test_examples.py).
+REAL_OVERLAYS = sorted((ROOT / "configs" / "real").glob("*.yaml"))
+CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS) - set(PAPER_OVERLAYS)
+                 - set(REAL_OVERLAYS))  # fmt: skip
 
 
 def stdiff_subclasses(base):
