@@ -7,14 +7,13 @@ import warnings
 import pytest
 import torch
 
+from stdiff.gneiting import fit_gneiting, gneiting_covariance
 from stdiff.gp import KroneckerGP
 from stdiff.gpfit import (
     FitWarning,
     expected_moments,
-    fit_gneiting,
     fit_kernels,
     flip_flop,
-    gneiting_covariance,
     observed_log_likelihood,
 )
 from stdiff.kernels import RBF, Matern, PoweredExponential

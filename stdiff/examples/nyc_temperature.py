@@ -173,7 +173,8 @@ def score(samples: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, std: torch
 def likelihoods(data, reference_report: dict) -> dict:
     """Observed-data log-likelihood per window of the separable fits and Gneiting's class, on the
     reference's training windows and the test windows."""
-    from stdiff.gpfit import _spread, fit_gneiting, flip_flop
+    from stdiff.gneiting import fit_gneiting
+    from stdiff.gpfit import _spread, flip_flop
 
     train = _spread(data.training_set(), 2048)
     test = data.evaluation_samples("test")
