@@ -171,10 +171,12 @@ def test_conditional_scores_on_held_out_windows_against_the_fitted_reference(tmp
           "--data.init_args.task.init_args.context=8", "--model.denoiser=ExactDenoiser", "--model.conditioning=Replacement",
           "--model.conditioning.init_args.resample=3", "--diagnostics.conditional_cases=16",
           "--diagnostics.conditional_samples=32", "--diagnostics.num_samples=200", "--model.sampler.init_args.steps=50",
-          "--data.init_args.num_val=64", "--likelihood.steps=50", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+          "--diagnostics.conditional_estimator=fair", "--data.init_args.num_val=64", "--likelihood.steps=50",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     (path,) = tmp_path.glob("lightning_logs/version_*/metrics.json")
-    metrics = json.loads(path.read_text())["metrics"]
+    written = json.loads(path.read_text())
+    metrics = written["metrics"]
+    assert written["conditional_estimator"] == "fair"  # which CRPS / energy-score estimator the numbers use
     assert metrics["test/conditional/Forecast/cases"] == 16
     assert 0.9 < metrics["test/conditional/Forecast/crps_ratio"] < 1.15
     # the held-out likelihood beside the fitted reference's (the model is that reference: the same)

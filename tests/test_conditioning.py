@@ -2,6 +2,7 @@
 the exact model (their bias, measured), the conditional DiT, and predict with observations."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from stdiff.conditioning import Forecast, Imputation, Interpolation, MaskMixture
 from stdiff.diffusion import Denoiser, ExactDenoiser, denoising_loss
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
-from stdiff.metrics import conditional_report, posterior_samples
+from stdiff.metrics import conditional_report, crps, energy_score, posterior_samples
 from stdiff.nn import ConditionalDiT
 from stdiff.sampling import EulerMaruyama
 from stdiff.schedules import OrnsteinUhlenbeck
@@ -69,6 +70,47 @@ def test_exact_posterior_samples_sit_at_the_floor_of_every_statistic():
     report = conditional_report(gp, x, mask, posterior_samples(gp, x, mask, 64, torch.Generator().manual_seed(4)))
     assert report["crps_ratio"] == pytest.approx(1.0, abs=0.03)
     assert abs(report["kl_excess"]) < 0.5 * report["kl_exact"] and abs(report["coverage90"] - 0.9) < 0.03
+
+
+def test_crps_from_the_sorted_ensemble_equals_all_pairs_and_each_estimator_has_its_expectation():
+    g = torch.Generator().manual_seed(0)
+    samples, target = torch.randn(300, 7, generator=g, dtype=torch.float64), torch.randn(300, generator=g, dtype=torch.float64)
+    pairs = (samples[:, :, None] - samples[:, None, :]).abs().sum((1, 2))  # the O(k²) definition
+    near = (samples - target[:, None]).abs().mean(1)
+    assert torch.allclose(crps(samples, target), near - pairs / (2 * 7**2), atol=1e-12)
+    assert torch.allclose(crps(samples, target, "fair"), near - pairs / (2 * 7 * 6), atol=1e-12)
+    # N(0, 1) ensembles of k = 4 against y: the closed-form CRPS z(2Φ(z) − 1) + 2φ(z) − 1/√π is the
+    # fair estimator's expectation; the biased one sits 1/(k√π) above it.
+    y = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    closed = y * (2 * normal.cdf(y) - 1) + 2 * normal.log_prob(y).exp() - 1 / math.sqrt(math.pi)
+    ens = torch.randn(9, 40000, 4, generator=g, dtype=torch.float64)
+    fair = crps(ens, y[:, None].expand(9, 40000), "fair").mean(1)
+    biased = crps(ens, y[:, None].expand(9, 40000)).mean(1)
+    assert torch.allclose(fair, closed, atol=0.01)
+    assert torch.allclose(biased, closed + 1 / (4 * math.sqrt(math.pi)), atol=0.01)
+    assert (biased - fair).min() > 0.1
+    s, y1 = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    assert energy_score(s[:, :1], y1[:1]).item() == pytest.approx(crps(s[:, 0][None], y1[:1]).item())  # d = 1
+    with pytest.raises(ValueError, match=r"estimator must be one of \('biased', 'fair'\), got 'unbiased'"):
+        crps(samples, target, "unbiased")
+    with pytest.raises(ValueError, match="fair estimator needs at least 2 samples"):
+        crps(samples[:, :1], target, "fair")
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "with NaN"])
+def test_a_frame_mask_scores_like_the_coordinate_mask_it_stands_for(missing):
+    gp, frames = small_gp(), Forecast(6).observed(SHAPE)[:, 0]  # (T,)
+    x = gp.sample(6, torch.Generator().manual_seed(3))
+    if missing:
+        x[1, 2, 0] = x[4, 9, 2] = float("nan")
+    full = frames[:, None].expand(SHAPE)
+    a = posterior_samples(gp, x, frames, 8, torch.Generator().manual_seed(4))
+    b = posterior_samples(gp, x, full, 8, torch.Generator().manual_seed(4))
+    assert torch.allclose(a, b, atol=1e-10)
+    ra, rb = conditional_report(gp, x, frames, a, estimator="fair"), conditional_report(gp, x, full, a, estimator="fair")
+    assert ra["estimator"] == "fair" and ra["scored"] == rb["scored"] == 6 * 6 * 3 - int(missing)
+    assert ra["crps"] == pytest.approx(rb["crps"]) and ra["crps_exact"] == pytest.approx(rb["crps_exact"])
 
 
 def test_spread_measures_interval_width_against_the_posterior_at_any_sample_count():

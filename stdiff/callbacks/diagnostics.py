@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Literal
 
 import lightning as L
 import torch
@@ -53,6 +54,9 @@ class GPDiagnostics(Callback):
         conditional_cases: with a task (``data.init_args.task``): cases scored against the exact
             posterior, each observed at the task's mask (``stdiff.metrics.conditional_report``).
         conditional_samples: conditional samples drawn per case.
+        conditional_estimator: estimator of the conditional CRPS and energy score: ``"biased"``
+            (1/k² over sample pairs, as torchmetrics and properscoring) or ``"fair"`` (1/(k(k−1)),
+            unbiased for the sampler's own score whatever k); recorded in ``metrics.json``.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class GPDiagnostics(Callback):
         seed: int = 0,
         conditional_cases: int = 32,
         conditional_samples: int = 64,
+        conditional_estimator: Literal["biased", "fair"] = "biased",
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"GPDiagnostics.num_samples must be >= 2, got {num_samples}")
@@ -76,6 +81,9 @@ class GPDiagnostics(Callback):
         self.reference_kernel, self.figures, self.seed = reference_kernel, figures, seed
         self.conditional_cases = check_int("GPDiagnostics.conditional_cases", conditional_cases, 1)
         self.conditional_samples = check_int("GPDiagnostics.conditional_samples", conditional_samples, 2)
+        if conditional_estimator not in ("biased", "fair"):
+            raise ValueError(f"GPDiagnostics.conditional_estimator must be 'biased' or 'fair', got {conditional_estimator!r}")
+        self.conditional_estimator = conditional_estimator
         self.truth = None
         self.results: dict[str, float] = {}
         self._validations = 0
@@ -232,7 +240,8 @@ class GPDiagnostics(Callback):
         g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)
         chunks = [pl_module.sample_conditional(o, m, g).cpu() for o, m in zip(observed.split(512), masks.split(512))]
         samples = torch.cat(chunks).reshape(n, k, *shape)
-        report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7))
+        report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7),
+                                    self.conditional_estimator)  # fmt: skip
         if self.figures and trainer.is_global_zero:
             from stdiff.callbacks.figures import fan_chart
             from stdiff.metrics.conditional import posterior_samples
@@ -291,4 +300,6 @@ class GPDiagnostics(Callback):
             out = {"stage": stage, "global_step": trainer.global_step, "metrics": metrics}
             if self.truth is not None:  # condition numbers and any jitter added: the truth the metrics use
                 out["data"] = {"conditioning": self.truth.conditioning}
+            if any("/conditional/" in k for k in metrics):
+                out["conditional_estimator"] = self.conditional_estimator  # of crps and energy
             json.dump(out, f, indent=1)

@@ -149,24 +149,23 @@ def persistence(train: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, k: int
 def score(samples: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, std: torch.Tensor) -> dict:
     """CRPS (°C), coverage and spread/skill of ``samples (n, k, T, S)`` on the hidden, really
     observed entries of ``x (n, T, S)`` (standardised units; ``std (S,)`` back to °C)."""
-    from torchmetrics.functional.regression.crps import _crps_update
+    from stdiff.metrics import crps
 
     scored = ~mask & ~x.isnan()
     n, k, t, s = samples.shape
     per = samples.permute(0, 2, 3, 1)[scored].double() * std.expand(n, t, s)[scored][:, None]  # (N, k) °C
     target = x[scored].double() * std.expand(n, t, s)[scored]
-    _, diff, spread = _crps_update(per, target)
-    crps = diff - spread
+    per_entry = crps(per, target)
     lead = torch.arange(t)[None, :, None].expand(n, t, s)[scored]
     case = torch.arange(n)[:, None, None].expand(n, t, s)[scored]
     lo50, hi50, lo90, hi90 = torch.quantile(per, torch.tensor([0.25, 0.75, 0.05, 0.95], dtype=per.dtype), 1)
     rmse = (per.mean(1) - target).pow(2).mean().sqrt()
-    return {"crps_c": crps.mean().item(), "coverage50": ((target >= lo50) & (target <= hi50)).double().mean().item(),
+    return {"crps_c": per_entry.mean().item(), "coverage50": ((target >= lo50) & (target <= hi50)).double().mean().item(),
             "coverage90": ((target >= lo90) & (target <= hi90)).double().mean().item(),
             "spread_skill": (per.var(1).mean().sqrt() / rmse).item() * math.sqrt((k + 1) / k) if k > 1 else math.nan,
             "rmse_c": rmse.item(), "entries": int(scored.sum()),
-            "crps_by_hour": [crps[lead == h].mean().item() for h in torch.unique(lead).tolist()],
-            "crps_sum_by_case": torch.zeros(n, dtype=torch.float64).index_add_(0, case, crps).tolist(),
+            "crps_by_hour": [per_entry[lead == h].mean().item() for h in torch.unique(lead).tolist()],
+            "crps_sum_by_case": torch.zeros(n, dtype=torch.float64).index_add_(0, case, per_entry).tolist(),
             "entries_by_case": torch.bincount(case, minlength=n).tolist()}  # fmt: skip
 
 

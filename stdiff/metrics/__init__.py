@@ -2,7 +2,7 @@
 torchmetrics ``Metric``s that accumulate them across batches and DDP ranks."""
 
 from stdiff.metrics.attention import attention_alignment, frame_attention, temporal_map
-from stdiff.metrics.conditional import conditional_report, posterior_samples
+from stdiff.metrics.conditional import conditional_report, crps, energy_score, posterior_samples
 from stdiff.metrics.distances import (
     correlation_by_lag,
     early_stopping_kl,
@@ -26,7 +26,9 @@ __all__ = [
     "attention_report",
     "conditional_report",
     "correlation_by_lag",
+    "crps",
     "early_stopping_kl",
+    "energy_score",
     "factor_covariances",
     "frame_attention",
     "gaussian_fit_kl",

@@ -6,10 +6,15 @@ finite-sample effects cancel in the difference, so the excess is the method's an
 
 - ``kl``, ``w2``: Gaussian fit of the pooled residuals (sample − m(x)) on the missing coordinates
   against N(0, C) (the covariance is the same for every case; the mean depends on x).
-- ``crps``: per-coordinate CRPS of the k samples against the true held-out values (torchmetrics'
-  ``ContinuousRankedProbabilityScore``), averaged over missing coordinates and cases; ``crps_ratio``
-  = crps / crps_exact (1 is Bayes-optimal).
+- ``crps``: per-coordinate CRPS of the k samples against the true held-out values (``crps``
+  below), averaged over missing coordinates and cases; ``crps_ratio`` = crps / crps_exact, whose
+  expectation is 1 for Bayes-optimal samples (the same estimator on both sides).
 - ``energy``: the energy score E‖X − y‖ − ½ E‖X − X'‖ over the missing coordinates of a case.
+
+Both scores come with two estimators of E‖X − X'‖ from k samples (``estimator``): ``"biased"``
+(the default: 1/k² over all pairs, the sample distribution's own score; what torchmetrics,
+properscoring and scoringrules' ``"nrg"`` compute) and ``"fair"`` (1/(k(k − 1)), unbiased for the
+score of the distribution the samples come from, so it does not depend on k).
 - ``coverage50``, ``coverage90``: fraction of held-out values inside the samples' central 50 % and
   90 % intervals (nominal: 0.5, 0.9).
 - ``crps_by_frame``: CRPS per frame with a missing coordinate (the lead time, for forecasts).
@@ -30,10 +35,38 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.regression.crps import _crps_update
 
 from stdiff.gp import KroneckerGP
 from stdiff.metrics.distances import gaussian_kl, gaussian_w2
+
+ESTIMATORS = ("biased", "fair")
+
+
+def _pair_scale(k: int, estimator: str) -> float:
+    """The factor of ½ Σ_ij |x_i − x_j| in each estimator of ½ E|X − X'|."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "fair" and k < 2:
+        raise ValueError(f"the fair estimator needs at least 2 samples, got {k}")
+    return 0.5 / (k * k if estimator == "biased" else k * (k - 1))
+
+
+def crps(samples: Tensor, target: Tensor, estimator: str = "biased") -> Tensor:
+    """CRPS of the ensembles ``samples (N, k)`` against ``target (N,)``, one per row:
+    E|X − y| − ½ E|X − X'| (``estimator``: module docstring). The pair term comes from the sorted
+    ensemble, Σ_ij |x_i − x_j| = 2 Σ_i (2i − k − 1) x_(i): O(N·k) memory and O(N·k log k) time,
+    not the O(N·k²) of all pairs."""
+    k = samples.shape[-1]
+    scale = _pair_scale(k, estimator)
+    ordered = samples.sort(-1).values
+    weights = torch.arange(1 - k, k, 2, dtype=samples.dtype, device=samples.device)  # 2i − k − 1, i = 1..k
+    return (samples - target[..., None]).abs().mean(-1) - scale * 2 * (ordered * weights).sum(-1)
+
+
+def energy_score(samples: Tensor, target: Tensor, estimator: str = "biased") -> Tensor:
+    """Energy score of ``samples (k, m)`` against ``target (m,)``: E‖X − y‖ − ½ E‖X − X'‖."""
+    scale = _pair_scale(len(samples), estimator)
+    return (samples - target).norm(dim=-1).mean() - scale * torch.cdist(samples[None], samples[None])[0].sum()
 
 
 def _cases(truth: KroneckerGP, x: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -78,38 +111,37 @@ def _coordinates(truth: KroneckerGP, mask: Tensor) -> Tensor:
     return mask.reshape(-1).cpu()
 
 
-def _scores(samples: Tensor, target: Tensor, frame_of: Tensor, case_of: Tensor, variance: Tensor) -> dict:
+def _scores(samples: Tensor, target: Tensor, frame_of: Tensor, case_of: Tensor, variance: Tensor,
+            estimator: str) -> dict:  # fmt: skip
     """The statistics of ``samples (N, k)`` against ``target (N,)`` over the N scored coordinates
     of all cases, ``frame_of`` / ``case_of (N,)`` saying where each sits, ``variance (N,)`` the
     posterior's."""
-    _, k = samples.shape
     width = samples.var(1)
-    _, diff, spread = _crps_update(samples, target)
-    crps = diff - spread
-    energy = []
-    for c in torch.unique(case_of):
-        s, y = samples[case_of == c].T, target[case_of == c]  # (k, m), (m,)
-        energy.append((s - y).norm(dim=-1).mean() - 0.5 * torch.cdist(s[None], s[None])[0].sum() / k**2)
+    per = crps(samples, target, estimator)
+    energy = [energy_score(samples[case_of == c].T, target[case_of == c], estimator) for c in torch.unique(case_of)]
     lo50, hi50, lo90, hi90 = torch.quantile(samples, torch.tensor([0.25, 0.75, 0.05, 0.95], dtype=samples.dtype), 1)
     frames = torch.unique(frame_of)
     by_frame = [frame_of == f for f in frames]
     return {
-        "crps": crps.mean().item(),
+        "crps": per.mean().item(),
         "energy": torch.stack(energy).mean().item(),
         "coverage50": ((target >= lo50) & (target <= hi50)).double().mean().item(),
         "coverage90": ((target >= lo90) & (target <= hi90)).double().mean().item(),
-        "crps_by_frame": [crps[f].mean().item() for f in by_frame],
+        "crps_by_frame": [per[f].mean().item() for f in by_frame],
         "spread": (width.mean() / variance.mean()).sqrt().item(),
         "spread_by_frame": [(width[f].mean() / variance[f].mean()).sqrt().item() for f in by_frame],
     }
 
 
-def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Tensor, seed: int = 0) -> dict:
+def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Tensor, seed: int = 0,
+                       estimator: str = "biased") -> dict:  # fmt: skip
     """Conditional ``samples (n, k, T, *space)`` of cases ``x (n, T, *space)`` (NaN = missing)
     observed at ``mask`` (one ``(T,)`` or ``(T, *space)`` mask for all cases, or one per case)
-    against the posterior of ``truth`` (module docstring). Returns floats, and the
-    ``…_by_frame`` statistics and ``frames`` as lists."""
+    against the posterior of ``truth`` (module docstring; ``estimator`` of CRPS and energy score:
+    ``"biased"`` or ``"fair"``). Returns floats, ``estimator``, and the ``…_by_frame`` statistics
+    and ``frames`` as lists."""
     n, k = samples.shape[:2]
+    _pair_scale(k, estimator)  # a bad estimator fails before any sampling
     x = x.double().cpu()
     exact = posterior_samples(truth, x, mask.cpu(), k, torch.Generator().manual_seed(seed))
     frame_index = torch.arange(truth.frames).repeat_interleave(truth.num_points)
@@ -142,9 +174,9 @@ def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Ten
     target, frame_of, case_of, variance = (torch.cat(v) for v in (target, frame_of, case_of, variance))
     d = len(target)
     out: dict = {"cases": n, "samples_per_case": k, "missing": int(d // max(1, len(torch.unique(case_of)))),
-                 "scored": d, "shared_posterior": bool(len(residuals[""]))}  # fmt: skip
+                 "scored": d, "shared_posterior": bool(len(residuals[""])), "estimator": estimator}  # fmt: skip
     for label in ("", "_exact"):
-        stats = _scores(torch.cat(picks[label]), target, frame_of, case_of, variance)
+        stats = _scores(torch.cat(picks[label]), target, frame_of, case_of, variance, estimator)
         res = residuals[label]
         if len(res):
             dim = res.shape[1]
