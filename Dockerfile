@@ -12,7 +12,8 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/stdiff
 COPY pyproject.toml README.md ./
 COPY stdiff ./stdiff
-# The base image's torch satisfies stdiff's torch>=2.4: pip keeps it and adds the rest.
+# The base image's torch 2.5.1 is stdiff's floor, the version the lowest-versions job tests
+# (tests/test_lowest_versions.py): pip keeps it and adds the rest.
 # The presets ship inside the package (stdiff/configs); /opt/stdiff/configs is kept as the documented path.
 RUN pip install --no-cache-dir . \
     && ln -s /opt/stdiff/stdiff/configs /opt/stdiff/configs \

@@ -233,8 +233,22 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _is_advertisement(record) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")  # False drops the record
+
+
+def silence_advertisements() -> None:
+    """Drop Lightning's product tips ("💡 Tip: … try installing litlogger / litmodels"), printed on
+    every run; its other messages stay."""
+    from lightning_utilities.core import rank_zero
+
+    if _is_advertisement not in rank_zero.log.filters:
+        rank_zero.log.addFilter(_is_advertisement)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console script ``stdiff``."""
+    silence_advertisements()
     # Deprecation notices raised inside Lightning's own use of jsonargparse and torch's pytree:
     # nothing a stdiff user can act on, and they bury the progress output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")

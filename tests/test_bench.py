@@ -1,5 +1,5 @@
 """The benchmark entry point runs every CPU section at a tiny size (no thresholds: the numbers
-live in the README and benchmarks/results/)."""
+live in the README and stdiff/bench/results/)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import QUICKSTART
 
-from stdiff.bench import main
+from stdiff.bench.speed import main
 
 TINY = ["--config", str(QUICKSTART), "--repeats", "2", "--steps", "3", "--sample-steps", "2", "--sample-batch", "4",
         "--frames", "4", "--patches", "2", "--attention-batch", "2",
@@ -53,7 +53,7 @@ def test_bench_names_a_bad_section_and_refuses_gpu_without_cuda(capsys):
 def test_the_gpu_matrix_runs_its_loop_on_the_cpu():
     # The GPU section's code path, at a tiny size on the CPU (no compile: it is GPU-tested), so
     # that a GPU session does not find a bug in it.
-    from stdiff.bench import gpu
+    from stdiff.bench.speed import gpu
 
     overrides = [a for a in TINY[TINY.index("--data.init_args.batch_size=8") :]]
     rows = gpu.matrix([str(QUICKSTART)], overrides, steps=2, repeats=2,
@@ -68,3 +68,22 @@ def test_bench_refuses_an_unwritable_json_path_before_measuring(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["--config", str(QUICKSTART), "--json", str(tmp_path / "missing" / "out.json")])
     assert "cannot write in" in capsys.readouterr().err
+
+
+def test_every_benchmark_has_an_entry_and_each_runs_by_name(capsys):
+    from pathlib import Path
+
+    from stdiff import bench
+
+    modules = {p.stem for p in Path(bench.__file__).parent.glob("*.py") if p.stem != "__init__" and p.stem != "__main__"}
+    scripts = {p.stem for p in Path(bench.__file__).parent.glob("*.sh")}
+    assert set(bench.BENCHMARKS) == modules | scripts | {"speed"}
+    bench.main([])
+    assert "gp_sampler" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown benchmark 'nope'"):
+        bench.main(["nope"])
+    with pytest.raises(SystemExit, match="the speed benchmark is `python -m stdiff.bench speed"):
+        bench.main(["--config", "x.yaml"])
+    with pytest.raises(SystemExit) as done:  # a module's own --help, reached by name
+        bench.main(["gp_sampler", "--help"])
+    assert done.value.code == 0 and "python -m stdiff.bench gp_sampler" in capsys.readouterr().out

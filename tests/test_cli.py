@@ -77,6 +77,31 @@ def test_every_config_instantiates(configs):
         assert cli.model(x, torch.zeros(2)).shape == x.shape
 
 
+def test_lightning_tips_are_silenced_and_its_other_messages_kept():
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_info
+    from lightning_utilities.core import rank_zero
+
+    from stdiff.cli import silence_advertisements
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    rank_zero.log.addHandler(handler)
+    level = rank_zero.log.level
+    rank_zero.log.setLevel(logging.INFO)
+    try:
+        silence_advertisements()
+        silence_advertisements()  # once is enough; twice adds nothing
+        rank_zero_info("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)")
+        rank_zero_info("GPU available: False, used: False")
+    finally:
+        rank_zero.log.removeHandler(handler)
+        rank_zero.log.setLevel(level)
+    assert seen == ["GPU available: False, used: False"]
+
+
 def test_python_dash_m_and_help(tmp_path):
     out = run_cli(["fit", "--help"], tmp_path, timeout=120)
     assert out.returncode == 0 and "--data" in out.stdout
@@ -254,6 +279,7 @@ def test_two_process_validation_matches_one_process(tmp_path):
     for devices in (1, 2):
         out = run_cli([*args, f"--trainer.devices={devices}"], tmp_path, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
+        assert "💡 Tip" not in out.stdout + out.stderr and "litlogger" not in out.stdout + out.stderr  # no advertisement
     one, two = (read_metrics(tmp_path / "lightning_logs" / "version_0" / f"validate_{v}")["metrics"] for v in (0, 1))
     keys = [k for k in one if "/samples/" not in k]  # samples differ: each rank draws its own
     assert "val/score_rel_error" in keys and "val/attention/pearson_best" in keys

@@ -98,6 +98,20 @@ def test_crps_from_the_sorted_ensemble_equals_all_pairs_and_each_estimator_has_i
         crps(samples[:, :1], target, "fair")
 
 
+def test_crps_and_energy_score_equal_properscoring_and_scoringrules():
+    ps, sr = pytest.importorskip("properscoring"), pytest.importorskip("scoringrules")  # where installed
+    rng = np.random.default_rng(0)
+    f, y = rng.normal(size=(50, 9)), rng.normal(size=50)
+    ours, fair = crps(torch.tensor(f), torch.tensor(y)).numpy(), crps(torch.tensor(f), torch.tensor(y), "fair").numpy()
+    np.testing.assert_allclose(ours, ps.crps_ensemble(y, f), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(ours, sr.crps_ensemble(y, f), rtol=0, atol=1e-14)  # its default estimator
+    np.testing.assert_allclose(fair, sr.crps_ensemble(y, f, estimator="fair"), rtol=0, atol=1e-14)
+    s, obs = rng.normal(size=(9, 4)), rng.normal(size=4)
+    for estimator in ("nrg", "fair"):
+        ours = energy_score(torch.tensor(s), torch.tensor(obs), "biased" if estimator == "nrg" else "fair").item()
+        assert ours == pytest.approx(float(sr.energy_score(obs, s, estimator=estimator)), abs=1e-14)
+
+
 @pytest.mark.parametrize("missing", [False, True], ids=["complete", "with NaN"])
 def test_a_frame_mask_scores_like_the_coordinate_mask_it_stands_for(missing):
     gp, frames = small_gp(), Forecast(6).observed(SHAPE)[:, 0]  # (T,)

@@ -162,3 +162,44 @@ def test_unknown_name_lists_valid_names_and_closest_match():
     ):
         get_kernel("Matren")
     assert get_kernel("RBF") is RBF
+
+
+# GPyTorch's documented forms (gpytorch.kernels), written out so the check runs without it:
+# RBF exp(-h²/(2ℓ²)), RQ (1 + h²/(2αℓ²))^(-α), Periodic exp(-2 sin²(πh/p)/ℓ), Matérn ν as R&W.
+GPYTORCH_FORMULAS = {
+    "RBFKernel": lambda h, ls, **_: torch.exp(-(h**2) / (2 * ls**2)),
+    "RQKernel": lambda h, ls, alpha: (1 + h**2 / (2 * alpha * ls**2)) ** -alpha,
+    "PeriodicKernel": lambda h, ls, period_length: torch.exp(-2 * torch.sin(math.pi * h / period_length) ** 2 / ls),
+    "MaternKernel": lambda h, ls, nu: Matern(1.0, nu).profile(h / ls),
+}
+# (stdiff kernel, GPyTorch kernel, its lengthscale, its other arguments): the conventions the docstrings state
+CONVENTIONS = [
+    (RBF(2.0), "RBFKernel", 2.0, {}),
+    (PoweredExponential(2.0, power=2.0), "RBFKernel", 2.0 / math.sqrt(2), {}),
+    (PoweredExponential(3.0, power=1.0), "MaternKernel", 3.0, {"nu": 0.5}),
+    (Matern(1.5, nu=2.5), "MaternKernel", 1.5, {"nu": 2.5}),
+    (RationalQuadratic(2.0, alpha=0.7), "RQKernel", 2.0, {"alpha": 0.7}),
+    (GeneralizedCauchy(2.0, alpha=2.0, beta=3.0), "RQKernel", 2.0 / math.sqrt(3.0), {"alpha": 1.5}),
+    (Periodic(0.8, period=5.0), "PeriodicKernel", 0.8**2, {"period_length": 5.0}),
+]
+CONVENTION_IDS = [f"{type(k).__name__}-{name}" for k, name, _, _ in CONVENTIONS]
+
+
+@pytest.mark.parametrize("kernel,name,lengthscale,kwargs", CONVENTIONS, ids=CONVENTION_IDS)
+def test_documented_gpytorch_conventions_hold_for_its_formulas(kernel, name, lengthscale, kwargs):
+    t = torch.linspace(0, 12, 25, dtype=torch.float64)[:, None]
+    h = (t - t.T).abs()
+    assert torch.allclose(kernel(t), GPYTORCH_FORMULAS[name](h, torch.tensor(lengthscale), **kwargs), atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,name,lengthscale,kwargs", CONVENTIONS, ids=CONVENTION_IDS)
+def test_documented_gpytorch_conventions_hold_for_gpytorch_itself(kernel, name, lengthscale, kwargs):
+    gpytorch = pytest.importorskip("gpytorch")  # where installed (not a dependency): the library, not our reading of it
+    theirs = getattr(gpytorch.kernels, name)(**{k: v for k, v in kwargs.items() if k == "nu"}).double()
+    theirs.lengthscale = lengthscale
+    for key in ("alpha", "period_length"):
+        if key in kwargs:
+            setattr(theirs, key, kwargs[key])
+    t = torch.linspace(0, 12, 25, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        assert torch.allclose(kernel(t), theirs(t, t).to_dense(), atol=1e-6)

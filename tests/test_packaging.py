@@ -26,8 +26,27 @@ def test_a_config_path_missing_here_is_found_in_the_package(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_a_wheel_install_runs_the_quickstart_and_the_theory_from_an_empty_directory():
-    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "wheel_check.sh"), "--trainer.max_steps=20",
+    out = subprocess.run(["bash", str(ROOT / "stdiff" / "bench" / "wheel_check.sh"), "--trainer.max_steps=20",
                           "--trainer.val_check_interval=20", "--diagnostics.num_samples=300",
                           "--model.sampler.init_args.steps=5"], capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "wheel check passed" in out.stdout
+
+
+def test_the_top_level_holds_what_the_project_card_lists():
+    card = {"stdiff", "configs", "tests", "lightning_logs", "pyproject.toml", "Dockerfile", "README.md"}
+    here = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and not p.name.endswith(".egg-info")}
+    assert here - card == set(), f"not on the project card: {sorted(here - card)}"
+    assert card - here <= {"lightning_logs"}  # output, made by the first run
+
+
+def test_the_wheel_ships_the_benchmarks_and_presets_but_not_their_results(tmp_path):
+    import zipfile
+
+    subprocess.run(["pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)], check=True, timeout=600,
+                   capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("stdiff-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "stdiff/bench/__init__.py" in names and "stdiff/bench/speed/training.py" in names
+    assert "stdiff/configs/quickstart.yaml" in names
+    assert not [n for n in names if n.startswith("stdiff/bench/results/")]

@@ -15,7 +15,7 @@ N = 20_000
 # Documented margin: at 500 steps the excess KL stays below 0.01, against a floor of 0.0137 whose
 # standard deviation over seeds is 8e-4 (d = 32). It includes the early-stopping bias
 # KL(p_t0 ‖ p_0) = 1.3e-3 at t0 = 1e-3. Measured (0.0023 to 0.0055 at 500 steps):
-# benchmarks/results/sampler_kl.md.
+# stdiff/bench/results/sampler_kl.md.
 MARGIN_500 = 0.01
 
 
@@ -56,7 +56,7 @@ def test_dpm_solver_matches_the_outside_reference(evaluations, problem):
 
 def test_heun_degrades_gracefully_with_few_steps(problem):
     # Issue [M] measured 1122 at 3 steps for the old form, in t; in log-SNR with the linear part
-    # exact it stays within a few nats (5.1, benchmarks/results/sampler_kl.md), and falls as steps grow.
+    # exact it stays within a few nats (5.1, stdiff/bench/results/sampler_kl.md), and falls as steps grow.
     values = [excess(Heun(steps=k), problem) for k in (3, 5, 12)]
     assert values[0] < 10 and values[0] > values[1] > values[2], values
 

@@ -8,7 +8,16 @@ import torch
 from conftest import QUICKSTART, stdiff_subclasses
 
 from stdiff.cli import StdiffCLI
-from stdiff.schedules import SCHEDULES, Cosine, LinearBeta, NoiseSchedule, OrnsteinUhlenbeck, SigmoidLogSNR, VPSchedule
+from stdiff.schedules import (
+    SCHEDULES,
+    Cosine,
+    DiscreteBeta,
+    LinearBeta,
+    NoiseSchedule,
+    OrnsteinUhlenbeck,
+    SigmoidLogSNR,
+    VPSchedule,
+)
 
 ALL = [cls() for cls in SCHEDULES.values()]
 IDS = list(SCHEDULES)
@@ -140,3 +149,50 @@ def test_a_user_schedule_without_closed_form_derivatives_samples_in_predict(tmp_
     (path,) = tmp_path.glob("lightning_logs/version_*/samples.npy")
     x = torch.from_numpy(__import__("numpy").load(path))
     assert torch.isfinite(x).all() and 0.7 < x.std() < 1.3
+
+
+def test_discrete_beta_is_ddpm_exactly_and_linear_beta_is_its_continuous_limit_to_7_percent():
+    ddpm = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)  # Ho et al. 2020
+    s = DiscreteBeta()
+    k = torch.arange(1, 1001, dtype=torch.float64)
+    torch.testing.assert_close(s.alpha(k / 1000) ** 2, ddpm, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.alphas_cumprod, ddpm, rtol=1e-12, atol=0)
+    assert s.t_min == pytest.approx(1e-3) and s.t_max == 1.0
+    gap = LinearBeta().alpha(torch.tensor(1.0, dtype=torch.float64)).item() ** 2 / ddpm[-1].item() - 1
+    assert gap == pytest.approx(0.0701, abs=5e-4)  # the figure LinearBeta's docstring gives
+    half = (s.alpha(torch.tensor(0.5005, dtype=torch.float64)) ** 2 / ddpm[499:501].mean()).item()
+    assert half == pytest.approx(1.0, abs=1e-4)  # between steps: log ᾱ linear, ᾱ in between its neighbours
+
+
+def test_discrete_beta_reads_diffusers_configs_and_refuses_what_it_cannot_represent(tmp_path):
+    import json
+
+    config = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "trained_betas": None}  # fmt: skip
+    s = DiscreteBeta.from_diffusers(config)
+    expected = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0)
+    torch.testing.assert_close(s.alphas_cumprod, expected, rtol=1e-12, atol=0)
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    assert torch.equal(DiscreteBeta.from_diffusers(tmp_path).alphas_cumprod, s.alphas_cumprod)  # the folder
+    cosine = DiscreteBeta.from_diffusers({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 50})
+    cosine.validate()
+    last = (cosine.alphas_cumprod[-1] / cosine.alphas_cumprod[-2]).item()
+    assert last == pytest.approx(1 - 0.999)  # the last β is capped at 0.999
+    given = DiscreteBeta(num_train_timesteps=3, trained_betas=[0.1, 0.2, 0.3])
+    torch.testing.assert_close(given.alphas_cumprod, torch.tensor([0.9, 0.72, 0.504], dtype=torch.float64))
+    for bad, match in [({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True makes ᾱ_N = 0"),
+                       ({"beta_schedule": "quadratic"}, r"beta_schedule must be one of \('linear'"),
+                       ({"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}, "trained_betas has 2 values"),
+                       ({"num_train_timesteps": 2, "trained_betas": [0.1, 1.0]}, "every β must lie in .0, 1.; β_2 = 1.0")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            DiscreteBeta.from_diffusers(bad)
+    with pytest.raises(FileNotFoundError, match="no scheduler config at"):
+        DiscreteBeta.from_diffusers(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
+def test_discrete_beta_equals_diffusers_itself(beta_schedule):
+    diffusers = pytest.importorskip("diffusers")  # where installed (not a dependency)
+    theirs = diffusers.DDPMScheduler(beta_schedule=beta_schedule, beta_start=0.0001, beta_end=0.02)
+    ours = DiscreteBeta.from_diffusers(theirs)
+    torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod.double(), rtol=2e-5, atol=1e-9)  # theirs: float32

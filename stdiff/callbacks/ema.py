@@ -14,7 +14,7 @@ class EMA(EMAWeightAveraging):
     and the saved checkpoints, exactly as Lightning's ``EMAWeightAveraging``
     (``average ← decay·average + (1 − decay)·weights`` after every optimizer step), but updated
     with one foreach ``lerp`` over tensor lists made once, instead of Lightning's Python loop over
-    the tensors with two walks of both module trees on every step (``benchmarks/step_hooks.py``
+    the tensors with two walks of both module trees on every step (``python -m stdiff.bench step_hooks``
     measures both).
 
     Args: as ``EMAWeightAveraging``: ``decay``, ``update_every_n_steps``, ``update_starting_at_step``,

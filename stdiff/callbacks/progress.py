@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 class ProgressBar(TQDMProgressBar):
     """Lightning's progress bar, redrawn at most every ``refresh_seconds`` instead of after every
     batch: a redraw costs ~0.6 ms (1 % of a quickstart step, several % of a fast GPU step), more
-    than anyone can read at 20+ steps/s (``benchmarks/step_hooks.py`` measures it). The bar ends
+    than anyone can read at 20+ steps/s (``python -m stdiff.bench step_hooks`` measures it). The bar ends
     on the true count. stdiff adds it unless the trainer already has a progress bar or has
     ``enable_progress_bar: false``.
 

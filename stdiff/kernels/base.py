@@ -123,7 +123,8 @@ class Product(Kernel):
 
 
 class Scaled(Kernel):
-    """A kernel times a positive variance, ``k(x, y) = scale · kernel(x, y)``.
+    """A kernel times a positive variance, ``k(x, y) = scale · kernel(x, y)`` (GPyTorch: ``ScaleKernel``
+    with ``outputscale=scale``).
 
     Args:
         kernel: the kernel to scale.

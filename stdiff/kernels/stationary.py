@@ -24,6 +24,9 @@ class PoweredExponential(StationaryKernel):
     Ornstein–Uhlenbeck (Matérn ½) kernel and ν = 2 a squared exponential; ν ∈ (0, 2] is exactly
     the range where the kernel is positive definite in every dimension.
 
+    GPyTorch: ν = 1 is ``MaternKernel(nu=0.5, lengthscale=ℓ)``; ν = 2 is ``RBFKernel`` with
+    lengthscale ℓ/√2 (GPyTorch's RBF halves the squared distance, this kernel does not).
+
     Args:
         lengthscale: ℓ > 0, in grid units.
         power: ν ∈ (0, 2]; larger means faster decay at long lags.
@@ -42,6 +45,9 @@ class GeneralizedCauchy(StationaryKernel):
 
     Correlation falls like ``h^(-β)`` at long lags. Positive definite in every dimension for
     α ∈ (0, 2] and β > 0.
+
+    GPyTorch: α = 2 is ``RQKernel`` with ``alpha=β/2`` and lengthscale ℓ/√β (its
+    ``(1 + h²/(2αℓ²))^(-α)``); other α have no GPyTorch equivalent.
 
     Args:
         lengthscale: ℓ > 0, in grid units.
@@ -88,6 +94,8 @@ class RBF(StationaryKernel):
     """Squared exponential ``exp(-(h/ℓ)² / 2)``. Very smooth: on long grids with large ℓ its
     matrix is numerically singular (see ``KroneckerGP.jitter``).
 
+    GPyTorch: ``RBFKernel(lengthscale=ℓ)``, the same function.
+
     Args:
         lengthscale: ℓ > 0, in grid units.
     """
@@ -99,6 +107,8 @@ class RBF(StationaryKernel):
 class Matern(StationaryKernel):
     """Matérn kernel with smoothness ν ∈ {0.5, 1.5, 2.5} in closed form (Rasmussen & Williams
     2006, eq. 4.17).
+
+    GPyTorch: ``MaternKernel(nu=ν, lengthscale=ℓ)``, the same function.
 
     Args:
         lengthscale: ℓ > 0, in grid units.
@@ -124,6 +134,8 @@ class Matern(StationaryKernel):
 class RationalQuadratic(StationaryKernel):
     """Rational quadratic ``(1 + (h/ℓ)² / (2α))^(-α)``: a scale mixture of RBFs.
 
+    GPyTorch: ``RQKernel(alpha=α, lengthscale=ℓ)``, the same function.
+
     Args:
         lengthscale: ℓ > 0, in grid units.
         alpha: α > 0; α → ∞ recovers the RBF.
@@ -143,6 +155,9 @@ class Periodic(Kernel):
     Summing over coordinates makes it a product of 1-D periodic kernels, hence positive
     semi-definite in any dimension. A grid that spans whole periods repeats rows, so the matrix
     is singular there (see ``KroneckerGP.jitter``).
+
+    GPyTorch: ``PeriodicKernel(lengthscale=ℓ², period_length=p)``: GPyTorch divides by its
+    lengthscale, not by its square (this kernel follows MacKay and scikit-learn's ``ExpSineSquared``).
 
     Args:
         lengthscale: ℓ > 0, smoothness within a period.

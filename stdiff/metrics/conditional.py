@@ -13,7 +13,7 @@ finite-sample effects cancel in the difference, so the excess is the method's an
 
 Both scores come with two estimators of E‖X − X'‖ from k samples (``estimator``): ``"biased"``
 (the default: 1/k² over all pairs, the sample distribution's own score; what torchmetrics,
-properscoring and scoringrules' ``"nrg"`` compute) and ``"fair"`` (1/(k(k − 1)), unbiased for the
+properscoring and scoringrules' default compute, to 1e-15) and ``"fair"`` (1/(k(k − 1)), unbiased for the
 score of the distribution the samples come from, so it does not depend on k).
 - ``coverage50``, ``coverage90``: fraction of held-out values inside the samples' central 50 % and
   90 % intervals (nominal: 0.5, 0.9).

@@ -2,10 +2,11 @@
 
 from stdiff._validation import lookup
 from stdiff.schedules.base import NoiseSchedule, VPSchedule
+from stdiff.schedules.discrete import DiscreteBeta
 from stdiff.schedules.vp import Cosine, LinearBeta, OrnsteinUhlenbeck, SigmoidLogSNR
 
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
-    cls.__name__: cls for cls in (OrnsteinUhlenbeck, LinearBeta, Cosine, SigmoidLogSNR)
+    cls.__name__: cls for cls in (OrnsteinUhlenbeck, LinearBeta, Cosine, SigmoidLogSNR, DiscreteBeta)
 }
 
 
@@ -17,6 +18,7 @@ def get_schedule(name: str) -> type[NoiseSchedule]:
 __all__ = [
     "SCHEDULES",
     "Cosine",
+    "DiscreteBeta",
     "LinearBeta",
     "NoiseSchedule",
     "OrnsteinUhlenbeck",

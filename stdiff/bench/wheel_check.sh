@@ -2,9 +2,9 @@
 # A non-editable install runs every documented command: build the wheel, install it into a fresh
 # virtual environment outside the checkout, and run, from an empty directory, the quickstart (its
 # config resolved from the package: configs/ does not exist there) and `python -m stdiff.paper theory`.
-#   bash benchmarks/wheel_check.sh [extra stdiff fit arguments, e.g. --trainer.max_steps=100]
+#   python -m stdiff.bench wheel_check [extra stdiff fit arguments, e.g. --trainer.max_steps=100]
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"

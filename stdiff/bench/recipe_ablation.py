@@ -1,6 +1,6 @@
 """What each part of the quickstart's training recipe does to its samples (issue [M]).
 
-    python benchmarks/recipe_ablation.py [--out benchmarks/results/recipe_ablation.md] [--root /tmp/recipe]
+    python -m stdiff.bench recipe_ablation [--out stdiff/bench/results/recipe_ablation.md] [--root /tmp/recipe]
 
 Trains the quickstart (3000 steps, CPU) four ways: ε- or v-prediction × constant or warm-up +
 cosine learning rate, everything else as ``configs/quickstart.yaml``, then scores 2000 samples
@@ -76,7 +76,7 @@ def main() -> None:
         )
     text = (
         f"Quickstart (3000 steps, seed 0) trained four ways; cells: sample KL excess / whitened-norm excess of "
-        f"{args.samples} samples against the exact GP. `python benchmarks/recipe_ablation.py`\n\n"
+        f"{args.samples} samples against the exact GP. `python -m stdiff.bench recipe_ablation`\n\n"
         + "\n".join(lines)
         + "\n"
     )

@@ -1,6 +1,6 @@
 """Where along the sampling path a trained model's samples leave the exact law.
 
-    python benchmarks/sampling_path.py <run dir> [--samples 2000] [--out benchmarks/results/sampling_path]
+    python -m stdiff.bench sampling_path <run dir> [--samples 2000] [--out stdiff/bench/results/sampling_path]
 
 The run directory is any ``stdiff fit`` run on GP data (its ``config.yaml`` and
 ``checkpoints/last.ckpt``). With the run's own sampler unless ``--sampler`` is given, it measures:
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--sampler", default=None, help="sampler class (default: the run's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_path"))
+    p.add_argument("--out", type=Path, default=Path("stdiff/bench/results/sampling_path"))
     args = p.parse_args()
     overrides = [f"--model.sampler={args.sampler}"] if args.sampler else []
     overrides += [f"--model.sampler.init_args.steps={args.steps}"] if args.steps else []

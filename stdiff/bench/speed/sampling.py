@@ -7,8 +7,8 @@ import functools
 
 import torch
 
-from stdiff.bench import stats, timed
-from stdiff.bench.training import autocast, build, device_of
+from stdiff.bench.speed import stats, timed
+from stdiff.bench.speed.training import autocast, build, device_of
 from stdiff.diffusion import ExactDenoiser
 from stdiff.sampling import SAMPLERS
 

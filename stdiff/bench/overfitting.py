@@ -1,7 +1,7 @@
 """What the small-data recipe of the real-data example does (issue [N]): the example's DiT trained
 with and without it, same steps, same data.
 
-    python benchmarks/overfitting.py OUT [--recipe-run OUT/lightning_logs/version_0]
+    python -m stdiff.bench overfitting OUT [--recipe-run OUT/lightning_logs/version_0]
 
 ``OUT`` is a folder prepared by ``python -m stdiff.examples.nyc_temperature prepare OUT`` (or
 ``all``, whose run can be passed as ``--recipe-run`` instead of training it again). Variants:
@@ -13,7 +13,7 @@ with and without it, same steps, same data.
 
 For each: the val/loss curve (best, final, step of the best), whether stdiff warned of a rise,
 and the example's forecast / imputation CRPS (°C) with the best and the last checkpoint. Writes
-``benchmarks/results/nyc_temperature/overfitting.md`` and ``.json``. About 5 min per variant on 2 cores.
+``stdiff/bench/results/nyc_temperature/overfitting.md`` and ``.json``. About 5 min per variant on 2 cores.
 """
 
 from __future__ import annotations

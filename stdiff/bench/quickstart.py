@@ -2,7 +2,7 @@
 the same (x0, t, ε) triples, the truth-checking diagnostics of the final validation, and the same
 sample metrics for the exact model under the same sampler settings (what sampling alone costs).
 
-    python benchmarks/quickstart.py [extra CLI overrides, e.g. --trainer.max_steps=300]
+    python -m stdiff.bench quickstart [extra CLI overrides, e.g. --trainer.max_steps=300]
 
 Runs ``stdiff fit --config configs/quickstart.yaml`` in-process (logs under ./lightning_logs).
 """

@@ -2,9 +2,9 @@
 the sample quantiles themselves are accurate (the paper experiment uses 64 samples per case, whose
 50 % / 90 % intervals cover less than nominal even for exact posterior samples).
 
-    python benchmarks/conditional_coverage.py <paper run>/runs/conditional/lightning_logs/version_0 \\
+    python -m stdiff.bench conditional_coverage <paper run>/runs/conditional/lightning_logs/version_0 \\
         [--cases 64] [--samples 256] [--sampler Heun --sampler-steps 50] \\
-        [--out benchmarks/results/conditional/coverage.json]
+        [--out stdiff/bench/results/conditional/coverage.json]
 
 The run directory is the conditional model trained by ``python -m stdiff.paper conditional``
 (CPU scale); it is rebuilt from the same configuration (base, CPU overlay, conditional overlay).
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--sampler", default=None, help="sampler class (default: the config's, Ancestral)")
     p.add_argument("--sampler-steps", type=int, default=None, help="sampler steps (default: the config's, 100)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/conditional/coverage.json"))
+    p.add_argument("--out", type=Path, default=Path("stdiff/bench/results/conditional/coverage.json"))
     args = p.parse_args()
     configs = [str(CONFIGS / "conditional.yaml"), str(CONFIGS / "cpu" / "conditional.yaml"),
                str(CONFIGS.parent / "conditional" / "trained.yaml")]  # fmt: skip

@@ -1,6 +1,6 @@
 """Cost of exact GP sampling and of the exact score: Kronecker factors against dense algebra.
 
-    python benchmarks/gp_sampler.py [--frames 64] [--points 64] [--batch 256] [--repeats 5]
+    python -m stdiff.bench gp_sampler [--frames 64] [--points 64] [--batch 256] [--repeats 5]
 
 Dense baselines form the (T·S) × (T·S) covariance K = Γ ⊗ Σ: sampling is L z with the Cholesky
 factor L of K; the score is a solve with α²K + σ²I (one Cholesky per noise level; here a whole

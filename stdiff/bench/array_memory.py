@@ -3,7 +3,7 @@
 Writes a float32 ``.npy`` of the given size (GP-like smooth series, chunk by chunk), then runs
 ``stdiff fit`` on it for a few steps in a child process, and the same on a file 1/200 the size:
 the two peaks should be close (memory bounded by the batch and the model, not the file).
-    python benchmarks/array_memory.py [--gigabytes 2] [--steps 20] [--out benchmarks/results/array_memory.json]
+    python -m stdiff.bench array_memory [--gigabytes 2] [--steps 20] [--out stdiff/bench/results/array_memory.json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from stdiff.bench import RESULTS
+
+ROOT = Path(__file__).resolve().parents[1]  # the package: its configs/ are the presets
 POINTS = 256
 
 
@@ -66,7 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gigabytes", type=float, default=2.0)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "array_memory.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "array_memory.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,7 +1,7 @@
 """Sampler error with the exact model: Gaussian-fit KL of generated samples to the true GP, in
 excess of the KL that exact samples give (the finite-sample floor of the same estimator).
 
-    python benchmarks/sampler_kl.py [--n 20000] [--evaluations 6 8 10 15 20 25 50 100 200] [--out benchmarks/results]
+    python -m stdiff.bench sampler_kl [--n 20000] [--evaluations 6 8 10 15 20 25 50 100 200] [--out stdiff/bench/results]
 
 GP: T = 8 frames × S = 4 points (d = 32), powered-exponential time kernel (ℓ = 3, ν = 1), RBF
 space kernel (ℓ = 1); OU schedule with t₀ = 1e-3, horizon 10; log-SNR time grid. Samplers are
@@ -94,7 +94,7 @@ def main() -> None:
         f"Excess Gaussian-fit KL of {args.n} samples from the exact model over {args.n} exact samples "
         f"(floor {floor:.4f}), columns: network evaluations (Heun: ⌊NFE/2⌋ steps, at most that many). "
         f"Includes the early-stopping bias KL(p_t0 ‖ p_0) = {bias:.4f} (t0 = {schedule.t_min}); with "
-        f"denoise_final the bias of the denoised estimate instead. Sampling time is in sampler_kl.csv. `python benchmarks/sampler_kl.py`\n\n"
+        f"denoise_final the bias of the denoised estimate instead. Sampling time is in sampler_kl.csv. `python -m stdiff.bench sampler_kl`\n\n"
     )
     (args.out / "sampler_kl.md").write_text(header + "\n".join(table) + "\n")
     print("\n".join(table))

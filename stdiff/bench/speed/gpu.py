@@ -7,8 +7,8 @@ import functools
 
 import torch
 
-from stdiff.bench import stats, timed
-from stdiff.bench.training import autocast, build, drawer
+from stdiff.bench.speed import stats, timed
+from stdiff.bench.speed.training import autocast, build, drawer
 from stdiff.callbacks.throughput import peak_flops
 from stdiff.diffusion import denoising_loss, training_times
 

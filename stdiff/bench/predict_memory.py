@@ -4,7 +4,7 @@
 Draws N samples of a small GP (8 frames × 4 points) with the exact model and DDIM (2 steps), in
 batches of 100 000, once with N = 10⁵ and once with N = 10⁷ (1.2 GiB of float32 on disk), and
 reports each run's peak RSS (VmHWM of the child) and the file it wrote.
-    python benchmarks/predict_memory.py [--samples 10000000] [--out benchmarks/results/predict_memory.json]
+    python -m stdiff.bench predict_memory [--samples 10000000] [--out stdiff/bench/results/predict_memory.json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from stdiff.bench import RESULTS
+
+ROOT = Path(__file__).resolve().parents[1]  # the package: its configs/ are the presets
 
 
 def predict(n: int, root: Path) -> dict:
@@ -52,7 +54,7 @@ def predict(n: int, root: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=10_000_000)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_memory.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "predict_memory.json")
     args = p.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """Per-step cost of what stdiff's training step adds to a hand-written one, piece by piece, on
 the configured model (milliseconds per step; median over the steps of a short run):
 
-    python benchmarks/step_hooks.py [--config configs/quickstart.yaml] [--steps 200]
+    python -m stdiff.bench step_hooks [--config configs/quickstart.yaml] [--steps 200]
 
 - ``ema_lightning`` / ``ema_hand_written`` / ``ema_stdiff``: one EMA update as Lightning's
   ``EMAWeightAveraging`` does it (``AveragedModel`` with a per-tensor ``avg_fn``), as the

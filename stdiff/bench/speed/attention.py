@@ -5,7 +5,7 @@ the configured width, depth and heads. Memory is the peak of the first step abov
 before it (parameters and input): on the CPU, the peak resident set of a process of its own per
 point; on a GPU, the peak allocated memory. Time is the median of ``repeats`` further steps.
 
-    python -m stdiff.bench.attention VARIANT T P BATCH WIDTH DEPTH HEADS REPEATS   # one point, JSON
+    python -m stdiff.bench.speed.attention VARIANT T P BATCH WIDTH DEPTH HEADS REPEATS   # one point, JSON
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from stdiff.bench import stats, synchronize
-from stdiff.bench.training import build, device_of
+from stdiff.bench.speed import stats, synchronize
+from stdiff.bench.speed.training import build, device_of
 
 VARIANTS = ["FullAttention", "TemporalAttention", "FactorizedAttention", "WindowedTemporalAttention"]
 COLUMNS = ["T", "P", "tokens", "variant", "seconds", "peak_mib", "time_vs_full", "memory_vs_full"]
@@ -99,7 +99,7 @@ def sweep(configs: list[str], overrides: list[str], frames: list[int], patches: 
             for variant in VARIANTS:
                 point = [variant, t, p, batch, width, depth, heads, repeats]
                 if device.type == "cpu":  # a fresh process: its peak memory is this point's alone
-                    cmd = [sys.executable, "-m", "stdiff.bench.attention", *map(str, point)]
+                    cmd = [sys.executable, "-m", "stdiff.bench.speed.attention", *map(str, point)]
                     rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
                 else:
                     rows.append(measure(*point, device=device))

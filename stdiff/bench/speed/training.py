@@ -12,7 +12,7 @@ import time
 import lightning as L
 import torch
 
-from stdiff.bench import stats, synchronize, timed
+from stdiff.bench.speed import stats, synchronize, timed
 from stdiff.data import BatchStream
 from stdiff.diffusion import denoising_loss, training_times
 from stdiff.seeding import NOISE, derive_seed
