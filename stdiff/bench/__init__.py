@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
     if script.exists():
         raise SystemExit(subprocess.call(["bash", str(script), *rest], env=os.environ.copy()))
     sys.argv = [f"python -m stdiff.bench {name}", *rest]
-    runpy.run_module(f"stdiff.bench.{name}", run_name="__main__", alter_sys=True)
+    runpy.run_module(f"stdiff.bench.{name}", run_name="__main__")  # sys.argv[0] stays the command, for usage lines

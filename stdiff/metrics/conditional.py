@@ -10,11 +10,6 @@ finite-sample effects cancel in the difference, so the excess is the method's an
   below), averaged over missing coordinates and cases; ``crps_ratio`` = crps / crps_exact, whose
   expectation is 1 for Bayes-optimal samples (the same estimator on both sides).
 - ``energy``: the energy score E‖X − y‖ − ½ E‖X − X'‖ over the missing coordinates of a case.
-
-Both scores come with two estimators of E‖X − X'‖ from k samples (``estimator``): ``"biased"``
-(the default: 1/k² over all pairs, the sample distribution's own score; what torchmetrics,
-properscoring and scoringrules' default compute, to 1e-15) and ``"fair"`` (1/(k(k − 1)), unbiased for the
-score of the distribution the samples come from, so it does not depend on k).
 - ``coverage50``, ``coverage90``: fraction of held-out values inside the samples' central 50 % and
   90 % intervals (nominal: 0.5, 0.9).
 - ``crps_by_frame``: CRPS per frame with a missing coordinate (the lead time, for forecasts).
@@ -22,6 +17,11 @@ score of the distribution the samples come from, so it does not depend on k).
   posterior's, as a ratio of root-mean variances (1: intervals of the right width; 0.9: 10 %
   too narrow). No finite-sample floor (sample variances are unbiased for any k), so it shows
   miscalibration that coverage's floor hides.
+
+Both scores come with two estimators of E‖X − X'‖ from k samples (``estimator``): ``"biased"``
+(the default: 1/k² over all pairs, the sample distribution's own score; what torchmetrics,
+properscoring and scoringrules' default compute, to 1e-15) and ``"fair"`` (1/(k(k − 1)),
+unbiased for the score of the distribution the samples come from, so it does not depend on k).
 
 Real data (NaN = missing): each case is conditioned on its entries that the mask observes *and*
 that are present, and scored only on entries the mask hides that are present (a missing value
