@@ -271,6 +271,7 @@ def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> None:
     if any(a.split("=")[0] in helping or a.split("=")[0].endswith(".help") for a in args):
         return  # help and printing read the configuration, they do not run it
     _, tree, origin = raw_config(args)
+    check_top_level(tree, roots, origin)
     for key, (cls, subclass_mode) in roots.items():
         if key not in tree or tree[key] is None:
             continue
@@ -282,3 +283,26 @@ def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> None:
         except ConfigError as err:
             source = origin.get(key)
             raise ConfigError(f"{err} (from {source})" if source and source != "command line" else str(err)) from None
+
+
+# Top-level keys of a subcommand's configuration besides the roots (LightningCLI's own).
+TOP_LEVEL = ("seed_everything", "ckpt_path", "weights_only", "verbose", "return_predictions", "config")
+MAX_SEED = 2**32 - 1  # what Lightning's seed_everything (NumPy's legacy seeding) accepts
+
+
+def check_top_level(tree: dict, roots: dict, origin: dict[str, str]) -> None:
+    """A misspelt top-level key named with the closest valid one; ``seed_everything`` in range."""
+    valid = [*roots, *TOP_LEVEL]
+    for key in tree:
+        if key in valid or key == "__path__":
+            continue
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:  # otherwise jsonargparse's own message stands
+            source = origin.get(key)
+            where = f" (from {source})" if source and source != "command line" else ""
+            raise ConfigError(f"{key}: unknown top-level key. Did you mean {close[0]!r}?{where} Valid top-level keys: "
+                              f"{', '.join(valid)}")  # fmt: skip
+    seed = tree.get("seed_everything")
+    if seed is not None and not isinstance(seed, bool) and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"seed_everything: {seed!r} is not a seed: an integer from 0 to {MAX_SEED} (the range "
+                          "Lightning's seed_everything accepts), or true for a random one")  # fmt: skip

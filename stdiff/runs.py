@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 LAST = "last.ckpt"
+BEST = "best.ckpt"  # written by stdiff.callbacks.BestCheckpoint
 claimed: Path | None = None  # the run directory this process claimed last (see discard_unused_run)
 
 
@@ -42,12 +43,12 @@ def claim_version(root: str | os.PathLike, prefix: str = "version_") -> int:
             version += 1
 
 
-def find_last_checkpoint(directories: list[Path]) -> Path | None:
-    """The most recently written ``last.ckpt`` in ``directories`` (each a ``checkpoints`` folder or
-    a folder of run directories holding one)."""
+def find_last_checkpoint(directories: list[Path], name: str = LAST) -> Path | None:
+    """The most recently written ``name`` (``last.ckpt``, or ``best.ckpt``) in ``directories`` (each
+    a ``checkpoints`` folder or a folder of run directories holding one)."""
     found = []
     for d in directories:
-        found += [d / LAST] if (d / LAST).is_file() else list(d.glob(f"*/checkpoints/{LAST}"))
+        found += [d / name] if (d / name).is_file() else list(d.glob(f"*/checkpoints/{name}"))
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -168,7 +169,10 @@ def check_writable(directory: str | os.PathLike) -> None:
 
 def innermost_message(err: BaseException) -> str:
     """The message of the original error under jsonargparse's wrappers ("Does not validate...")."""
-    while (inner := err.__cause__ or err.__context__) is not None and isinstance(inner, ValueError):
+    # an error raised ``from None`` is the message meant (it replaces the one it suppresses)
+    while (inner := err.__cause__ or (None if err.__suppress_context__ else err.__context__)) is not None and isinstance(
+        inner, ValueError
+    ):
         err = inner
     return str(err)
 
@@ -197,7 +201,17 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
             rank_zero_info("--ckpt_path last: no checkpoint yet, starting a new run")
         elif ckpt_path is not None and subcommand == "fit":
             rank_zero_info(f"--ckpt_path last: resuming from {ckpt_path}")
-    run = _run_of(ckpt_path, logger)
+    elif ckpt_path == "best":
+        # Lightning's "best" is the best model of a checkpoint callback in this process, which a new
+        # process never has: stdiff's is the best.ckpt BestCheckpoint keeps in every run.
+        ckpt_path = kwargs["ckpt_path"] = _find_last(trainer, BEST)
+        if ckpt_path is None:
+            raise RunError(f"--ckpt_path best: no {BEST} under {trainer.default_root_dir} (every fit with validation "
+                           f"keeps checkpoints/{BEST}, the lowest val/loss); pass --ckpt_path <run>/checkpoints/"
+                           f"{BEST} or --ckpt_path last")  # fmt: skip
+        if subcommand == "fit":
+            rank_zero_info(f"--ckpt_path best: resuming from {ckpt_path}")
+    run = _run_of(ckpt_path, logger, anywhere=subcommand != "fit")
     if subcommand == "fit" and asked_last and run is not None:
         version = run.name  # a resumed fit continues in the run directory it came from
     if ckpt_path not in (None, "best", "hpc", "registry") and not str(ckpt_path).startswith("registry:"):
@@ -228,6 +242,12 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
                 "predict needs a number of samples: set data.init_args.num_predict (e.g. "
                 "--data.init_args.num_predict=1000)"
             )
+        if datamodule.observed is not None:
+            if model.conditioning is None:
+                raise RunError(f"data.init_args.observed={datamodule.observed} asks for conditional samples, but this "
+                               "model is unconditional: set --model.conditioning=ReconstructionGuidance (or "
+                               "Replacement), or use a conditional model (trained with model.mask)")  # fmt: skip
+            datamodule.check_observations()  # the file read and checked now, before anything starts
     if model.denoiser.needs_truth and datamodule.truth is None:
         raise RunError(f"model.denoiser={type(model.denoiser).__name__} needs data whose exact distribution is known "
                        f"(a data module with a `truth`, such as GPDataModule); {type(datamodule).__name__} has none")  # fmt: skip
@@ -237,7 +257,12 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
     check_memory(f"batch_size={datamodule.batch_size} of samples {shape}", {"a batch": 4 * 4 * datamodule.batch_size *
                  math.prod(shape)}, "use a smaller data.init_args.batch_size")  # fmt: skip
     out = getattr(logger, "root_dir", None) or trainer.default_root_dir
-    check_writable(out)
+    if run is not None and subcommand != "fit" and not os.access(run, os.W_OK | os.X_OK):
+        rank_zero_info(f"{subcommand}: the checkpoint's run {run} is not writable; writing under {out} instead")
+        run = None
+    check_writable(run if run is not None and subcommand != "fit" else out)
+    if subcommand == "predict":
+        check_disk(datamodule, model, run if run is not None else Path(out))
     if hasattr(logger, "_version") and getattr(logger, "_version", None) is None:
         # Claimed atomically on rank 0 (other ranks take rank 0's log directory from Lightning's
         # broadcast): concurrent runs never share a version directory.
@@ -245,20 +270,49 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
             logger._version = version if not version.startswith("version_") else int(version[8:])
         elif rank_zero_only.rank == 0 and subcommand != "fit" and run is not None:
             # validate / test / predict of a run's checkpoint: beside its training, in <run>/<subcommand>_K
-            logger._version = f"{run.name}/{subcommand}_{claim_version(run, prefix=f'{subcommand}_')}"
+            # (an absolute path when the run lies outside the output directory: os.path.join keeps it)
+            under = run.name if _inside(run, logger.root_dir) else str(run.absolute())
+            logger._version = f"{under}/{subcommand}_{claim_version(run, prefix=f'{subcommand}_')}"
         elif rank_zero_only.rank == 0:
             logger._version = claim_version(logger.root_dir)
 
 
-def _run_of(ckpt_path, logger) -> Path | None:
+def _run_of(ckpt_path, logger, anywhere: bool = False) -> Path | None:
     """The run directory a checkpoint was written in (``<run>/checkpoints/x.ckpt``), when it lies
-    under this logger's output directory; else None."""
+    under this logger's output directory (or, with ``anywhere``, wherever it lies); else None."""
     if ckpt_path is None or logger is None or not getattr(logger, "root_dir", None):
         return None
     path = Path(ckpt_path).absolute()
-    if path.parent.name != "checkpoints" or path.parents[2] != Path(logger.root_dir).absolute():
+    if path.parent.name != "checkpoints" or len(path.parents) < 3:
         return None
-    return path.parents[1]
+    return path.parents[1] if anywhere or _inside(path.parents[1], logger.root_dir) else None
+
+
+def _inside(run: Path, root) -> bool:
+    return Path(run).absolute().parent == Path(root).absolute()
+
+
+def check_disk(datamodule, model, directory: Path) -> None:
+    """Refuse a predict whose samples (float32) need more than 95 % of the free space where they
+    go, with both figures, before anything is drawn or written."""
+    cases = len(datamodule.check_observations()[0]) if datamodule.observed is not None else 1
+    needed = cases * datamodule.num_predict * math.prod(model.sample_shape) * 4
+    existing = Path(directory).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > 0.95 * free:
+        what = f"{cases} cases × " if datamodule.observed is not None else ""
+        raise RunError(f"predict would write {_bytes(needed)} of samples ({what}{datamodule.num_predict} × "
+                       f"{tuple(model.sample_shape)} float32) to {directory}, whose disk has {_bytes(free)} free: lower "
+                       "data.init_args.num_predict or free space")  # fmt: skip
+
+
+def _bytes(b: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b:.0f} bytes"
 
 
 def _free_name(directory: Path, stem: str, suffix: str) -> str:
@@ -269,13 +323,18 @@ def _free_name(directory: Path, stem: str, suffix: str) -> str:
     return name
 
 
-def _find_last(trainer) -> str | None:
+def _places(trainer) -> list[Path]:
+    """Where checkpoints of this configuration's runs lie: the callbacks' folders, the runs of the
+    output directory, ``<default_root_dir>/checkpoints``."""
     places = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
     logger = trainer.logger
     if logger is not None and getattr(logger, "root_dir", None):
         places.append(Path(logger.root_dir))
-    places.append(Path(trainer.default_root_dir) / "checkpoints")
-    found = find_last_checkpoint(places)
+    return [*places, Path(trainer.default_root_dir) / "checkpoints"]
+
+
+def _find_last(trainer, name: str = LAST) -> str | None:
+    found = find_last_checkpoint(_places(trainer), name)
     return None if found is None else str(found)
 
 

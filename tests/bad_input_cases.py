@@ -2,6 +2,11 @@
 
 CKPT = "{run}/lightning_logs/version_0/checkpoints/last.ckpt"
 SPATIAL_2D = "{root}/configs/spatial_2d.yaml"
+# Conditional predict with the exact model: only the observations file is wrong in these cases
+OBSERVE = ["predict", "--model.denoiser=ExactDenoiser", "--model.conditioning=ReconstructionGuidance",
+           "--data.init_args.num_predict=4"]  # fmt: skip
+# Training on an array file: only the file is wrong in these cases
+ARRAYS = ["fit", "--data=ArrayDataModule", "--data.init_args.frames=8"]
 
 # (case, arguments after `stdiff`, text that must appear in the first lines of stderr)
 CASES = [
@@ -275,5 +280,110 @@ CASES = [
             "--data.init_args.temporal.init_args.values=[[1,0.9,-0.5],[0.9,1,0.9],[-0.5,0.9,1]]",
         ],
         "smallest eigenvalue -0.547 (largest 2.05); jitter: auto repairs round-off only",
+    ),
+    # Round three (issue P): every file checked at the door, the disk before predict, the right culprit
+    (
+        "observations with inf",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_inf.npy"],
+        "data.init_args.observed: {run}/obs_inf.npy: entry [1, 3, 2] is infinite. Only finite values are data",
+    ),
+    (
+        "observations with an absurd value",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_huge.npy"],
+        "data.init_args.observed: {run}/obs_huge.npy: entry [0, 5, 7] is 1e+30: beyond 1.8e+19",
+    ),
+    (
+        "observations as strings",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_strings.npy"],
+        "data.init_args.observed: {run}/obs_strings.npy: holds <U3 values; expected numbers",
+    ),
+    (
+        "observations: a text file named .npy",
+        [*OBSERVE, "--data.init_args.observed={run}/text.npy"],
+        "data.init_args.observed: {run}/text.npy: not a .npy file",
+    ),
+    (
+        "observations: truncated .npy",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_truncated.npy"],
+        "data.init_args.observed: {run}/obs_truncated.npy: truncated",
+    ),
+    (
+        "observations of the wrong shape",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_shape.npy"],
+        "data.init_args.observed: {run}/obs_shape.npy holds an array of shape (2, 16, 8); expected (n, 32, 8)",
+    ),
+    (
+        "observations all missing",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_all_nan.npy"],
+        "nothing is observed in sample(s) [0, 1]",
+    ),
+    (
+        "observations with nothing missing",
+        [*OBSERVE, "--data.init_args.observed={run}/obs_complete.npy"],
+        "every coordinate is observed in sample(s) [0, 1]",
+    ),
+    (
+        "observations file missing",
+        [*OBSERVE, "--data.init_args.observed={run}/nope.npy"],
+        "data.init_args.observed: {run}/nope.npy: no such file",
+    ),
+    (
+        "observations: a symlink loop",
+        [*OBSERVE, "--data.init_args.observed={run}/loop.npy"],
+        "data.init_args.observed: {run}/loop.npy: a symbolic link loop",
+    ),
+    (
+        "observations for an unconditional model",
+        ["predict", f"--ckpt_path={CKPT}", "--data.init_args.num_predict=4", "--data.init_args.observed={run}/obs_good.npy"],
+        "asks for conditional samples, but this model is unconditional",
+    ),
+    (
+        "predict larger than the disk",
+        ["predict", "--model.denoiser=ExactDenoiser", "--data.init_args.num_predict=100000000000"],
+        "predict would write 93.1 TiB of samples (100000000000 × (32, 8) float32) to",
+    ),
+    (
+        "array file with inf",
+        [*ARRAYS, "--data.init_args.paths={run}/arrays_inf.npy"],
+        "{run}/arrays_inf.npy: entry [2, 40, 3] is infinite",
+    ),
+    (
+        "array file with an absurd value",
+        [*ARRAYS, "--data.init_args.paths={run}/arrays_huge.npy"],
+        "{run}/arrays_huge.npy: entry [0, 90, 1] is -1e+30: beyond 1.8e+19",
+    ),
+    ("corrupt array file", [*ARRAYS, "--data.init_args.paths={run}/random.npy"], "{run}/random.npy: not a .npy file"),
+    (
+        "truncated array file",
+        [*ARRAYS, "--data.init_args.paths={run}/arrays_truncated.npy"],
+        "{run}/arrays_truncated.npy: truncated: its header promises (4, 100, 8) float32 values",
+    ),
+    ("array file: a text file named .npy", [*ARRAYS, "--data.init_args.paths={run}/text.npy"], "{run}/text.npy: not a .npy file"),
+    ("array file: a symlink loop", [*ARRAYS, "--data.init_args.paths={run}/loop.npy"], "{run}/loop.npy: a symbolic link loop"),
+    (
+        "array file: a dangling link",
+        [*ARRAYS, "--data.init_args.paths={run}/dangling.npy"],
+        "{run}/dangling.npy: a symbolic link to",
+    ),
+    (
+        "constant array data with a kernel reference",
+        [*ARRAYS, "--data.init_args.paths={run}/arrays_constant.npy", "--data.init_args.reference=kernels"],
+        "{run}/arrays_constant.npy: every observed training value is 3: constant data",
+    ),
+    (
+        "array file with zero series",
+        [*ARRAYS, "--data.init_args.paths={run}/arrays_empty.npy"],
+        "{run}/arrays_empty.npy: holds no data: its shape (0, 100, 8)",
+    ),
+    (
+        "seed out of range",
+        ["fit", "--seed_everything=5000000000"],
+        "seed_everything: 5000000000 is not a seed: an integer from 0 to 4294967295",
+    ),
+    ("ckpt_path best without a best checkpoint", ["test", "--ckpt_path=best"], "--ckpt_path best: no best.ckpt under"),
+    (
+        "misspelt top-level key",
+        ["fit", "--config", "{run}/trainr.yaml"],
+        "trainr: unknown top-level key. Did you mean 'trainer'? (from config file {run}/trainr.yaml)",
     ),
 ]

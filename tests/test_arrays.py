@@ -284,3 +284,21 @@ def test_conditional_test_and_predict_with_missing_values(tmp_path):
     rows = meta["data"]["windows"]["rows"]
     assert samples.shape == (len(rows), 4, 16, 4) and meta["data"]["normalize"] == "point"
     assert len(meta["data"]["mean"]) == 4 and rows[0][2] >= 900  # test windows: the last 10 % of the frames
+
+
+def test_a_bad_value_is_named_by_its_index_in_the_file(tmp_path):
+    """One series ``(T_total, S)``: the index has no series axis; ``(N, T_total, S)``: it has one.
+    Validation and test windows are checked at construction too, not when first read."""
+    one = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
+    one[190, 3] = np.inf  # in the test segment
+    np.save(tmp_path / "one.npy", one)
+    with pytest.raises(ArrayFileError, match=r"one.npy: entry \[190, 3\] is infinite"):
+        ArrayDataModule(str(tmp_path / "one.npy"), frames=8)
+    many = np.stack([np.nan_to_num(one, posinf=0.0)] * 3)
+    many[2, 170, 1] = 3e19  # in the validation segment
+    np.save(tmp_path / "many.npy", many)
+    with pytest.raises(ArrayFileError, match=r"many.npy: entry \[2, 170, 1\] is 3e\+19: beyond 1.8e\+19"):
+        ArrayDataModule(str(tmp_path / "many.npy"), frames=8)
+    many[2, 170, 1] = np.nan  # missing, not bad
+    np.save(tmp_path / "many.npy", many)
+    assert ArrayDataModule(str(tmp_path / "many.npy"), frames=8).missing_values is False  # val NaN: not in training

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from bad_input_cases import CASES, CKPT
@@ -43,6 +44,38 @@ def prepare(run: pathlib.Path) -> None:
     (run / "tabs.yaml").write_text("data:\n\tinit_args:\n\t\tframes: 8\n")
     (run / "list.yaml").write_text("- data\n- model\n")
     (run / "binary.yaml").write_bytes(bytes(range(256)) * 16)
+    (run / "trainr.yaml").write_text("trainr:\n  max_steps: 5\n")
+    bad_arrays(run)
+
+
+def bad_arrays(run: pathlib.Path) -> None:
+    """Observation and data files with every class of bad content (issue P)."""
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((2, 32, 8)).astype(np.float32)
+    obs[:, 20:] = np.nan  # a forecast of 12 frames
+    np.save(run / "obs_good.npy", obs)
+    for name, where, value in (("obs_inf", (1, 3, 2), np.inf), ("obs_huge", (0, 5, 7), 1e30)):
+        bad = obs.copy()
+        bad[where] = value
+        np.save(run / f"{name}.npy", bad)
+    np.save(run / "obs_strings.npy", np.full((2, 32, 8), "1.5"))
+    np.save(run / "obs_shape.npy", obs[:, :16])
+    np.save(run / "obs_all_nan.npy", np.full_like(obs, np.nan))
+    np.save(run / "obs_complete.npy", np.nan_to_num(obs))
+    (run / "obs_truncated.npy").write_bytes((run / "obs_good.npy").read_bytes()[:1000])
+    (run / "text.npy").write_text("1.0,2.0,3.0\n4.0,5.0,6.0\n")
+    os.symlink(run / "loop.npy", run / "loop.npy")
+    os.symlink(run / "gone.npy", run / "dangling.npy")
+    data = rng.standard_normal((4, 100, 8)).astype(np.float32)
+    for name, where, value in (("arrays_inf", (2, 40, 3), np.inf), ("arrays_huge", (0, 90, 1), -1e30)):
+        bad = data.copy()
+        bad[where] = value
+        np.save(run / f"{name}.npy", bad)
+    np.save(run / "arrays_good.npy", data)
+    (run / "arrays_truncated.npy").write_bytes((run / "arrays_good.npy").read_bytes()[:5000])
+    (run / "random.npy").write_bytes(np.random.default_rng(1).bytes(4096))
+    np.save(run / "arrays_constant.npy", np.full((4, 100, 8), 3.0, dtype=np.float32))
+    np.save(run / "arrays_empty.npy", np.zeros((0, 100, 8), dtype=np.float32))
 
 
 class PickledCode:
@@ -89,7 +122,7 @@ FORKS.set_forkserver_preload(["stdiff.cli"])
 
 
 def snapshot(run: pathlib.Path) -> dict:
-    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*")}
+    return {str(p.relative_to(run)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in run.rglob("*")}
 
 
 def first_lines(stderr: str) -> list[str]:

@@ -48,3 +48,18 @@ def test_a_toy_subclass_trains_resumes_exactly_and_predicts(tmp_path):
     (samples,) = (tmp_path / "cut").glob("lightning_logs/version_0/predict_0/samples.npy")  # under the run
     x = np.load(samples)
     assert x.shape == (20, 8, 4) and np.isfinite(x).all()
+    # --ckpt_path best: the run's checkpoints/best.ckpt (lowest val/loss), beside its training too
+    main(["predict", *ARGS, "--ckpt_path=best", "--data.init_args.num_predict=2", "--model.sampler.init_args.steps=3",
+          f"--trainer.default_root_dir={tmp_path / 'cut'}"])  # fmt: skip
+    meta = (tmp_path / "cut" / "lightning_logs" / "version_0" / "predict_1" / "samples.json").read_text()
+    assert str(ckpt.with_name("best.ckpt")) in meta
+    # a conditional predict of a checkpoint outside the output folder writes under the checkpoint's run
+    observed = np.random.default_rng(0).standard_normal((1, 8, 4)).astype(np.float32)
+    observed[:, 5:] = np.nan
+    np.save(tmp_path / "obs.npy", observed)
+    main(["predict", *ARGS, f"--ckpt_path={ckpt}", "--data.init_args.num_predict=3", "--model.sampler.init_args.steps=3",
+          "--model.conditioning=ReconstructionGuidance", f"--data.init_args.observed={tmp_path / 'obs.npy'}",
+          f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"])  # fmt: skip
+    x = np.load(tmp_path / "cut" / "lightning_logs" / "version_0" / "predict_2" / "samples.npy")
+    assert x.shape == (1, 3, 8, 4) and np.array_equal(x[:, :, :5], np.broadcast_to(observed[:, None, :5], (1, 3, 5, 4)))
+    assert not [p for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()]  # nothing written there

@@ -47,6 +47,31 @@ def test_closed_forms():
     assert gaussian_w2(m1, c1, m1, c1) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_gaussian_kl_refuses_what_is_not_a_covariance():
+    d = 4
+    eye = torch.eye(d, dtype=torch.float64)
+    zeros = torch.zeros(d, dtype=torch.float64)
+    indefinite = torch.diag(torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64))  # det > 0: slogdet alone passes it
+    with pytest.raises(ValueError, match=r"first covariance \(c1\) is not positive semi-definite \(eigenvalues from -1"):
+        gaussian_kl(zeros, indefinite, zeros, eye)
+    with pytest.raises(ValueError, match=r"second covariance \(c2\) is not positive definite \(smallest eigenvalue -1"):
+        gaussian_kl(zeros, eye, zeros, indefinite)
+    assert gaussian_kl(zeros, torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)), zeros, eye) == math.inf
+
+
+def test_the_gaussian_fit_floor_is_d_d_plus_3_over_4n():
+    """The docstring's floor of ``gaussian_fit_kl`` on exact samples: d(d + 3) / (4n), mean over seeds."""
+    from stdiff.metrics import gaussian_fit_kl
+
+    d, n = 8, 400
+    eye, zeros = torch.eye(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    kls = [gaussian_fit_kl(torch.randn(n, d, generator=torch.Generator().manual_seed(s), dtype=torch.float64), zeros, eye)
+           for s in range(400)]  # fmt: skip
+    mean, se = sum(kls) / len(kls), torch.tensor(kls).std().item() / len(kls) ** 0.5
+    assert abs(mean - d * (d + 3) / (4 * n)) < 4 * se  # 0.055 (measured 0.0548 ± 0.0006); d(d + 1) / (4n) = 0.045 is 17 se away
+    assert abs(mean - d * (d + 1) / (4 * n)) > 4 * se
+
+
 def test_ks_statistic():
     z = torch.randn(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert ks_normal(z) < 0.005

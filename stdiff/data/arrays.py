@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from stdiff._validation import check_int
 from stdiff.conditioning import check_mask
 from stdiff.data.base import SequenceDataModule
-from stdiff.data.files import ArrayFileError, open_array
+from stdiff.data.files import ArrayFileError, check_values, open_array
 from stdiff.kernels import Kernel
 from stdiff.seeding import PREDICT, generator
 
@@ -40,7 +40,7 @@ class Windows(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         f, n, start = (int(v) for v in self.index[i])
-        x = torch.from_numpy(self.readers[f].read(n, start, start + self.frames))
+        x = torch.from_numpy(read_checked(self.readers[f], n, start, start + self.frames))
         return (x - self.mean) / self.std
 
 
@@ -118,6 +118,9 @@ class ArrayDataModule(SequenceDataModule):
             if len(r.shape) not in (3, 4):
                 raise ArrayFileError(f"{path}: has {len(r.shape)} axes {r.shape}; expected (N, T_total, S), "
                                      "(N, T_total, H, W) or one series (T_total, S)")  # fmt: skip
+            if 0 in r.shape:
+                raise ArrayFileError(f"{path}: holds no data: its shape {r.shape} (N series, T_total frames, *space) "
+                                     "has a zero")  # fmt: skip
         self.space_shape = next(iter(space))
         self.coordinates = None if coordinates is None else read_coordinates(coordinates, self.space_shape)
         self.index = {name: self._windows(i) for i, name in enumerate(("train", "val", "test"))}
@@ -125,13 +128,16 @@ class ArrayDataModule(SequenceDataModule):
         if self.num_train == 0:
             raise ArrayFileError(f"{self.paths[0]}: no training window of T={self.frames} frames (the files hold "
                                  f"{sum(r.shape[0] for r in self.readers)} series)")  # fmt: skip
+        self.mean, self.std = self._statistics()
+        for stage in ("val", "test"):  # every window a run will read is checked now, before anything starts
+            for f, n, start in self.evaluation_rows(stage) if len(self.index[stage]) else []:
+                read_checked(self.readers[f], int(n), int(start), int(start) + self.frames)
         for name, part in (("validation", "val"), ("test", "test")):
             count = len(self.index[part])
             if 0 < count < 5:
                 warnings.warn(f"ArrayDataModule: the split {list(self.split)} leaves {count} {name} window(s) of "
                               f"T={self.frames}: metrics on so few are noise. Give that split more frames, a smaller "
                               "stride, or more series", stacklevel=2)  # fmt: skip
-        self.mean, self.std = self._statistics()
         self._truth = None
 
     # --- windows and statistics ----------------------------------------------------------------
@@ -157,7 +163,7 @@ class ArrayDataModule(SequenceDataModule):
         total = torch.zeros(self.space_shape, dtype=torch.float64)
         square, count = torch.zeros_like(total), torch.zeros_like(total)
         for f, n, start in self.index["train"]:
-            x = torch.from_numpy(self.readers[f].read(int(n), int(start), int(start) + self.frames)).double()
+            x = torch.from_numpy(read_checked(self.readers[f], int(n), int(start), int(start) + self.frames)).double()
             seen = ~x.isnan()
             if not seen.any():
                 raise ArrayFileError(f"{self.paths[f]}: series {n}, frames {start}:{start + self.frames} are all "
@@ -165,6 +171,12 @@ class ArrayDataModule(SequenceDataModule):
             self.missing_values = self.missing_values or not bool(seen.all())
             x = torch.nan_to_num(x)
             total, square, count = total + x.sum(0), square + (x**2).sum(0), count + seen.sum(0)
+        seen_total = count.sum().clamp_min(1)
+        first, second = (total.sum() / seen_total).item(), (square.sum() / seen_total).item()
+        if second - first**2 <= 1e-12 * second:
+            value = first
+            raise ArrayFileError(f"{', '.join(self.paths)}: every observed training value is {value:.6g}: constant data "
+                                 "has no variation to learn or fit a reference to")  # fmt: skip
         if self.normalize_mode == "none":
             return torch.zeros(self.space_shape), torch.ones(self.space_shape)
         if self.normalize_mode == "global":
@@ -210,7 +222,7 @@ class ArrayDataModule(SequenceDataModule):
         if self.task is not None:
             mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
         check_mask(mask, self.sample_shape, f"the {self.observed} windows observed by {self.task!r}")
-        return torch.nan_to_num(values), mask
+        return self.denormalize(values), mask  # data units, NaN where missing (``observations`` normalises)
 
     def evaluation_rows(self, stage: str) -> np.ndarray:
         """``(file, series, start)`` of the windows ``evaluation_samples(stage)`` returns, in order."""
@@ -249,6 +261,14 @@ class ArrayDataModule(SequenceDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         # The model was trained in the units of these statistics: keep them (the data may have grown since).
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+
+
+def read_checked(reader, n: int, start: int, stop: int) -> np.ndarray:
+    """``reader.read(n, start, stop)``, refused (``ArrayFileError`` with the file and the entry's
+    index) if it holds an infinite value or one too large to train on (``stdiff.data.files.LIMIT``)."""
+    x = reader.read(n, start, stop)
+    check_values(x, reader.path, lead=(n,) if reader.series_axis else (), offset=start)
+    return x
 
 
 def read_coordinates(source, space_shape: tuple[int, ...]) -> Tensor:

@@ -209,26 +209,43 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         return self._request_sizes() * cases
 
     def observations(self) -> tuple[Tensor, Tensor]:
-        """The ``observed`` file as values ``(n, T, *space)`` (0 where missing) and mask (True where
-        observed: not NaN, and observed by ``task`` if one is set); read once."""
+        """The ``observed`` file as values ``(n, T, *space)`` in model units (0 where missing) and
+        mask (True where observed: not NaN, and observed by ``task`` if one is set). The file is
+        read and checked once (``check_observations``); the units are those of the moment of the
+        call, so statistics restored from a checkpoint apply."""
+        values, mask = self.check_observations()
+        return torch.nan_to_num(self.normalize(values)), mask
+
+    def check_observations(self) -> tuple[Tensor, Tensor]:
+        """The ``observed`` file read and checked, in data units (NaN where missing), with its
+        mask; ``ValueError`` naming the file and the problem. Called by the CLI's preflight, so a
+        bad file is refused before anything starts."""
         if getattr(self, "_observations", None) is None:
             self._observations = self._read_observations()
         return self._observations
 
     def _read_observations(self) -> tuple[Tensor, Tensor]:
-        path = self.observed
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"data.init_args.observed: cannot read {path!r} as a .npy array: {err}") from None
-        values = torch.from_numpy(np.array(array, dtype=np.float32))
-        if tuple(values.shape) == self.sample_shape:
-            values = values[None]
-        if tuple(values.shape[1:]) != self.sample_shape:
-            raise ValueError(f"data.init_args.observed: {path!r} holds an array of shape {tuple(array.shape)}; expected "
-                             f"(n, {', '.join(map(str, self.sample_shape))}) (n cases of (T, *space_shape))")  # fmt: skip
+        from stdiff.data.files import check_file, check_values, npy_header
+
+        path, what = self.observed, "data.init_args.observed"
+        check_file(path, what)
+        shape, _, _, _ = npy_header(path, what=what)
+        expected = f"(n, {', '.join(map(str, self.sample_shape))}) (n cases of (T, *space_shape)) or one case"
+        if shape == self.sample_shape:
+            shape = (1, *shape)
+        if tuple(shape[1:]) != self.sample_shape:
+            raise ValueError(f"{what}: {path} holds an array of shape {shape}; expected {expected}")
+        if shape[0] == 0:
+            raise ValueError(f"{what}: {path} holds no case (shape {shape}); expected {expected}")
+        array = np.load(path, mmap_mode="r", allow_pickle=False).reshape(shape)
+        values = np.empty(shape, dtype=np.float32)
+        for i in range(shape[0]):  # one case at a time: the check names the case and entry
+            with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: refused below
+                values[i] = array[i]
+            check_values(values[i], f"{what}: {path}", lead=(i,) if len(array.shape) > len(self.sample_shape) else ())
+        values = torch.from_numpy(values)
         mask = ~values.isnan()
         if self.task is not None:
             mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
-        check_mask(mask, self.sample_shape, f"the mask of {path!r} (NaN = missing)")
-        return torch.nan_to_num(self.normalize(values)), mask
+        check_mask(mask, self.sample_shape, f"{what}: the mask of {path} (NaN = missing)")
+        return values, mask

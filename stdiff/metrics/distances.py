@@ -18,12 +18,24 @@ from stdiff.gp import KroneckerGP
 
 
 def gaussian_kl(m1: Tensor, c1: Tensor, m2: Tensor, c2: Tensor) -> float:
-    """KL(N(m1, c1) ‖ N(m2, c2)) for d-dimensional Gaussians (float64, Cholesky of c2)."""
-    chol = torch.linalg.cholesky(c2)
+    """KL(N(m1, c1) ‖ N(m2, c2)) for d-dimensional Gaussians (float64, Cholesky of c2).
+
+    ``ValueError`` when a covariance is not one: c2 not positive definite, or c1 with a negative
+    eigenvalue beyond round-off (1e-10 of its largest); a singular c1 gives ``inf``."""
+    chol, info = torch.linalg.cholesky_ex(c2)
+    if info.item() != 0:
+        low = torch.linalg.eigvalsh(c2)[0].item()
+        raise ValueError(f"gaussian_kl: the second covariance (c2) is not positive definite (smallest eigenvalue {low:.3g})")
+    evals = torch.linalg.eigvalsh(c1)
+    if evals[0] < -1e-10 * evals[-1].abs().clamp_min(torch.finfo(evals.dtype).tiny):
+        raise ValueError(f"gaussian_kl: the first covariance (c1) is not positive semi-definite (eigenvalues from "
+                         f"{evals[0].item():.3g} to {evals[-1].item():.3g})")  # fmt: skip
+    if evals[0] <= 0:
+        return math.inf  # N(m1, c1) is degenerate: KL to a non-degenerate Gaussian is infinite
     diff = (m2 - m1)[:, None]
     trace = torch.cholesky_solve(c1, chol).diagonal().sum()
     quad = (diff * torch.cholesky_solve(diff, chol)).sum()
-    logdet = 2 * chol.diagonal().log().sum() - torch.linalg.slogdet(c1).logabsdet
+    logdet = 2 * chol.diagonal().log().sum() - evals.log().sum()
     return 0.5 * (trace + quad - len(m1) + logdet).item()
 
 
@@ -49,7 +61,8 @@ def _moments(samples: Tensor) -> tuple[Tensor, Tensor]:
 def gaussian_fit_kl(samples: Tensor, mean: Tensor, cov: Tensor) -> float:
     """KL(N(m̂, Ĉ) ‖ N(mean, cov)) between the Gaussian fitted to ``samples (n, …)`` (empirical mean
     and unbiased covariance over d = prod(…) coordinates) and the truth. Needs n > d; even exact
-    samples give about d(d + 1) / (4n)."""
+    samples give about d(d + 3) / (4n) (d / (2n) from the mean, d(d + 1) / (4n) from the
+    covariance)."""
     n, d = len(samples), samples[0].numel()
     if n <= d:
         raise ValueError(f"a Gaussian fit in {d} dimensions needs more than {d} samples, got {n}")
