@@ -169,12 +169,34 @@ def check_writable(directory: str | os.PathLike) -> None:
 
 def innermost_message(err: BaseException) -> str:
     """The message of the original error under jsonargparse's wrappers ("Does not validate...")."""
+    chain = [err]
     # an error raised ``from None`` is the message meant (it replaces the one it suppresses)
     while (inner := err.__cause__ or (None if err.__suppress_context__ else err.__context__)) is not None and isinstance(
         inner, ValueError
     ):
-        err = inner
+        chain.append(err := inner)
+    if not str(err).startswith(_NOT_NONE):
+        return str(err)
+    # Older jsonargparse (4.39) chains only the Optional's "Expected a NoneType" and lists the real
+    # error in the text of the Union's message: take it from there.
+    for outer in chain:
+        found = _union_member_error(str(outer))
+        if found:
+            return found
     return str(err)
+
+
+_NOT_NONE = "Expected a <class 'NoneType'>"
+
+
+def _union_member_error(message: str) -> str | None:
+    """The first error of a member other than None in jsonargparse's "Does not validate against any of
+    the Union subtypes … Errors: - … - …" message, or None."""
+    if "Union subtypes" not in message or "\nErrors:\n" not in message:
+        return None
+    listed = message.split("\nErrors:\n", 1)[1].split("\nGiven value", 1)[0]
+    errors = [e.strip() for e in ("\n" + listed).split("\n  - ") if e.strip()]
+    return next((e for e in errors if not e.startswith(_NOT_NONE)), None)
 
 
 # --- before a run ------------------------------------------------------------------------------------

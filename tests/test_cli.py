@@ -102,6 +102,34 @@ def test_lightning_tips_are_silenced_and_its_other_messages_kept():
     assert seen == ["GPU available: False, used: False"]
 
 
+def test_the_error_meant_is_found_under_jsonargparse_wrappers():
+    """Newer jsonargparse chains the constructor's error as the cause; 4.39 (the floor) chains only the
+    Optional's "Expected a NoneType" and lists the real error inside the Union's message."""
+    from stdiff.runs import innermost_message
+
+    def chained(outer: str, inner: str) -> ValueError:
+        try:
+            try:
+                raise ValueError(inner)
+            except ValueError as err:
+                raise ValueError(outer) from err
+        except ValueError as err:
+            return err
+
+    real = "batch_size must be an integer >= 1, got -4"
+    union = ("Does not validate against any of the Union subtypes\nSubtypes: [<class 'NoneType'>, <class 'X'>]\n"
+             f"Errors:\n  - Expected a <class 'NoneType'>\n  - {real}\nGiven value type: <class 'N'>\nGiven value: N()")  # fmt: skip
+    assert innermost_message(chained("Does not validate against any of the Union subtypes", real)) == real
+    assert innermost_message(chained(union, "Expected a <class 'NoneType'>. Got value: N()")) == real
+    try:
+        try:
+            raise ValueError("the magic string is not correct")  # numpy's, replaced by one naming the file
+        except ValueError:
+            raise ValueError("data.npy: not a .npy file") from None
+    except ValueError as err:
+        assert innermost_message(err) == "data.npy: not a .npy file"
+
+
 def test_python_dash_m_and_help(tmp_path):
     out = run_cli(["fit", "--help"], tmp_path, timeout=120)
     assert out.returncode == 0 and "--data" in out.stdout
