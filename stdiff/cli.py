@@ -98,6 +98,7 @@ class StdiffCLI(LightningCLI):
     ``class_path`` as the data, the sample shape linked from data to model."""
 
     def __init__(self, *args, **kwargs) -> None:
+        silence_advertisements()  # here too, for the benchmarks and experiments that build a CLI directly
         kwargs.setdefault("model_class", DiffusionModule)
         kwargs.setdefault("datamodule_class", SequenceDataModule)
         kwargs.setdefault("subclass_mode_data", True)
