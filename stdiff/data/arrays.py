@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from stdiff._validation import check_int
 from stdiff.conditioning import check_mask
 from stdiff.data.base import SequenceDataModule
-from stdiff.data.files import ArrayFileError, check_values, open_array
+from stdiff.data.files import ArrayFileError, check_file, check_values, npy_header, open_array
 from stdiff.kernels import Kernel
 from stdiff.seeding import PREDICT, generator
 
@@ -275,8 +275,9 @@ def read_coordinates(source, space_shape: tuple[int, ...]) -> Tensor:
     """Coordinates ``(S, k)`` of the spatial points from a ``.npy`` / ``.csv`` / ``.txt`` file or rows."""
     where = repr(source) if not isinstance(source, str) else source
     if isinstance(source, str):
-        if not Path(source).is_file():
-            raise ArrayFileError(f"coordinates: {source}: no such file")
+        check_file(source, "coordinates")
+        if source.endswith(".npy"):
+            npy_header(source, what="coordinates")  # a real, complete .npy of numbers
         try:
             values = (np.load(source, allow_pickle=False) if source.endswith(".npy")
                       else np.loadtxt(source, delimiter="," if source.endswith(".csv") else None, ndmin=2))  # fmt: skip
