@@ -217,3 +217,25 @@ def test_replacement_with_a_multistep_sampler_resamples_without_corrupting_its_h
             lams = [lam for lam, _ in sampler._history]
             assert sampler._taken == 30 and len(lams) == len(set(lams)) == 3
     assert errors["DPMSolver"] <= errors["DDIM"], errors
+
+
+def test_a_bad_observation_is_named_by_its_index_in_the_file(tmp_path):
+    """A one-case file ``(T, *space)`` has no case axis, so neither has the index; ``(n, T, *space)`` has one."""
+    from stdiff.data import GPDataModule
+    from stdiff.data.files import ArrayFileError
+    from stdiff.kernels import RBF, Matern
+
+    def data(name):
+        return GPDataModule(Matern(4.0, 1.5), RBF(1.0), frames=32, space_shape=(8,), observed=str(tmp_path / name))
+
+    one = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    one[20:] = np.nan
+    one[4, 6] = -np.inf
+    np.save(tmp_path / "one.npy", one)
+    with pytest.raises(ArrayFileError, match=r"one.npy: entry \[4, 6\] is infinite"):
+        data("one.npy").check_observations()
+    two = np.stack([np.where(np.isinf(one), 0.0, one)] * 2).astype(np.float32)
+    two[1, 2, 3] = 1e25
+    np.save(tmp_path / "two.npy", two)
+    with pytest.raises(ArrayFileError, match=r"two.npy: entry \[1, 2, 3\] is 1e\+25: beyond 1.8e\+19"):
+        data("two.npy").check_observations()

@@ -40,7 +40,7 @@ class Windows(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         f, n, start = (int(v) for v in self.index[i])
-        x = torch.from_numpy(read_checked(self.readers[f], n, start, start + self.frames))
+        x = torch.from_numpy(self.readers[f].read(n, start, start + self.frames))  # checked at construction
         return (x - self.mean) / self.std
 
 
@@ -174,8 +174,7 @@ class ArrayDataModule(SequenceDataModule):
         seen_total = count.sum().clamp_min(1)
         first, second = (total.sum() / seen_total).item(), (square.sum() / seen_total).item()
         if second - first**2 <= 1e-12 * second:
-            value = first
-            raise ArrayFileError(f"{', '.join(self.paths)}: every observed training value is {value:.6g}: constant data "
+            raise ArrayFileError(f"{', '.join(self.paths)}: every observed training value is {first:.6g}: constant data "
                                  "has no variation to learn or fit a reference to")  # fmt: skip
         if self.normalize_mode == "none":
             return torch.zeros(self.space_shape), torch.ones(self.space_shape)

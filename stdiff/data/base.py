@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stdiff._validation import check_int
 from stdiff.conditioning import Mask, check_mask
+from stdiff.data.files import check_file, check_values, npy_header
 from stdiff.data.loading import BatchStream, EpochSampler, ResumableLoader, Samples, draw_fixed, evaluation_set
 from stdiff.seeding import PREDICT, TEST, TRAIN, VAL, derive_seed, generator
 
@@ -225,25 +226,19 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         return self._observations
 
     def _read_observations(self) -> tuple[Tensor, Tensor]:
-        from stdiff.data.files import check_file, check_values, npy_header
-
         path, what = self.observed, "data.init_args.observed"
         check_file(path, what)
-        shape, _, _, _ = npy_header(path, what=what)
+        stored, _, _, _ = npy_header(path, what=what)
+        shape = (1, *stored) if stored == self.sample_shape else stored
         expected = f"(n, {', '.join(map(str, self.sample_shape))}) (n cases of (T, *space_shape)) or one case"
-        if shape == self.sample_shape:
-            shape = (1, *shape)
         if tuple(shape[1:]) != self.sample_shape:
-            raise ValueError(f"{what}: {path} holds an array of shape {shape}; expected {expected}")
+            raise ValueError(f"{what}: {path} holds an array of shape {stored}; expected {expected}")
         if shape[0] == 0:
-            raise ValueError(f"{what}: {path} holds no case (shape {shape}); expected {expected}")
-        array = np.load(path, mmap_mode="r", allow_pickle=False).reshape(shape)
-        values = np.empty(shape, dtype=np.float32)
-        for i in range(shape[0]):  # one case at a time: the check names the case and entry
-            with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: refused below
-                values[i] = array[i]
-            check_values(values[i], f"{what}: {path}", lead=(i,) if len(array.shape) > len(self.sample_shape) else ())
-        values = torch.from_numpy(values)
+            raise ValueError(f"{what}: {path} holds no case (shape {stored}); expected {expected}")
+        with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf: refused below
+            values = np.array(np.load(path, mmap_mode="r", allow_pickle=False), dtype=np.float32)  # a copy
+        check_values(values, f"{what}: {path}")  # the index as in the file (no case axis for one case)
+        values = torch.from_numpy(values.reshape(shape))
         mask = ~values.isnan()
         if self.task is not None:
             mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
