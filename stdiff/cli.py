@@ -134,6 +134,14 @@ class StdiffCLI(LightningCLI):
         parser.add_lightning_class_args(BestCheckpoint, "best_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # The end-of-run summary and metrics.json take the place of Lightning's table of every
+            # logged metric (over a hundred rows, per layer and head); --verbose=true prints it.
+            parser.set_defaults(verbose=False)
+        return parser
+
     def _parse_ckpt_path(self) -> None:
         # Lightning would replace the model settings given here by those stored in the checkpoint,
         # silently (a different sampler for predict, say, would be ignored), and has no public hook

@@ -150,6 +150,14 @@ class DiffusionModule(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The last step of the fit asks Lightning to stop, which makes it validate there (it
+        # validates when asked to stop): every fit ends with a validation, so its diagnostics,
+        # metrics.json and figures describe the final weights, also when the run is shorter than
+        # val_check_interval or does not end on a multiple of it.
+        if self._trainer is not None and _last_step(self.trainer):
+            self.trainer.should_stop = True
+
     def _logs_this_step(self) -> bool:
         # Lightning writes step metrics every `log_every_n_steps` optimizer steps but its `log` call
         # costs ~1 ms of Python on every step; logging only where it is written keeps the same
@@ -257,3 +265,13 @@ class DiffusionModule(L.LightningModule):
             steps = self.trainer.max_steps
             scheduler.total_steps = int(steps if steps and steps > 0 else self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _last_step(trainer) -> bool:
+    """Whether the optimizer step just taken is the fit's last (``max_steps``, or the last batch
+    of the last of ``max_epochs``)."""
+    if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    epochs = trainer.max_epochs
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return epochs is not None and 0 < epochs <= trainer.current_epoch + 1 and bool(last_batch)

@@ -295,6 +295,10 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
             # (an absolute path when the run lies outside the output directory: os.path.join keeps it)
             under = run.name if _inside(run, logger.root_dir) else str(run.absolute())
             logger._version = f"{under}/{subcommand}_{claim_version(run, prefix=f'{subcommand}_')}"
+        elif rank_zero_only.rank == 0 and subcommand != "fit" and ckpt_path is None:
+            # a model with nothing trained (the exact model): labelled, not one more version_N
+            label = f"{type(model.denoiser).__name__.lower().removesuffix('denoiser') or 'untrained'}_{subcommand}_"
+            logger._version = f"{label}{claim_version(logger.root_dir, prefix=label)}"
         elif rank_zero_only.rank == 0:
             logger._version = claim_version(logger.root_dir)
 

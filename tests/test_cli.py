@@ -296,6 +296,7 @@ def test_fit_and_test_write_diagnostics(tmp_path):
     assert m["test/likelihood/kl_true_excess"] == pytest.approx(m["test/likelihood/kl_true"] - floor)
 
 
+@pytest.mark.slow  # 31 s; tests/test_scale.py runs a two-process DDP fit in the default suite
 def test_two_process_validation_matches_one_process(tmp_path):
     """DDP on the CPU (the CLI in a subprocess, Lightning's own launcher): the loss, score error
     and attention metrics equal those of one process, since every sample carries its own noise

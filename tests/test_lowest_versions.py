@@ -111,9 +111,9 @@ def test_the_suite_passes_with_the_lowest_versions_allowed(tmp_path):
                                env=env, check=True).stdout  # fmt: skip
     version = subprocess.run([str(venv / "bin" / "python"), "--version"], capture_output=True, text=True,
                              check=True).stdout.strip()  # fmt: skip
-    # the warnings summary left out and each failure's reason kept, so the results' tail says what failed and why
+    # the warnings summary left out, each failure's reason and the slowest tests kept in the results' tail
     suite = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "--disable-warnings", "-rfE", "--tb=short"],
+                            "--disable-warnings", "-rfE", "--tb=short", "--durations=15"],
                            cwd=tree, env=env, capture_output=True, text=True, check=False)  # fmt: skip
     tail = "\n".join((suite.stdout + suite.stderr).strip().splitlines()[-60:])
     names = {p.split("==")[0].split("[")[0].lower() for p in pins}

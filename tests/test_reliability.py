@@ -127,6 +127,7 @@ BALL = ["--data=stdiff.data.MovingBall", "--data.init_args.size=8", "--data.init
         "--model.denoiser.init_args.backbone.init_args.patch_size=4", "--trainer.accumulate_grad_batches=2"]  # fmt: skip
 
 
+@pytest.mark.slow  # 35 s; test_arrays resumes MovingBall-like videos exactly in the default suite
 def test_moving_ball_with_gradient_accumulation_resumes_bit_identical(tmp_path):
     straight = tmp_path / "straight"
     straight.mkdir()
@@ -143,7 +144,8 @@ def test_moving_ball_with_gradient_accumulation_resumes_bit_identical(tmp_path):
     assert len(batches) == 40 and before[:20] + after == batches  # 2 batches a step
 
 
-@pytest.mark.parametrize("how,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("how,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])  # SIGINT takes the same path (and is tested at once in test_signals)
 def test_a_stop_signal_writes_a_checkpoint_and_resuming_from_it_is_bit_identical(tmp_path, straight, how, code):
     final, batches, data = straight
     status, out = interrupt(tmp_path, how, stall_at=14, data=data)

@@ -34,7 +34,12 @@ def excess(sampler, problem, seed=2):
     return gaussian_fit_kl(x, gp.mean, gp.covariance()) - floor
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+# 500 steps of the stochastic and second-order samplers take 25-45 s each on 2 cores: run with -m slow.
+SLOW_AT_500 = {"Ancestral", "EulerMaruyama", "Heun"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_AT_500 else n
+                                  for n in sorted(SAMPLERS)])  # fmt: skip
 def test_exact_model_sampler_reproduces_the_gp(name, problem):
     cls = SAMPLERS[name]
     at_500 = excess(cls(steps=500), problem)

@@ -91,6 +91,7 @@ class GPDiagnostics(Callback):
     # --- lifecycle -------------------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._checkpoint = None  # set by on_load_checkpoint, which Lightning calls after setup
         self.truth = getattr(trainer.datamodule, "truth", None)
         if self.truth is None:
             rank_zero_warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
@@ -121,7 +122,10 @@ class GPDiagnostics(Callback):
             return
         fitting = trainer.state.fn == "fit"
         self._validations += 1
-        with_samples = not fitting or (self.sample_every > 0 and self._validations % self.sample_every == 0)
+        # the fit's last validation (see DiffusionModule.on_train_batch_end) always samples: the
+        # end-of-fit summary and metrics.json then describe the final weights' samples
+        due = self._validations % self.sample_every == 0 or trainer.should_stop if self.sample_every > 0 else False
+        with_samples = not fitting or due
         self._report(trainer, pl_module, "val", with_samples)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
@@ -131,14 +135,29 @@ class GPDiagnostics(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate" and self.truth is not None:
             self._write_json(trainer, "validate")
+            self._print_summary(trainer, "validate")
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self.truth is not None:
             self._write_json(trainer, "test")
+            self._print_summary(trainer, "test")
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
+            self._print_summary(trainer, "fit")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # which weights validate / test score: recorded in metrics.json and the summary
+        self._checkpoint = {"path": os.path.abspath(str(trainer.ckpt_path)) if trainer.ckpt_path else None,
+                            "global_step": checkpoint.get("global_step")}  # fmt: skip
+
+    def _step(self, trainer) -> int:
+        """The training step of the weights scored: the fit's, or the loaded checkpoint's."""
+        loaded = getattr(self, "_checkpoint", None)
+        if trainer.state.fn != "fit" and loaded and loaded["global_step"] is not None:
+            return loaded["global_step"]
+        return trainer.global_step
 
     # --- the metrics -----------------------------------------------------------------------------
 
@@ -276,11 +295,23 @@ class GPDiagnostics(Callback):
 
         directory = os.path.join(self._dir, "figures")
         os.makedirs(directory, exist_ok=True)
-        fig.savefig(os.path.join(directory, f"{name}_step{trainer.global_step}.png"), dpi=90)
+        fig.savefig(os.path.join(directory, f"{name}_step{self._step(trainer)}.png"), dpi=90)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(name, fig, global_step=trainer.global_step)
+                logger.experiment.add_figure(name, fig, global_step=self._step(trainer))
         plt.close(fig)
+
+    def _print_summary(self, trainer, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        from stdiff.callbacks.summary import summary
+
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        checkpoint = self._checkpoint if stage != "fit" and trainer.ckpt_path else None
+        exact = getattr(trainer.datamodule, "truth_is_exact", True)
+        print(summary({**logged, **self.results}, stage, self.truth.dim, self.num_samples, self._run_dir(trainer),
+                      exact, checkpoint, self._step(trainer), type(trainer.lightning_module.denoiser).__name__),
+              flush=True)  # fmt: skip
 
     @staticmethod
     def _run_dir(trainer) -> str:
@@ -297,7 +328,11 @@ class GPDiagnostics(Callback):
             metrics = {
                 k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()
             }  # no NaN in JSON
-            out = {"stage": stage, "global_step": trainer.global_step, "metrics": metrics}
+            # global_step: the training step of the weights scored (a checkpoint's, for validate and test)
+            out = {"stage": stage, "global_step": self._step(trainer), "metrics": metrics}
+            if stage != "fit":  # the exact model, or no checkpoint: null
+                out["checkpoint"] = getattr(self, "_checkpoint", None) if trainer.ckpt_path else None
+                out["model"] = type(trainer.lightning_module.denoiser).__name__
             if self.truth is not None:  # condition numbers and any jitter added: the truth the metrics use
                 out["data"] = {"conditioning": self.truth.conditioning}
             if any("/conditional/" in k for k in metrics):

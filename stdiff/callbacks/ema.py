@@ -36,6 +36,14 @@ class EMA(EMAWeightAveraging):
         super().setup(trainer, pl_module, stage)
         self._pairs, self._listed = None, False  # a new average model: list its tensors again
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn != "fit":
+            # validate / test / predict: the checkpoint's state_dict already holds the average
+            # (stdiff's checkpoints store the EMA weights there), which is what they score and sample
+            # with, and no average is kept, so there is nothing else to restore.
+            return
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step_idx = trainer.global_step - 1  # as Lightning: zero-based index of the optimizer step
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):

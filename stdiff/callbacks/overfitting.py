@@ -11,9 +11,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from stdiff._validation import check_int
+from stdiff.callbacks.reliability import FitOnlyState
 
 
-class BestCheckpoint(ModelCheckpoint):
+class BestCheckpoint(FitOnlyState, ModelCheckpoint):
     """Keeps ``checkpoints/best.ckpt``, rewritten after every validation whose ``val/loss`` is the
     lowest so far (with EMA, the averaged weights that loss was measured on), and warns once when
     the validation loss has stayed more than ``tolerance`` above its best for ``patience``

@@ -25,7 +25,22 @@ STOP_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # exit status after a graceful s
 stopped_by: str | None = None  # the signal that stopped the last fit in this process, for the exit status
 
 
-class Checkpoint(ModelCheckpoint):
+class FitOnlyState:
+    """For checkpoint callbacks: their saved bookkeeping (best score, last path, directory) is
+    restored only when fitting. validate / test / predict write no checkpoints, and their run
+    directory differs from the training run's, which made Lightning warn that "the dirpath has
+    changed" as if they were about to write checkpoints there."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"
+        super().setup(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if getattr(self, "_fitting", True):
+            super().load_state_dict(state_dict)
+
+
+class Checkpoint(FitOnlyState, ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` with stdiff's defaults: every ``every_n_train_steps`` steps
     and at the end of training it (atomically) rewrites ``checkpoints/last.ckpt``, and when the run
     is stopped by SIGTERM (a scheduler's pre-emption) or Ctrl+C it finishes the step in progress,

@@ -1,0 +1,91 @@
+"""The few lines printed at the end of ``fit``, ``validate`` and ``test``: how far the model is
+from the truth, in plain words, and where the rest is written.
+
+The verdict reads the Gaussian-fit KL excess of the generated samples (their KL to the truth
+minus that of as many exact samples, ``samples/kl_excess``) against two yardsticks:
+
+- the noise of the KL of ``n`` exact samples in dimension ``d``, whose standard deviation is
+  ``sqrt(d(d+3)) / (2n)`` to first order (its mean, the floor, is ``d(d+3)/(4n)``): an excess
+  within two of these is *indistinguishable from exact samples* at this sample size;
+- one hundredth of a nat per dimension (``0.01·d``): below it the samples are *close to the
+  truth* (the quickstart's 2000 samples in d = 256: 2.56 nats; its seeds reach 0.3, see the
+  README's expected results); above it they are *not at the truth yet*.
+"""
+
+from __future__ import annotations
+
+import math
+
+CLOSE_PER_DIM = 0.01  # nats per dimension
+
+
+def kl_noise(d: int, n: int) -> float:
+    """Standard deviation of the Gaussian-fit KL of ``n`` exact samples in dimension ``d``."""
+    return math.sqrt(d * (d + 3)) / (2 * n)
+
+
+def verdict(kl_excess: float, d: int, n: int) -> str:
+    """One sentence: whether samples with this Gaussian-fit KL excess reached the truth."""
+    noise = kl_noise(d, n)
+    if not math.isfinite(kl_excess):
+        return "NOT at the truth: the samples hold NaN or inf"
+    if kl_excess <= 2 * noise:
+        return (f"reached the truth: the samples are indistinguishable from exact ones at n = {n} "
+                f"(KL excess {kl_excess:.3g} within 2 × its noise {noise:.2g})")  # fmt: skip
+    if kl_excess <= CLOSE_PER_DIM * d:
+        return (f"close to the truth: KL excess {kl_excess:.3g} nats ({kl_excess / d:.2g} per dimension, below "
+                f"{CLOSE_PER_DIM} × d = {CLOSE_PER_DIM * d:.3g}), though more than its noise ({noise:.2g}) above "
+                "exact samples")  # fmt: skip
+    return (f"NOT at the truth yet: KL excess {kl_excess:.3g} nats is above {CLOSE_PER_DIM} × d = "
+            f"{CLOSE_PER_DIM * d:.3g}; train longer (trainer.max_steps) or see the README's \"Why a well-fitted "
+            "score gave poor samples\"")  # fmt: skip
+
+
+def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run_dir: str, exact_truth: bool = True,
+            checkpoint: dict | None = None, step: int | None = None, model: str = "the model") -> str:  # fmt: skip
+    """The end-of-run lines from the diagnostics' ``results`` (keys ``val/…`` or ``test/…``)."""
+    prefix = "test" if stage == "test" else "val"
+
+    def get(name: str) -> float | None:
+        value = results.get(f"{prefix}/{name}")
+        return None if value is None else float(value)
+
+    against = "the exact GP" if exact_truth else "the fitted Gaussian reference (not the data's law)"
+    if checkpoint:
+        where = f"checkpoint {checkpoint['path']} (step {checkpoint['global_step']})"
+    else:
+        where = f"step {step}" if stage == "fit" else f"{model}, no checkpoint"
+    lines = [f"stdiff {stage}: {where}, against {against}"]
+    score, excess_loss = get("score_rel_error"), get("excess_loss")
+    if score is not None:
+        lines.append(f"  score error       {score:.4g}   E‖ŝ − s*‖² / E‖s*‖² over noise levels (0: the exact score)")
+    if excess_loss is not None:
+        loss, exact = get("loss"), get("loss_exact")
+        beside = f" ({prefix}/loss {loss:.4g} − exact model's {exact:.4g})" if None not in (loss, exact) else ""
+        lines.append(f"  excess loss       {excess_loss:.3g}{beside}: what is left to learn")
+    kl, kl_floor, kl_excess = get("samples/kl"), get("samples/kl_floor"), get("samples/kl_excess")
+    if kl_excess is not None and kl is not None and kl_floor is not None:
+        lines.append(f"  sample KL excess  {kl_excess:.3g}   Gaussian-fit KL {kl:.4g} of {num_samples} samples, "
+                     f"{kl_floor:.4g} for as many exact samples (noise ±{kl_noise(d, num_samples):.2g})")  # fmt: skip
+        white = get("samples/whitened_norm_excess")
+        if white is not None:
+            lines.append(f"  whitened norm     {white:+.3g}   excess of ‖K^(-1/2)(x − μ)‖²/d over exact samples' (0 ideal)")
+        lines.append(f"  verdict: {verdict(kl_excess, d, num_samples)}")
+    elif get("samples/whitened_norm_excess") is not None:
+        lines.append(f"  whitened norm     {get('samples/whitened_norm_excess'):+.3g}   (no full-covariance KL: it needs "
+                     f"more than 2·d = {2 * d} samples and d ≤ 1024; see the structured metrics)")  # fmt: skip
+    else:
+        lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model: see "
+                     f"{prefix}/conditional/… in metrics.json)")  # fmt: skip
+    lines.append(f"  all metrics: {run_dir}/metrics.json; figures: {run_dir}/figures/; tensorboard --logdir "
+                 f"{_logdir(run_dir)}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _logdir(run_dir: str) -> str:
+    """The folder of runs above ``run_dir`` (``lightning_logs`` for ``lightning_logs/version_0/test_0``)."""
+    parts = run_dir.replace("\\", "/").rstrip("/").split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "lightning_logs":
+            return "/".join(parts[: i + 1])
+    return run_dir

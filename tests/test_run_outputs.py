@@ -1,0 +1,103 @@
+"""What a run leaves and says: every fit ends with a validation (diagnostics, metrics.json and
+figures even when shorter than val_check_interval), a plain end-of-run summary with a verdict,
+test/validate record which checkpoint they scored, no Lightning warning about checkpoint state a
+test or predict never needed, and the exact model's runs are labelled."""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from conftest import QUICKSTART
+
+from stdiff.callbacks.summary import kl_noise, verdict
+from stdiff.cli import main
+from stdiff.gp import KroneckerGP
+from stdiff.kernels import RBF, PoweredExponential
+from stdiff.metrics import gaussian_fit_kl
+
+SHORT = ["--trainer.max_steps=7", "--trainer.log_every_n_steps=1", "--data.init_args.num_val=32",
+         "--trainer.enable_progress_bar=false", "--diagnostics.num_samples=40", "--model.sampler.init_args.steps=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A 7-step fit under the quickstart's val_check_interval of 500 and sample_every of 6."""
+    root = tmp_path_factory.mktemp("short")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["fit", "--config", str(QUICKSTART), *SHORT, f"--trainer.default_root_dir={root}"])
+    return root, root / "lightning_logs" / "version_0"
+
+
+def test_a_fit_shorter_than_the_validation_interval_still_validates_at_its_end(short_run, capsys):
+    _, run = short_run
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["stage"] == "fit" and written["global_step"] == 7
+    m = written["metrics"]
+    assert math.isfinite(m["val/loss"]) and math.isfinite(m["val/score_rel_error"])
+    assert "val/samples/whitened_norm_excess" in m  # the last validation samples, whatever sample_every
+    assert sorted(p.name for p in (run / "figures").glob("val_paths_step*.png")) == ["val_paths_step7.png"]
+    assert (run / "checkpoints" / "best.ckpt").is_file()  # the final validation also feeds the best checkpoint
+
+
+def test_the_end_of_fit_summary_names_the_numbers_the_verdict_and_where_they_are(tmp_path, capsys):
+    main(["fit", "--config", str(QUICKSTART), *SHORT, "--diagnostics.num_samples=600",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    out = capsys.readouterr().out
+    summary = out[out.index("stdiff fit: step 7, against the exact GP") :]
+    for line in ("score error", "excess loss", "sample KL excess", "whitened norm", "verdict: NOT at the truth yet"):
+        assert line in summary, summary
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert f"{run}/metrics.json" in summary and f"{run}/figures/" in summary
+    m = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert f"sample KL excess  {m['val/samples/kl_excess']:.3g}" in summary
+
+
+def test_test_records_the_checkpoint_it_scored_and_test_and_predict_raise_no_checkpoint_warnings(short_run):
+    root, run = short_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    common = ["--config", str(QUICKSTART), f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false",
+              f"--trainer.default_root_dir={root}", "--model.sampler.init_args.steps=2"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", *common, "--data.init_args.num_val=32", "--diagnostics.num_samples=40",
+              "--likelihood.num_samples=4", "--likelihood.steps=2"])  # fmt: skip
+        main(["predict", *common, "--data.init_args.num_predict=4"])
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "WeightAveraging" in m or "dirpath has changed" in m], messages
+    written = json.loads((run / "test_0" / "metrics.json").read_text())
+    assert written["checkpoint"] == {"path": str(ckpt), "global_step": 7} and written["global_step"] == 7
+    assert written["model"] == "Denoiser"
+    assert [p.name for p in (run / "test_0" / "figures").glob("test_paths_*.png")] == ["test_paths_step7.png"]
+    assert not (run / "test_0" / "checkpoints").exists() and not (run / "predict_0" / "checkpoints").exists()
+
+
+def test_the_exact_models_runs_are_labelled(tmp_path, capsys):
+    main(["validate", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", "--data.init_args.num_val=32",
+          "--diagnostics.num_samples=40", "--model.sampler.init_args.steps=2", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    written = json.loads((tmp_path / "lightning_logs" / "exact_validate_0" / "metrics.json").read_text())
+    assert written["checkpoint"] is None and written["model"] == "ExactDenoiser"
+    assert "stdiff validate: ExactDenoiser, no checkpoint, against the exact GP" in capsys.readouterr().out
+    assert not list((tmp_path / "lightning_logs").glob("version_*"))
+
+
+def test_the_verdicts_noise_is_the_spread_of_exact_samples_kl():
+    """Oracle: the Gaussian-fit KL of n exact samples has standard deviation sqrt(d(d+3))/(2n)."""
+    gp = KroneckerGP(PoweredExponential(3.0, 1.0), RBF(1.0), frames=4, space_shape=(4,))  # d = 16
+    n, kls = 500, []
+    for seed in range(300):
+        x = gp.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
+        kls.append(gaussian_fit_kl(x, gp.mean, gp.covariance()))
+    sd = torch.tensor(kls).std().item()
+    assert sd == pytest.approx(kl_noise(16, n), rel=0.15), (sd, kl_noise(16, n))
+
+
+def test_the_verdict_says_which_of_three_it_is():
+    d, n = 256, 2000  # the quickstart: noise 0.064, close below 2.56
+    assert verdict(0.1, d, n).startswith("reached the truth")
+    assert verdict(0.31, d, n).startswith("close to the truth")
+    assert verdict(36.9, d, n).startswith("NOT at the truth yet")
+    assert verdict(float("nan"), d, n).startswith("NOT at the truth")
