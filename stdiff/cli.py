@@ -35,7 +35,7 @@ from stdiff.callbacks import (
 )
 from stdiff.callbacks.reliability import STOP_SIGNALS
 from stdiff.config_check import ConfigError, check_config, resolve_class
-from stdiff.config_files import packaged_configs
+from stdiff.config_files import config_relative_paths, packaged_configs
 from stdiff.data import SequenceDataModule
 from stdiff.module import DiffusionModule
 from stdiff.plugins import PluginError, load_plugins
@@ -109,7 +109,7 @@ class StdiffCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         if args is None or isinstance(args, (list, tuple)):
             given = list(sys.argv[1:] if args is None else args)
-            resolved = packaged_configs(given)
+            resolved = config_relative_paths(packaged_configs(given))
             subcommand = next((a for a in resolved if a in ("fit", "validate", "test", "predict")), None)
             try:
                 check_config(resolved, ROOTS)

@@ -6,6 +6,7 @@ naming the file, and the configs shipped inside the package (``stdiff/configs``)
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +34,61 @@ def packaged_configs(args: list[str]) -> list[str]:
         elif token.startswith("--config="):
             out[i] = "--config=" + _packaged(token.split("=", 1)[1])
     return out
+
+
+# Data-file options a config file may give as paths relative to itself.
+FILE_OPTIONS = ("paths", "coordinates", "observed")
+
+
+def config_relative_paths(args: list[str]) -> list[str]:
+    """``args`` where a config file gives a data file (``data.init_args.paths``, ``coordinates``,
+    ``observed``) as a relative path that does not exist where the command runs but does beside the
+    config file: that file is meant, whatever the working directory, so an override with its full
+    path follows the ``--config`` (options after it still win). A path that exists here is kept."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        out.append(token)
+        value = None
+        if token == "--config" and i + 1 < len(args):
+            value = args[i + 1]
+            out.append(value)
+            i += 1
+        elif token.startswith("--config="):
+            value = token.split("=", 1)[1]
+        i += 1
+        if value is not None:
+            out += _beside(value)
+    return out
+
+
+def _beside(config: str) -> list[str]:
+    path = Path(config)
+    if not path.is_file() or path.suffix not in (".yaml", ".yml"):
+        return []
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # config_check reports it, naming the file
+    init_args = data.get("data", {}).get("init_args") if isinstance(data, dict) and isinstance(data.get("data"), dict) else None
+    if not isinstance(init_args, dict):
+        return []
+    overrides = []
+    for key in FILE_OPTIONS:
+        given = init_args.get(key)
+        items = given if isinstance(given, list) else [given]
+        if not all(isinstance(p, str) for p in items):
+            continue  # coordinates given as rows of numbers, or nothing
+        found = [str(path.parent.absolute() / p) if _only_beside(p, path.parent) else p for p in items]
+        if found != items:
+            value = json.dumps(found) if isinstance(given, list) else found[0]
+            overrides.append(f"--data.init_args.{key}={value}")
+    return overrides
+
+
+def _only_beside(name: str, directory: Path) -> bool:
+    return not Path(name).is_absolute() and not Path(name).exists() and (directory / name).exists()
 
 
 def _packaged(path: str) -> str:

@@ -14,6 +14,7 @@ from stdiff.gpfit import (
     expected_moments,
     fit_kernels,
     flip_flop,
+    held_out_note,
     observed_log_likelihood,
 )
 from stdiff.kernels import RBF, Matern, PoweredExponential
@@ -101,6 +102,21 @@ def test_fit_kernels_says_when_it_stopped_short():
     assert any(issubclass(w.category, FitWarning) and "reference_steps" in str(w.message) for w in caught)
     _, full = fit_kernels(x, Matern(0.5, 1.5), RBF(5.0), (6,), coordinates=COORDS)
     assert full["converged"] and full["log_likelihood_per_window"] > report["log_likelihood_per_window"]
+
+
+def test_a_held_out_likelihood_above_the_training_one_comes_with_its_reason():
+    gp = generating_gp(0.0)
+    x = gp.sample(120, torch.Generator().manual_seed(5), dtype=torch.float64)
+    quiet = gp.mean + 0.5 * (gp.sample(40, torch.Generator().manual_seed(6), dtype=torch.float64) - gp.mean)  # var / 4
+    _, report = fit_kernels(x, Matern(0.5, 1.5), RBF(5.0), (6,), held_out=quiet, coordinates=COORDS)
+    assert report["held_out_log_likelihood_per_window"] > report["log_likelihood_per_window"]
+    assert report["held_out_variance_ratio"] == pytest.approx(0.25, rel=0.2)
+    note = held_out_note(report)
+    assert "not a sign of leakage" in note and f"{report['held_out_variance_ratio']:.3g}× the training" in note
+    _, same = fit_kernels(x, Matern(0.5, 1.5), RBF(5.0), (6,), held_out=x[:40], coordinates=COORDS)
+    assert same["held_out_variance_ratio"] == pytest.approx(1.0, rel=0.3)
+    if same["held_out_log_likelihood_per_window"] <= same["log_likelihood_per_window"]:
+        assert held_out_note(same) is None
 
 
 def test_flip_flop_with_missing_values_is_close_to_the_complete_fit():

@@ -101,3 +101,29 @@ def test_the_verdict_says_which_of_three_it_is():
     assert verdict(0.31, d, n).startswith("close to the truth")
     assert verdict(36.9, d, n).startswith("NOT at the truth yet")
     assert verdict(float("nan"), d, n).startswith("NOT at the truth")
+
+
+def test_a_config_files_data_paths_are_found_beside_it_from_any_directory(tmp_path, monkeypatch):
+    import numpy as np
+    import yaml
+
+    from stdiff.config_files import config_relative_paths
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    np.save(project / "data" / "train.npy", np.random.default_rng(0).standard_normal((3, 120, 4)).astype("float32"))
+    config = project / "own.yaml"
+    config.write_text(yaml.safe_dump({"data": {"class_path": "ArrayDataModule", "init_args": {
+        "paths": ["data/train.npy"], "frames": 8, "stride": 4, "batch_size": 8}}}))  # fmt: skip
+    monkeypatch.chdir(elsewhere)
+    args = ["fit", "--config", str(config), "--data.init_args.frames=8"]
+    assert config_relative_paths(args) == [*args[:3], f'--data.init_args.paths=["{project / "data" / "train.npy"}"]',
+                                           args[3]]  # fmt: skip
+    (elsewhere / "data").mkdir()
+    np.save(elsewhere / "data" / "train.npy", np.zeros((1, 10, 4), dtype="float32"))
+    assert config_relative_paths(args) == args  # a path that exists where the command runs is the one meant
+    (elsewhere / "data" / "train.npy").unlink()
+    main(["fit", "--config", str(QUICKSTART), "--config", str(config), "--trainer.max_steps=2",
+          "--trainer.enable_progress_bar=false", "--diagnostics.figures=false", "--trainer.default_root_dir=out"])  # fmt: skip
+    assert (elsewhere / "out" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()

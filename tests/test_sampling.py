@@ -119,6 +119,21 @@ def test_early_stopping_bias_is_inside_the_margin(problem):
     assert early_stopping_kl(gp, 1.0, 1e-8) < 1e-12
 
 
+def test_early_stopping_bias_grows_with_the_problem_as_documented():
+    """Why the quickstart's samples/early_stopping_kl (0.058) is 45× sampler_kl.md's (0.0013) at the
+    same t0: to second order it is ¼σ⁴Σ(1/λ − 1)² over the eigenvalues of Γ ⊗ Σ."""
+    schedule = OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0)
+    t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
+    alpha, sigma = schedule.alpha(t0).item(), schedule.sigma(t0).item()
+    quickstart = KroneckerGP(PoweredExponential(4.0, 1.0), RBF(1.0), frames=32, space_shape=(8,))
+    small = KroneckerGP(PoweredExponential(3.0, 1.0), RBF(1.0), frames=8, space_shape=(4,))
+    for gp, documented in ((quickstart, 0.058), (small, 0.0013)):
+        bias = early_stopping_kl(gp, alpha, sigma)
+        assert bias == pytest.approx(documented, rel=0.02)
+        lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
+        assert bias == pytest.approx((0.25 * sigma**4 * (1 / lam - 1) ** 2).sum().item(), rel=0.1)
+
+
 def test_ddim_with_eta_one_is_ancestral_sampling(problem):
     gp, schedule, _ = problem
     model = ExactDenoiser.from_gp(gp, schedule)
