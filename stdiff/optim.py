@@ -14,8 +14,8 @@ class WarmupCosine(LambdaLR):
     """Linear warm-up over ``warmup_steps``, then a cosine decay of the learning rate to
     ``final_ratio`` × its base value at ``total_steps`` (Loshchilov & Hutter 2017), stepped every
     optimizer step. Annealing removes the weight noise a constant rate leaves, which the samples
-    of a diffusion model feel more than its loss does (README, "Why a well-fitted score gave poor
-    samples").
+    of a diffusion model feel more than its loss does (``stdiff/guide/models.md``, "Why a well-fitted score gave
+    poor samples").
 
     Args:
         optimizer: the optimizer (given by the module).

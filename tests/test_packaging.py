@@ -52,3 +52,31 @@ def test_the_wheel_ships_the_benchmarks_and_presets_but_not_their_results(tmp_pa
     assert "stdiff/bench/__init__.py" in names and "stdiff/bench/speed/training.py" in names
     assert "stdiff/configs/quickstart.yaml" in names
     assert not [n for n in names if n.startswith("stdiff/bench/results/")]
+
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors of a page's headings."""
+    import re
+
+    heads = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_every_relative_link_of_the_readme_and_the_guide_leads_somewhere():
+    import re
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "stdiff" / "guide").glob("*.md"))]
+    assert len(pages) > 5
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            goal = (page.parent / path).resolve() if path else page
+            if not goal.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and anchor not in _anchors(goal.read_text()):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken

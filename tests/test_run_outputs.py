@@ -127,3 +127,20 @@ def test_a_config_files_data_paths_are_found_beside_it_from_any_directory(tmp_pa
     main(["fit", "--config", str(QUICKSTART), "--config", str(config), "--trainer.max_steps=2",
           "--trainer.enable_progress_bar=false", "--diagnostics.figures=false", "--trainer.default_root_dir=out"])  # fmt: skip
     assert (elsewhere / "out" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_summary_reports_conditional_tasks_and_says_when_there_is_no_kl():
+    from stdiff.callbacks.summary import summary
+
+    results = {"test/score_rel_error": 0.02, "test/samples/whitened_norm_excess": 0.5,
+               "test/conditional/Forecast/crps_ratio": 1.009, "test/conditional/Forecast/coverage50": 0.479,
+               "test/conditional/Forecast/coverage90": 0.861, "test/conditional/Forecast/spread": 0.993}  # fmt: skip
+    text = summary(results, "test", 4096, 200, "lightning_logs/version_3/test_0", checkpoint={"path": "a.ckpt",
+                   "global_step": 20}, model="Denoiser")  # fmt: skip
+    assert text.startswith("stdiff test: checkpoint a.ckpt (step 20), against the exact GP")
+    assert "no full-covariance KL" in text and "verdict" not in text
+    assert "Forecast          CRPS / Bayes 1.009, coverage 50 % 0.479 and 90 % 0.861, spread 0.993" in text
+    assert "tensorboard --logdir lightning_logs\n" in text + "\n"
+    bare = summary({}, "validate", 16, 100, "out", exact_truth=False, model="ExactDenoiser")
+    assert "ExactDenoiser, no checkpoint, against the fitted Gaussian reference" in bare
+    assert "no sample metrics this time" in bare

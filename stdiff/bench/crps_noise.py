@@ -1,6 +1,6 @@
 """How noisy ``crps_ratio`` is, and what CRPS costs in memory: exact posterior samples scored
-against a second, independent draw of exact posterior samples (the "exact posterior" row of the
-README's conditional table), over many seeds, with both estimators.
+against a second, independent draw of exact posterior samples (the "exact posterior" row of
+the conditional table of stdiff/guide/conditional.md), over many seeds, with both estimators.
 
     python -m stdiff.bench crps_noise [--repeats 200] [--cases 16] [--samples 64] [--out stdiff/bench/results/crps_noise.json]
 

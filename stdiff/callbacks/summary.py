@@ -8,8 +8,8 @@ minus that of as many exact samples, ``samples/kl_excess``) against two yardstic
   ``sqrt(d(d+3)) / (2n)`` to first order (its mean, the floor, is ``d(d+3)/(4n)``): an excess
   within two of these is *indistinguishable from exact samples* at this sample size;
 - one hundredth of a nat per dimension (``0.01·d``): below it the samples are *close to the
-  truth* (the quickstart's 2000 samples in d = 256: 2.56 nats; its seeds reach 0.3, see the
-  README's expected results); above it they are *not at the truth yet*.
+  truth* (the quickstart's 2000 samples in d = 256: 2.56 nats; what its seeds reach is in the
+  README's "Expected result"); above it they are *not at the truth yet*.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def verdict(kl_excess: float, d: int, n: int) -> str:
                 f"{CLOSE_PER_DIM} × d = {CLOSE_PER_DIM * d:.3g}), though more than its noise ({noise:.2g}) above "
                 "exact samples")  # fmt: skip
     return (f"NOT at the truth yet: KL excess {kl_excess:.3g} nats is above {CLOSE_PER_DIM} × d = "
-            f"{CLOSE_PER_DIM * d:.3g}; train longer (trainer.max_steps) or see the README's \"Why a well-fitted "
-            "score gave poor samples\"")  # fmt: skip
+            f"{CLOSE_PER_DIM * d:.3g}; train longer (trainer.max_steps) or see \"Why a well-fitted score gave poor "
+            "samples\" in stdiff/guide/models.md")  # fmt: skip
 
 
 def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run_dir: str, exact_truth: bool = True,
@@ -74,9 +74,16 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     elif get("samples/whitened_norm_excess") is not None:
         lines.append(f"  whitened norm     {get('samples/whitened_norm_excess'):+.3g}   (no full-covariance KL: it needs "
                      f"more than 2·d = {2 * d} samples and d ≤ 1024; see the structured metrics)")  # fmt: skip
-    else:
-        lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model: see "
-                     f"{prefix}/conditional/… in metrics.json)")  # fmt: skip
+    tasks = sorted({k.split("/")[2] for k in results if k.startswith(f"{prefix}/conditional/") and
+                    k.endswith("/crps_ratio")})  # fmt: skip
+    for task in tasks:
+        c = {k.rsplit("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{prefix}/conditional/{task}/")}
+        lines.append(f"  {task:<17} CRPS / {'Bayes' if exact_truth else 'reference'} {c['crps_ratio']:.4g}, coverage "
+                     f"50 % {c.get('coverage50', math.nan):.3g} and 90 % {c.get('coverage90', math.nan):.3g}, spread "
+                     f"{c.get('spread', math.nan):.3g} (1: intervals of the right width)")  # fmt: skip
+    if kl_excess is None and get("samples/whitened_norm_excess") is None and not tasks:
+        lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model without "
+                     "data.init_args.task)")  # fmt: skip
     lines.append(f"  all metrics: {run_dir}/metrics.json; figures: {run_dir}/figures/; tensorboard --logdir "
                  f"{_logdir(run_dir)}")  # fmt: skip
     return "\n".join(lines)

@@ -58,8 +58,8 @@ class Denoiser(NoiseModel):
             correction scaled by α, so at high noise ε̂ → x_t exactly, whatever the network does.
             With ``eps`` the network itself must output ε̂ ≈ x_t there, through its final
             LayerNorm; the small errors it makes are carried by the probability-flow ODE to the
-            end of sampling (``stdiff/bench/results/recipe_ablation.md``; README, "Why a
-            well-fitted score gave poor samples").
+            end of sampling (``stdiff/bench/results/recipe_ablation.md``; ``stdiff/guide/models.md``,
+            "Why a well-fitted score gave poor samples").
     """
 
     def __init__(

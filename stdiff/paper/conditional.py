@@ -25,7 +25,7 @@ from stdiff.seeding import SWEEP, generator
 FULL = {"cases": 64, "samples": 100, "guidance_scale": 10.0, "overrides": []}
 # At CPU scale the conditional model trains `conditional_factor` times as many steps as the
 # unconditional one: it learns three tasks, and after the quickstart's 3000 steps its first
-# forecast frame still has spread 1.64 (README, "Forecasting, interpolation and imputation").
+# forecast frame still has spread 1.64 (stdiff/guide/conditional.md).
 CPU = {"steps": 3000, "conditional_factor": 4, "cases": 16, "samples": 64, "guidance_scale": 10.0, "overrides": []}
 TASKS = {"forecast": Forecast(16), "interpolation": Interpolation(4), "imputation": Imputation(0.5)}
 COLUMNS = ["crps", "crps_exact", "crps_ratio", "energy", "energy_exact", "coverage50", "coverage90", "spread", "kl",
