@@ -84,5 +84,23 @@ def check_memory(what: str, parts: dict[str, float], advice: str) -> None:
                      f"{_size(available)} available: {advice}")  # fmt: skip
 
 
+def check_disk_space(needed: float, directory, writes: str, advice: str, error: type[Exception] = OSError) -> None:
+    """Refuse to write ``needed`` bytes (``writes``: "predict would write … of samples") into
+    ``directory`` (or, not made yet, the folder it would be made in) where they need more than
+    95 % of its disk's free space; the message gives both figures and ``advice``."""
+    import shutil
+    from pathlib import Path
+
+    existing = Path(directory).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > 0.95 * free:
+        raise error(writes.format(size=_size(needed)) + f" to {directory}, whose disk has {_size(free)} free: {advice}")
+
+
 def _size(b: float) -> str:
-    return f"{b / 2**30:.3g} GiB" if b >= 2**30 else f"{b / 2**20:.3g} MiB"
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b:.0f} bytes"

@@ -321,24 +321,14 @@ def _inside(run: Path, root) -> bool:
 def check_disk(datamodule, model, directory: Path) -> None:
     """Refuse a predict whose samples (float32) need more than 95 % of the free space where they
     go, with both figures, before anything is drawn or written."""
+    from stdiff._validation import check_disk_space
+
     cases = len(datamodule.check_observations()[0]) if datamodule.observed is not None else 1
-    needed = cases * datamodule.num_predict * math.prod(model.sample_shape) * 4
-    existing = Path(directory).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if needed > 0.95 * free:
-        what = f"{cases} cases × " if datamodule.observed is not None else ""
-        raise RunError(f"predict would write {_bytes(needed)} of samples ({what}{datamodule.num_predict} × "
-                       f"{tuple(model.sample_shape)} float32) to {directory}, whose disk has {_bytes(free)} free: lower "
-                       "data.init_args.num_predict or free space")  # fmt: skip
-
-
-def _bytes(b: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if b >= size:
-            return f"{b / size:.3g} {unit}"
-    return f"{b:.0f} bytes"
+    what = f"{cases} cases × " if datamodule.observed is not None else ""
+    check_disk_space(cases * datamodule.num_predict * math.prod(model.sample_shape) * 4, directory,
+                     f"predict would write {{size}} of samples ({what}{datamodule.num_predict} × "
+                     f"{tuple(model.sample_shape)} float32)", "lower data.init_args.num_predict or free space",
+                     RunError)  # fmt: skip
 
 
 def _free_name(directory: Path, stem: str, suffix: str) -> str:

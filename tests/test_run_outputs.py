@@ -144,3 +144,12 @@ def test_the_summary_reports_conditional_tasks_and_says_when_there_is_no_kl():
     bare = summary({}, "validate", 16, 100, "out", exact_truth=False, model="ExactDenoiser")
     assert "ExactDenoiser, no checkpoint, against the fitted Gaussian reference" in bare
     assert "no sample metrics this time" in bare
+
+
+def test_one_disk_check_for_predict_names_both_figures(tmp_path):
+    from stdiff._validation import check_disk_space
+
+    check_disk_space(1024, tmp_path / "not" / "made" / "yet", "predict would write {size} of samples", "lower it")
+    with pytest.raises(OSError, match=r"predict would write 9.09e\+06 TiB of samples to .*/new, whose disk has .* "
+                                      r"free: lower it"):  # fmt: skip
+        check_disk_space(10**19, tmp_path / "new", "predict would write {size} of samples", "lower it")

@@ -124,7 +124,7 @@ class GPDiagnostics(Callback):
         self._validations += 1
         # the fit's last validation (see DiffusionModule.on_train_batch_end) always samples: the
         # end-of-fit summary and metrics.json then describe the final weights' samples
-        due = self._validations % self.sample_every == 0 or trainer.should_stop if self.sample_every > 0 else False
+        due = self.sample_every > 0 and (self._validations % self.sample_every == 0 or trainer.should_stop)
         with_samples = not fitting or due
         self._report(trainer, pl_module, "val", with_samples)
 

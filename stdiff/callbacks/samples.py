@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from typing import Literal
 
 import lightning as L
@@ -13,6 +12,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
+
+from stdiff._validation import check_disk_space
 
 
 class SampleWriter(BasePredictionWriter):
@@ -64,11 +65,9 @@ class SampleWriter(BasePredictionWriter):
         count = self._count(trainer)
         self._shape = (count, *pl_module.sample_shape)
         needed = math.prod(self._shape) * 4
-        free = shutil.disk_usage(os.path.dirname(self._path)).free
-        if needed > free * 0.95:
-            raise OSError(f"predict would write {needed / 2**30:.2f} GiB of samples ({count} × "
-                          f"{pl_module.sample_shape} float32) to {os.path.dirname(self._path)}, which has "
-                          f"{free / 2**30:.2f} GiB free: lower data.init_args.num_predict or free space")  # fmt: skip
+        # this rank's share (the CLI's preflight checked the whole before anything started)
+        check_disk_space(needed, os.path.dirname(self._path), f"predict would write {{size}} of samples ({count} × "
+                         f"{tuple(pl_module.sample_shape)} float32)", "lower data.init_args.num_predict or free space")  # fmt: skip
         self._conditional = getattr(data, "observed", None) is not None
         self._final = list(self._shape)
         if self._conditional and trainer.world_size == 1:  # (cases, samples per case, T, *space)
