@@ -146,6 +146,12 @@ class GPDiagnostics(Callback):
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
             self._print_summary(trainer, "fit")
+        elif self.truth is None and trainer.is_global_zero:  # nothing to check against: say where things are
+            loss = trainer.callback_metrics.get("val/loss")
+            run = self._run_dir(trainer)
+            print(f"stdiff fit: step {trainer.global_step}" + (f", val/loss {float(loss):.4g}" if loss is not None else "")
+                  + f"; no known distribution to score against (a GP data module, or ArrayDataModule's reference, "
+                  f"gives one); checkpoints in {run}/checkpoints/", flush=True)  # fmt: skip
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # which weights validate / test score: recorded in metrics.json and the summary
@@ -329,7 +335,9 @@ class GPDiagnostics(Callback):
                 k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()
             }  # no NaN in JSON
             # global_step: the training step of the weights scored (a checkpoint's, for validate and test)
-            out = {"stage": stage, "global_step": self._step(trainer), "metrics": metrics}
+            out = {"stage": stage, "global_step": self._step(trainer), "metrics": metrics,
+                   "diagnostics": {"dim": self.truth.dim, "num_samples": self.num_samples,
+                                   "exact_truth": getattr(trainer.datamodule, "truth_is_exact", True)}}  # fmt: skip
             if stage != "fit":  # the exact model, or no checkpoint: null
                 out["checkpoint"] = getattr(self, "_checkpoint", None) if trainer.ckpt_path else None
                 out["model"] = type(trainer.lightning_module.denoiser).__name__

@@ -1,12 +1,14 @@
 """The few lines printed at the end of ``fit``, ``validate`` and ``test``: how far the model is
-from the truth, in plain words, and where the rest is written.
+from the truth, in plain words, and where the rest is written. Again for a finished run:
+
+    python -m stdiff.callbacks.summary lightning_logs/version_0      # or …/test_0, or a metrics.json
 
 The verdict reads the Gaussian-fit KL excess of the generated samples (their KL to the truth
 minus that of as many exact samples, ``samples/kl_excess``) against two yardsticks:
 
-- the noise of the KL of ``n`` exact samples in dimension ``d``, whose standard deviation is
-  ``sqrt(d(d+3)) / (2n)`` to first order (its mean, the floor, is ``d(d+3)/(4n)``): an excess
-  within two of these is *indistinguishable from exact samples* at this sample size;
+- the noise of the KL of ``n`` exact samples in dimension ``d``: its standard deviation
+  (``kl_noise``, about ``sqrt(d(d+3)) / (2n)``; its mean, the floor, is about ``d(d+3)/(4n)``): an
+  excess within two of these is *indistinguishable from exact samples* at this sample size;
 - one hundredth of a nat per dimension (``0.01·d``): below it the samples are *close to the
   truth* (the quickstart's 2000 samples in d = 256: 2.56 nats; what its seeds reach is in the
   README's "Expected result"); above it they are *not at the truth yet*.
@@ -16,12 +18,23 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 CLOSE_PER_DIM = 0.01  # nats per dimension
 
 
 def kl_noise(d: int, n: int) -> float:
-    """Standard deviation of the Gaussian-fit KL of ``n`` exact samples in dimension ``d``."""
-    return math.sqrt(d * (d + 3)) / (2 * n)
+    """Standard deviation of the Gaussian-fit KL of ``n`` exact samples in dimension ``d``.
+
+    Exact for ``stdiff.metrics.gaussian_fit_kl`` (empirical mean, unbiased covariance): in whitened
+    coordinates 2·KL = tr Ĉ − log det Ĉ − d + ‖m̂‖², with Ĉ Wishart of m = n − 1 degrees of freedom
+    scaled by 1/m, independent of m̂ ~ N(0, I/n); Var(log det Ĉ) = Σᵢ ψ′((m − i + 1)/2),
+    Var(tr Ĉ) = Cov(tr Ĉ, log det Ĉ) = 2d/m and Var ‖m̂‖² = 2d/n². To first order in d/n this is
+    √(d(d+3))/(2n)."""
+    m = n - 1
+    i = torch.arange(1, d + 1, dtype=torch.float64)
+    var_cov = torch.special.polygamma(1, (m - i + 1) / 2).sum().item() - 2 * d / m
+    return 0.5 * math.sqrt(var_cov + 2 * d / n**2)
 
 
 def verdict(kl_excess: float, d: int, n: int) -> str:
@@ -96,3 +109,35 @@ def _logdir(run_dir: str) -> str:
         if parts[i] == "lightning_logs":
             return "/".join(parts[: i + 1])
     return run_dir
+
+
+def summary_of_run(path: str) -> str:
+    """The summary of a finished run, from its ``metrics.json`` (and, for runs written before
+    ``metrics.json`` recorded them, the dimension and sample count from its ``config.yaml``)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    file = Path(path) / "metrics.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise SystemExit(f"no metrics.json at {path}: pass a run directory (lightning_logs/version_N) or its metrics.json")
+    written = json.loads(file.read_text())
+    info = written.get("diagnostics") or {}
+    if "dim" not in info:
+        config = yaml.safe_load((file.parent / "config.yaml").read_text())
+        data = config["data"]["init_args"]
+        info = {"dim": data["frames"] * math.prod(data.get("space_shape") or [1]),
+                "num_samples": config["diagnostics"]["num_samples"]}  # fmt: skip
+    metrics = {k: v for k, v in written["metrics"].items() if v is not None}
+    stage = written["stage"]
+    return summary(metrics, stage, info["dim"], info["num_samples"], str(file.parent), info.get("exact_truth", True),
+                   written.get("checkpoint"), written["global_step"], written.get("model") or "the model")  # fmt: skip
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m stdiff.callbacks.summary <run directory or metrics.json>")
+    print(summary_of_run(sys.argv[1]))
