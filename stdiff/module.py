@@ -165,7 +165,9 @@ class DiffusionModule(L.LightningModule):
         if self._trainer is None:
             return True
         every = self.trainer.log_every_n_steps
-        return every > 0 and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
+        # Lightning also writes on the step that stops the fit (the last one: see on_train_batch_end)
+        last = self.trainer.should_stop or _last_step(self.trainer, taken=False)
+        return every > 0 and ((self.global_step + 1) % every == 0 or last)
 
     def evaluation_inputs(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """``(x0, t, noise)`` of a validation or test batch ``(x0, noise, u)`` (``SequenceDataModule``
@@ -267,10 +269,10 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _last_step(trainer) -> bool:
-    """Whether the optimizer step just taken is the fit's last (``max_steps``, or the last batch
-    of the last of ``max_epochs``)."""
-    if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+def _last_step(trainer, taken: bool = True) -> bool:
+    """Whether the optimizer step just taken (``taken``; else the one in progress) is the fit's
+    last: ``max_steps``, or the last batch of the last of ``max_epochs``."""
+    if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step + (0 if taken else 1):
         return True
     epochs = trainer.max_epochs
     last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch

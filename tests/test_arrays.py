@@ -147,7 +147,7 @@ def test_predict_from_the_fitted_reference_writes_samples_in_the_files_units(tmp
           "--data.init_args.frames=16", "--data.init_args.reference=flip_flop", "--model.denoiser=ExactDenoiser",
           "--data.init_args.num_predict=400", "--data.init_args.batch_size=200", "--model.sampler.init_args.steps=50",
           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    samples = np.load(next(tmp_path.glob("lightning_logs/version_*/samples.npy")))
+    samples = np.load(next(tmp_path.glob("lightning_logs/exact_predict_*/samples.npy")))
     assert samples.shape == (400, 16, 4)
     assert abs(samples.mean() - 6.0) < 1.0 and abs(samples.std() - 3.0) < 0.5  # not the model's standard units
 
@@ -173,7 +173,7 @@ def test_conditional_scores_on_held_out_windows_against_the_fitted_reference(tmp
           "--diagnostics.conditional_samples=32", "--diagnostics.num_samples=200", "--model.sampler.init_args.steps=50",
           "--diagnostics.conditional_estimator=fair", "--data.init_args.num_val=64", "--likelihood.steps=50",
           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    (path,) = tmp_path.glob("lightning_logs/version_*/metrics.json")
+    (path,) = tmp_path.glob("lightning_logs/exact_*/metrics.json")
     written = json.loads(path.read_text())
     metrics = written["metrics"]
     assert written["conditional_estimator"] == "fair"  # which CRPS / energy-score estimator the numbers use
@@ -272,15 +272,15 @@ def test_conditional_test_and_predict_with_missing_values(tmp_path):
               "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
     main(["test", *common, "--diagnostics.conditional_cases=16", "--diagnostics.conditional_samples=32",
           "--diagnostics.num_samples=200", "--likelihood.steps=30"])  # fmt: skip
-    (path,) = tmp_path.glob("lightning_logs/version_*/metrics.json")
+    (path,) = tmp_path.glob("lightning_logs/exact_test_*/metrics.json")
     metrics = json.loads(path.read_text())["metrics"]
     prefix = "test/conditional/Forecast"
     assert metrics[f"{prefix}/cases"] == 16 and 0.85 < metrics[f"{prefix}/crps_ratio"] < 1.2
     assert f"{prefix}/crps_reference" in metrics and f"{prefix}/crps_exact" not in metrics  # a fit, not the truth
     assert metrics[f"{prefix}/scored"] < 16 * 8 * 4  # the missing held-out entries were not scored
     main(["predict", *common, "--data.init_args.observed=test", "--data.init_args.num_predict=4"])
-    meta = json.loads(next(tmp_path.glob("lightning_logs/version_*/samples.json")).read_text())
-    samples = np.load(next(tmp_path.glob("lightning_logs/version_*/samples.npy")))
+    meta = json.loads(next(tmp_path.glob("lightning_logs/exact_predict_*/samples.json")).read_text())
+    samples = np.load(next(tmp_path.glob("lightning_logs/exact_predict_*/samples.npy")))
     rows = meta["data"]["windows"]["rows"]
     assert samples.shape == (len(rows), 4, 16, 4) and meta["data"]["normalize"] == "point"
     assert len(meta["data"]["mean"]) == 4 and rows[0][2] >= 900  # test windows: the last 10 % of the frames

@@ -214,7 +214,7 @@ def test_predict_with_the_exact_model_needs_no_checkpoint(tmp_path):
     main(["predict", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", "--data.init_args.num_predict=70",
           "--data.init_args.batch_size=32", "--model.sampler=DDIM", "--model.sampler.init_args.steps=5",
           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    run = tmp_path / "lightning_logs" / "version_0"
+    run = tmp_path / "lightning_logs" / "exact_predict_0"
     samples = np.load(run / "samples.npy")
     assert samples.shape == (70, 32, 8) and np.isfinite(samples).all() and 0.5 < samples.std() < 1.5  # drawn, not zeros
     meta = json.loads((run / "samples.json").read_text())
@@ -246,7 +246,7 @@ def test_validate_with_the_exact_model_has_zero_score_error(tmp_path):
     main(["validate", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", "--data.init_args.num_val=128",
           "--diagnostics.num_samples=600", "--model.sampler.init_args.steps=300", "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    run = tmp_path / "lightning_logs" / "version_0"
+    run = tmp_path / "lightning_logs" / "exact_validate_0"
     out = read_metrics(run)
     assert out["stage"] == "validate"
     m = out["metrics"]
@@ -331,4 +331,4 @@ def test_training_loss_is_logged_at_the_same_steps_and_values_as_logging_every_s
     ours = curve(tmp_path / "a")
     monkeypatch.setattr(DiffusionModule, "_logs_this_step", lambda self: True)
     assert ours == curve(tmp_path / "b")
-    assert [step for step, _ in ours] == [2, 5]
+    assert [step for step, _ in ours] == [2, 5, 6]  # every 3rd step, and the last (step 7, logged at 6)

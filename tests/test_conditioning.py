@@ -178,7 +178,7 @@ def test_predict_with_observations_writes_conditional_samples(tmp_path):
           "--model.conditioning=ReconstructionGuidance", f"--data.init_args.observed={tmp_path / 'obs.npy'}",
           "--data.init_args.num_predict=5", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    run = tmp_path / "lightning_logs" / "version_0"
+    run = tmp_path / "lightning_logs" / "exact_predict_0"
     samples = np.load(run / "samples.npy")
     assert samples.shape == (2, 5, 32, 8) and np.isfinite(samples).all()
     np.testing.assert_array_equal(samples[:, :, :20], np.broadcast_to(observed[:, None, :20], (2, 5, 20, 8)))

@@ -43,7 +43,7 @@ def test_a_signal_stops_a_subcommand_at_once(tmp_path, subcommand, how, code):
     assert time.monotonic() - sent < 10  # the batch sleeps 30 s: stopped in it, not after it
     assert f"stdiff: stopped by {how.name}" in out
     if subcommand == "predict":  # what was written so far is kept, and said to be partial
-        (meta,) = tmp_path.glob("lightning_logs/version_*/samples.json")
+        (meta,) = tmp_path.glob("lightning_logs/exact_predict_*/samples.json")
         assert json.loads(meta.read_text())["complete"] is False
         assert (meta.parent / "samples.npy.partial").is_file()
 
@@ -90,6 +90,6 @@ def test_non_finite_samples_are_counted_and_reported(tmp_path):
         warnings.simplefilter("always")
         main(["predict", *BASE, "--data.init_args.batch_size=16", "--model.sampler=hooks.HalfNaN",
               f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
-    (meta,) = tmp_path.glob("lightning_logs/version_*/samples.json")
+    (meta,) = tmp_path.glob("lightning_logs/exact_predict_*/samples.json")
     assert json.loads(meta.read_text())["non_finite_samples"] == 32  # half of each batch of 16, 64 samples
     assert any("32 of 64 samples hold non-finite values" in str(w.message) for w in caught)

@@ -146,9 +146,11 @@ class GPDiagnostics(Callback):
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
             self._print_summary(trainer, "fit")
-        elif self.truth is None and trainer.is_global_zero:  # nothing to check against: say where things are
+        elif self.truth is None:  # nothing to check against: say where things are
+            run = self._run_dir(trainer)  # on every rank: it broadcasts
+            if not trainer.is_global_zero:
+                return
             loss = trainer.callback_metrics.get("val/loss")
-            run = self._run_dir(trainer)
             print(f"stdiff fit: step {trainer.global_step}" + (f", val/loss {float(loss):.4g}" if loss is not None else "")
                   + f"; no known distribution to score against (a GP data module, or ArrayDataModule's reference, "
                   f"gives one); checkpoints in {run}/checkpoints/", flush=True)  # fmt: skip
@@ -308,6 +310,7 @@ class GPDiagnostics(Callback):
         plt.close(fig)
 
     def _print_summary(self, trainer, stage: str) -> None:
+        run = self._run_dir(trainer)  # on every rank: it broadcasts
         if not trainer.is_global_zero:
             return
         from stdiff.callbacks.summary import summary
@@ -315,7 +318,7 @@ class GPDiagnostics(Callback):
         logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         checkpoint = self._checkpoint if stage != "fit" and trainer.ckpt_path else None
         exact = getattr(trainer.datamodule, "truth_is_exact", True)
-        print(summary({**logged, **self.results}, stage, self.truth.dim, self.num_samples, self._run_dir(trainer),
+        print(summary({**logged, **self.results}, stage, self.truth.dim, self.num_samples, run,
                       exact, checkpoint, self._step(trainer), type(trainer.lightning_module.denoiser).__name__),
               flush=True)  # fmt: skip
 
