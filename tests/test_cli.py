@@ -22,6 +22,8 @@ TINY = [
     "--data.init_args.num_val=32",
     "--trainer.enable_progress_bar=false",
     "--diagnostics.figures=false",
+    "--diagnostics.num_samples=64",  # the fit's last validation samples: few, and in few steps
+    "--model.sampler.init_args.steps=4",
 ]
 
 

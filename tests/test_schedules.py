@@ -129,7 +129,8 @@ def test_user_schedule_selected_by_class_path_trains(tmp_path):
         args=[
             "fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}",
             "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false",
-            "--data.init_args.num_val=16", "--model.denoiser.init_args.schedule=test_schedules.Quadratic",
+            "--data.init_args.num_val=16", "--diagnostics.num_samples=16", "--model.sampler.init_args.steps=2",
+            "--model.denoiser.init_args.schedule=test_schedules.Quadratic",
             "--model.denoiser.init_args.schedule.init_args.t_max=2.5",
         ]
     )  # fmt: skip
