@@ -115,3 +115,38 @@ def test_multi_node_launch_through_lightning(environment, monkeypatch):
     trainer = StdiffCLI(args=args, run=False).trainer
     assert type(trainer._accelerator_connector.cluster_environment).__name__ == environment
     assert (trainer.num_nodes, trainer.world_size, trainer.global_rank, trainer.node_rank) == (2, 4, 3, 1)
+
+
+class _Rank:
+    """A trainer as GPDiagnostics sees it at the end of a fit, on rank ``rank`` of two; it counts
+    the collective ``log_dir`` calls (a broadcast in DDP: every rank must make it)."""
+
+    def __init__(self, rank: int) -> None:
+        self.is_global_zero, self.global_rank, self.collectives = rank == 0, rank, 0
+        self.default_root_dir, self.callback_metrics, self.global_step = "/nowhere", {}, 4
+        self.state = SimpleNamespace(fn="fit")
+
+    @property
+    def log_dir(self) -> str:
+        self.collectives += 1
+        return self.default_root_dir
+
+
+@pytest.mark.parametrize("truth", [False, True])
+def test_the_end_of_fit_summary_makes_the_same_collective_calls_on_every_rank(monkeypatch, truth):
+    """Rank 0 alone asking for ``trainer.log_dir`` (a broadcast under DDP) left rank 1 gone before
+    the broadcast, which reset the connection: the two-process fit failed now and then."""
+    from stdiff.callbacks import GPDiagnostics
+
+    calls = []
+    for rank in (0, 1):
+        diagnostics, trainer = GPDiagnostics(figures=False), _Rank(rank)
+        if truth:  # what the end-of-fit writes and prints, without the work (rank 0 only)
+            diagnostics.truth, diagnostics.results = SimpleNamespace(dim=4), {"val/loss": 1.0}
+            monkeypatch.setattr(GPDiagnostics, "_write_json", lambda self, trainer, stage: self._run_dir(trainer))
+            monkeypatch.setattr("stdiff.callbacks.summary.summary", lambda *args, **kwargs: "summary")
+            trainer.datamodule, trainer.ckpt_path = SimpleNamespace(), None
+            trainer.lightning_module = SimpleNamespace(denoiser=None)
+        diagnostics.on_fit_end(trainer, None)
+        calls.append(trainer.collectives)
+    assert calls[0] == calls[1] > 0
