@@ -2,6 +2,9 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+# Every fit ends with a validation that samples (the quickstart: 2000 samples, 25 solver steps):
+# the tests' short fits sample few, in few steps.
+FEW_SAMPLES = ["--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4"]
 # Overlays are used on top of the quickstart: --config configs/quickstart.yaml --config <overlay>
 OVERLAYS = [p for d in ("attention", "controls", "conditional") for p in sorted((ROOT / "configs" / d).glob("*.yaml"))]
 GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b")]  # after gpu/single.yaml

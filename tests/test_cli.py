@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, GPU_OVERLAYS, OVERLAYS, PAPER_OVERLAYS, QUICKSTART, ROOT
+from conftest import CONFIGS, FEW_SAMPLES, GPU_OVERLAYS, OVERLAYS, PAPER_OVERLAYS, QUICKSTART, ROOT
 
 from stdiff.cli import StdiffCLI, main
 from stdiff.data import GPDataModule
@@ -22,8 +22,7 @@ TINY = [
     "--data.init_args.num_val=32",
     "--trainer.enable_progress_bar=false",
     "--diagnostics.figures=false",
-    "--diagnostics.num_samples=64",  # the fit's last validation samples: few, and in few steps
-    "--model.sampler.init_args.steps=4",
+    *FEW_SAMPLES,
 ]
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import FEW_SAMPLES
 
 from stdiff.cli import main
 from stdiff.examples import nyc_temperature as example
@@ -42,7 +43,7 @@ def test_the_pipeline_on_a_synthetic_stand_in(tmp_path):
     np.save(tmp_path / "temperature.npy", x)
     np.savetxt(tmp_path / "stations.csv", np.array(gp.coordinates), delimiter=",", header="EWR,JFK,LGA")
     main(["fit", *example.fit_command(tmp_path), "--trainer.max_steps=6", "--trainer.val_check_interval=3",
-          "--checkpoint.every_n_train_steps=3", "--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false"])  # fmt: skip
+          "--checkpoint.every_n_train_steps=3", *FEW_SAMPLES, "--trainer.enable_progress_bar=false"])  # fmt: skip
     (run,) = tmp_path.glob("lightning_logs/version_*")
     assert (run / "checkpoints" / "best.ckpt").exists()
     results = example.evaluate(tmp_path, run, k=4)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUICKSTART, stdiff_subclasses
+from conftest import FEW_SAMPLES, QUICKSTART, stdiff_subclasses
 
 from stdiff.cli import StdiffCLI
 from stdiff.diffusion import Denoiser, denoising_loss
@@ -226,7 +226,7 @@ def test_user_attention_from_yaml_trains(tmp_path):
         args=[
             "fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3",
             "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false", "--data.init_args.num_val=16",
-            "--diagnostics.num_samples=16", "--model.sampler.init_args.steps=2",
+            *FEW_SAMPLES,
             "--model.denoiser.init_args.backbone.init_args.patch_size=2", "--model.denoiser.init_args.backbone.init_args.attention=test_nn.LagBiasedAttention",
             "--model.denoiser.init_args.backbone.init_args.attention.init_args.max_lag=3",
         ]

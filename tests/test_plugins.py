@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import QUICKSTART
+from conftest import FEW_SAMPLES, QUICKSTART
 
 PLUGIN = '''
 import torch
@@ -45,7 +45,7 @@ def test_kernel_from_an_installed_plugin_is_used_by_short_name(tmp_path):
     )
     out = run(["fit", "--config", str(QUICKSTART), "--config", str(config), "--trainer.max_steps=2",
                "--trainer.val_check_interval=2", "--data.init_args.num_val=16", "--diagnostics.figures=false",
-               "--diagnostics.num_samples=16", "--model.sampler.init_args.steps=2",
+               *FEW_SAMPLES,
                "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"], site, tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     used = (tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import QUICKSTART, stdiff_subclasses
+from conftest import FEW_SAMPLES, QUICKSTART, stdiff_subclasses
 
 from stdiff.cli import StdiffCLI
 from stdiff.schedules import (
@@ -129,7 +129,7 @@ def test_user_schedule_selected_by_class_path_trains(tmp_path):
         args=[
             "fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}",
             "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false",
-            "--data.init_args.num_val=16", "--diagnostics.num_samples=16", "--model.sampler.init_args.steps=2",
+            "--data.init_args.num_val=16", *FEW_SAMPLES,
             "--model.denoiser.init_args.schedule=test_schedules.Quadratic",
             "--model.denoiser.init_args.schedule.init_args.t_max=2.5",
         ]
