@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     name, rest = argv[0], argv[1:]
     script = HERE / f"{name}.sh"
     if script.exists():
+        if rest and rest[0] in ("-h", "--help"):  # the script's opening comment says what it does and how
+            lines = script.read_text().splitlines()[1:]
+            print(f"usage: python -m stdiff.bench {name} [arguments]\n")
+            print("\n".join(line[2:] for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))]))
+            return
         raise SystemExit(subprocess.call(["bash", str(script), *rest], env=os.environ.copy()))
     sys.argv = [f"python -m stdiff.bench {name}", *rest]
     runpy.run_module(f"stdiff.bench.{name}", run_name="__main__")  # sys.argv[0] stays the command, for usage lines

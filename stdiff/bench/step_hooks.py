@@ -35,7 +35,7 @@ import lightning as L
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
-from stdiff.bench.training import TRAINING_ONLY, build
+from stdiff.bench.speed.training import TRAINING_ONLY, build
 from stdiff.callbacks import EMA
 from stdiff.callbacks.reliability import _total_norm
 
