@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from typing import Literal
 
 import lightning as L
@@ -34,6 +37,44 @@ from stdiff.metrics import (
     score_error_terms,
 )
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
+
+
+class Clock:
+    """Wall seconds by part of a validation, each part's own (a part entered inside another pauses
+    it), the device's queued work included: what ``val/seconds/<part>`` reports."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds, self._open = device, defaultdict(float), []
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @contextmanager
+    def part(self, name: str):
+        start = self.now()
+        if self._open:  # pause the enclosing part
+            self.seconds[self._open[-1][0]] += start - self._open[-1][1]
+        self._open.append([name, start])
+        try:
+            yield
+        finally:
+            end = self.now()
+            self.seconds[name] += end - self._open.pop()[1]
+            if self._open:
+                self._open[-1][1] = end
+
+
+def run_precision(trainer):
+    """The run's precision for sampling outside the training and evaluation steps, where Lightning
+    does not apply it: ``bf16-mixed`` autocasts the network's matmuls to bf16 (as in training),
+    while the sampler's state and updates stay in float32 (the network's bf16 output is promoted
+    when it meets them). The likelihood ODE does not use this (``LikelihoodReport``)."""
+    return trainer.precision_plugin.forward_context()
+
+
+PARTS = ("sampling", "metrics", "figures")  # the rest of a validation: its loss batches ("batches")
 
 
 class GPDiagnostics(Callback):
@@ -87,6 +128,8 @@ class GPDiagnostics(Callback):
         self.truth = None
         self.results: dict[str, float] = {}
         self._validations = 0
+        self._fit_start = self._clock = None
+        self._fit_cost: dict[str, float] = defaultdict(float)  # validation seconds of this fit, by part
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -103,7 +146,12 @@ class GPDiagnostics(Callback):
         if self.reference_kernel is not None:
             self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start, self._fit_cost = time.perf_counter(), defaultdict(float)
+
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._clock = Clock(pl_module.device)
+        self._clock_start = self._clock.now()
         if self.truth is not None:
             self.score = self.score.to(pl_module.device)
             self.score.reset()
@@ -143,6 +191,9 @@ class GPDiagnostics(Callback):
             self._print_summary(trainer, "test")
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        if self._fit_start is not None and self._fit_cost:  # what validation cost the fit, by part
+            self.results["fit/seconds"] = time.perf_counter() - self._fit_start
+            self.results.update({f"fit/validation_seconds{'/' + k if k else ''}": v for k, v in self._fit_cost.items()})
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
             self._print_summary(trainer, "fit")
@@ -171,15 +222,18 @@ class GPDiagnostics(Callback):
 
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
+        clock = self._clock = self._clock or Clock(pl_module.device)
+        start = getattr(self, "_clock_start", None) or clock.now()
         conditional_model = pl_module.mask is not None
         scored = not conditional_model and self.score.update_called  # data with gaps in every window: none
-        results = {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()} if scored else {}
-        results.update(self._attention(trainer, pl_module, stage))
-        if with_samples and not conditional_model:
-            results.update(self._samples(trainer, pl_module, stage))
-        task = getattr(trainer.datamodule, "task", None)
-        if with_samples and task is not None and pl_module.conditioning is not None:
-            results.update(self._conditional(trainer, pl_module, stage, task))
+        with clock.part("metrics"):
+            results = {f"{stage}/{k}": v.item() for k, v in self.score.compute().items()} if scored else {}
+            results.update(self._attention(trainer, pl_module, stage))
+            if with_samples and not conditional_model:
+                results.update(self._samples(trainer, pl_module, stage))
+            task = getattr(trainer.datamodule, "task", None)
+            if with_samples and task is not None and pl_module.conditioning is not None:
+                results.update(self._conditional(trainer, pl_module, stage, task))
         bad = sorted(k for k, v in results.items() if not math.isfinite(v) and "/head" not in k)
         if bad:  # e.g. diverging samples: say so, rather than leave `null` in metrics.json unexplained
             rank_zero_warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or "
@@ -188,13 +242,25 @@ class GPDiagnostics(Callback):
         for name, value in results.items():
             if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
                 pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
-        self.results = {**self.results, **results}
         if self.figures and trainer.is_global_zero:
             bins = [k.split("logsnr_")[1] for k in results if "/score_rel_error/logsnr_" in k]
             values = [v for k, v in results.items() if "/score_rel_error/logsnr_" in k]
             from stdiff.callbacks.figures import score_error_figure
 
-            self._save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
+            with clock.part("figures"):
+                self._save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
+        # What this validation cost, by part (the loss batches: the rest since the epoch started)
+        total = clock.now() - start
+        cost = {part: clock.seconds.get(part, 0.0) for part in PARTS}
+        cost["batches"] = max(total - sum(cost.values()), 0.0)
+        timing = {f"{stage}/seconds": total, **{f"{stage}/seconds/{k}": v for k, v in cost.items()}}
+        for name, value in timing.items():
+            pl_module.log(name, value, rank_zero_only=True)
+        if trainer.state.fn == "fit":
+            for k, v in (("", total), *cost.items()):
+                self._fit_cost[k] += v
+        self.results = {**self.results, **results, **timing}
+        self._clock = self._clock_start = None
 
     def _attention(self, trainer, pl_module, stage: str) -> dict[str, float]:
         """Alignment of each temporal attention map with Γ at each noise level, for the model and
@@ -211,9 +277,10 @@ class GPDiagnostics(Callback):
             if label == "" and self.figures and trainer.is_global_zero:
                 from stdiff.callbacks.figures import attention_figure
 
-                for lam, by_unit in maps.items():
-                    self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
-                                      attention_figure(by_unit, self.gamma, lam))  # fmt: skip
+                with self._clock.part("figures"):
+                    for lam, by_unit in maps.items():
+                        self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
+                                          attention_figure(by_unit, self.gamma, lam))  # fmt: skip
         return out
 
     def _samples(self, trainer, pl_module, stage: str) -> dict[str, float]:
@@ -228,10 +295,11 @@ class GPDiagnostics(Callback):
             bar = tqdm(
                 total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
             )
-        x = pl_module.sampler.sample(
-            pl_module.denoiser, (n, *self.truth.sample_shape), g, pl_module.device,
-            progress=(lambda i, total: bar.update(1)) if bar is not None else None,
-        )  # fmt: skip
+        with self._clock.part("sampling"), run_precision(trainer):
+            x = pl_module.sampler.sample(
+                pl_module.denoiser, (n, *self.truth.sample_shape), g, pl_module.device,
+                progress=(lambda i, total: bar.update(1)) if bar is not None else None,
+            ).float()  # fmt: skip
         if bar is not None:
             bar.close()
         floor_seed = derive_seed(self.seed, DIAGNOSTICS, 3)
@@ -245,7 +313,8 @@ class GPDiagnostics(Callback):
             )
         values = metric.compute()
         if self.figures and trainer.is_global_zero:
-            self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
+            with self._clock.part("figures"):
+                self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
     def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
@@ -265,7 +334,9 @@ class GPDiagnostics(Callback):
         observed = cases.repeat_interleave(k, 0)  # (n·k, T, *space): case i's k samples together
         masks = mask.repeat_interleave(k, 0) if mask.ndim == len(shape) + 1 else mask.expand(len(observed), *shape)
         g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)
-        chunks = [pl_module.sample_conditional(o, m, g).cpu() for o, m in zip(observed.split(512), masks.split(512))]
+        with self._clock.part("sampling"), run_precision(trainer):
+            chunks = [pl_module.sample_conditional(o, m, g).float().cpu()
+                      for o, m in zip(observed.split(512), masks.split(512))]  # fmt: skip
         samples = torch.cat(chunks).reshape(n, k, *shape)
         report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7),
                                     self.conditional_estimator)  # fmt: skip
@@ -274,8 +345,10 @@ class GPDiagnostics(Callback):
             from stdiff.metrics.conditional import posterior_samples
 
             first = mask[0] if mask.ndim == len(shape) + 1 else mask
-            exact = posterior_samples(self.truth, x[:1], first, k, generator(self.seed, DIAGNOSTICS, 8))[0]
-            self._save_figure(trainer, f"{stage}_conditional_fan", fan_chart(cases[0], first, samples[0], exact, repr(task)))
+            with self._clock.part("figures"):
+                exact = posterior_samples(self.truth, x[:1], first, k, generator(self.seed, DIAGNOSTICS, 8))[0]
+                fan = fan_chart(cases[0], first, samples[0], exact, repr(task))
+                self._save_figure(trainer, f"{stage}_conditional_fan", fan)
         prefix = f"{stage}/conditional/{type(task).__name__}"
         exact_name = "_exact" if getattr(trainer.datamodule, "truth_is_exact", True) else "_reference"
         values = {f"{prefix}/{key.replace('_exact', exact_name)}": float(v) for key, v in report.items()

@@ -88,10 +88,14 @@ class LikelihoodReport(Callback):
             truth = None
         # The exact model of the truth (or of the fitted reference) as Hutchinson's control variate.
         control = None if truth is None else ExactDenoiser.from_gp(truth, pl_module.schedule)
-        result = log_likelihood(
-            pl_module.denoiser, x.to(pl_module.device), self.steps, self.divergence, self.probes, g,
-            progress=(lambda i, total: bar.update(1)) if bar is not None else None, control=control,
-        )  # fmt: skip
+        # In float32 (its sums in float64) whatever the run's precision: log p is a sum over d
+        # coordinates of the divergence along the path, so bf16's relative error of ~4e-3 per network
+        # output would move it by far more than the KLs of a fraction of a nat it is read for.
+        with torch.autocast(pl_module.device.type, enabled=False):
+            result = log_likelihood(
+                pl_module.denoiser, x.to(pl_module.device), self.steps, self.divergence, self.probes, g,
+                progress=(lambda i, total: bar.update(1)) if bar is not None else None, control=control,
+            )  # fmt: skip
         if bar is not None:
             bar.close()
         log_prob = pl_module.all_gather(result.log_prob.to(pl_module.device)).reshape(-1).double().cpu()

@@ -97,9 +97,28 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     if kl_excess is None and get("samples/whitened_norm_excess") is None and not tasks:
         lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model without "
                      "data.init_args.task)")  # fmt: skip
+    cost = _cost_line(results, stage, prefix)
+    if cost:
+        lines.append(cost)
     lines.append(f"  all metrics: {run_dir}/metrics.json; figures: {run_dir}/figures/; tensorboard --logdir "
                  f"{_logdir(run_dir)}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _cost_line(results: dict[str, float], stage: str, prefix: str) -> str | None:
+    """Where the wall time went: the fit's validations against the whole fit, or this validation's parts."""
+    key = "fit/validation_seconds" if stage == "fit" else f"{prefix}/seconds"
+    if key not in results:
+        return None
+    parts = ", ".join(f"{name} {results.get(f'{key}/{part}', 0.0):.3g} s"
+                      for part, name in (("sampling", "sampling"), ("metrics", "metrics"), ("figures", "figures"),
+                                         ("batches", "loss batches")))  # fmt: skip
+    total = results[key]
+    if stage == "fit" and "fit/seconds" in results:
+        wall = results["fit/seconds"]
+        return (f"  time              validations {total:.3g} s of the fit's {wall:.3g} s ({100 * total / wall:.0f} %): "
+                f"{parts}")  # fmt: skip
+    return f"  time              {total:.3g} s: {parts}"
 
 
 def _logdir(run_dir: str) -> str:
