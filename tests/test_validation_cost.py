@@ -4,10 +4,10 @@ compiled model, each validation's seconds by part and the fit's share in the sum
 import json
 import warnings
 
-import lightning.pytorch.loops.evaluation_loop as evaluation_loop
 import pytest
 import torch
 from conftest import QUICKSTART
+from lightning.pytorch.loops import evaluation_loop
 
 from stdiff.callbacks import GPDiagnostics
 from stdiff.cli import main
