@@ -7,7 +7,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 FEW_SAMPLES = ["--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4"]
 # Overlays are used on top of the quickstart: --config configs/quickstart.yaml --config <overlay>
 OVERLAYS = [p for d in ("attention", "controls", "conditional") for p in sorted((ROOT / "configs" / d).glob("*.yaml"))]
-GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b")]  # after gpu/single.yaml
+GPU_OVERLAYS = [ROOT / "configs" / "gpu" / f"{name}.yaml" for name in ("ddp", "fsdp", "dit_b", "fast_truth")]  # after gpu/single.yaml
 # The paper's CPU scale: configs/paper/cpu/<experiment>.yaml on top of configs/paper/<experiment>.yaml
 PAPER_OVERLAYS = sorted((ROOT / "configs" / "paper" / "cpu").glob("*.yaml"))
 # Real-data overlays need their prepared files: each is run by its example's test (tests/test_examples.py).

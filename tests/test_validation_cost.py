@@ -93,3 +93,39 @@ def test_float32_matmul_precision_is_a_run_option(tmp_path):
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_time_to_truth_checks_on_a_geometric_grid_and_reports_training_time(tmp_path):
+    from stdiff.bench.time_to_truth import grid, main as time_to_truth
+
+    assert grid(3000, 6) == (93, [93, 186, 372, 744, 1488, 3000])
+    result = time_to_truth(["--config", str(QUICKSTART), "--trainer.max_steps=8", "--diagnostics.num_samples=600",
+                            "--model.sampler.init_args.steps=2", "--data.init_args.num_val=32", "--checks=2",
+                            "--stop-at=never", "--name=tiny", f"--out={tmp_path}", f"--root={tmp_path / 'runs'}"])  # fmt: skip
+    checks = result["checks"]
+    assert [c["step"] for c in checks] == result["grid"] == [4, 8]
+    assert all(0 < c["training_s"] < c["wall_s"] for c in checks)  # validations left out of the training time
+    assert checks[0]["training_s"] < checks[1]["training_s"]
+    assert all(c["verdict"] == "not" and c["kl_excess"] > c["close_below"] for c in checks)  # 8 steps: far off
+    assert result["first"] == {"close": None, "indistinguishable": None}
+    assert "first *close*: not reached" in (tmp_path / "tiny.md").read_text()
+    assert (tmp_path / "tiny.png").stat().st_size > 0 and (tmp_path / "tiny.log").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("kl", "stop_at", "stops"), [(0.1, "indistinguishable", True), (1.0, "indistinguishable", False),
+                                                      (1.0, "close", True), (0.1, "never", False)])  # fmt: skip
+def test_the_verdict_recorder_stops_at_the_first_verdict_asked_for(tmp_path, kl, stop_at, stops):
+    from types import SimpleNamespace
+
+    from stdiff.bench.time_to_truth import VerdictRecorder
+
+    diagnostics = GPDiagnostics(num_samples=2000)
+    diagnostics.truth, diagnostics.latest = SimpleNamespace(dim=256), {"val/samples/kl_excess": kl}
+    trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="fit"), callbacks=[diagnostics],
+                              log_dir=str(tmp_path), default_root_dir=str(tmp_path), global_step=10,
+                              is_global_zero=True, should_stop=False)  # fmt: skip
+    recorder = VerdictRecorder(stop_at)
+    recorder.on_fit_start(trainer, None)
+    recorder.on_validation_end(trainer, None)
+    assert trainer.should_stop is stops  # noise 0.067 at d = 256, n = 2000: 0.1 is within 2 ×; 1.0 is close
+    assert json.loads((tmp_path / "time_to_truth.jsonl").read_text())["kl_excess"] == kl

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go (at most 9 minutes: give the call a 10-minute limit): the
-# GPU tests, then the benchmark on the DiT-B-scale preset (fp32/bf16 × compile off/on; stdiff vs
-# hand-written; data drawn on the device) and on the smaller single-GPU preset. Results: $OUT
-# (default stdiff/bench/results), one NAME.md (what was printed) and NAME.log (stderr) per stage,
-# and the benchmarks' JSON.
+# Everything that needs a GPU, in one go (stages of 100 + 190 + 240 s, at most 9 minutes with the
+# start: give the call a 10-minute limit): the GPU tests; DiT-B's throughput, plain loop against a
+# real fit; the time to truth of configs/gpu/fast_truth.yaml. Results in $OUT (default
+# stdiff/bench/results), 7 files, within the 8 a device returns: gpu_check.md (everything printed),
+# gpu_check.log (stderr), dit_b.json, time_to_truth_gpu.{json,md,png,log}.
 #   python -m stdiff.bench gpu_check
 #
 # On the lent device machines (no network; their image has torch, lightning, torchmetrics and
@@ -23,22 +23,24 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pr
 # Each stage has its own time limit and a failing stage does not stop the later ones: the device
 # time is short, so one run must bring back every number it can. Failures are listed at the end.
 failed=()
-stage() {  # stage NAME SECONDS COMMAND...: run it, tee its output into $OUT/NAME.md
-  local name=$1 limit=$2; shift 2
-  echo "== $name (at most ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@" 2> "$OUT/$name.log" | tee "$OUT/$name.md" || failed+=("$name")
+: > "$OUT/gpu_check.md"; : > "$OUT/gpu_check.log"
+stage() {  # stage NAME SECONDS COMMAND...: run it, its output added to $OUT/gpu_check.md and .log
+  local name=$1 limit=$2 start=$SECONDS; shift 2
+  echo "== $name (at most ${limit}s)" | tee -a "$OUT/gpu_check.md" >> "$OUT/gpu_check.log"
+  timeout --kill-after=10 "$limit" "$@" 2>> "$OUT/gpu_check.log" | tee -a "$OUT/gpu_check.md" || failed+=("$name")
+  echo "== $name: $((SECONDS - start)) s" | tee -a "$OUT/gpu_check.md"
 }
 GPU="--config configs/gpu/single.yaml"
-stage gpu_tests 120 python3 -m pytest -m gpu -q -p no:cacheprovider
-# DiT-B scale: hardware use (fp32/bf16 × compile off/on), then stdiff's overhead uncompiled.
-stage bench_dit_b_gpu 210 python3 -m stdiff.bench speed $GPU --config configs/gpu/dit_b.yaml --sections gpu \
-  --gpu-steps 20 --repeats 2 --json "$OUT/bench_dit_b_gpu.json"
-stage bench_dit_b_gpu_training 120 python3 -m stdiff.bench speed $GPU --config configs/gpu/dit_b.yaml \
-  --model.compile=false --sections training,data --steps 50 --repeats 2 --json "$OUT/bench_dit_b_gpu_training.json"
-# The single-GPU preset: overhead, data path, sampling, attention variants up to 16k tokens.
-stage bench_single_gpu 90 python3 -m stdiff.bench speed $GPU --sections training,data,sampling,attention --steps 100 \
-  --repeats 2 --sample-batch 1024 --max-tokens 16384 --frames 16 32 64 128 256 --patches 4 16 64 \
-  --json "$OUT/bench_single_gpu.json"
+# 1. The GPU tests (76 s on an H200).
+stage gpu_tests 100 python3 -m pytest -m gpu -q -p no:cacheprovider
+# 2. DiT-B scale, bf16 + compile: a real `stdiff fit` (its Throughput callback's tokens/s and MFU)
+#    against the plain loop on the same model; one compilation each (the second from inductor's cache).
+stage dit_b 190 python3 -m stdiff.bench speed $GPU --config configs/gpu/dit_b.yaml --sections fit \
+  --fit-steps 120 --repeats 2 --json "$OUT/dit_b.json"
+# 3. Time to truth at d = 1024: the fast_truth preset until its verdict reads "close to the truth",
+#    at most 3 min 10 s of fitting (Lightning's max_time, then its final validation) inside the stage.
+stage time_to_truth 240 python3 -m stdiff.bench time_to_truth $GPU --config configs/gpu/fast_truth.yaml \
+  --stop-at close --name time_to_truth_gpu --out "$OUT" --trainer.max_time=00:00:03:10
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED stages: ${failed[*]} (their .log files in $OUT)"
   exit 1

@@ -98,6 +98,8 @@ class GPDiagnostics(Callback):
         conditional_estimator: estimator of the conditional CRPS and energy score: ``"biased"``
             (1/k² over sample pairs, as torchmetrics and properscoring) or ``"fair"`` (1/(k(k−1)),
             unbiased for the sampler's own score whatever k); recorded in ``metrics.json``.
+        sample_at_steps: during fit, also compute the sample-based metrics at the validations of
+            these training steps (``python -m stdiff.bench time_to_truth`` sets a geometric grid).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class GPDiagnostics(Callback):
         conditional_cases: int = 32,
         conditional_samples: int = 64,
         conditional_estimator: Literal["biased", "fair"] = "biased",
+        sample_at_steps: list[int] = [],  # noqa: B006 (jsonargparse shows the default)
     ) -> None:
         if num_samples < 2:
             raise ValueError(f"GPDiagnostics.num_samples must be >= 2, got {num_samples}")
@@ -125,10 +128,15 @@ class GPDiagnostics(Callback):
         if conditional_estimator not in ("biased", "fair"):
             raise ValueError(f"GPDiagnostics.conditional_estimator must be 'biased' or 'fair', got {conditional_estimator!r}")
         self.conditional_estimator = conditional_estimator
+        bad = [s for s in sample_at_steps if not isinstance(s, int) or s < 1]
+        if bad:
+            raise ValueError(f"GPDiagnostics.sample_at_steps must be training steps >= 1, got {bad}")
+        self.sample_at_steps = set(sample_at_steps)
         self.truth = None
         self.results: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
         self._validations = 0
-        self._fit_start = self._clock = None
+        self._fit_start = self._clock = self._validating_since = None
         self._fit_cost: dict[str, float] = defaultdict(float)  # validation seconds of this fit, by part
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -147,7 +155,22 @@ class GPDiagnostics(Callback):
             self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_start, self._fit_cost = time.perf_counter(), defaultdict(float)
+        self._fit_start, self._fit_cost, self._validating_since = time.perf_counter(), defaultdict(float), None
+
+    # A fit's validation time runs from the start of each validation to the next training step (or
+    # the end): Lightning's loop, the diagnostics, and the other callbacks' work there (checkpoints,
+    # the EMA's weight swaps) alike. This callback comes first (StdiffCLI.instantiate_trainer).
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._fit_start is not None:
+            self._validating_since = Clock(pl_module.device).now()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._close_validation()
+
+    def _close_validation(self) -> None:
+        if self._validating_since is not None:
+            self._fit_cost[""] += time.perf_counter() - self._validating_since
+            self._validating_since = None
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._clock = Clock(pl_module.device)
@@ -173,6 +196,7 @@ class GPDiagnostics(Callback):
         # the fit's last validation (see DiffusionModule.on_train_batch_end) always samples: the
         # end-of-fit summary and metrics.json then describe the final weights' samples
         due = self.sample_every > 0 and (self._validations % self.sample_every == 0 or trainer.should_stop)
+        due = due or trainer.global_step in self.sample_at_steps
         with_samples = not fitting or due
         self._report(trainer, pl_module, "val", with_samples)
 
@@ -191,9 +215,12 @@ class GPDiagnostics(Callback):
             self._print_summary(trainer, "test")
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._close_validation()
         if self._fit_start is not None and self._fit_cost:  # what validation cost the fit, by part
             self.results["fit/seconds"] = time.perf_counter() - self._fit_start
-            self.results.update({f"fit/validation_seconds{'/' + k if k else ''}": v for k, v in self._fit_cost.items()})
+            cost = self._fit_cost
+            cost["other"] = max(cost[""] - sum(cost[p] for p in (*PARTS, "batches")), 0.0)  # checkpoints, EMA swaps
+            self.results.update({f"fit/validation_seconds{'/' + k if k else ''}": v for k, v in cost.items()})
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
             self._print_summary(trainer, "fit")
@@ -217,6 +244,12 @@ class GPDiagnostics(Callback):
         if trainer.state.fn != "fit" and loaded and loaded["global_step"] is not None:
             return loaded["global_step"]
         return trainer.global_step
+
+    @property
+    def fit_validation_seconds(self) -> float:
+        """Wall seconds the validations of the current fit took so far."""
+        since = self._validating_since
+        return self._fit_cost.get("", 0.0) + (time.perf_counter() - since if since is not None else 0.0)
 
     # --- the metrics -----------------------------------------------------------------------------
 
@@ -256,10 +289,11 @@ class GPDiagnostics(Callback):
         timing = {f"{stage}/seconds": total, **{f"{stage}/seconds/{k}": v for k, v in cost.items()}}
         for name, value in timing.items():
             pl_module.log(name, value, rank_zero_only=True)
-        if trainer.state.fn == "fit":
-            for k, v in (("", total), *cost.items()):
+        if trainer.state.fn == "fit":  # (the whole, "", is counted from on_validation_start: see there)
+            for k, v in cost.items():
                 self._fit_cost[k] += v
         self.results = {**self.results, **results, **timing}
+        self.latest = {**results, **timing}  # this validation's alone (results keeps earlier sample metrics)
         self._clock = self._clock_start = None
 
     def _attention(self, trainer, pl_module, stage: str) -> dict[str, float]:

@@ -37,15 +37,24 @@ def kl_noise(d: int, n: int) -> float:
     return 0.5 * math.sqrt(var_cov + 2 * d / n**2)
 
 
+def verdict_level(kl_excess: float, d: int, n: int) -> str:
+    """``indistinguishable``, ``close`` or ``not``: the verdict's level, as ``verdict`` words it."""
+    if not math.isfinite(kl_excess):
+        return "not"
+    if kl_excess <= 2 * kl_noise(d, n):
+        return "indistinguishable"
+    return "close" if kl_excess <= CLOSE_PER_DIM * d else "not"
+
+
 def verdict(kl_excess: float, d: int, n: int) -> str:
     """One sentence: whether samples with this Gaussian-fit KL excess reached the truth."""
-    noise = kl_noise(d, n)
+    noise, level = kl_noise(d, n), verdict_level(kl_excess, d, n)
     if not math.isfinite(kl_excess):
         return "NOT at the truth: the samples hold NaN or inf"
-    if kl_excess <= 2 * noise:
+    if level == "indistinguishable":
         return (f"reached the truth: the samples are indistinguishable from exact ones at n = {n} "
                 f"(KL excess {kl_excess:.3g} within 2 × its noise {noise:.2g})")  # fmt: skip
-    if kl_excess <= CLOSE_PER_DIM * d:
+    if level == "close":
         return (f"close to the truth: KL excess {kl_excess:.3g} nats ({kl_excess / d:.2g} per dimension, below "
                 f"{CLOSE_PER_DIM} × d = {CLOSE_PER_DIM * d:.3g}), though more than its noise ({noise:.2g}) above "
                 "exact samples")  # fmt: skip
@@ -110,9 +119,9 @@ def _cost_line(results: dict[str, float], stage: str, prefix: str) -> str | None
     key = "fit/validation_seconds" if stage == "fit" else f"{prefix}/seconds"
     if key not in results:
         return None
-    parts = ", ".join(f"{name} {results.get(f'{key}/{part}', 0.0):.3g} s"
-                      for part, name in (("sampling", "sampling"), ("metrics", "metrics"), ("figures", "figures"),
-                                         ("batches", "loss batches")))  # fmt: skip
+    names = [("sampling", "sampling"), ("metrics", "metrics"), ("figures", "figures"), ("batches", "loss batches"),
+             ("other", "checkpoints and the rest")]  # fmt: skip
+    parts = ", ".join(f"{name} {results[f'{key}/{part}']:.3g} s" for part, name in names if f"{key}/{part}" in results)
     total = results[key]
     if stage == "fit" and "fit/seconds" in results:
         wall = results["fit/seconds"]

@@ -45,6 +45,26 @@ class Throughput(ThroughputMonitor):
 
     def __init__(self, window_size: int = 50) -> None:
         super().__init__(batch_size_fn=batch_size, window_size=window_size)
+        self.window_size = window_size
+        self.final: dict[str, float] = {}  # the last window's figures, at the end of training
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Says what the last ``window_size`` steps ran at, and records it (``train/device/…``)
+        where ``metrics.json`` takes its logged values from."""
+        from lightning.pytorch.trainer.states import RunningStage
+
+        throughput = self._throughputs.get(RunningStage.TRAINING)
+        if throughput is None:
+            return
+        self.final = {f"train/{k}": float(v) for k, v in throughput.compute().items() if "per_sec" in k or "mfu" in k}
+        if not self.final:  # fewer than two steps timed (or not rank 0, which alone times them)
+            return
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in self.final.items()})
+        if trainer.is_global_zero:
+            f = self.final
+            mfu = f"MFU {f['train/device/mfu']:.3f}" if "train/device/mfu" in f else "MFU unknown for this device"
+            print(f"throughput over the last {self.window_size} steps: {f.get('train/device/samples_per_sec', 0):.4g} "
+                  f"samples/s, {f.get('train/device/items_per_sec', 0):.4g} tokens/s, {mfu}", flush=True)  # fmt: skip
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         tokens = getattr(pl_module, "tokens_per_sample", None)

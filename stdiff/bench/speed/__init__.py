@@ -12,7 +12,10 @@ Sections (``--sections``; by default all, ``gpu`` only where CUDA is available):
 - ``sampling``: generated samples/s of every sampler at ``--sample-steps``, network vs exact model.
 - ``attention``: time and peak memory of a DiT training step (forward + backward) for each
   attention variant as T and P grow, and where factorized attention starts to beat full.
-- ``gpu``: tokens/s, MFU and peak memory of the configured model, fp32 vs bf16, compile off vs on.
+- ``gpu``: tokens/s, MFU and peak memory of the configured model, fp32 vs bf16, compile off vs on
+  (``--gpu-settings`` to measure fewer: each compiled setting compiles once).
+- ``fit``: a real fit's tokens/s and MFU as its ``Throughput`` callback reports them, against the
+  plain loop's on the same model and setting (not in the default sections: it trains ``--fit-steps``).
 
 Every figure is the median over ``--repeats`` with its spread (min, max). Prints one table per
 section; ``--json`` writes everything, with the machine it ran on.
@@ -31,7 +34,8 @@ import warnings
 
 import torch
 
-SECTIONS = ("training", "data", "sampling", "attention", "gpu")
+SECTIONS = ("training", "data", "sampling", "attention", "gpu", "fit")
+DEFAULT = ("training", "data", "sampling", "attention", "gpu")
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -96,9 +100,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max-tokens", type=int, default=2048, help="attention: skip grids with T·P above this")
     parser.add_argument("--attention-batch", type=int, default=8, help="attention: batch size")
     parser.add_argument("--gpu-steps", type=int, default=30, help="gpu: timed steps per setting")
+    parser.add_argument("--gpu-settings", default="32-true:eager,32-true:compile,bf16-mixed:eager,bf16-mixed:compile",
+                        help="gpu: comma-separated precision:eager|compile settings")
+    parser.add_argument("--fit-steps", type=int, default=150, help="fit: steps of the real fit (last half timed)")
     parser.add_argument("--json", default=None, help="write the results here")
     args, overrides = parser.parse_known_args(argv)
-    wanted = SECTIONS if args.sections is None else tuple(s.strip() for s in args.sections.split(","))
+    wanted = DEFAULT if args.sections is None else tuple(s.strip() for s in args.sections.split(","))
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -106,7 +113,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         wanted = tuple(s for s in wanted if s != "gpu")
     if "gpu" in wanted and not torch.cuda.is_available():
         parser.error("--sections gpu needs a CUDA device; none is available here")
-    for name in ("repeats", "steps", "sample_batch", "attention_batch", "gpu_steps", "max_tokens"):
+    try:
+        args.gpu_settings = [(p, {"eager": False, "compile": True}[c]) for p, c in
+                             (item.strip().split(":") for item in args.gpu_settings.split(","))]  # fmt: skip
+    except (ValueError, KeyError):
+        parser.error(f"--gpu-settings: expected precision:eager|compile, comma-separated; got {args.gpu_settings!r}")
+    for name in ("repeats", "steps", "sample_batch", "attention_batch", "gpu_steps", "max_tokens", "fit_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.json:
@@ -120,7 +132,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse(argv)
     warnings.filterwarnings("ignore")
-    from stdiff.bench.speed import attention, gpu, sampling, training
+    from stdiff.bench.speed import attention, fit, gpu, sampling, training
 
     result: dict = {"machine": machine(), "config": args.config, "overrides": overrides, "repeats": args.repeats}
 
@@ -146,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
         report("attention: one training step (forward + backward) per variant", result["attention"]["rows"],
                attention.COLUMNS, attention.describe(result["attention"]))  # fmt: skip
     if "gpu" in args.sections:
-        result["gpu"] = gpu.matrix(args.config, overrides, args.gpu_steps, args.repeats)
+        result["gpu"] = gpu.matrix(args.config, overrides, args.gpu_steps, args.repeats, args.gpu_settings)
         report("gpu: training throughput", result["gpu"], gpu.COLUMNS)
+    if "fit" in args.sections:
+        result["fit"] = fit.real_fit(args.config, overrides, args.fit_steps, args.repeats)
+        report("fit: a real stdiff fit's Throughput callback against the plain loop", [result["fit"]], fit.COLUMNS)
     print(f"\nmachine: {json.dumps(result['machine'])}", file=sys.stderr)
     return result
