@@ -21,6 +21,7 @@ BENCHMARKS = {
     "speed": "what stdiff costs: training overhead, data path, sampling, attention, GPU throughput",
     "quickstart": "the quickstart fit, its wall time and diagnostics beside the exact model's",
     "time_to_truth": "training time until the verdict first reads close to the truth, and indistinguishable",
+    "precision": "one checkpoint's sample metrics validated at fp32 and at bf16 (the diagnostics' sampling precision)",
     "quickstart_seeds": "the quickstart's expected result: its final metrics and verdict over several seeds",
     "step_hooks": "per-step cost of each piece stdiff adds to a hand-written training step",
     "gp_sampler": "exact GP sampling and score: Kronecker factors against dense algebra",
