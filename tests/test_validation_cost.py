@@ -129,3 +129,22 @@ def test_the_verdict_recorder_stops_at_the_first_verdict_asked_for(tmp_path, kl,
     recorder.on_validation_end(trainer, None)
     assert trainer.should_stop is stops  # noise 0.067 at d = 256, n = 2000: 0.1 is within 2 ×; 1.0 is close
     assert json.loads((tmp_path / "time_to_truth.jsonl").read_text())["kl_excess"] == kl
+
+
+def test_the_throughput_callback_reports_its_last_window_at_the_end_of_training(tmp_path, capsys):
+    m = fit(tmp_path, "--trainer.max_steps=12", "--trainer.callbacks+=stdiff.callbacks.Throughput",
+            "--trainer.callbacks.window_size=5")["metrics"]  # fmt: skip
+    out = capsys.readouterr().out
+    tokens = m["train/device/items_per_sec"]
+    assert tokens == pytest.approx(32 * m["train/device/samples_per_sec"])  # 32 frames, one token each
+    assert f"throughput over the last 5 steps: {m['train/device/samples_per_sec']:.4g} samples/s, {tokens:.4g} " \
+           "tokens/s, MFU unknown for this device" in out  # fmt: skip
+
+
+def test_the_speed_benchmarks_fit_section_sets_a_real_fit_beside_the_plain_loop():
+    from stdiff.bench.speed import main as speed
+
+    row = speed(["--config", str(QUICKSTART), "--sections", "fit", "--fit-steps", "12", "--repeats", "1"])["fit"]
+    assert row["precision"] == "32-true" and row["compile"] is False and row["steps"] == 12
+    assert row["fit_tokens_per_s"] > 0 and row["plain_tokens_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["fit_tokens_per_s"] / row["plain_tokens_per_s"])
