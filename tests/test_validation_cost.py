@@ -96,7 +96,8 @@ def test_float32_matmul_precision_is_a_run_option(tmp_path):
 
 
 def test_time_to_truth_checks_on_a_geometric_grid_and_reports_training_time(tmp_path):
-    from stdiff.bench.time_to_truth import grid, main as time_to_truth
+    from stdiff.bench.time_to_truth import grid
+    from stdiff.bench.time_to_truth import main as time_to_truth
 
     assert grid(3000, 6) == (93, [93, 186, 372, 744, 1488, 3000])
     result = time_to_truth(["--config", str(QUICKSTART), "--trainer.max_steps=8", "--diagnostics.num_samples=600",

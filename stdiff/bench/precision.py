@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
               "mean_abs_difference": statistics.fmean(abs(x) for x in diffs),
               "fp32_seed_sd": statistics.stdev(fp32) if len(fp32) > 1 else None}  # fmt: skip
     lines = [f"One checkpoint validated at 32-true and bf16-mixed (`{result['command']}`; d = {d}, {n} samples).\n",
-             "| seed | KL excess fp32 | KL excess bf16 | bf16 − fp32 | whitened norm fp32 / bf16 | Γ KL fp32 / bf16 | "
-             "sampling s fp32 / bf16 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             ("| seed | KL excess fp32 | KL excess bf16 | bf16 − fp32 | whitened norm fp32 / bf16 | Γ KL fp32 / bf16 | "
+             "sampling s fp32 / bf16 |"), "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         a, b = r["32-true"], r["bf16-mixed"]
         lines.append(f"| {r['seed']} | {a['val/samples/kl_excess']:.4g} | {b['val/samples/kl_excess']:.4g} | "
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{b['val/samples/gamma_kl_excess']:.4g} | {a['val/seconds/sampling']:.3g} / "
                      f"{b['val/seconds/sampling']:.3g} |")  # fmt: skip
     sd = f"{result['fp32_seed_sd']:.3g}" if result["fp32_seed_sd"] is not None else "n/a"
-    lines += ["", f"Mean |bf16 − fp32| of the KL excess: {result['mean_abs_difference']:.3g} nats; the KL's noise "
-              f"(sd of exact samples' KL): {noise:.3g}; sd of the fp32 KL excess over seeds: {sd}."]  # fmt: skip
+    lines += ["", (f"Mean |bf16 − fp32| of the KL excess: {result['mean_abs_difference']:.3g} nats; the KL's noise "
+              f"(sd of exact samples' KL): {noise:.3g}; sd of the fp32 KL excess over seeds: {sd}.")]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "precision.json").write_text(json.dumps(result, indent=1))
     (args.out / "precision.md").write_text("\n".join(lines) + "\n")

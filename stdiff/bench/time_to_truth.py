@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -116,8 +115,8 @@ def figure(records: list[dict], title: str):
 
 def report(records: list[dict], name: str, command: str) -> str:
     first = firsts(records)
-    lines = [f"Time to truth, `{name}` (`{command}`; d = {records[0]['d']}, {records[0]['num_samples']} samples "
-             f"a check).\n", "| step | training s | wall s | KL excess | noise | score error | verdict |",
+    lines = [(f"Time to truth, `{name}` (`{command}`; d = {records[0]['d']}, {records[0]['num_samples']} samples "
+             f"a check).\n"), "| step | training s | wall s | KL excess | noise | score error | verdict |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in records:
         score = f"{r['score_error']:.4g}" if r.get("score_error") is not None else ""
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"stdiff fit failed (exit {proc.returncode}); see {args.out / f'{name}.log'}")
     runs = sorted(root.glob("lightning_logs/*/time_to_truth.jsonl"), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise SystemExit(f"no sampling validation gave a KL (num_samples > 2·d and d <= 1024 are needed); see the log")
+        raise SystemExit("no sampling validation gave a KL (num_samples > 2·d and d <= 1024 are needed); see the log")
     records = [json.loads(line) for line in runs[-1].read_text().splitlines()]
     result = {"command": command, "name": name, "grid": steps, "stop_at": args.stop_at,
               "process_wall_s": time.perf_counter() - start, "first": firsts(records), "checks": records}  # fmt: skip
