@@ -149,3 +149,40 @@ def test_the_speed_benchmarks_fit_section_sets_a_real_fit_beside_the_plain_loop(
     assert row["precision"] == "32-true" and row["compile"] is False and row["steps"] == 12
     assert row["fit_tokens_per_s"] > 0 and row["plain_tokens_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["fit_tokens_per_s"] / row["plain_tokens_per_s"])
+
+
+def test_gpu_check_fits_nine_minutes_and_its_stages_run_here_at_toy_size(tmp_path):
+    """Each stage of gpu_check.sh, as written (configs, sections, flags), on the CPU with a toy model:
+    the device run, when it comes, should need no fixing. The GPU tests' stage is the GPU suite."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = (ROOT / "stdiff" / "bench" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    stages = [shlex.split(line)[1:] for line in script.splitlines() if line.startswith("stage ")]
+    assert sum(int(limit) for _, limit, *_ in stages) <= 540 - 10  # nine minutes, the start included
+    gpu = re.search(r'^GPU="(.*)"$', script, re.M).group(1).split()
+    toy = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--data.init_args.generate_on=cpu",
+           "--model.compile=false", "--model.denoiser.init_args.backbone.init_args.width=16",
+           "--model.denoiser.init_args.backbone.init_args.depth=1", "--model.denoiser.init_args.backbone.init_args.heads=2",
+           "--data.init_args.batch_size=4", "--data.init_args.num_val=8", "--trainer.max_steps=4",
+           "--data.init_args.frames=8", "--data.init_args.space_shape=[8]", "--diagnostics.num_samples=200",
+           "--model.sampler.init_args.steps=1"]  # fmt: skip
+    own = {"speed": ["--fit-steps=8"], "time_to_truth": ["--checks=2"]}  # the benchmarks' own, shortened
+    ran = []
+    for name, _, *cmd in stages:
+        if "pytest" in cmd:
+            continue
+        args = [a for c in cmd for a in (gpu if c == "$GPU" else [c.replace("$OUT", str(tmp_path))])]
+        args = [sys.executable if a == "python3" else a for a in args] + toy + own[args[3]]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert out.returncode == 0, f"stage {name}: {' '.join(args)}\n{out.stdout[-2000:]}{out.stderr[-3000:]}"
+        ran.append(name)
+    assert ran == ["dit_b", "time_to_truth"]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["dit_b.json", "time_to_truth_gpu.json", "time_to_truth_gpu.log", "time_to_truth_gpu.md",
+                       "time_to_truth_gpu.png"]  # fmt: skip
+    assert len(written) + 2 <= 8  # with gpu_check.md and gpu_check.log: what a device returns

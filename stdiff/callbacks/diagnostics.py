@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from typing import Literal
 
 import lightning as L
@@ -26,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from stdiff._validation import check_int
+from stdiff.callbacks.timing import Clock
 from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
@@ -37,33 +37,6 @@ from stdiff.metrics import (
     score_error_terms,
 )
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
-
-
-class Clock:
-    """Wall seconds by part of a validation, each part's own (a part entered inside another pauses
-    it), the device's queued work included: what ``val/seconds/<part>`` reports."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds, self._open = device, defaultdict(float), []
-
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    @contextmanager
-    def part(self, name: str):
-        start = self.now()
-        if self._open:  # pause the enclosing part
-            self.seconds[self._open[-1][0]] += start - self._open[-1][1]
-        self._open.append([name, start])
-        try:
-            yield
-        finally:
-            end = self.now()
-            self.seconds[name] += end - self._open.pop()[1]
-            if self._open:
-                self._open[-1][1] = end
 
 
 def run_precision(trainer):
@@ -136,7 +109,7 @@ class GPDiagnostics(Callback):
         self.results: dict[str, float] = {}
         self.latest: dict[str, float] = {}
         self._validations = 0
-        self._fit_start = self._clock = self._validating_since = None
+        self._fit_start = self._clock = self._clock_start = self._validating_since = None
         self._fit_cost: dict[str, float] = defaultdict(float)  # validation seconds of this fit, by part
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -256,7 +229,7 @@ class GPDiagnostics(Callback):
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
         clock = self._clock = self._clock or Clock(pl_module.device)
-        start = getattr(self, "_clock_start", None) or clock.now()
+        start = self._clock_start or clock.now()
         conditional_model = pl_module.mask is not None
         scored = not conditional_model and self.score.update_called  # data with gaps in every window: none
         with clock.part("metrics"):
