@@ -61,7 +61,7 @@ def test_each_validation_reports_its_seconds_by_part_and_the_fit_its_share(tmp_p
     assert f"validations {m['fit/validation_seconds']:.3g} s of the fit's {m['fit/seconds']:.3g} s ({share:.0f} %)" in out
 
 
-def test_diagnostics_sample_at_the_runs_precision_through_the_compiled_model(tmp_path, monkeypatch):
+def test_diagnostics_and_predict_sample_at_the_runs_precision_through_the_compiled_model(tmp_path, monkeypatch):
     seen = []
     forward = Denoiser.forward
 
@@ -84,6 +84,14 @@ def test_diagnostics_sample_at_the_runs_precision_through_the_compiled_model(tmp
     fit(tmp_path, "--trainer.max_steps=3", "--trainer.precision=bf16-mixed", "--model.compile=true")
     assert seen and all(dtype == torch.bfloat16 for dtype in seen), seen  # every sampling step under bf16 autocast
     assert compiled_calls.count(False) >= len(seen)  # and through the compiled call
+    seen.clear()
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["predict", "--config", str(QUICKSTART), *TINY, f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.precision=bf16-mixed", "--model.compile=true", f"--ckpt_path={ckpt}",
+              "--data.init_args.num_predict=4"])  # fmt: skip
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen), seen  # predict too (Lightning's predict_step)
 
 
 def test_float32_matmul_precision_is_a_run_option(tmp_path):
