@@ -137,8 +137,8 @@ class StdiffCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_argument(
             "--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="highest",
-            help="torch.set_float32_matmul_precision for the run: 'highest' (exact float32, the CPU's "
-            "only mode), 'high' (TF32 tensor cores on NVIDIA GPUs: ~7x the fp32 matmul throughput, "
+            help="torch.set_float32_matmul_precision for the run: 'highest' (exact float32, the default), "
+            "'high' (TF32 tensor cores on NVIDIA GPUs: ~7x the fp32 matmul throughput, "
             "inputs rounded to 10 mantissa bits) or 'medium' (bf16). It applies to what runs in "
             "float32: all of a 32-true run; under bf16-mixed, what autocast leaves in float32.",
         )  # fmt: skip
