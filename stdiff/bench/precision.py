@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args, overrides = p.parse_known_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     configs = [a for c in args.config for a in ("--config", c)]
     rows = []
     for seed in range(args.seeds):

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections import defaultdict
 from typing import Literal
 
 import lightning as L
@@ -25,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from stdiff._validation import check_int
-from stdiff.callbacks.timing import Clock
+from stdiff.callbacks.timing import Clock, FitTime
 from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
@@ -45,9 +43,6 @@ def run_precision(trainer):
     while the sampler's state and updates stay in float32 (the network's bf16 output is promoted
     when it meets them). The likelihood ODE does not use this (``LikelihoodReport``)."""
     return trainer.precision_plugin.forward_context()
-
-
-PARTS = ("sampling", "metrics", "figures")  # the rest of a validation: its loss batches ("batches")
 
 
 class GPDiagnostics(Callback):
@@ -109,8 +104,8 @@ class GPDiagnostics(Callback):
         self.results: dict[str, float] = {}
         self.latest: dict[str, float] = {}
         self._validations = 0
-        self._fit_start = self._clock = self._clock_start = self._validating_since = None
-        self._fit_cost: dict[str, float] = defaultdict(float)  # validation seconds of this fit, by part
+        self._clock: Clock | None = None  # the validation in progress
+        self._fit_time: FitTime | None = None  # the fit in progress
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -128,26 +123,20 @@ class GPDiagnostics(Callback):
             self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_start, self._fit_cost, self._validating_since = time.perf_counter(), defaultdict(float), None
+        self._fit_time = FitTime()
 
-    # A fit's validation time runs from the start of each validation to the next training step (or
-    # the end): Lightning's loop, the diagnostics, and the other callbacks' work there (checkpoints,
-    # the EMA's weight swaps) alike. This callback comes first (StdiffCLI.instantiate_trainer).
+    # A fit's validation time runs from each validation's start to the next training step (see
+    # FitTime); this callback's hooks come first (StdiffCLI.instantiate_trainer).
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._fit_start is not None:
-            self._validating_since = Clock(pl_module.device).now()
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._fit_time is not None:
+            self._fit_time.validation_started(pl_module.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._close_validation()
-
-    def _close_validation(self) -> None:
-        if self._validating_since is not None:
-            self._fit_cost[""] += time.perf_counter() - self._validating_since
-            self._validating_since = None
+        if self._fit_time is not None:
+            self._fit_time.training_resumed()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._clock = Clock(pl_module.device)
-        self._clock_start = self._clock.now()
         if self.truth is not None:
             self.score = self.score.to(pl_module.device)
             self.score.reset()
@@ -188,12 +177,8 @@ class GPDiagnostics(Callback):
             self._print_summary(trainer, "test")
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._close_validation()
-        if self._fit_start is not None and self._fit_cost:  # what validation cost the fit, by part
-            self.results["fit/seconds"] = time.perf_counter() - self._fit_start
-            cost = self._fit_cost
-            cost["other"] = max(cost[""] - sum(cost[p] for p in (*PARTS, "batches")), 0.0)  # checkpoints, EMA swaps
-            self.results.update({f"fit/validation_seconds{'/' + k if k else ''}": v for k, v in cost.items()})
+        if self._fit_time is not None and self._fit_time.parts:  # what validation cost the fit, by part
+            self.results.update(self._fit_time.results())
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
             self._print_summary(trainer, "fit")
@@ -221,15 +206,13 @@ class GPDiagnostics(Callback):
     @property
     def fit_validation_seconds(self) -> float:
         """Wall seconds the validations of the current fit took so far."""
-        since = self._validating_since
-        return self._fit_cost.get("", 0.0) + (time.perf_counter() - since if since is not None else 0.0)
+        return self._fit_time.validation_seconds if self._fit_time is not None else 0.0
 
     # --- the metrics -----------------------------------------------------------------------------
 
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
-        clock = self._clock = self._clock or Clock(pl_module.device)
-        start = self._clock_start or clock.now()
+        clock = self._clock  # started with the validation epoch
         conditional_model = pl_module.mask is not None
         scored = not conditional_model and self.score.update_called  # data with gaps in every window: none
         with clock.part("metrics"):
@@ -255,19 +238,15 @@ class GPDiagnostics(Callback):
 
             with clock.part("figures"):
                 self._save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
-        # What this validation cost, by part (the loss batches: the rest since the epoch started)
-        total = clock.now() - start
-        cost = {part: clock.seconds.get(part, 0.0) for part in PARTS}
-        cost["batches"] = max(total - sum(cost.values()), 0.0)
+        total, cost = clock.costs()  # what this validation cost, by part
         timing = {f"{stage}/seconds": total, **{f"{stage}/seconds/{k}": v for k, v in cost.items()}}
         for name, value in timing.items():
             pl_module.log(name, value, rank_zero_only=True)
-        if trainer.state.fn == "fit":  # (the whole, "", is counted from on_validation_start: see there)
+        if trainer.state.fn == "fit" and self._fit_time is not None:
             for k, v in cost.items():
-                self._fit_cost[k] += v
+                self._fit_time.parts[k] += v
         self.results = {**self.results, **results, **timing}
         self.latest = {**results, **timing}  # this validation's alone (results keeps earlier sample metrics)
-        self._clock = self._clock_start = None
 
     def _attention(self, trainer, pl_module, stage: str) -> dict[str, float]:
         """Alignment of each temporal attention map with Γ at each noise level, for the model and

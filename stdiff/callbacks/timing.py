@@ -1,4 +1,5 @@
-"""``Clock``: where a validation's wall time goes (``val/seconds/<part>``)."""
+"""Where validation time goes: ``Clock`` splits one validation into parts (``val/seconds/<part>``),
+``FitTime`` adds up a fit's validations against its wall time (the end-of-fit summary's ``time``)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,69 @@ from contextlib import contextmanager
 
 import torch
 
+PARTS = ("sampling", "metrics", "figures")  # timed by the diagnostics; the rest: the loss batches ("batches")
+
+
+def now(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device's queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
 
 class Clock:
-    """Wall seconds by part of a validation, each part's own (a part entered inside another pauses
-    it), the device's queued work included: what ``val/seconds/<part>`` reports."""
+    """Wall seconds of one validation since its start, by part, each part's own (a part entered
+    inside another pauses it), the device's queued work included."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.seconds, self._open = device, defaultdict(float), []
-
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        self.start = now(device)
 
     @contextmanager
     def part(self, name: str):
-        start = self.now()
+        start = now(self.device)
         if self._open:  # pause the enclosing part
             self.seconds[self._open[-1][0]] += start - self._open[-1][1]
         self._open.append([name, start])
         try:
             yield
         finally:
-            end = self.now()
+            end = now(self.device)
             self.seconds[name] += end - self._open.pop()[1]
             if self._open:
                 self._open[-1][1] = end
+
+    def costs(self) -> tuple[float, dict[str, float]]:
+        """``(total, {part: seconds})`` so far, ``batches`` being what the parts leave."""
+        total = now(self.device) - self.start
+        cost = {part: self.seconds.get(part, 0.0) for part in PARTS}
+        return total, {**cost, "batches": max(total - sum(cost.values()), 0.0)}
+
+
+class FitTime:
+    """A fit's wall time and its validations', each counted from its start to the next training
+    step (or the end): Lightning's loop, the diagnostics and the other callbacks' work there
+    (checkpoints, the EMA's weight swaps) alike; plus the validations' parts (``Clock.costs``)."""
+
+    def __init__(self) -> None:
+        self.start, self.parts, self._done, self._since = time.perf_counter(), defaultdict(float), 0.0, None
+
+    def validation_started(self, device: torch.device) -> None:
+        self._since = now(device)
+
+    def training_resumed(self) -> None:
+        if self._since is not None:
+            self._done += time.perf_counter() - self._since
+            self._since = None
+
+    @property
+    def validation_seconds(self) -> float:
+        """Every validation so far, one in progress until now."""
+        return self._done + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def results(self) -> dict[str, float]:
+        """``fit/seconds``, ``fit/validation_seconds`` and its parts (``other``: checkpoints and the rest)."""
+        self.training_resumed()
+        other = max(self._done - sum(self.parts.values()), 0.0)
+        parts = {f"fit/validation_seconds/{k}": v for k, v in {**self.parts, "other": other}.items()}
+        return {"fit/seconds": time.perf_counter() - self.start, "fit/validation_seconds": self._done, **parts}
