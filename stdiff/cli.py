@@ -114,9 +114,13 @@ class StdiffCLI(LightningCLI):
             resolved = config_relative_paths(packaged_configs(given))
             subcommand = next((a for a in resolved if a in ("fit", "validate", "test", "predict")), None)
             try:
-                check_config(resolved, ROOTS)
+                notes = check_config(resolved, ROOTS)
             except ConfigError as err:
                 raise UsageError(subcommand, str(err)) from None
+            from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+            for note in notes if rank_zero_only.rank == 0 else []:
+                print(f"stdiff: note: {note}", file=sys.stderr, flush=True)
             args = None if args is None and resolved == given else resolved
         with warnings.catch_warnings():  # args given in place of sys.argv (a packaged config found): intended
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter")

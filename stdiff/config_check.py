@@ -21,7 +21,7 @@ import typing
 from typing import Any
 
 from stdiff._validation import unknown_name_message
-from stdiff.config_files import CHANGED, ConfigError, raw_config
+from stdiff.config_files import CARRIED, CHANGED, ConfigError, raw_config
 
 # --- registries ------------------------------------------------------------------------------------
 
@@ -214,10 +214,37 @@ def check_class(value, base: type, key: str, default: type | None = None, functi
         if cls is None:
             return
     init_args = {
-        k: v for k, v in value.items() if k not in ("class_path", "init_args", "dict_kwargs", "__path__", CHANGED)
+        k: v for k, v in value.items() if k not in ("class_path", "init_args", "dict_kwargs", "__path__", CHANGED, CARRIED)
     }
     init_args.update(value.get("init_args") or {})
     check_init_args(cls, init_args, f"{key}.init_args", drop_unknown=bool(value.get(CHANGED)))
+    if isinstance(value.get(CHANGED), str):
+        _note_carried(cls, value[CHANGED], base, init_args, value.get(CARRIED) or [], key)
+
+
+NOTES: list[str] = []  # what the last check_config found worth saying (values carried between classes)
+
+
+def _note_carried(cls: type, previous: str, base: type, init_args: dict, carried: list[str], key: str) -> None:
+    """Say which values ``cls`` took over from the class it replaced (``previous``) that differ from
+    its own defaults: jsonargparse keeps them, and they change what the new class means."""
+    try:
+        before = resolve_class(previous, base, key) if "." in previous or previous in registry(base) else None
+    except ConfigError:
+        before = None
+    if before is cls:
+        return
+    params, _, _ = _parameters(cls)
+    # a component given as a class (Denoiser's schedule, kept by ExactDenoiser) is what users mean to keep
+    kept = [(k, init_args[k], params[k].default) for k in carried if k in params and k in init_args
+            and init_args[k] != params[k].default and not isinstance(init_args[k], dict)]  # fmt: skip
+    if not kept:
+        return
+    old = before.__name__ if before is not None else previous
+    listed = ", ".join(f"{k}={v!r}" + ("" if d is inspect.Parameter.empty else f" (its default: {d!r})")
+                       for k, v, d in kept)  # fmt: skip
+    NOTES.append(f"{key}: {cls.__name__} keeps {listed} from the {old} it replaces (jsonargparse carries the "
+                 f"arguments a new class accepts); set --{key}.init_args.{kept[0][0]}=… to choose")  # fmt: skip
 
 
 def _type_hints(function) -> dict[str, Any]:
@@ -264,12 +291,16 @@ def check_init_args(cls: type, init_args: dict, key: str, drop_unknown: bool = F
         check_value(value, hints.get(name, Any), f"{key}.{name}", params[name].default)
 
 
-def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> None:
+def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> list[str]:
     """Check the configuration ``args`` describe. ``roots``: top-level key -> (class, subclass
-    mode); in subclass mode the value names a subclass, otherwise it holds the class's arguments."""
+    mode); in subclass mode the value names a subclass, otherwise it holds the class's arguments.
+    Returns notes: values a class took over from the class it replaced, where they differ from its
+    defaults (``--data.init_args.temporal=GeneralizedCauchy`` over a PoweredExponential of
+    lengthscale 4 keeps lengthscale 4)."""
+    NOTES.clear()
     helping = ("-h", "--help", "--print_config")
     if any(a.split("=")[0] in helping or a.split("=")[0].endswith(".help") for a in args):
-        return  # help and printing read the configuration, they do not run it
+        return []  # help and printing read the configuration, they do not run it
     _, tree, origin = raw_config(args)
     check_top_level(tree, roots, origin)
     for key, (cls, subclass_mode) in roots.items():
@@ -283,6 +314,7 @@ def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> None:
         except ConfigError as err:
             source = origin.get(key)
             raise ConfigError(f"{err} (from {source})" if source and source != "command line" else str(err)) from None
+    return list(NOTES)
 
 
 # Top-level keys of a subcommand's configuration besides the roots (LightningCLI's own).

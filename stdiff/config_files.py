@@ -16,8 +16,11 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 # Marks a class spec whose class_path replaced another: like jsonargparse, the new class keeps the
-# init_args it accepts and drops the others.
+# init_args it accepts and drops the others. Its value: the class replaced on the command line (True
+# for a file stacked on another, which means to keep them); CARRIED: the init_args kept from it and
+# not set again since (``stdiff.config_check`` reports those that differ from the new defaults).
 CHANGED = "__class_changed__"
+CARRIED = "__carried__"
 
 
 class ConfigError(ValueError):
@@ -103,7 +106,10 @@ def _set(tree: dict, path: list[str], value) -> None:
     """Set ``tree[path]`` the way an override ``--a.b.c=value`` does: ``--a.b+=value`` appends to a
     list, and a key below a list (``--trainer.callbacks.path=…``) sets its last item's argument."""
     node = tree
-    for part in path[:-1]:
+    for i, part in enumerate(path[:-1]):
+        if CARRIED in node:  # an init_arg set again after a class change: chosen, not carried
+            name = path[i + 1] if part == "init_args" and i + 1 < len(path) else part
+            node[CARRIED] = [k for k in node[CARRIED] if k != name.rstrip("+")]
         child = node.get(part)
         if isinstance(child, list) and child:
             if isinstance(child[-1], str):
@@ -120,17 +126,36 @@ def _set(tree: dict, path: list[str], value) -> None:
         items = node.get(last) if isinstance(node.get(last), list) else []
         node[last] = items + (value if isinstance(value, list) else [value])
     elif isinstance(value, str) and isinstance(node.get(last), dict) and "class_path" in node[last]:
-        node[last] = {**node[last], "class_path": value, CHANGED: True}  # keeps the init_args it accepts
+        node[last] = _changed(node[last], value, {})  # keeps the init_args it accepts
+    elif isinstance(value, dict) and isinstance(node.get(last), dict) and value.get("class_path") not in (
+        None, node[last].get("class_path")):  # fmt: skip
+        node[last] = _changed(node[last], value["class_path"], value)  # so does a whole spec
     else:
+        if CARRIED in node:
+            node[CARRIED] = [k for k in node[CARRIED] if k != last]
         node[last] = value
+
+
+def _changed(old: dict, class_path: str, new: dict) -> dict:
+    """A class spec ``old`` given another ``class_path`` (and, from a file, ``new``'s other keys):
+    the init_args of ``old`` carried over, marked with the class they came from."""
+    given = {**(new.get("init_args") or {}), **{k: v for k, v in new.items() if k not in ("class_path", "init_args")}}
+    kept = {**(old.get("init_args") or {}), **{k: v for k, v in old.items() if k not in _MARKS}}
+    carried = [k for k in kept if k not in given]
+    previous = old.get("class_path")
+    return {**{k: v for k, v in new.items() if k != "init_args"}, "class_path": class_path, "init_args": {**kept, **given},
+            CHANGED: previous if isinstance(previous, str) else True, CARRIED: carried}  # fmt: skip
+
+
+_MARKS = ("class_path", "init_args", "dict_kwargs", "__path__", CHANGED, CARRIED)
 
 
 def _merge(into: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
             if "class_path" in v and v["class_path"] != into[k].get("class_path"):
-                init_args = {**(into[k].get("init_args") or {}), **(v.get("init_args") or {})}
-                into[k] = {**v, "init_args": init_args, CHANGED: True}  # keeps the init_args it accepts
+                # keeps the init_args it accepts; a file stacked on another means it (CHANGED, no note)
+                into[k] = {**_changed(into[k], v["class_path"], v), CHANGED: True, CARRIED: []}
             else:
                 _merge(into[k], v)
         else:

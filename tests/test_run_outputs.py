@@ -53,6 +53,8 @@ def test_the_end_of_fit_summary_names_the_numbers_the_verdict_and_where_they_are
     assert f"{run}/metrics.json" in summary and f"{run}/figures/" in summary
     m = json.loads((run / "metrics.json").read_text())["metrics"]
     assert f"sample KL excess  {m['val/samples/kl_excess']:.3g}" in summary
+    # beside it, what the exact model reaches through the same sampler from the same noise
+    assert f"exact model       {m['val/samples/exact_model_kl_excess']:.3g}   its KL excess through the same" in summary
     from stdiff.callbacks.summary import summary_of_run
 
     assert summary_of_run(str(run)) in out  # again from the run's files: the same lines

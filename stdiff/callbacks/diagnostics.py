@@ -273,7 +273,9 @@ class GPDiagnostics(Callback):
         """Generate ``num_samples`` (split across ranks) and score them against the truth."""
         world, rank = trainer.world_size, trainer.global_rank
         n = math.ceil(self.num_samples / world)
-        g = generator(self.seed, DIAGNOSTICS, 2, rank, device=pl_module.device)
+        # test draws its own samples and its own exact floor, apart from validation's
+        stream, floor_key = ((2, rank), (3,)) if stage == "val" else ((2, rank, 1), (3, 1))
+        g = generator(self.seed, DIAGNOSTICS, *stream, device=pl_module.device)
         bar = None
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:
             from tqdm.auto import tqdm
@@ -288,7 +290,7 @@ class GPDiagnostics(Callback):
             ).float()  # fmt: skip
         if bar is not None:
             bar.close()
-        floor_seed = derive_seed(self.seed, DIAGNOSTICS, 3)
+        floor_seed = derive_seed(self.seed, DIAGNOSTICS, *floor_key)
         metric = SampleDistance(self.truth, pl_module.schedule, floor_seed).to(pl_module.device)
         metric.update(x)
         if self.truth.dim > metric.full_max_dim or len(x) * world <= 2 * self.truth.dim:
@@ -298,10 +300,44 @@ class GPDiagnostics(Callback):
                 f"the structured metrics only."
             )
         values = metric.compute()
+        values.update(self._sampler_floor(pl_module, values, (n, *self.truth.sample_shape), stream, floor_seed))
         if self.figures and trainer.is_global_zero:
             with self._clock.part("figures"):
                 self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
+
+    def _sampler_floor(self, pl_module, values: dict, shape: tuple, stream: tuple, floor_seed: int) -> dict:
+        """What the exact model reaches through the same sampler, steps and t_min, from the same
+        noise (``exact_model_kl``, ``exact_model_kl_excess``): the part of the KL no training can
+        remove. With it, the smallest eigenvalue and condition number of Γ ⊗ Σ and the largest
+        t_min whose early-stopping KL is a tenth of the verdict's ``close`` threshold, so that the
+        summary can say what to change when the sampler, not the model, is far from the truth."""
+        from stdiff.callbacks.summary import CLOSE_PER_DIM
+        from stdiff.metrics import early_stopping_t_min
+
+        lam = self.truth._eigenvalues(torch.device("cpu"))
+        out = {"smallest_eigenvalue": lam.min().item(), "condition_number": (lam.max() / lam.min()).item(),
+               "t_min_for_early_stopping": early_stopping_t_min(self.truth, pl_module.schedule,
+                                                                CLOSE_PER_DIM * self.truth.dim / 10)}  # fmt: skip
+        if "kl" not in values:
+            return out
+        if pl_module.denoiser.needs_truth:  # the exact model already: its KL is the floor
+            return {**out, "exact_model_kl": values["kl"], "exact_model_kl_excess": values["kl_excess"]}
+        from stdiff.diffusion import ExactDenoiser
+
+        exact = ExactDenoiser.from_gp(self.truth, pl_module.schedule)
+        g = generator(self.seed, DIAGNOSTICS, *stream, device=pl_module.device)  # the model's own noise
+        with self._clock.part("sampling"):
+            x = pl_module.sampler.sample(exact, shape, g, pl_module.device).float()
+        from torchmetrics.utilities import dim_zero_cat
+
+        from stdiff.metrics import gaussian_fit_kl
+
+        metric = SampleDistance(self.truth, pl_module.schedule, floor_seed).to(pl_module.device)
+        metric.update(x)
+        metric.sync()  # every rank's samples (a no-op in one process)
+        kl = gaussian_fit_kl(dim_zero_cat(metric.samples).cpu(), self.truth.mean, self.truth.covariance())
+        return {**out, "exact_model_kl": kl, "exact_model_kl_excess": kl - values["kl_floor"]}
 
     def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
         """Conditional samples of cases (exact draws, or held-out windows where the truth is a fitted

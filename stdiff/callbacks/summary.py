@@ -4,14 +4,20 @@ from the truth, in plain words, and where the rest is written. Again for a finis
     python -m stdiff.callbacks.summary lightning_logs/version_0      # or …/test_0, or a metrics.json
 
 The verdict reads the Gaussian-fit KL excess of the generated samples (their KL to the truth
-minus that of as many exact samples, ``samples/kl_excess``) against two yardsticks:
+minus that of as many exact samples, ``samples/kl_excess``) against three yardsticks:
 
-- the noise of the KL of ``n`` exact samples in dimension ``d``: its standard deviation
-  (``kl_noise``, about ``sqrt(d(d+3)) / (2n)``; its mean, the floor, is about ``d(d+3)/(4n)``): an
-  excess within two of these is *indistinguishable from exact samples* at this sample size;
+- its noise: the excess is a difference of two KLs of ``n`` samples in dimension ``d``, each with
+  standard deviation ``kl_noise`` (about ``sqrt(d(d+3)) / (2n)``; its mean, the KL's floor, is
+  about ``d(d+3)/(4n)``), so for exact samples the excess has standard deviation
+  ``excess_noise`` = √2 · ``kl_noise``: an excess within two of these, either side, is
+  *indistinguishable from exact samples* at this sample size;
 - one hundredth of a nat per dimension (``0.01·d``): below it the samples are *close to the
   truth* (the quickstart's 2000 samples in d = 256: 2.56 nats; what its seeds reach is in the
-  README's "Expected result"); above it they are *not at the truth yet*.
+  README's "Expected result"); above it they are *not at the truth yet*;
+- what the exact model reaches through the same sampler, steps and t_min, from the same noise
+  (``samples/exact_model_kl_excess``): when that is itself above ``0.01·d``, the sampler or the
+  stopping time, not training, keeps the samples from the truth, and the verdict says what to
+  change (t_min, steps, the kernel) instead of advising more training.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ import math
 import torch
 
 CLOSE_PER_DIM = 0.01  # nats per dimension
+# what the diagnostics record of the part of the KL no training removes (``GPDiagnostics._sampler_floor``)
+FLOOR_KEYS = ("exact_model_kl_excess", "early_stopping_kl", "t_min_for_early_stopping", "smallest_eigenvalue",
+              "condition_number")  # fmt: skip
+
+
+def wrap(text: str, indent: int, width: int = 110) -> str:
+    """``text`` broken into lines of at most ``width`` characters, each after the first indented."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width - indent, subsequent_indent=" " * indent, break_on_hyphens=False))
 
 
 def kl_noise(d: int, n: int) -> float:
@@ -37,30 +53,80 @@ def kl_noise(d: int, n: int) -> float:
     return 0.5 * math.sqrt(var_cov + 2 * d / n**2)
 
 
+def excess_noise(d: int, n: int) -> float:
+    """Standard deviation of the KL excess (``samples/kl_excess``) when the samples are exact: the
+    difference of the KLs of two independent sets of ``n`` exact samples, √2 × ``kl_noise``."""
+    return math.sqrt(2) * kl_noise(d, n)
+
+
 def verdict_level(kl_excess: float, d: int, n: int) -> str:
-    """``indistinguishable``, ``close`` or ``not``: the verdict's level, as ``verdict`` words it."""
+    """``indistinguishable``, ``close`` or ``not``: the verdict's level, as ``verdict`` words it.
+    Indistinguishable: |excess| within two of its noise (``excess_noise``), both sides."""
     if not math.isfinite(kl_excess):
         return "not"
-    if kl_excess <= 2 * kl_noise(d, n):
+    if abs(kl_excess) <= 2 * excess_noise(d, n):
         return "indistinguishable"
     return "close" if kl_excess <= CLOSE_PER_DIM * d else "not"
 
 
-def verdict(kl_excess: float, d: int, n: int) -> str:
-    """One sentence: whether samples with this Gaussian-fit KL excess reached the truth."""
-    noise, level = kl_noise(d, n), verdict_level(kl_excess, d, n)
+def verdict(kl_excess: float, d: int, n: int, floor: dict[str, float] | None = None, exact_model: bool = False) -> str:
+    """One sentence: whether samples with this Gaussian-fit KL excess reached the truth and, when
+    not, what keeps them from it. ``floor``: what no training can remove, from the diagnostics
+    (``exact_model_kl_excess``: the exact model through the same sampler, steps and t_min, from the
+    same noise; ``early_stopping_kl``; ``t_min_for_early_stopping``; ``smallest_eigenvalue`` and
+    ``condition_number`` of Γ ⊗ Σ). Training is advised only when the exact model, through the
+    same sampler, is close to the truth and the model is not."""
+    noise, level, close = excess_noise(d, n), verdict_level(kl_excess, d, n), CLOSE_PER_DIM * d
+    floor = floor or {}
     if not math.isfinite(kl_excess):
         return "NOT at the truth: the samples hold NaN or inf"
+    exact_excess = floor.get("exact_model_kl_excess")
+    if exact_excess is not None and verdict_level(exact_excess, d, n) == "not":
+        return _sampler_verdict(kl_excess, exact_excess, d, n, floor, exact_model)
     if level == "indistinguishable":
         return (f"reached the truth: the samples are indistinguishable from exact ones at n = {n} "
-                f"(KL excess {kl_excess:.3g} within 2 × its noise {noise:.2g})")  # fmt: skip
+                f"(KL excess {kl_excess:.3g} within 2 × its noise {noise:.2g}, either side)")  # fmt: skip
+    if level == "close" and kl_excess < 0:
+        return (f"close to the truth: KL excess {kl_excess:.3g} nats is below exact samples' by more than 2 × its "
+                f"noise ({noise:.2g}): chance (about 1 in 40), or samples with lighter tails than a Gaussian's, "
+                "whose covariance varies less from draw to draw (see the whitened norm); rerun with another "
+                "diagnostics.seed")  # fmt: skip
     if level == "close":
         return (f"close to the truth: KL excess {kl_excess:.3g} nats ({kl_excess / d:.2g} per dimension, below "
-                f"{CLOSE_PER_DIM} × d = {CLOSE_PER_DIM * d:.3g}), though more than its noise ({noise:.2g}) above "
-                "exact samples")  # fmt: skip
-    return (f"NOT at the truth yet: KL excess {kl_excess:.3g} nats is above {CLOSE_PER_DIM} × d = "
-            f"{CLOSE_PER_DIM * d:.3g}; train longer (trainer.max_steps) or see \"Why a well-fitted score gave poor "
-            "samples\" in stdiff/guide/models.md")  # fmt: skip
+                f"{CLOSE_PER_DIM} × d = {close:.3g}), though more than 2 × its noise ({noise:.2g}) above exact "
+                "samples")  # fmt: skip
+    reached = "" if exact_excess is None else (f"; the exact model reaches {exact_excess:.3g} through the same "
+                                                f"sampler, so the rest, {kl_excess - exact_excess:.3g}, is the model's")  # fmt: skip
+    return (f"NOT at the truth yet: KL excess {kl_excess:.3g} nats is above {CLOSE_PER_DIM} × d = {close:.3g}{reached}: "
+            "train longer (trainer.max_steps) or see \"Why a well-fitted score gave poor samples\" in "
+            "stdiff/guide/models.md")  # fmt: skip
+
+
+def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floor: dict, exact_model: bool) -> str:
+    """The verdict when even the exact model, through the same sampler, steps and t_min, is far from
+    the truth: what to change there, never more training."""
+    close, noise = CLOSE_PER_DIM * d, excess_noise(d, n)
+    early = floor.get("early_stopping_kl")
+    who = ("(this is the exact model): through this sampler, steps and t_min it reaches" if exact_model else
+           ": the exact model itself, through the same sampler, steps and t_min, reaches")  # fmt: skip
+    out = (f"NOT at the truth, and not for want of training {who} only a KL excess of {exact_excess:.3g} nats "
+           f"(above {CLOSE_PER_DIM} × d = {close:.3g})").replace("training :", "training:")  # fmt: skip
+    if early is not None and early > close / 2:
+        t_min, lam, cond = (floor.get(k) for k in ("t_min_for_early_stopping", "smallest_eigenvalue", "condition_number"))
+        out += f". Stopping at t_min alone costs {early:.3g}: lower model.denoiser.init_args.schedule.init_args.t_min"
+        out += f" (to {t_min:.2g} for {close / 10:.3g} nats)" if t_min is not None else ""
+        if lam is not None and cond is not None:
+            out += (f", or choose a better-conditioned kernel (Γ ⊗ Σ's smallest eigenvalue is {lam:.2g}, its condition "
+                    f"number {cond:.2g}: a smoother or longer-range kernel needs a smaller t_min)")  # fmt: skip
+    else:
+        spent = f" (early stopping at t_min costs only {early:.3g})" if early is not None else ""
+        out += (f"; the sampler's discretisation is the cause{spent}: raise model.sampler.init_args.steps, or use "
+                "DPMSolver")  # fmt: skip
+    if not exact_model:
+        gap = kl_excess - exact_excess
+        out += (f". The model's samples are {gap:+.3g} nats from the exact model's through the same sampler"
+                + (" (within 2 × the noise: as good as the exact model)" if abs(gap) <= 2 * noise else ""))  # fmt: skip
+    return out
 
 
 def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run_dir: str, exact_truth: bool = True,
@@ -88,11 +154,18 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     kl, kl_floor, kl_excess = get("samples/kl"), get("samples/kl_floor"), get("samples/kl_excess")
     if kl_excess is not None and kl is not None and kl_floor is not None:
         lines.append(f"  sample KL excess  {kl_excess:.3g}   Gaussian-fit KL {kl:.4g} of {num_samples} samples, "
-                     f"{kl_floor:.4g} for as many exact samples (noise ±{kl_noise(d, num_samples):.2g})")  # fmt: skip
+                     f"{kl_floor:.4g} for as many exact samples (noise of the excess ±"
+                     f"{excess_noise(d, num_samples):.2g})")  # fmt: skip
+        floor = {k: get(f"samples/{k}") for k in FLOOR_KEYS if get(f"samples/{k}") is not None}
+        exact_model = model == "ExactDenoiser"
+        if "exact_model_kl_excess" in floor and not exact_model:
+            early = f" (stopping at t_min: {floor['early_stopping_kl']:.3g})" if "early_stopping_kl" in floor else ""
+            lines.append(f"  exact model       {floor['exact_model_kl_excess']:.3g}   its KL excess through the same "
+                         f"sampler, steps and t_min{early}: what training cannot remove")  # fmt: skip
         white = get("samples/whitened_norm_excess")
         if white is not None:
             lines.append(f"  whitened norm     {white:+.3g}   excess of ‖K^(-1/2)(x − μ)‖²/d over exact samples' (0 ideal)")
-        lines.append(f"  verdict: {verdict(kl_excess, d, num_samples)}")
+        lines.append(f"  verdict: {wrap(verdict(kl_excess, d, num_samples, floor, exact_model), 11)}")
     elif get("samples/whitened_norm_excess") is not None:
         lines.append(f"  whitened norm     {get('samples/whitened_norm_excess'):+.3g}   (no full-covariance KL: it needs "
                      f"more than 2·d = {2 * d} samples and d ≤ 1024; see the structured metrics)")  # fmt: skip

@@ -6,6 +6,7 @@ from stdiff.metrics.conditional import conditional_report, crps, energy_score, p
 from stdiff.metrics.distances import (
     correlation_by_lag,
     early_stopping_kl,
+    early_stopping_t_min,
     factor_covariances,
     gaussian_fit_kl,
     gaussian_fit_kl_floor,
@@ -28,6 +29,7 @@ __all__ = [
     "correlation_by_lag",
     "crps",
     "early_stopping_kl",
+    "early_stopping_t_min",
     "energy_score",
     "factor_covariances",
     "frame_attention",

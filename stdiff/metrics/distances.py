@@ -179,3 +179,23 @@ def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float) -> float:
     ratio = (alpha**2 * lam + sigma**2) / lam
     mu = gp._to_eigenbasis(gp.mean[None])[0].reshape(-1)
     return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * (1 - alpha) ** 2 * (mu**2 / lam).sum()).item()
+
+
+def early_stopping_t_min(gp: KroneckerGP, schedule, target: float) -> float:
+    """The largest stopping time t₀ whose ``early_stopping_kl`` is at most ``target`` nats under
+    ``schedule`` (bisection in log t₀ between 1e-12 and the schedule's t_max; the KL grows with
+    t₀): the ``t_min`` to choose when stopping early is what keeps samples from the truth."""
+
+    def kl(t: float) -> float:
+        tt = torch.tensor(t, dtype=torch.float64)
+        return early_stopping_kl(gp, schedule.alpha(tt).item(), schedule.sigma(tt).item())
+
+    lo, hi = math.log(1e-12), math.log(schedule.t_max)
+    if kl(math.exp(lo)) > target:
+        return 1e-12
+    if kl(math.exp(hi)) <= target:
+        return schedule.t_max
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kl(math.exp(mid)) <= target else (lo, mid)
+    return math.exp(lo)
