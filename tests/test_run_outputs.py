@@ -43,7 +43,7 @@ def test_a_fit_shorter_than_the_validation_interval_still_validates_at_its_end(s
 
 
 def test_the_end_of_fit_summary_names_the_numbers_the_verdict_and_where_they_are(tmp_path, capsys):
-    main(["fit", "--config", str(QUICKSTART), *SHORT, "--diagnostics.num_samples=600",
+    main(["fit", "--config", str(QUICKSTART), *SHORT, "--diagnostics.num_samples=600", "--model.sampler.init_args.steps=20",
           f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     out = capsys.readouterr().out
     summary = out[out.index("stdiff fit: step 7, against the exact GP") :]
