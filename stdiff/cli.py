@@ -146,6 +146,12 @@ class StdiffCLI(LightningCLI):
             "inputs rounded to 10 mantissa bits) or 'medium' (bf16). It applies to what runs in "
             "float32: all of a 32-true run; under bf16-mixed, what autocast leaves in float32.",
         )  # fmt: skip
+        parser.add_argument(
+            "--allow_other_data", type=bool, default=False,
+            help="Use a checkpoint (--ckpt_path) on data other than it was trained on, on purpose: validate or "
+            "test it against another distribution, sample it under other data settings, or fine-tune it on "
+            "other data. Without it such a checkpoint is refused, naming what differs.",
+        )  # fmt: skip
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -202,8 +208,12 @@ class StdiffCLI(LightningCLI):
 
     def _preflight(self) -> None:
         kwargs = self.config_init[self.subcommand]
+        config = self.config[self.subcommand]
+        data = runs.data_settings(config.get("data"))
+        self.model.data_settings = data  # stored in every checkpoint this run writes
         try:
-            runs.preflight(self.subcommand, self.trainer, self.model, self.datamodule, kwargs)
+            runs.preflight(self.subcommand, self.trainer, self.model, self.datamodule, kwargs, data,
+                           bool(config.get("allow_other_data")))  # fmt: skip
         except (runs.RunError, ValueError) as err:
             raise UsageError(self.subcommand, str(err)) from None
         if self.subcommand != "fit" and threading.current_thread() is threading.main_thread():

@@ -318,7 +318,8 @@ def check_config(args: list[str], roots: dict[str, tuple[type, bool]]) -> list[s
 
 
 # Top-level keys of a subcommand's configuration besides the roots (LightningCLI's own).
-TOP_LEVEL = ("seed_everything", "ckpt_path", "weights_only", "verbose", "return_predictions", "config")
+TOP_LEVEL = ("seed_everything", "ckpt_path", "weights_only", "verbose", "return_predictions", "config",
+             "float32_matmul_precision", "allow_other_data")
 MAX_SEED = 2**32 - 1  # what Lightning's seed_everything (NumPy's legacy seeding) accepts
 
 

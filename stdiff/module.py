@@ -248,6 +248,15 @@ class DiffusionModule(L.LightningModule):
         observed, mask = observed.to(self.device), mask.to(self.device)
         return self.conditioning.sample(self.sampler, self.denoiser, observed, mask, generator, self.device, progress)
 
+    # The data's settings (``stdiff.runs.data_settings``: its class and every argument that shapes its
+    # distribution), set by the CLI and stored in each checkpoint as ``stdiff_data``, so that a
+    # checkpoint is never scored on, sampled for or resumed with data it was not trained on unawares.
+    data_settings: dict | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.data_settings is not None:
+            checkpoint["stdiff_data"] = self.data_settings
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("hyper_parameters", {}).get("sample_shape")
         if stored is not None and tuple(stored) != self.sample_shape:

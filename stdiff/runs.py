@@ -153,6 +153,57 @@ def _plain(value):
     return getattr(value, "__name__", None) or repr(value)
 
 
+def data_settings(data_config) -> dict:
+    """What a checkpoint records of its data (``stdiff_data``): the data module's class and every
+    argument of it that shapes the distribution (kernels, shapes, mean, jitter; files, frames,
+    normalisation, reference), as plain data. The base's arguments (batch size, seed, set sizes,
+    workers, task, observations) only say how the data is served, and are left out."""
+    import inspect
+
+    from stdiff.data import SequenceDataModule
+
+    plain = _plain(data_config) or {}
+    serving = set(inspect.signature(SequenceDataModule.__init__).parameters) - {"self"}
+    init_args = {k: v for k, v in (plain.get("init_args") or {}).items() if k not in serving}
+    return {"class_path": plain.get("class_path"), "init_args": init_args}
+
+
+def check_same_data(checkpoint: dict, path, current: dict) -> None:
+    """Raise ``RunError`` when the checkpoint was trained on data other than ``current``
+    (``data_settings``), naming what differs; a checkpoint written before stdiff stored its data
+    is let through."""
+    stored = checkpoint.get("stdiff_data")
+    if not stored:
+        return
+    differ = _spec_differences(stored, current, "data")
+    if not differ:
+        return
+    listed = "; ".join(f"{k}: {a} in the checkpoint, {b} now" for k, a, b in differ[:6])
+    run = Path(path).absolute().parents[1] / "config.yaml"
+    raise RunError(f"checkpoint {str(path)!r} was trained on other data: {listed}. Use the data it was trained with "
+                   f"(--config {run}), or pass --allow_other_data=true to use it on this data on purpose.")  # fmt: skip
+
+
+def _spec_differences(a, b, key: str) -> list[tuple[str, str, str]]:
+    """(key, value in a, value in b) where two plain configurations differ; a class replaced by
+    another is one difference, written ``Class(arg=value, …)``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if "class_path" in a and "class_path" in b and a["class_path"] != b["class_path"]:
+            return [(key, _spec(a), _spec(b))]
+        out = []
+        for k in sorted(a.keys() | b.keys()):
+            out += _spec_differences(a.get(k, "-"), b.get(k, "-"), f"{key}.{k}")
+        return out
+    return [] if a == b else [(key, _spec(a), _spec(b))]
+
+
+def _spec(value) -> str:
+    if isinstance(value, dict) and "class_path" in value:
+        args = ", ".join(f"{k}={_spec(v)}" for k, v in (value.get("init_args") or {}).items())
+        return f"{str(value['class_path']).rsplit('.', 1)[-1]}({args})"
+    return repr(value) if isinstance(value, str) and value != "-" else str(value)
+
+
 def check_writable(directory: str | os.PathLike) -> None:
     """Raise ``RunError`` unless ``directory`` exists and is writable, or could be created."""
     directory = Path(directory).absolute()
@@ -202,11 +253,13 @@ def _union_member_error(message: str) -> str | None:
 # --- before a run ------------------------------------------------------------------------------------
 
 
-def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None:
+def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: dict | None = None,
+              allow_other_data: bool = False) -> None:  # fmt: skip
     """Checks that need the instantiated classes, done before anything is written: the checkpoint
-    (found, loadable without running pickled code, fits the model), the request itself, the output
-    directory. Then the run directory is claimed. Updates ``kwargs`` (the subcommand's arguments:
-    ``ckpt_path`` resolved, ``weights_only`` defaulted to True)."""
+    (found, loadable without running pickled code, fits the model, trained on ``data``: the data's
+    ``data_settings``, unless ``allow_other_data``), the request itself, the output directory.
+    Then the run directory is claimed. Updates ``kwargs`` (the subcommand's arguments: ``ckpt_path``
+    resolved, ``weights_only`` defaulted to True)."""
     from lightning.pytorch.cli import SaveConfigCallback
     from lightning.pytorch.utilities import rank_zero_info
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -240,6 +293,8 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict) -> None
         checkpoint = load_checkpoint(ckpt_path, kwargs["weights_only"])
         model.on_load_checkpoint(checkpoint)  # the sample shape, named first
         check_compatible(checkpoint, ckpt_path, model)
+        if data is not None and not allow_other_data:
+            check_same_data(checkpoint, ckpt_path, data)
         if version is not None:  # the run's config.yaml stays; this run's settings go beside it
             name = _free_name(run, f"config.resumed_step{checkpoint.get('global_step', 0)}", ".yaml")
             for cb in trainer.callbacks:

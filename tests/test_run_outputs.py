@@ -164,3 +164,25 @@ def test_one_disk_check_for_predict_names_both_figures(tmp_path):
     with pytest.raises(OSError, match=r"predict would write 9.09e\+06 TiB of samples to .*/new, whose disk has .* "
                                       r"free: lower it"):  # fmt: skip
         check_disk_space(10**19, tmp_path / "new", "predict would write {size} of samples", "lower it")
+
+
+def test_a_checkpoint_knows_its_data_and_is_refused_on_other_data(short_run, capsys):
+    """[S] 2: scored against a distribution it was not trained on only on purpose."""
+    root, run = short_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)["stdiff_data"]
+    assert stored["class_path"].endswith("GPDataModule") and stored["init_args"]["frames"] == 32
+    assert stored["init_args"]["temporal"] == {"class_path": "stdiff.kernels.PoweredExponential",
+                                               "init_args": {"lengthscale": 4.0, "power": 1.0}}  # fmt: skip
+    assert "batch_size" not in stored["init_args"] and "seed" not in stored["init_args"]  # how it is served: free
+    common = ["validate", "--config", str(QUICKSTART), f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={root}",
+              "--trainer.enable_progress_bar=false", "--diagnostics.num_samples=40", "--model.sampler.init_args.steps=2",
+              "--data.init_args.num_val=16", "--data.init_args.batch_size=16", "--data.init_args.temporal=GeneralizedCauchy"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main(common)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "was trained on other data: data.init_args.temporal: PoweredExponential(lengthscale=4.0, " \
+        "power=1.0) in the checkpoint, GeneralizedCauchy(lengthscale=4.0, alpha=2.0, beta=1.0) now" in err, err
+    assert f"--config {run / 'config.yaml'}" in err and "--allow_other_data=true" in err
+    main([*common, "--allow_other_data=true"])  # on purpose: scored on this data
+    assert "stdiff validate: checkpoint" in capsys.readouterr().out
