@@ -239,3 +239,31 @@ def test_a_bad_observation_is_named_by_its_index_in_the_file(tmp_path):
     np.save(tmp_path / "two.npy", two)
     with pytest.raises(ArrayFileError, match=r"two.npy: entry \[1, 2, 3\] is 1e\+25: beyond 1.8e\+19"):
         data("two.npy").check_observations()
+
+
+def test_observed_entries_are_kept_wherever_they_are_and_the_task_applies_only_to_a_file_without_nan(tmp_path, caplog):
+    """[S] 3: "NaN in obs.npy = to fill in", with configs/conditional/trained.yaml's Forecast(context=16) set."""
+    rng = np.random.default_rng(0)
+    scattered = rng.standard_normal((2, 32, 8)).astype(np.float32)
+    scattered[rng.random((2, 32, 8)) < 0.3] = np.nan  # missing everywhere, observed in frames >= 16 too
+    np.save(tmp_path / "obs.npy", scattered)
+    task = ["--data.init_args.task=Forecast", "--data.init_args.task.init_args.context=16"]
+    main(["predict", "--config", str(QUICKSTART), *task, "--model.denoiser=ExactDenoiser",
+          "--model.conditioning=ReconstructionGuidance", f"--data.init_args.observed={tmp_path / 'obs.npy'}",
+          "--data.init_args.num_predict=3", "--model.sampler.init_args.steps=4", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    samples = np.load(tmp_path / "lightning_logs" / "exact_predict_0" / "samples.npy")
+    kept = ~np.isnan(scattered)
+    assert kept[:, 16:].any() and np.isfinite(samples).all()
+    np.testing.assert_array_equal(samples[:, 0][kept], scattered[kept])  # frames >= 16 included
+    assert "is not applied" in caplog.text
+    # a file without NaN: the task chooses what to sample (a forecast of whole sequences), and says so
+    from stdiff.conditioning import Forecast
+    from stdiff.data import GPDataModule
+    from stdiff.kernels import RBF, PoweredExponential
+
+    np.save(tmp_path / "whole.npy", np.nan_to_num(scattered))
+    data = GPDataModule(PoweredExponential(4.0, 1.0), RBF(1.0), frames=32, observed=str(tmp_path / "whole.npy"),
+                        task=Forecast(16))  # fmt: skip
+    _, mask = data.check_observations()
+    assert mask[:, :16].all() and not mask[:, 16:].any()

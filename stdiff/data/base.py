@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
 from torch import Tensor
@@ -51,7 +52,9 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             the exact posterior by ``stdiff validate`` / ``test``, and applied to ``observed``.
         observed: a ``.npy`` file of observations ``(n, T, *space)`` (or one ``(T, *space)``), NaN
             where missing: ``stdiff predict`` then draws ``num_predict`` conditional samples of
-            each, written as ``(n, num_predict, T, *space)``.
+            each, written as ``(n, num_predict, T, *space)``. NaN entries are filled in and every
+            other entry is kept, wherever it is; only in a file without NaN does ``task`` choose
+            what to sample (a forecast of whole sequences).
     """
 
     truth = None  # the exact distribution (a KroneckerGP) when known: diagnostics score against it
@@ -211,7 +214,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
 
     def observations(self) -> tuple[Tensor, Tensor]:
         """The ``observed`` file as values ``(n, T, *space)`` in model units (0 where missing) and
-        mask (True where observed: not NaN, and observed by ``task`` if one is set). The file is
+        mask (True where observed: not NaN; in a file without NaN, where ``task`` observes). The file is
         read and checked once (``check_observations``); the units are those of the moment of the
         call, so statistics restored from a checkpoint apply."""
         values, mask = self.check_observations()
@@ -240,7 +243,15 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         check_values(values, f"{what}: {path}")  # the index as in the file (no case axis for one case)
         values = torch.from_numpy(values.reshape(shape))
         mask = ~values.isnan()
-        if self.task is not None:
+        if self.task is not None and bool(mask.all()):
+            # Nothing marked to fill in: the task says what to sample (a forecast of whole sequences).
             mask &= self.task.draw(len(values), self.sample_shape, generator(self.seed, PREDICT, 1))
+            rank_zero_info(f"{what}: {path} has no NaN, so data.init_args.task={self.task!r} chooses what to sample: "
+                           f"{int((~mask).sum())} of {mask.numel()} entries are drawn anew, the rest kept")  # fmt: skip
+        elif self.task is not None:
+            # NaN marks what to fill in; every observed entry is kept, wherever it is.
+            rank_zero_info(f"{what}: {path} marks {int((~mask).sum())} of {mask.numel()} entries missing (NaN): those "
+                           f"are filled in and every other entry kept; data.init_args.task={self.task!r} is not "
+                           "applied (it chooses what to sample only for a file without NaN)")  # fmt: skip
         check_mask(mask, self.sample_shape, f"{what}: the mask of {path} (NaN = missing)")
         return values, mask
