@@ -81,3 +81,17 @@ class HalfNaN(DDIM):
         out = super().step(model, schedule, x, t, s, generator)
         out[: len(out) // 2] = float("nan")
         return out
+
+
+class SlowSampler(DDIM):
+    """DDIM that takes ``seconds`` per step and touches ``marker`` at its first: a long sampling
+    phase (the end-of-fit validation's 2000 samples) in which a test signals a fit."""
+
+    def __init__(self, marker: str, seconds: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.marker, self.seconds = marker, seconds
+
+    def step(self, model, schedule, x, t, s, generator):
+        pathlib.Path(self.marker).touch()
+        time.sleep(self.seconds)
+        return super().step(model, schedule, x, t, s, generator)

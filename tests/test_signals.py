@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import QUICKSTART, ROOT
 
 from stdiff.cli import main
@@ -46,6 +47,50 @@ def test_a_signal_stops_a_subcommand_at_once(tmp_path, subcommand, how, code):
         (meta,) = tmp_path.glob("lightning_logs/exact_predict_*/samples.json")
         assert json.loads(meta.read_text())["complete"] is False
         assert (meta.parent / "samples.npy.partial").is_file()
+
+
+SLOW_VALIDATION = ["--trainer.enable_progress_bar=false", "--data.init_args.num_val=16", "--diagnostics.num_samples=8",
+                   "--trainer.max_steps=6", "--trainer.val_check_interval=3", "--diagnostics.sample_every=1",
+                   "--checkpoint.every_n_train_steps=100", "--model.sampler=hooks.SlowSampler",
+                   "--model.sampler.init_args.steps=60"]  # fmt: skip
+
+
+def fit_process(root, *extra, marker=None):
+    marker = marker or root / "sampling"
+    args = [sys.executable, "-m", "stdiff", "fit", "--config", str(QUICKSTART), *SLOW_VALIDATION,
+            f"--model.sampler.init_args.marker={marker}", f"--trainer.default_root_dir={root}", *extra]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("how,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])  # fmt: skip
+def test_a_signal_stops_a_fit_within_a_sampler_step_of_its_validation_and_resuming_is_bit_identical(tmp_path, how, code):
+    """[S] 5: a fit signalled while its validation samples (60 sampler steps of 0.5 s) stops within a
+    step, not after the validation, with a checkpoint of the step reached; resumed from it, the fit
+    ends where an uninterrupted one does."""
+    cut, straight = tmp_path / "cut", tmp_path / "straight"
+    cut.mkdir(), straight.mkdir()
+    proc = fit_process(cut)
+    deadline = time.monotonic() + 120
+    while not (cut / "sampling").exists():  # the validation at step 3
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(how)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == code and time.monotonic() - sent < 10, out[-2000:]
+    assert "during validation: stopped at step 3, checkpoint" in out, out[-2000:]
+    last = cut / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    faster = ["--model.sampler.init_args.seconds=0"]
+    for root, extra in ((cut, ["--ckpt_path=last"]), (straight, [])):
+        proc = fit_process(root, *faster, *extra, marker=root / "unused")
+        assert proc.wait(timeout=300) == 0, proc.communicate()[0][-2000:]
+    a, b = (torch.load(r / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+            for r in (straight, cut))  # fmt: skip
+    assert a["global_step"] == b["global_step"] == 6
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
 def test_a_run_that_fails_at_start_leaves_no_run_directory(tmp_path):

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from stdiff._validation import check_int
+from stdiff.callbacks.reliability import stop_if_signalled
 from stdiff.callbacks.timing import Clock, FitTime
 from stdiff.kernels import Kernel
 from stdiff.metrics import (
@@ -283,11 +284,14 @@ class GPDiagnostics(Callback):
             bar = tqdm(
                 total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
             )
+        def progress(i: int, total: int) -> None:
+            stop_if_signalled(trainer)  # SIGTERM or Ctrl+C: now, not after minutes of sampling
+            if bar is not None:
+                bar.update(1)
+
         with self._clock.part("sampling"), run_precision(trainer):
-            x = pl_module.sampler.sample(
-                pl_module.denoiser, (n, *self.truth.sample_shape), g, pl_module.device,
-                progress=(lambda i, total: bar.update(1)) if bar is not None else None,
-            ).float()  # fmt: skip
+            x = pl_module.sampler.sample(pl_module.denoiser, (n, *self.truth.sample_shape), g, pl_module.device,
+                                         progress=progress).float()  # fmt: skip
         if bar is not None:
             bar.close()
         floor_seed = derive_seed(self.seed, DIAGNOSTICS, *floor_key)
@@ -300,13 +304,13 @@ class GPDiagnostics(Callback):
                 f"the structured metrics only."
             )
         values = metric.compute()
-        values.update(self._sampler_floor(pl_module, values, (n, *self.truth.sample_shape), stream, floor_seed))
+        values.update(self._sampler_floor(trainer, pl_module, values, (n, *self.truth.sample_shape), stream, floor_seed))
         if self.figures and trainer.is_global_zero:
             with self._clock.part("figures"):
                 self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
-    def _sampler_floor(self, pl_module, values: dict, shape: tuple, stream: tuple, floor_seed: int) -> dict:
+    def _sampler_floor(self, trainer, pl_module, values: dict, shape: tuple, stream: tuple, floor_seed: int) -> dict:
         """What the exact model reaches through the same sampler, steps and t_min, from the same
         noise (``exact_model_kl``, ``exact_model_kl_excess``): the part of the KL no training can
         remove. With it, the smallest eigenvalue and condition number of Γ ⊗ Σ and the largest
@@ -328,7 +332,8 @@ class GPDiagnostics(Callback):
         exact = ExactDenoiser.from_gp(self.truth, pl_module.schedule)
         g = generator(self.seed, DIAGNOSTICS, *stream, device=pl_module.device)  # the model's own noise
         with self._clock.part("sampling"):
-            x = pl_module.sampler.sample(exact, shape, g, pl_module.device).float()
+            x = pl_module.sampler.sample(exact, shape, g, pl_module.device,
+                                         progress=lambda i, total: stop_if_signalled(trainer)).float()  # fmt: skip
         from torchmetrics.utilities import dim_zero_cat
 
         from stdiff.metrics import gaussian_fit_kl
@@ -357,8 +362,10 @@ class GPDiagnostics(Callback):
         masks = mask.repeat_interleave(k, 0) if mask.ndim == len(shape) + 1 else mask.expand(len(observed), *shape)
         g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)
         with self._clock.part("sampling"), run_precision(trainer):
-            chunks = [pl_module.sample_conditional(o, m, g).float().cpu()
-                      for o, m in zip(observed.split(512), masks.split(512))]  # fmt: skip
+            chunks = []
+            for o, m in zip(observed.split(512), masks.split(512)):
+                stop_if_signalled(trainer)
+                chunks.append(pl_module.sample_conditional(o, m, g).float().cpu())
         samples = torch.cat(chunks).reshape(n, k, *shape)
         report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7),
                                     self.conditional_estimator)  # fmt: skip

@@ -36,6 +36,24 @@ class EMA(EMAWeightAveraging):
         super().setup(trainer, pl_module, stage)
         self._pairs, self._listed = None, False  # a new average model: list its tensors again
 
+    # Validation runs with the average swapped into the model (Lightning's WeightAveraging); a fit
+    # stopped by a signal within it swaps the training weights back before its checkpoint.
+    swapped = False
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self.swapped = self._average_model is not None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        self.swapped = False
+
+    def restore_training_weights(self, pl_module) -> None:
+        """Put the training weights back in the model if a validation left the average there."""
+        if self.swapped:
+            self._swap_models(pl_module)
+            self.swapped = False
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if trainer.state.fn != "fit":
             # validate / test / predict: the checkpoint's state_dict already holds the average

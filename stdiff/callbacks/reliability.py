@@ -46,7 +46,8 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
     is stopped by SIGTERM (a scheduler's pre-emption) or Ctrl+C it finishes the step in progress,
     writes ``last.ckpt`` and exits with status 143 or 130. Resume with ``--ckpt_path last``.
 
-    A second Ctrl+C aborts at once, without a checkpoint. A stop during validation keeps the last
+    A second Ctrl+C aborts at once, without a checkpoint. A stop during validation stops it within a
+    batch or a sampler step (in one process; under DDP after the validation) and keeps the last
     periodic checkpoint (the weights then in the model are the EMA's, not the training weights).
     Every ``ModelCheckpoint`` option applies; ``save_top_k=-1`` also keeps every periodic one.
     """
@@ -79,6 +80,9 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
 
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        stop_if_signalled(trainer)  # a validation stops at once, not when it is done
+
     # --- when to write -------------------------------------------------------------------------
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -97,10 +101,27 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
             return  # an error mid-step: the model may be half-updated; keep the last good checkpoint
         global stopped_by
         self.stopped_by = stopped_by = self.stopped_by or stopped_by or "SIGTERM"
+        if trainer.validating and not trainer.sanity_checking and trainer.state.fn == "fit":
+            # stopped within a fit's validation (stop_if_signalled): the training weights back in the
+            # model, then the checkpoint of the step reached, as after a training step
+            from stdiff.callbacks.ema import EMA
+
+            for callback in trainer.callbacks:
+                if isinstance(callback, EMA):
+                    callback.restore_training_weights(pl_module)
+            if any(isinstance(c, EMA) and c.swapped for c in trainer.callbacks) or not _ema_only(trainer):
+                rank_zero_info(f"{self.stopped_by} during validation: no new checkpoint (the model holds averaged "
+                               f"weights); the last one is {self.last_model_path or 'none'}")  # fmt: skip
+                return
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            rank_zero_info(f"{self.stopped_by} during validation: stopped at step {trainer.global_step}, checkpoint "
+                           f"{self.last_model_path}; resume with --ckpt_path last")  # fmt: skip
+            return
         if not trainer.training or trainer.sanity_checking:
             where = f" (step {self._last_global_step_saved})" if self.last_model_path else ""
             rank_zero_info(
-                f"{self.stopped_by} during {'validation' if trainer.validating else trainer.state.stage}: no new "
+                f"{self.stopped_by} during {'validation' if trainer.validating or trainer.sanity_checking else 'training'}: no new "
                 f"checkpoint; the last one is {self.last_model_path or 'none'}{where}"
             )
             return
@@ -110,6 +131,24 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
             f"{self.stopped_by}: stopped at step {trainer.global_step}, checkpoint {self.last_model_path}; "
             "resume with --ckpt_path last"
         )
+
+
+def _ema_only(trainer: L.Trainer) -> bool:
+    """Whether every weight-averaging callback is stdiff's EMA, whose swap this module can undo."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from stdiff.callbacks.ema import EMA
+
+    return all(isinstance(c, EMA) for c in trainer.callbacks if isinstance(c, WeightAveraging))
+
+
+def stop_if_signalled(trainer: L.Trainer) -> None:
+    """Within a fit's validation, stop now if SIGTERM or Ctrl+C came: Lightning only takes note and
+    acts after the validation, which with sampling can take minutes. Called between validation
+    batches and sampler steps. One process only: under DDP a rank that stopped alone would leave the
+    others waiting in a collective, so there the stop comes after the validation, as Lightning does."""
+    if trainer.world_size == 1 and trainer.state.fn == "fit" and getattr(trainer, "received_sigterm", False):
+        raise SIGTERMException
 
 
 def _training_ends(trainer: L.Trainer) -> bool:
