@@ -216,6 +216,9 @@ class StdiffCLI(LightningCLI):
                            bool(config.get("allow_other_data")))  # fmt: skip
         except (runs.RunError, ValueError) as err:
             raise UsageError(self.subcommand, str(err)) from None
+        note = busy_machine_note(self.trainer.strategy.root_device.type)
+        if note and self.trainer.is_global_zero:
+            print(f"stdiff: note: {note}", file=sys.stderr, flush=True)
         if self.subcommand != "fit" and threading.current_thread() is threading.main_thread():
             # validate / test / predict have no step to finish and no checkpoint to write: SIGTERM and
             # Ctrl+C stop them at once (Lightning calls this handler after its own, which only takes
@@ -230,6 +233,22 @@ class StdiffCLI(LightningCLI):
         self._previous_handlers = {}
 
     after_validate = after_test = after_predict = _restore_signals
+
+
+def busy_machine_note(device_type: str) -> str | None:
+    """What to say when a CPU run starts on a machine already busier than its cores: torch's worker
+    threads then wait on one another at every operation, and a step can take many times longer
+    than with one thread. None when the machine is not busy, torch uses one thread, or
+    OMP_NUM_THREADS is set (the user chose)."""
+    if device_type != "cpu" or not hasattr(os, "getloadavg") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load, threads = os.getloadavg()[0], torch.get_num_threads()
+    if threads <= 1 or load < cores + 1:
+        return None
+    return (f"this machine is busy (load {load:.1f} on {cores} cores) and torch runs {threads} threads, which then "
+            "wait on one another: a step can take several times longer than with one thread. If steps are slow, "
+            "rerun with OMP_NUM_THREADS=1 in front of the command (or on a quieter machine).")  # fmt: skip
 
 
 def _stop_now(signum, frame) -> None:

@@ -333,3 +333,24 @@ def test_training_loss_is_logged_at_the_same_steps_and_values_as_logging_every_s
     monkeypatch.setattr(DiffusionModule, "_logs_this_step", lambda self: True)
     assert ours == curve(tmp_path / "b")
     assert [step for step, _ in ours] == [2, 5, 6]  # every 3rd step, and the last (step 7, logged at 6)
+
+
+def test_a_cpu_run_on_a_busy_machine_says_so_and_how_to_help_it(tmp_path, monkeypatch, capsys):
+    """[S] 5: with more runnable work than cores, torch's threads wait on one another."""
+    from stdiff.cli import busy_machine_note
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 9.0, 1.0, 1.0))
+    assert busy_machine_note("cuda") is None
+    main(["validate", "--config", str(QUICKSTART), "--model.denoiser=ExactDenoiser", "--data.init_args.num_val=16",
+          "--diagnostics.num_samples=8", "--model.sampler.init_args.steps=2", "--diagnostics.figures=false",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"this machine is busy (load {cores + 9.0:.1f} on {cores} cores)" in err and "OMP_NUM_THREADS=1" in err
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 1.0, 1.0))
+    assert busy_machine_note("cpu") is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 9.0, 1.0, 1.0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user chose
+    assert busy_machine_note("cpu") is None
