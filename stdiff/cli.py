@@ -56,6 +56,17 @@ ROOTS = {
 }
 
 
+DESCRIPTION = ("stdiff: train diffusion transformers on spatial-temporal sequences and check them against the "
+               "truth. Start with `stdiff fit --config configs/quickstart.yaml`; `stdiff <subcommand> --help` lists "
+               "a subcommand's options.")  # fmt: skip
+SUBCOMMAND_HELP = {
+    "fit": "Train a model; every validation is scored against the truth, the end prints a summary.",
+    "validate": "Score a checkpoint (--ckpt_path) or the exact model on the validation set and its own samples.",
+    "test": "Score a checkpoint on the test set with fresh samples, and its exact log-likelihood.",
+    "predict": "Draw samples (data.init_args.num_predict), or complete observations (data.init_args.observed).",
+}
+
+
 class UsageError(Exception):
     """A problem with the command: reported as ``stdiff <subcommand>: error: …``, exit status 2."""
 
@@ -107,6 +118,16 @@ class StdiffCLI(LightningCLI):
         kwargs.setdefault("parser_class", StdiffArgumentParser)
         kwargs.setdefault("auto_configure_optimizers", False)  # one optimizer path: the module's
         super().__init__(*args, **kwargs)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        main_kwargs = {**main_kwargs, "description": DESCRIPTION}
+        for name, text in SUBCOMMAND_HELP.items():  # the subcommand's own --help: the same line, in stdiff's words
+            subparser_kwargs[name] = {"description": text, **subparser_kwargs.get(name, {})}
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument("--version", action="version", version=f"stdiff {stdiff_version()}")
+        action = getattr(self.parser, "_subcommands_action", None)
+        for choice in getattr(action, "_choices_actions", []):  # Lightning's help: its Trainer docstrings, cut short
+            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         if args is None or isinstance(args, (list, tuple)):

@@ -231,7 +231,7 @@ class Heun(Sampler):
     its values at t and at the predicted x_s (corrector). Two model evaluations per step, no noise.
 
     This is Heun's method in the variables where the ODE is least stiff: in t its rate grows like
-    1/σ² near t_min (issue [M] measured an excess KL of 1122 at 6 evaluations for that form), and
+    1/σ² near t_min (an excess KL of 1122 at 6 evaluations for that form), and
     Karras et al.'s Heun in σ/α (their Alg. 1) extrapolates x̂₀'s change linearly across large
     steps; this form degrades gracefully (``stdiff/bench/results/sampler_kl.md``).
     """

@@ -354,3 +354,16 @@ def test_a_cpu_run_on_a_busy_machine_says_so_and_how_to_help_it(tmp_path, monkey
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 9.0, 1.0, 1.0))
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user chose
     assert busy_machine_note("cpu") is None
+
+
+def test_version_and_help_say_what_stdiff_is_in_its_own_words():
+    run = [sys.executable, "-m", "stdiff"]
+    from stdiff.cli import stdiff_version
+
+    out = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"stdiff {stdiff_version()}"
+    text = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "Lightning Trainer command line tool" not in text and "against the" in text
+    assert "It's" not in text and "This will call" not in text  # Lightning's docstrings, cut mid-sentence
+    for sub in ("fit", "validate", "test", "predict"):
+        assert f"    {sub} " in text

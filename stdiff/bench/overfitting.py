@@ -1,4 +1,4 @@
-"""What the small-data recipe of the real-data example does (issue [N]): the example's DiT trained
+"""What the small-data recipe of the real-data example does: the example's DiT trained
 with and without it, same steps, same data.
 
     python -m stdiff.bench overfitting OUT [--recipe-run OUT/lightning_logs/version_0]

@@ -1,4 +1,4 @@
-"""What each part of the quickstart's training recipe does to its samples (issue [M]).
+"""What each part of the quickstart's training recipe does to its samples.
 
     python -m stdiff.bench recipe_ablation [--out stdiff/bench/results/recipe_ablation.md] [--root /tmp/recipe]
 
