@@ -53,7 +53,8 @@ def test_npz_members_are_read_in_place_and_compressed_ones_refused(tmp_path):
     "make,message",
     [
         (lambda: np.zeros((2, 3, 4, 5, 6), np.float32), r"bad.npy: has 5 axes \(2, 3, 4, 5, 6\); expected"),
-        (lambda: np.zeros((2, 20, 4), np.float32), r"bad.npy: too few frames for windows of T=16: its 20 frames give a validation segment of 2"),
+        (lambda: np.zeros((2, 20, 4), np.float32), r"bad.npy: too few frames for windows of T=16: its 20 frames give a "
+         r"validation segment of 2 .*Give series of at least 158 frames, data.init_args.frames=2 or fewer"),
         (lambda: np.where(np.arange(400)[None, :, None] < 16, np.nan, 1.0).repeat(4, 2).astype(np.float32),
          r"bad.npy: series 0, frames 0:16 are all missing \(NaN\)"),
         (lambda: np.array([["a"]]), r"bad.npy: not a readable .npy array|bad.npy: holds <U1 values"),
@@ -65,6 +66,17 @@ def test_bad_files_get_one_line_naming_the_file(tmp_path, make, message):
     with pytest.raises(ArrayFileError, match=message) as err:
         ArrayDataModule(str(tmp_path / "bad.npy"), frames=16)
     assert "\n" not in str(err.value)
+
+
+def test_the_shortest_series_the_error_names_is_the_shortest_that_works(tmp_path):
+    for total, works in ((157, False), (158, True)):
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, total, 4)).astype(np.float32))
+        if works:
+            with pytest.warns(UserWarning, match="metrics on so few are noise"):
+                ArrayDataModule(str(tmp_path / "x.npy"), frames=16)
+        else:
+            with pytest.raises(ArrayFileError, match="at least 158 frames"):
+                ArrayDataModule(str(tmp_path / "x.npy"), frames=16)
 
 
 def test_files_with_other_spatial_shapes_are_refused(tmp_path):

@@ -151,11 +151,30 @@ class ArrayDataModule(SequenceDataModule):
             lo, hi = bounds[part], bounds[part + 1]
             if self.split[part] > 0 and hi - lo < self.frames:
                 name = ("training", "validation", "test")[part]
-                raise ArrayFileError(f"{path}: too few frames for windows of T={self.frames}: its {total} frames give "
-                                     f"a {name} segment of {hi - lo} (split {list(self.split)})")  # fmt: skip
+                raise ArrayFileError(
+                    f"{path}: too few frames for windows of T={self.frames}: its {total} frames give a {name} segment "
+                    f"of {hi - lo} (data.init_args.split {list(self.split)} cuts every series in time, the first "
+                    f"{self.split[0]:g} for training). Give series of at least {self._frames_needed()} frames, "
+                    f"data.init_args.frames={self._longest_window(total)} or fewer, or another split")  # fmt: skip
             step = self.train_stride if part == 0 else self.stride
             rows += [(f, n, s) for n in range(r.shape[0]) for s in range(lo, hi - self.frames + 1, step)]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+    def _segments(self, total: int) -> list[int]:
+        """Frames of each split part (training, validation, test) of a series of ``total`` frames."""
+        bounds = np.round(np.cumsum([0, *self.split]) * total).astype(int)
+        return [int(bounds[i + 1] - bounds[i]) for i in range(3)]
+
+    def _frames_needed(self) -> int:
+        """The shortest series whose every split part (of those above 0) holds one window."""
+        total = self.frames
+        while any(f < self.frames for f, share in zip(self._segments(total), self.split) if share > 0):
+            total += 1
+        return total
+
+    def _longest_window(self, total: int) -> int:
+        """The longest window every split part (of those above 0) of ``total`` frames holds."""
+        return min(f for f, share in zip(self._segments(total), self.split) if share > 0)
 
     def _statistics(self) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation ``(*space)`` over the training segments (NaN ignored), read
