@@ -149,8 +149,15 @@ def test_the_summary_reports_conditional_tasks_and_says_when_there_is_no_kl():
     text = summary(results, "test", 4096, 200, "lightning_logs/version_3/test_0", checkpoint={"path": "a.ckpt",
                    "global_step": 20}, model="Denoiser")  # fmt: skip
     assert text.startswith("stdiff test: checkpoint a.ckpt (step 20), against the exact GP")
-    assert "no full-covariance KL" in text and "verdict" not in text
-    assert "Forecast          CRPS / Bayes 1.009, coverage 50 % 0.479 and 90 % 0.861, spread 0.993" in text
+    assert "no full-covariance KL" in text and "  verdict: " not in text  # no KL verdict, a conditional one
+    assert ("Forecast          CRPS 1.009 × the Bayes-optimal's; the 50 % and 90 % intervals hold 47.9 % and 86.1 % of "
+            "held-out values; spread 0.993") in text  # fmt: skip
+    assert "verdict (Forecast): at the exact posterior: CRPS within 0.9 % of the Bayes-optimal, intervals of the right" in text
+    from stdiff.callbacks.summary import conditional_verdict
+
+    wide = conditional_verdict({"crps_ratio": 1.3, "spread": 1.4, "coverage50": 1.0})
+    assert wide.startswith("NOT at the posterior yet: CRPS 30 % above the Bayes-optimal, intervals too wide (spread 1.4")
+    assert conditional_verdict({"crps_ratio": 0.89, "spread": 0.95}, exact_truth=False).startswith("better than the fitted")
     assert "tensorboard --logdir lightning_logs\n" in text + "\n"
     bare = summary({}, "validate", 16, 100, "out", exact_truth=False, model="ExactDenoiser")
     assert "ExactDenoiser, no checkpoint, against the fitted Gaussian reference" in bare

@@ -129,6 +129,30 @@ def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floo
     return out
 
 
+CRPS_CLOSE = 1.05  # conditional samples within 5 % of the exact posterior's CRPS: at the posterior
+SPREAD_RIGHT = 0.1  # intervals within 10 % of the posterior's width: of the right width
+
+
+def conditional_verdict(c: dict[str, float], exact_truth: bool = True) -> str:
+    """One sentence on conditional samples from their report ``c`` (``crps_ratio``: CRPS over the
+    exact posterior's, or over the fitted reference's; ``spread``: their width over the
+    posterior's): at the posterior when the CRPS is within 5 % of the Bayes-optimal and the
+    intervals within 10 % of the right width."""
+    ratio, spread = c.get("crps_ratio", math.nan), c.get("spread", math.nan)
+    if not (math.isfinite(ratio) and math.isfinite(spread)):
+        return "NOT at the posterior: the samples hold NaN or inf"
+    width = ("of the right width" if abs(spread - 1) <= SPREAD_RIGHT else
+             f"too {'wide' if spread > 1 else 'narrow'} (spread {spread:.3g}; the sampler sets it too: see "
+             "stdiff/guide/conditional.md)")  # fmt: skip
+    if not exact_truth:  # a fitted Gaussian, not the data's law: beating it is possible and good
+        better = "better than" if ratio < 1 else "not better than"
+        return f"{better} the fitted Gaussian reference (CRPS {ratio:.3g} × its); intervals {width}"
+    if ratio <= CRPS_CLOSE and abs(spread - 1) <= SPREAD_RIGHT:
+        return f"at the exact posterior: CRPS within {100 * (ratio - 1):.1f} % of the Bayes-optimal, intervals {width}"
+    gap = f"CRPS {100 * (ratio - 1):.0f} % above the Bayes-optimal" if ratio > CRPS_CLOSE else "CRPS near the Bayes-optimal"
+    return f"NOT at the posterior yet: {gap}, intervals {width}"
+
+
 def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run_dir: str, exact_truth: bool = True,
             checkpoint: dict | None = None, step: int | None = None, model: str = "the model") -> str:  # fmt: skip
     """The end-of-run lines from the diagnostics' ``results`` (keys ``val/…`` or ``test/…``)."""
@@ -173,9 +197,11 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
                     k.endswith("/crps_ratio")})  # fmt: skip
     for task in tasks:
         c = {k.rsplit("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{prefix}/conditional/{task}/")}
-        lines.append(f"  {task:<17} CRPS / {'Bayes' if exact_truth else 'reference'} {c['crps_ratio']:.4g}, coverage "
-                     f"50 % {c.get('coverage50', math.nan):.3g} and 90 % {c.get('coverage90', math.nan):.3g}, spread "
+        lines.append(f"  {task:<17} CRPS {c['crps_ratio']:.4g} × the {'Bayes-optimal' if exact_truth else 'reference'}'s; "
+                     f"the 50 % and 90 % intervals hold {100 * c.get('coverage50', math.nan):.1f} % and "
+                     f"{100 * c.get('coverage90', math.nan):.1f} % of held-out values; spread "
                      f"{c.get('spread', math.nan):.3g} (1: intervals of the right width)")  # fmt: skip
+        lines.append(f"  verdict ({task}): {wrap(conditional_verdict(c, exact_truth), 11)}")
     if kl_excess is None and get("samples/whitened_norm_excess") is None and not tasks:
         lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model without "
                      "data.init_args.task)")  # fmt: skip
