@@ -8,6 +8,31 @@ import os
 from collections.abc import Iterable
 
 
+class StdiffWarning(UserWarning):
+    """A warning of stdiff's own: the ``stdiff`` command prints it as ``stdiff: warning: …``, not
+    under the file and line of the library code that happened to call the code that raised it."""
+
+
+def warn(message: str) -> None:
+    """Warn once per process group (rank 0), as a ``StdiffWarning``."""
+    from stdiff._validation import warn
+
+    warn(message, category=StdiffWarning)
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the ``stdiff`` command: stdiff's own warnings as plain lines."""
+    if issubclass(category, StdiffWarning):
+        return f"stdiff: warning: {message}\n"
+    return _plain_format(message, category, filename, lineno, line)
+
+
+def _plain_format(message, category, filename, lineno, line=None) -> str:
+    import warnings
+
+    return warnings._formatwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, None, line))
+
+
 def check_positive(name: str, value: float) -> float:
     """Return ``value`` if it is a finite number > 0, else raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):

@@ -323,6 +323,9 @@ def silence_advertisements() -> None:
 def main(args: list[str] | None = None) -> None:
     """Console script ``stdiff``."""
     silence_advertisements()
+    from stdiff._validation import format_warning
+
+    warnings.formatwarning = format_warning  # stdiff's warnings as `stdiff: warning: …`, not under Lightning's cli.py
     # Deprecation notices raised inside Lightning's own use of jsonargparse and torch's pytree:
     # nothing a stdiff user can act on, and they bury the progress output.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")

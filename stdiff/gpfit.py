@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from stdiff._validation import StdiffWarning
 from stdiff.gp import KroneckerGP, grid
 from stdiff.kernels import RBF, Kernel, Matern, Scaled, Tabulated
 
@@ -36,7 +37,7 @@ DENSE_LIMIT = 4096  # T·S up to which the (T·S)² moments are formed (missing 
 LOG_2PI = math.log(2 * math.pi)
 
 
-class FitWarning(UserWarning):
+class FitWarning(StdiffWarning):
     """A reference fit that stopped before converging."""
 
 
@@ -357,12 +358,26 @@ def fit_reference(data, method: str, temporal: Kernel | None, spatial: Kernel | 
     else:
         raise ValueError(f"reference must be 'none', 'kernels' or 'flip_flop', got {method!r}")
     data.reference_report = report
-    rank_zero_info("fitted Gaussian reference (not the data's true distribution): "
-                   + ", ".join(f"{k}={v}" for k, v in report.items()))  # fmt: skip
+    rank_zero_info(format_report(report))
     note = held_out_note(report)
     if note is not None:
         rank_zero_info(note)
     return gp
+
+
+def format_report(report: dict) -> str:
+    """The reference's fit report, one setting or result a line (values of float lists to 4 digits)."""
+
+    def show(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
+            return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+        return str(value)
+
+    width = max((len(str(k)) for k in report), default=0)
+    return "\n".join(["fitted Gaussian reference (not the data's true distribution):",
+                      *(f"  {k:<{width}}  {show(v)}" for k, v in report.items())])  # fmt: skip
 
 
 def _spread(windows, limit: int) -> Tensor:

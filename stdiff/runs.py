@@ -119,10 +119,10 @@ def _check_settings(stored: dict, current: dict, path) -> None:
         raise RunError(f"checkpoint {str(path)!r} was trained with other settings that change what its weights mean: "
                        f"{listed}. Use the settings it was trained with (its run directory holds config.yaml).")  # fmt: skip
     if differ:
-        from lightning.pytorch.utilities import rank_zero_warn
+        from stdiff._validation import warn
 
         listed = "; ".join(f"{k}: {a.get(k, '-')} → {b.get(k, '-')}" for k in differ[:6])
-        rank_zero_warn(f"checkpoint {str(path)!r}: settings differ from those it was trained with ({listed}); "
+        warn(f"checkpoint {str(path)!r}: settings differ from those it was trained with ({listed}); "
                        "used as configured now")  # fmt: skip
 
 

@@ -53,8 +53,8 @@ def test_npz_members_are_read_in_place_and_compressed_ones_refused(tmp_path):
     "make,message",
     [
         (lambda: np.zeros((2, 3, 4, 5, 6), np.float32), r"bad.npy: has 5 axes \(2, 3, 4, 5, 6\); expected"),
-        (lambda: np.zeros((2, 20, 4), np.float32), r"bad.npy: too few frames for windows of T=16: its 20 frames give a "
-         r"validation segment of 2 .*Give series of at least 158 frames, data.init_args.frames=2 or fewer"),
+        (lambda: np.zeros((2, 20, 4), np.float32), (r"bad.npy: too few frames for windows of T=16: its 20 frames give a "
+         r"validation segment of 2 .*Give series of at least 158 frames, data.init_args.frames=2 or fewer")),
         (lambda: np.where(np.arange(400)[None, :, None] < 16, np.nan, 1.0).repeat(4, 2).astype(np.float32),
          r"bad.npy: series 0, frames 0:16 are all missing \(NaN\)"),
         (lambda: np.array([["a"]]), r"bad.npy: not a readable .npy array|bad.npy: holds <U1 values"),

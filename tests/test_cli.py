@@ -360,9 +360,9 @@ def test_version_and_help_say_what_stdiff_is_in_its_own_words():
     run = [sys.executable, "-m", "stdiff"]
     from stdiff.cli import stdiff_version
 
-    out = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*run, "--version"], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"stdiff {stdiff_version()}"
-    text = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120).stdout
+    text = subprocess.run([*run, "--help"], check=True, capture_output=True, text=True, timeout=120).stdout
     assert "Lightning Trainer command line tool" not in text and "against the" in text
     assert "It's" not in text and "This will call" not in text  # Lightning's docstrings, cut mid-sentence
     for sub in ("fit", "validate", "test", "predict"):

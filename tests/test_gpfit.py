@@ -145,3 +145,12 @@ def test_gneiting_covariance_is_separable_at_beta_zero_and_fits_at_least_as_well
     assert full["converged"] and separable["beta"] == 0.0 and full["beta"] > 0.5
     # 0.05 nats a window over 500 windows: a likelihood-ratio statistic of 50 for one parameter
     assert full["log_likelihood_per_window"] > separable["log_likelihood_per_window"] + 0.05
+
+
+def test_the_reference_report_is_one_item_a_line():
+    from stdiff.gpfit import format_report
+
+    text = format_report({"method": "kernels", "nugget": 0.0123456, "windows": 40, "scales": [0.5, 1.234567]})
+    lines = text.splitlines()
+    assert lines[0] == "fitted Gaussian reference (not the data's true distribution):" and len(lines) == 5
+    assert lines[2] == "  nugget   0.01235" and lines[4] == "  scales   [0.5, 1.235]" and max(map(len, lines)) < 80

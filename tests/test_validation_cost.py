@@ -194,3 +194,15 @@ def test_gpu_check_fits_nine_minutes_and_its_stages_run_here_at_toy_size(tmp_pat
     assert written == ["dit_b.json", "time_to_truth_gpu.json", "time_to_truth_gpu.log", "time_to_truth_gpu.md",
                        "time_to_truth_gpu.png"]  # fmt: skip
     assert len(written) + 2 <= 8  # with gpu_check.md and gpu_check.log: what a device returns
+
+
+def test_a_short_fit_whose_final_sampling_outweighs_its_training_says_how_to_make_it_cheaper():
+    """[S] 6: a 50-step smoke run of the quickstart spends most of its time drawing 2000 samples."""
+    from stdiff.callbacks import GPDiagnostics
+
+    diagnostics = GPDiagnostics(num_samples=2000)
+    note = diagnostics.sampling_note(50, 64, 50)
+    assert "draws diagnostics.num_samples=2000 samples with 50 sampler steps: about 10× the" in note
+    assert "--diagnostics.num_samples" in note and "--model.sampler.init_args.steps" in note
+    assert diagnostics.sampling_note(3000, 64, 50) is None  # the quickstart itself: training dominates
+    assert GPDiagnostics(num_samples=2000, sample_every=0).sampling_note(50, 64, 50) is None

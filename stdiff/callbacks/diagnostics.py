@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
-from stdiff._validation import check_int
+from stdiff._validation import check_int, warn
 from stdiff.callbacks.reliability import stop_if_signalled
 from stdiff.callbacks.timing import Clock, FitTime
 from stdiff.kernels import Kernel
@@ -114,7 +114,7 @@ class GPDiagnostics(Callback):
         self._checkpoint = None  # set by on_load_checkpoint, which Lightning calls after setup
         self.truth = getattr(trainer.datamodule, "truth", None)
         if self.truth is None:
-            rank_zero_warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
+            warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
             return
         schedule = pl_module.schedule
         ends = schedule.log_snr(torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64))
@@ -125,6 +125,24 @@ class GPDiagnostics(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_time = FitTime()
+        note = self.sampling_note(trainer.max_steps, getattr(trainer.datamodule, "batch_size", 1),
+                                  getattr(pl_module.sampler, "steps", 0))  # fmt: skip
+        if note and trainer.is_global_zero and self.truth is not None:
+            print(f"stdiff: note: {note}", file=sys.stderr, flush=True)
+
+    def sampling_note(self, max_steps: int, batch_size: int, sampler_steps: int) -> str | None:
+        """For a short fit (a smoke test) whose end-of-fit sampling outweighs its training, counted
+        in network passes (a training sample: forward and backward, ~3; a sample: one a sampler
+        step), how to make it cheaper; None otherwise."""
+        if max_steps is None or max_steps <= 0 or self.sample_every == 0 or not sampler_steps:
+            return None
+        sampling, training = self.num_samples * sampler_steps, 3 * max_steps * batch_size
+        if sampling <= training:
+            return None
+        return (f"this fit of {max_steps} steps ends with a validation that draws diagnostics.num_samples="
+                f"{self.num_samples} samples with {sampler_steps} sampler steps: about {sampling / training:.0f}× the "
+                "network passes of its training. For a quick check, lower --diagnostics.num_samples (the KL needs more "
+                "than twice the dimension) or --model.sampler.init_args.steps")  # fmt: skip
 
     # A fit's validation time runs from each validation's start to the next training step (see
     # FitTime); this callback's hooks come first (StdiffCLI.instantiate_trainer).
@@ -226,7 +244,7 @@ class GPDiagnostics(Callback):
                 results.update(self._conditional(trainer, pl_module, stage, task))
         bad = sorted(k for k, v in results.items() if not math.isfinite(v) and "/head" not in k)
         if bad:  # e.g. diverging samples: say so, rather than leave `null` in metrics.json unexplained
-            rank_zero_warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or "
+            warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or "
                            "the model's outputs hold NaN or inf (a schedule whose log-SNR range is too wide for the "
                            "sampler, too few steps, or a diverged model)")  # fmt: skip
         for name, value in results.items():
@@ -298,7 +316,7 @@ class GPDiagnostics(Callback):
         metric = SampleDistance(self.truth, pl_module.schedule, floor_seed).to(pl_module.device)
         metric.update(x)
         if self.truth.dim > metric.full_max_dim or len(x) * world <= 2 * self.truth.dim:
-            rank_zero_warn(
+            warn(
                 f"GPDiagnostics: {len(x) * world} samples in dimension {self.truth.dim}: full-covariance KL and W2 "
                 f"need more than {2 * self.truth.dim} samples and dimension <= {metric.full_max_dim}; reporting "
                 f"the structured metrics only."

@@ -9,9 +9,9 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
-from stdiff._validation import check_int
+from stdiff._validation import check_int, warn
 from stdiff.diffusion import ExactDenoiser
 from stdiff.likelihood import Divergence, Likelihood, log_likelihood
 from stdiff.seeding import DIAGNOSTICS, generator
@@ -70,11 +70,11 @@ class LikelihoodReport(Callback):
         if not self.num_samples:
             return
         if pl_module.mask is not None:
-            rank_zero_warn("LikelihoodReport: a conditional model has no unconditional likelihood; skipped.")
+            warn("LikelihoodReport: a conditional model has no unconditional likelihood; skipped.")
             return
         x = torch.cat(self._kept) if self._kept else torch.empty(0)
         if len(x) < 2:
-            rank_zero_warn(f"LikelihoodReport: {len(x)} complete test samples; need >= 2 for a likelihood.")
+            warn(f"LikelihoodReport: {len(x)} complete test samples; need >= 2 for a likelihood.")
             return
         bar = None
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:

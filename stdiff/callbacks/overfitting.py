@@ -8,9 +8,8 @@ import math
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
 
-from stdiff._validation import check_int
+from stdiff._validation import check_int, warn
 from stdiff.callbacks.reliability import FitOnlyState
 
 
@@ -65,7 +64,7 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
         recent = self.history[-self.patience :]
         if all(v > best * (1 + self.tolerance) for _, v in recent) and best_step < recent[0][0]:
             self._warned = True
-            rank_zero_warn(
+            warn(
                 f"val/loss has risen from its best {best:.4g} (step {best_step}) to {recent[-1][1]:.4g} (step "
                 f"{recent[-1][0]}) over the last {self.patience} validations: the model is overfitting its training "
                 f"data. The best weights are in {self.best_model_path or 'checkpoints/best.ckpt'}. Remedies: more "

@@ -16,10 +16,10 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from stdiff._validation import check_int
+from stdiff._validation import check_int, warn
 
 STOP_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # exit status after a graceful stop: 128 + signal number
 stopped_by: str | None = None  # the signal that stopped the last fit in this process, for the exit status
@@ -224,7 +224,7 @@ class NonFiniteGuard(L.Callback):
                 p.grad = None
             pl_module.log("train/skipped_steps", float(self.skipped))
             if self.skipped <= self.max_skips:
-                rank_zero_warn(f"{found}: step skipped ({self.skipped} of at most {self.max_skips})")
+                warn(f"{found}: step skipped ({self.skipped} of at most {self.max_skips})")
                 return
             found += f"; {self.skipped} steps skipped, more than nonfinite.max_skips={self.max_skips}"
         raise NonFiniteError(

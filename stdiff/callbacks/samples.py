@@ -11,9 +11,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_warn
 
-from stdiff._validation import check_disk_space
+from stdiff._validation import check_disk_space, warn
 
 
 class SampleWriter(BasePredictionWriter):
@@ -110,7 +109,7 @@ class SampleWriter(BasePredictionWriter):
             torch.save(torch.cat(self._kept).reshape(shape) if self._kept else torch.empty(0), self._path)
             self._kept = []
         if self._non_finite:
-            rank_zero_warn(f"predict: {self._non_finite} of {self._written} samples hold non-finite values (NaN or "
+            warn(f"predict: {self._non_finite} of {self._written} samples hold non-finite values (NaN or "
                            "inf): the schedule or sampler diverges (a log-SNR range too wide, too few steps?)")  # fmt: skip
         meta = {
             "file": os.path.basename(self._path),

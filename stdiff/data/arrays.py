@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from stdiff._validation import check_int
+from stdiff._validation import StdiffWarning, check_int
 from stdiff.conditioning import check_mask
 from stdiff.data.base import SequenceDataModule
 from stdiff.data.files import ArrayFileError, check_file, check_values, npy_header, open_array
@@ -137,7 +137,7 @@ class ArrayDataModule(SequenceDataModule):
             if 0 < count < 5:
                 warnings.warn(f"ArrayDataModule: the split {list(self.split)} leaves {count} {name} window(s) of "
                               f"T={self.frames}: metrics on so few are noise. Give that split more frames, a smaller "
-                              "stride, or more series", stacklevel=2)  # fmt: skip
+                              "stride, or more series", StdiffWarning, stacklevel=2)  # fmt: skip
         self._truth = None
 
     # --- windows and statistics ----------------------------------------------------------------

@@ -20,9 +20,9 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 

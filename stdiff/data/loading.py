@@ -13,10 +13,10 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
+from stdiff._validation import warn
 from stdiff.seeding import ORDER, STREAM, derive_seed, generator
 
 Draw = Callable[[int, torch.Generator], Tensor]  # (n, generator) -> n samples (n, T, *space)
@@ -120,7 +120,7 @@ class ResumableLoader(DataLoader):
         changed = {k: (v, self.settings.get(k)) for k, v in state_dict.items() if self.settings.get(k) != v}
         if changed:
             what = ", ".join(f"{k}: {old} in the checkpoint, {new} now" for k, (old, new) in changed.items())
-            rank_zero_warn(
+            warn(
                 f"Resuming with different training data settings ({what}): training goes on, but on other "
                 "batches than the interrupted run would have seen."
             )
