@@ -367,3 +367,13 @@ def test_version_and_help_say_what_stdiff_is_in_its_own_words():
     assert "It's" not in text and "This will call" not in text  # Lightning's docstrings, cut mid-sentence
     for sub in ("fit", "validate", "test", "predict"):
         assert f"    {sub} " in text
+
+
+def test_stdiffs_own_warnings_print_as_plain_lines_and_others_keep_their_place():
+    import warnings
+
+    from stdiff._validation import StdiffWarning, format_warning
+
+    assert format_warning("few windows", StdiffWarning, "/x/lightning/pytorch/cli.py", 12) == "stdiff: warning: few windows\n"
+    other = format_warning("deprecated", DeprecationWarning, "/x/lib.py", 7)
+    assert other == warnings._formatwarnmsg_impl(warnings.WarningMessage("deprecated", DeprecationWarning, "/x/lib.py", 7))

@@ -193,3 +193,23 @@ def test_a_checkpoint_knows_its_data_and_is_refused_on_other_data(short_run, cap
     assert f"--config {run / 'config.yaml'}" in err and "--allow_other_data=true" in err
     main([*common, "--allow_other_data=true"])  # on purpose: scored on this data
     assert "stdiff validate: checkpoint" in capsys.readouterr().out
+
+
+def test_every_figure_panel_has_axis_labels_and_no_module_path_in_its_title():
+    from stdiff.callbacks import figures
+
+    t, g = torch.eye(6), torch.randn(40, 6, 3)
+    maps = {"denoiser.backbone.blocks.0.attn": torch.rand(2, 6, 6), "denoiser.backbone.blocks.1.attn": torch.rand(2, 6, 6)}
+    made = [figures.attention_figure(maps, t, 0.0), figures.covariance_figure({"Γ": t, "Σ": torch.eye(3)},
+            {"Γ": t, "Σ": torch.eye(3)}), figures.paths_figure(g, g), figures.correlation_figure(torch.ones(6), torch.ones(6)),
+            figures.score_error_figure(["-8_-4", "-4_0"], [0.1, 0.01]),
+            figures.fan_chart(g[0], torch.zeros(6, 3, dtype=torch.bool), g[:8], g[8:16], "Forecast(context=3)")]  # fmt: skip
+    for fig in made:
+        panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        assert panels
+        for ax in panels:
+            assert ax.get_xlabel() and ax.get_title(), (fig, ax.get_title())
+            assert "backbone" not in ax.get_title() and "blocks" not in ax.get_title()
+        assert any(ax.get_ylabel() for ax in panels)
+    assert [ax.get_title() for ax in made[0].axes if ax.get_label() != "<colorbar>"][:2] == ["layer 1, head 1",
+                                                                                              "layer 1, head 2"]  # fmt: skip

@@ -10,12 +10,18 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 
-def _heatmap(ax, m: Tensor, title: str, vmin=None, vmax=None) -> None:
+def _heatmap(ax, m: Tensor, title: str, vmin=None, vmax=None, axes: tuple[str, str] = ("", "")) -> None:
+    """``m`` as an image titled ``title``, rows labelled ``axes[0]`` and columns ``axes[1]``."""
     im = ax.imshow(m.detach().cpu().float().numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_ylabel(axes[0], fontsize=7)
+    ax.set_xlabel(axes[1], fontsize=7)
+    ax.tick_params(labelsize=6)
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+FRAMES = ("frame", "frame")
+LABELS = {"Γ": FRAMES, "Σ": ("spatial point", "spatial point")}
 
 
 def attention_figure(maps: dict[str, Tensor], gamma: Tensor, log_snr: float) -> Figure:
@@ -23,11 +29,11 @@ def attention_figure(maps: dict[str, Tensor], gamma: Tensor, log_snr: float) -> 
     rows = max(len(maps), 1)
     heads = max((m.shape[0] for m in maps.values()), default=1)
     fig, axes = plt.subplots(rows, heads + 1, figsize=(2.2 * (heads + 1), 2.1 * rows), squeeze=False)
-    for r, (name, m) in enumerate(maps.items()):
+    for r, (name, m) in enumerate(maps.items()):  # name: the module's path; the layer's number says it
         for h in range(heads):
-            _heatmap(axes[r, h], m[h], f"{name} head {h}")
-        _heatmap(axes[r, heads], gamma, "true Γ")
-    fig.suptitle(f"attention vs temporal kernel, log-SNR {log_snr:+.1f}", fontsize=9)
+            _heatmap(axes[r, h], m[h], f"layer {r + 1}, head {h + 1}", axes=("query frame", "key frame"))
+        _heatmap(axes[r, heads], gamma, "true Γ", axes=FRAMES)
+    fig.suptitle(f"temporal attention (frame to frame) beside the true kernel Γ, log-SNR {log_snr:+.1f}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -40,8 +46,9 @@ def covariance_figure(true: dict[str, Tensor], generated: dict[str, Tensor]) -> 
             min(true[name].min(), generated[name].min()).item(),
             max(true[name].max(), generated[name].max()).item(),
         )
-        _heatmap(axes[r, 0], true[name], f"true {name}", lo, hi)
-        _heatmap(axes[r, 1], generated[name], f"generated {name}", lo, hi)
+        _heatmap(axes[r, 0], true[name], f"true {name}", lo, hi, LABELS.get(name, ("", "")))
+        _heatmap(axes[r, 1], generated[name], f"{name} of the generated samples", lo, hi, LABELS.get(name, ("", "")))
+    fig.suptitle("covariances: truth and generated samples (time Γ, space Σ)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -54,6 +61,7 @@ def paths_figure(true: Tensor, generated: Tensor, count: int = 5) -> Figure:
         ax.plot(paths.T, lw=1)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("frame")
+    axes[0].set_ylabel("value at spatial point 0")
     fig.tight_layout()
     return fig
 
@@ -65,6 +73,7 @@ def correlation_figure(true: Tensor, generated: Tensor) -> Figure:
     ax.plot(generated.cpu().numpy(), "o", ms=3, label="generated")
     ax.set_xlabel("lag h (frames)")
     ax.set_ylabel("correlation")
+    ax.set_title("temporal correlation by lag", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -77,7 +86,8 @@ def score_error_figure(bins: list[str], values: list[float]) -> Figure:
     ax.set_xticks(range(len(values)), bins, rotation=45, ha="right", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("E‖ŝ − s*‖² / E‖s*‖²")
-    ax.set_xlabel("log-SNR bin")
+    ax.set_xlabel("log-SNR bin (noisy on the left)")
+    ax.set_title("score error against the exact score, by noise level", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -103,7 +113,7 @@ def fan_chart(x: Tensor, mask: Tensor, samples: Tensor, exact: Tensor, title: st
         ax.plot(frames, xs[:, p], "k-", lw=0.8, label="truth")
         seen = ms[:, p].bool()
         ax.plot([f for f in frames if seen[f]], xs[seen, p], "ko", ms=2.5, label="observed")
-        ax.set(title=f"point {p}", xlabel="frame")
+        ax.set(title=f"spatial point {p}", xlabel="frame", ylabel="value")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"conditional samples vs exact posterior: {title}", fontsize=9)
     fig.tight_layout()
