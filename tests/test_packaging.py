@@ -45,8 +45,16 @@ def test_the_top_level_holds_what_the_project_card_lists():
 def test_the_wheel_ships_the_benchmarks_and_presets_but_not_their_results(tmp_path):
     import zipfile
 
-    subprocess.run(["pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)], check=True, timeout=600,
+    import shutil
+
+    # built from a copy: setuptools would leave build/ in the checkout
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "lightning_logs",
+                                                                 "*.egg-info", "__pycache__", ".*_cache"))  # fmt: skip
+    built = set(ROOT.iterdir())
+    subprocess.run(["pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)], check=True, timeout=600,
                    capture_output=True)  # fmt: skip
+    assert set(ROOT.iterdir()) == built  # nothing left in the checkout
     (wheel,) = tmp_path.glob("stdiff-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "stdiff/bench/__init__.py" in names and "stdiff/bench/speed/training.py" in names

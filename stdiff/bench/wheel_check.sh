@@ -10,7 +10,10 @@ trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 . "$work/venv/bin/activate"
 pip install -q torch==2.13.0 2>/dev/null || true   # a local CPU wheel where there is one; else the dependency range decides
-pip wheel -q --no-deps -w "$work/dist" "$repo"
+# built from a copy of the checkout: setuptools would leave build/ in it
+mkdir "$work/src" && tar -C "$repo" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
+  --exclude=./lightning_logs --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$work/src" -xf -
+pip wheel -q --no-deps -w "$work/dist" "$work/src"
 pip install -q "$work"/dist/stdiff-*.whl
 mkdir "$work/run" && cd "$work/run"
 python - <<'PY'
