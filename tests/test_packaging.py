@@ -43,9 +43,8 @@ def test_the_top_level_holds_what_the_project_card_lists():
 
 
 def test_the_wheel_ships_the_benchmarks_and_presets_but_not_their_results(tmp_path):
-    import zipfile
-
     import shutil
+    import zipfile
 
     # built from a copy: setuptools would leave build/ in the checkout
     source = tmp_path / "source"
