@@ -15,9 +15,9 @@ class StdiffWarning(UserWarning):
 
 def warn(message: str) -> None:
     """Warn once per process group (rank 0), as a ``StdiffWarning``."""
-    from stdiff._validation import warn
+    from lightning.pytorch.utilities import rank_zero_warn
 
-    warn(message, category=StdiffWarning)
+    rank_zero_warn(message, category=StdiffWarning)
 
 
 def format_warning(message, category, filename, lineno, line=None) -> str:

@@ -377,3 +377,10 @@ def test_stdiffs_own_warnings_print_as_plain_lines_and_others_keep_their_place()
     assert format_warning("few windows", StdiffWarning, "/x/lightning/pytorch/cli.py", 12) == "stdiff: warning: few windows\n"
     other = format_warning("deprecated", DeprecationWarning, "/x/lib.py", 7)
     assert other == warnings._formatwarnmsg_impl(warnings.WarningMessage("deprecated", DeprecationWarning, "/x/lib.py", 7))
+
+
+def test_warn_raises_a_stdiff_warning():
+    from stdiff._validation import StdiffWarning, warn
+
+    with pytest.warns(StdiffWarning, match="careful"):
+        warn("careful")

@@ -244,9 +244,9 @@ class GPDiagnostics(Callback):
                 results.update(self._conditional(trainer, pl_module, stage, task))
         bad = sorted(k for k, v in results.items() if not math.isfinite(v) and "/head" not in k)
         if bad:  # e.g. diverging samples: say so, rather than leave `null` in metrics.json unexplained
-            warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or "
-                           "the model's outputs hold NaN or inf (a schedule whose log-SNR range is too wide for the "
-                           "sampler, too few steps, or a diverged model)")  # fmt: skip
+            warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or the "
+                 "model's outputs hold NaN or inf (a schedule whose log-SNR range is too wide for the sampler, too "
+                 "few steps, or a diverged model)")  # fmt: skip
         for name, value in results.items():
             if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
                 pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
@@ -302,6 +302,7 @@ class GPDiagnostics(Callback):
             bar = tqdm(
                 total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
             )
+
         def progress(i: int, total: int) -> None:
             stop_if_signalled(trainer)  # SIGTERM or Ctrl+C: now, not after minutes of sampling
             if bar is not None:
