@@ -75,6 +75,9 @@ def test_test_records_the_checkpoint_it_scored_and_test_and_predict_raise_no_che
     written = json.loads((run / "test_0" / "metrics.json").read_text())
     assert written["checkpoint"] == {"path": str(ckpt), "global_step": 7} and written["global_step"] == 7
     assert written["model"] == "Denoiser"
+    from stdiff.callbacks.summary import summary_of_run
+
+    assert "  true KL           " in summary_of_run(str(run / "test_0"))  # the likelihood, in the summary too
     assert [p.name for p in (run / "test_0" / "figures").glob("test_paths_*.png")] == ["test_paths_step7.png"]
     assert not (run / "test_0" / "checkpoints").exists() and not (run / "predict_0" / "checkpoints").exists()
 

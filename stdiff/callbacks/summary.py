@@ -193,6 +193,12 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     elif get("samples/whitened_norm_excess") is not None:
         lines.append(f"  whitened norm     {get('samples/whitened_norm_excess'):+.3g}   (no full-covariance KL: it needs "
                      f"more than 2·d = {2 * d} samples and d ≤ 1024; see the structured metrics)")  # fmt: skip
+    true_kl = get("likelihood/kl_true")
+    if true_kl is not None:
+        se, floor_kl, nll = get("likelihood/kl_true_se"), get("likelihood/kl_true_floor"), get("likelihood/nll")
+        lines.append(f"  true KL           {true_kl:.3g}" + (f" ± {se:.2g}" if se is not None else "") + "   KL(data ‖ model)"
+                     " by the probability-flow ODE's log-likelihood" + (f", nll {nll:.4g} nats/dim" if nll is not None
+                     else "") + (f" (the exact model at t_min: {floor_kl:.3g})" if floor_kl is not None else ""))  # fmt: skip
     tasks = sorted({k.split("/")[2] for k in results if k.startswith(f"{prefix}/conditional/") and
                     k.endswith("/crps_ratio")})  # fmt: skip
     for task in tasks:
