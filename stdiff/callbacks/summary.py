@@ -87,10 +87,11 @@ def verdict(kl_excess: float, d: int, n: int, floor: dict[str, float] | None = N
         return (f"reached the truth: the samples are indistinguishable from exact ones at n = {n} "
                 f"(KL excess {kl_excess:.3g} within 2 × its noise {noise:.2g}, either side)")  # fmt: skip
     if level == "close" and kl_excess < 0:
+        why = ("chance (about 1 in 40: this sampler's output from the exact model is Gaussian)" if exact_model else
+               "chance (about 1 in 40), or samples with lighter tails than a Gaussian's, whose covariance varies "
+               "less from draw to draw (see the whitened norm)")  # fmt: skip
         return (f"close to the truth: KL excess {kl_excess:.3g} nats is below exact samples' by more than 2 × its "
-                f"noise ({noise:.2g}): chance (about 1 in 40), or samples with lighter tails than a Gaussian's, "
-                "whose covariance varies less from draw to draw (see the whitened norm); rerun with another "
-                "diagnostics.seed")  # fmt: skip
+                f"noise ({noise:.2g}): {why}; rerun with another diagnostics.seed to see")  # fmt: skip
     if level == "close":
         return (f"close to the truth: KL excess {kl_excess:.3g} nats ({kl_excess / d:.2g} per dimension, below "
                 f"{CLOSE_PER_DIM} × d = {close:.3g}), though more than 2 × its noise ({noise:.2g}) above exact "
