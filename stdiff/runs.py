@@ -43,13 +43,27 @@ def claim_version(root: str | os.PathLike, prefix: str = "version_") -> int:
             version += 1
 
 
-def find_last_checkpoint(directories: list[Path], name: str = LAST) -> Path | None:
+def find_last_checkpoint(directories: list[Path], name: str = LAST, fits=None) -> Path | None:
     """The most recently written ``name`` (``last.ckpt``, or ``best.ckpt``) in ``directories`` (each
-    a ``checkpoints`` folder or a folder of run directories holding one)."""
+    a ``checkpoints`` folder or a folder of run directories holding one). With ``fits`` (a
+    function of a checkpoint's path that raises ``RunError`` when it does not fit the run), the
+    most recent that fits, each one passed over said; the most recent of all when none fits (its
+    refusal then says why)."""
     found = []
     for d in directories:
         found += [d / name] if (d / name).is_file() else list(d.glob(f"*/checkpoints/{name}"))
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    found = sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
+    if fits is None or len(found) < 2:
+        return found[0] if found else None
+    from lightning.pytorch.utilities import rank_zero_info
+
+    for path in found:
+        try:
+            fits(path)
+            return path
+        except RunError as err:
+            rank_zero_info(f"--ckpt_path {name.removesuffix('.ckpt')}: passing over {path}: {str(err).split(': ', 1)[1]}")
+    return found[0]
 
 
 def load_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> dict:
@@ -270,8 +284,15 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
     version = None
     ckpt_path = kwargs.get("ckpt_path")
     asked_last = ckpt_path == "last"
+
+    def fits(path) -> None:  # a checkpoint of this configuration: its model and (unless allowed) its data
+        checkpoint = load_checkpoint(path, kwargs["weights_only"])
+        check_compatible(checkpoint, path, model)
+        if data is not None and not allow_other_data:
+            check_same_data(checkpoint, path, data)
+
     if asked_last:
-        ckpt_path = kwargs["ckpt_path"] = _find_last(trainer)
+        ckpt_path = kwargs["ckpt_path"] = _find_last(trainer, fits=fits)
         if ckpt_path is None and subcommand == "fit":
             rank_zero_info("--ckpt_path last: no checkpoint yet, starting a new run")
         elif ckpt_path is not None and subcommand == "fit":
@@ -279,7 +300,7 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
     elif ckpt_path == "best":
         # Lightning's "best" is the best model of a checkpoint callback in this process, which a new
         # process never has: stdiff's is the best.ckpt BestCheckpoint keeps in every run.
-        ckpt_path = kwargs["ckpt_path"] = _find_last(trainer, BEST)
+        ckpt_path = kwargs["ckpt_path"] = _find_last(trainer, BEST, fits)
         if ckpt_path is None:
             raise RunError(f"--ckpt_path best: no {BEST} under {trainer.default_root_dir} (every fit with validation "
                            f"keeps checkpoints/{BEST}, the lowest val/loss); pass --ckpt_path <run>/checkpoints/"
@@ -404,8 +425,8 @@ def _places(trainer) -> list[Path]:
     return [*places, Path(trainer.default_root_dir) / "checkpoints"]
 
 
-def _find_last(trainer, name: str = LAST) -> str | None:
-    found = find_last_checkpoint(_places(trainer), name)
+def _find_last(trainer, name: str = LAST, fits=None) -> str | None:
+    found = find_last_checkpoint(_places(trainer), name, fits)
     return None if found is None else str(found)
 
 
