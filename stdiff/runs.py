@@ -62,7 +62,8 @@ def find_last_checkpoint(directories: list[Path], name: str = LAST, fits=None) -
             fits(path)
             return path
         except RunError as err:
-            rank_zero_info(f"--ckpt_path {name.removesuffix('.ckpt')}: passing over {path}: {str(err).split(': ', 1)[1]}")
+            why = str(err).split(": ", 1)[-1].split(". Use ")[0]  # what differs, not the remedy
+            rank_zero_info(f"--ckpt_path {name.removesuffix('.ckpt')}: passing over {path}: {why}")
     return found[0]
 
 

@@ -216,3 +216,18 @@ def test_every_figure_panel_has_axis_labels_and_no_module_path_in_its_title():
         assert any(ax.get_ylabel() for ax in panels)
     assert [ax.get_title() for ax in made[0].axes if ax.get_label() != "<colorbar>"][:2] == ["layer 1, head 1",
                                                                                               "layer 1, head 2"]  # fmt: skip
+
+
+def test_ckpt_path_last_takes_the_latest_checkpoint_of_this_data_and_says_which_it_passed_over(tmp_path, caplog):
+    """README task 1 in order: a GeneralizedCauchy fit after the quickstart's, then `test --config
+    configs/quickstart.yaml --ckpt_path last` scores the quickstart's checkpoint, not the newer one."""
+    tiny = ["--trainer.max_steps=2", "--trainer.enable_progress_bar=false", "--data.init_args.num_val=16",
+            "--diagnostics.num_samples=8", "--model.sampler.init_args.steps=2", "--diagnostics.figures=false",
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    main(["fit", "--config", str(QUICKSTART), *tiny])
+    main(["fit", "--config", str(QUICKSTART), *tiny, "--data.init_args.temporal=GeneralizedCauchy"])
+    main(["validate", "--config", str(QUICKSTART), *tiny, "--ckpt_path=last"])
+    runs = tmp_path / "lightning_logs"
+    assert (runs / "version_0" / "validate_0" / "metrics.json").is_file() and not (runs / "version_1" / "validate_0").exists()
+    assert f"--ckpt_path last: passing over {runs / 'version_1' / 'checkpoints' / 'last.ckpt'}: data.init_args.temporal: " \
+        "GeneralizedCauchy(lengthscale=4.0, alpha=2.0, beta=1.0) in the checkpoint" in caplog.text
