@@ -287,8 +287,12 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
     asked_last = ckpt_path == "last"
 
     def fits(path) -> None:  # a checkpoint of this configuration: its model and (unless allowed) its data
+        import warnings
+
         checkpoint = load_checkpoint(path, kwargs["weights_only"])
-        check_compatible(checkpoint, path, model)
+        with warnings.catch_warnings():  # settings that only warn: said once, for the checkpoint taken
+            warnings.simplefilter("ignore")
+            check_compatible(checkpoint, path, model)
         if data is not None and not allow_other_data:
             check_same_data(checkpoint, path, data)
 
