@@ -138,7 +138,7 @@ def _check_settings(stored: dict, current: dict, path) -> None:
 
         listed = "; ".join(f"{k}: {a.get(k, '-')} → {b.get(k, '-')}" for k in differ[:6])
         warn(f"checkpoint {str(path)!r}: settings differ from those it was trained with ({listed}); "
-                       "used as configured now")  # fmt: skip
+             "used as configured now")  # fmt: skip
 
 
 def _flatten(value, prefix: str = "") -> dict[str, object]:

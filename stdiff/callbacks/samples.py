@@ -110,7 +110,7 @@ class SampleWriter(BasePredictionWriter):
             self._kept = []
         if self._non_finite:
             warn(f"predict: {self._non_finite} of {self._written} samples hold non-finite values (NaN or "
-                           "inf): the schedule or sampler diverges (a log-SNR range too wide, too few steps?)")  # fmt: skip
+                 "inf): the schedule or sampler diverges (a log-SNR range too wide, too few steps?)")  # fmt: skip
         meta = {
             "file": os.path.basename(self._path),
             "complete": True,
