@@ -235,8 +235,12 @@ def _note_carried(cls: type, previous: str, base: type, init_args: dict, carried
     if before is cls:
         return
     params, _, _ = _parameters(cls)
+    from stdiff.data import SequenceDataModule
+
+    # how a data module serves its data (batch size, set sizes, num_predict…) means the same in every one
+    serving = set(inspect.signature(SequenceDataModule.__init__).parameters) if issubclass(cls, SequenceDataModule) else set()
     # a component given as a class (Denoiser's schedule, kept by ExactDenoiser) is what users mean to keep
-    kept = [(k, init_args[k], params[k].default) for k in carried if k in params and k in init_args
+    kept = [(k, init_args[k], params[k].default) for k in carried if k in params and k in init_args and k not in serving
             and init_args[k] != params[k].default and not isinstance(init_args[k], dict)]  # fmt: skip
     if not kept:
         return

@@ -103,6 +103,7 @@ def test_a_class_named_on_the_command_line_says_what_it_kept_from_the_one_it_rep
     assert check_config(["fit", "--config", q, "--model.sampler={class_path: Heun, init_args: {steps: 8}}"], ROOTS) == []
     assert check_config(["fit", "--config", q, "--data.init_args.temporal=PoweredExponential"], ROOTS) == []  # same class
     assert check_config(["fit", "--config", q, "--model.denoiser=ExactDenoiser"], ROOTS) == []  # its schedule: meant
+    assert check_config(["fit", "--config", q, "--data=ArrayDataModule", "--data.init_args.paths=x.npy"], ROOTS) == []
     # files stacked on one another mean to keep what they do not set (trained.yaml keeps width 64)
     assert check_config(["fit", "--config", q, "--config", str(QUICKSTART.parent / "conditional" / "trained.yaml")],
                         ROOTS) == []  # fmt: skip
