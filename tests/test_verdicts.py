@@ -107,3 +107,14 @@ def test_a_class_named_on_the_command_line_says_what_it_kept_from_the_one_it_rep
     # files stacked on one another mean to keep what they do not set (trained.yaml keeps width 64)
     assert check_config(["fit", "--config", q, "--config", str(QUICKSTART.parent / "conditional" / "trained.yaml")],
                         ROOTS) == []  # fmt: skip
+
+
+def test_against_a_fitted_reference_the_verdict_never_advises_training():
+    from stdiff.callbacks.summary import summary
+
+    results = {"val/samples/kl": 114.3, "val/samples/kl_floor": 8.78, "val/samples/kl_excess": 106.0,
+               "val/samples/exact_model_kl_excess": -0.275}  # fmt: skip
+    text = summary(results, "fit", 256, 2000, "lightning_logs/version_3", exact_truth=False, step=3000)
+    said = text[text.index("verdict:") :]
+    assert said.startswith("verdict: far from the fitted Gaussian reference (KL excess 106 nats") and "train" not in said
+    assert "not its law" in said
