@@ -46,9 +46,10 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
     is stopped by SIGTERM (a scheduler's pre-emption) or Ctrl+C it finishes the step in progress,
     writes ``last.ckpt`` and exits with status 143 or 130. Resume with ``--ckpt_path last``.
 
-    A second Ctrl+C aborts at once, without a checkpoint. A stop during validation stops it within a
-    batch or a sampler step (in one process; under DDP after the validation) and keeps the last
-    periodic checkpoint (the weights then in the model are the EMA's, not the training weights).
+    A second Ctrl+C aborts at once, without a checkpoint. A stop during a fit's validation stops it
+    within a batch or a sampler step (in one process; under DDP after the validation) and writes
+    ``last.ckpt`` of the step reached, with stdiff's ``EMA`` swapped back to the training weights
+    first (under another weight-averaging callback it keeps the last periodic checkpoint).
     Every ``ModelCheckpoint`` option applies; ``save_top_k=-1`` also keeps every periodic one.
     """
 
