@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks.progress import ProgressBar as LightningProgres
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from stdiff import runs
+from stdiff import checkpoints, runs
 from stdiff.callbacks import (
     BestCheckpoint,
     Checkpoint,
@@ -230,7 +230,7 @@ class StdiffCLI(LightningCLI):
     def _preflight(self) -> None:
         kwargs = self.config_init[self.subcommand]
         config = self.config[self.subcommand]
-        data = runs.data_settings(config.get("data"))
+        data = checkpoints.data_settings(config.get("data"))
         self.model.data_settings = data  # stored in every checkpoint this run writes
         try:
             runs.preflight(self.subcommand, self.trainer, self.model, self.datamodule, kwargs, data,

@@ -72,7 +72,7 @@ class DiffusionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         # Under the CLI this stores the parsed config (class paths and options): what a checkpoint's
-        # settings are compared with (stdiff.runs.check_compatible).
+        # settings are compared with (stdiff.checkpoints.check_compatible).
         self.save_hyperparameters()
         self.sample_shape = tuple(sample_shape)
         self.denoiser = denoiser(self.sample_shape)
@@ -248,7 +248,7 @@ class DiffusionModule(L.LightningModule):
         observed, mask = observed.to(self.device), mask.to(self.device)
         return self.conditioning.sample(self.sampler, self.denoiser, observed, mask, generator, self.device, progress)
 
-    # The data's settings (``stdiff.runs.data_settings``: its class and every argument that shapes its
+    # The data's settings (``stdiff.checkpoints.data_settings``: its class and every argument that shapes its
     # distribution), set by the CLI and stored in each checkpoint as ``stdiff_data``, so that a
     # checkpoint is never scored on, sampled for or resumed with data it was not trained on unawares.
     data_settings: dict | None = None
