@@ -24,13 +24,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from stdiff._validation import check_int, warn
 from stdiff.callbacks.reliability import stop_if_signalled
-from stdiff.callbacks.timing import Clock, FitTime
+from stdiff.callbacks.summary import CLOSE_PER_DIM
+from stdiff.callbacks.timing import Clock, FitTime, sampling_note
 from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
     ScoreError,
     attention_report,
     correlation_by_lag,
+    early_stopping_report,
     factor_covariances,
     random_init_copy,
     score_error_terms,
@@ -120,6 +122,7 @@ class GPDiagnostics(Callback):
         ends = schedule.log_snr(torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64))
         self.score = ScoreError(torch.linspace(ends[0].item(), ends[1].item(), self.score_bins + 1))
         self.gamma = self.truth.gamma
+        self._stopping = early_stopping_report(self.truth, schedule, CLOSE_PER_DIM * self.truth.dim / 10)
         if self.reference_kernel is not None:
             self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
@@ -131,18 +134,8 @@ class GPDiagnostics(Callback):
             print(f"stdiff: note: {note}", file=sys.stderr, flush=True)
 
     def sampling_note(self, max_steps: int, batch_size: int, sampler_steps: int) -> str | None:
-        """For a short fit (a smoke test) whose end-of-fit sampling is over twice its training, counted
-        in network passes (a training sample: forward and backward, ~3; a sample: one a sampler
-        step), how to make it cheaper; None otherwise."""
-        if max_steps is None or max_steps <= 0 or self.sample_every == 0 or not sampler_steps:
-            return None
-        sampling, training = self.num_samples * sampler_steps, 3 * max_steps * batch_size
-        if sampling <= 2 * training:  # only where it clearly dominates
-            return None
-        return (f"this fit of {max_steps} steps ends with a validation that draws diagnostics.num_samples="
-                f"{self.num_samples} samples with {sampler_steps} sampler steps: about {sampling / training:.0f}× the "
-                "network passes of its training. For a quick check, lower --diagnostics.num_samples (the KL needs more "
-                "than twice the dimension) or --model.sampler.init_args.steps")  # fmt: skip
+        """``timing.sampling_note`` for this callback's sample count and schedule."""
+        return sampling_note(self.num_samples, self.sample_every, max_steps, batch_size, sampler_steps)
 
     # A fit's validation time runs from each validation's start to the next training step (see
     # FitTime); this callback's hooks come first (StdiffCLI.instantiate_trainer).
@@ -323,45 +316,32 @@ class GPDiagnostics(Callback):
                 f"the structured metrics only."
             )
         values = metric.compute()
-        values.update(self._sampler_floor(trainer, pl_module, values, (n, *self.truth.sample_shape), stream, floor_seed))
+        values.update(self._sampler_floor(trainer, pl_module, values, (n, *self.truth.sample_shape), stream))
         if self.figures and trainer.is_global_zero:
             with self._clock.part("figures"):
                 self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
-    def _sampler_floor(self, trainer, pl_module, values: dict, shape: tuple, stream: tuple, floor_seed: int) -> dict:
+    def _sampler_floor(self, trainer, pl_module, values: dict, shape: tuple, stream: tuple) -> dict:
         """What the exact model reaches through the same sampler, steps and t_min, from the same
         noise (``exact_model_kl``, ``exact_model_kl_excess``): the part of the KL no training can
-        remove. With it, the smallest eigenvalue and condition number of Γ ⊗ Σ and the largest
-        t_min whose early-stopping KL is a tenth of the verdict's ``close`` threshold, so that the
-        summary can say what to change when the sampler, not the model, is far from the truth."""
-        from stdiff.callbacks.summary import CLOSE_PER_DIM
-        from stdiff.metrics import early_stopping_t_min
-
-        lam = self.truth._eigenvalues(torch.device("cpu"))
-        out = {"smallest_eigenvalue": lam.min().item(), "condition_number": (lam.max() / lam.min()).item(),
-               "t_min_for_early_stopping": early_stopping_t_min(self.truth, pl_module.schedule,
-                                                                CLOSE_PER_DIM * self.truth.dim / 10)}  # fmt: skip
+        remove; with what stopping at t_min costs (``early_stopping_report``, made once in setup),
+        so that the summary can say what to change when the sampler, not the model, is far off."""
         if "kl" not in values:
-            return out
+            return dict(self._stopping)
         if pl_module.denoiser.needs_truth:  # the exact model already: its KL is the floor
-            return {**out, "exact_model_kl": values["kl"], "exact_model_kl_excess": values["kl_excess"]}
+            return {**self._stopping, "exact_model_kl": values["kl"], "exact_model_kl_excess": values["kl_excess"]}
         from stdiff.diffusion import ExactDenoiser
+        from stdiff.metrics import gaussian_fit_kl
 
         exact = ExactDenoiser.from_gp(self.truth, pl_module.schedule)
         g = generator(self.seed, DIAGNOSTICS, *stream, device=pl_module.device)  # the model's own noise
         with self._clock.part("sampling"):
             x = pl_module.sampler.sample(exact, shape, g, pl_module.device,
                                          progress=lambda i, total: stop_if_signalled(trainer)).float()  # fmt: skip
-        from torchmetrics.utilities import dim_zero_cat
-
-        from stdiff.metrics import gaussian_fit_kl
-
-        metric = SampleDistance(self.truth, pl_module.schedule, floor_seed).to(pl_module.device)
-        metric.update(x)
-        metric.sync()  # every rank's samples (a no-op in one process)
-        kl = gaussian_fit_kl(dim_zero_cat(metric.samples).cpu(), self.truth.mean, self.truth.covariance())
-        return {**out, "exact_model_kl": kl, "exact_model_kl_excess": kl - values["kl_floor"]}
+        x = pl_module.all_gather(x).reshape(-1, *shape[1:])  # every rank's samples
+        kl = gaussian_fit_kl(x.cpu(), self.truth.mean, self.truth.covariance())
+        return {**self._stopping, "exact_model_kl": kl, "exact_model_kl_excess": kl - values["kl_floor"]}
 
     def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
         """Conditional samples of cases (exact draws, or held-out windows where the truth is a fitted

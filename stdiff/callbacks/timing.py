@@ -75,3 +75,18 @@ class FitTime:
         other = max(self._done - sum(self.parts.values()), 0.0)
         parts = {f"fit/validation_seconds/{k}": v for k, v in {**self.parts, "other": other}.items()}
         return {"fit/seconds": time.perf_counter() - self.start, "fit/validation_seconds": self._done, **parts}
+
+
+def sampling_note(num_samples: int, sample_every: int, max_steps: int, batch_size: int, sampler_steps: int) -> str | None:
+    """For a short fit (a smoke test) whose end-of-fit sampling is over twice its training, counted
+    in network passes (a training sample: forward and backward, ~3; a sample: one a sampler step),
+    how to make it cheaper; None otherwise."""
+    if max_steps is None or max_steps <= 0 or sample_every == 0 or not sampler_steps:
+        return None
+    sampling, training = num_samples * sampler_steps, 3 * max_steps * batch_size
+    if sampling <= 2 * training:  # only where it clearly dominates
+        return None
+    return (f"this fit of {max_steps} steps ends with a validation that draws diagnostics.num_samples={num_samples} "
+            f"samples with {sampler_steps} sampler steps: about {sampling / training:.0f}× the network passes of its "
+            "training. For a quick check, lower --diagnostics.num_samples (the KL needs more than twice the "
+            "dimension) or --model.sampler.init_args.steps")  # fmt: skip

@@ -17,7 +17,13 @@ from stdiff.metrics.distances import (
     sample_statistics,
     whiten,
 )
-from stdiff.metrics.reports import attention_report, random_init_copy, sample_report, score_error_terms
+from stdiff.metrics.reports import (
+    attention_report,
+    early_stopping_report,
+    random_init_copy,
+    sample_report,
+    score_error_terms,
+)
 from stdiff.metrics.tracking import SampleDistance, ScoreError
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "correlation_by_lag",
     "crps",
     "early_stopping_kl",
+    "early_stopping_report",
     "early_stopping_t_min",
     "energy_score",
     "factor_covariances",

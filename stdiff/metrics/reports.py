@@ -12,7 +12,7 @@ from torch import Tensor
 from stdiff.diffusion import ExactDenoiser, diffuse, per_sample
 from stdiff.gp import KroneckerGP
 from stdiff.metrics.attention import attention_alignment, frame_attention
-from stdiff.metrics.distances import early_stopping_kl, sample_distances
+from stdiff.metrics.distances import early_stopping_kl, early_stopping_t_min, sample_distances
 from stdiff.schedules import NoiseSchedule
 
 
@@ -92,3 +92,12 @@ def sample_report(truth: KroneckerGP, samples: Tensor, schedule: NoiseSchedule, 
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
     values["early_stopping_kl"] = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item())
     return values
+
+
+def early_stopping_report(truth: KroneckerGP, schedule: NoiseSchedule, target: float) -> dict[str, float]:
+    """What the verdict needs to say what to change when stopping at ``t_min`` keeps samples from
+    the truth: Γ ⊗ Σ's ``smallest_eigenvalue`` and ``condition_number``, and
+    ``t_min_for_early_stopping``, the largest t_min whose early-stopping KL is ``target`` nats."""
+    lam = truth._eigenvalues(torch.device("cpu"))
+    return {"smallest_eigenvalue": lam.min().item(), "condition_number": (lam.max() / lam.min()).item(),
+            "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target)}  # fmt: skip
