@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import warnings
 from collections.abc import Iterable
 
 
@@ -20,17 +21,14 @@ def warn(message: str) -> None:
     rank_zero_warn(message, category=StdiffWarning)
 
 
+_PYTHON_FORMAT = warnings.formatwarning  # Python's own, for every other warning
+
+
 def format_warning(message, category, filename, lineno, line=None) -> str:
     """``warnings.formatwarning`` for the ``stdiff`` command: stdiff's own warnings as plain lines."""
     if issubclass(category, StdiffWarning):
         return f"stdiff: warning: {message}\n"
-    return _plain_format(message, category, filename, lineno, line)
-
-
-def _plain_format(message, category, filename, lineno, line=None) -> str:
-    import warnings
-
-    return warnings._formatwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, None, line))
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
 def check_positive(name: str, value: float) -> float:
