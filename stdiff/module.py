@@ -24,7 +24,7 @@ from stdiff.diffusion import (
     times_from_uniform,
     training_times,
 )
-from stdiff.sampling import Heun, Sampler
+from stdiff.sampling import Sampler, UniPC
 from stdiff.schedules import NoiseSchedule
 from stdiff.seeding import NOISE, VAL, derive_seed, generator
 
@@ -63,7 +63,7 @@ class DiffusionModule(L.LightningModule):
         weighting: Literal["eps", "x0", "v", "score", "min_snr"] = "eps",
         min_snr_gamma: float = 5.0,
         time_sampling: Literal["uniform", "log_snr"] = "uniform",
-        sampler: Sampler = lazy_instance(Heun, steps=100),  # noqa: B008 (jsonargparse default)
+        sampler: Sampler = lazy_instance(UniPC, steps=25),  # noqa: B008 (jsonargparse default)
         mask: Mask | None = None,
         conditioning: Conditioning | None = None,
         compile: bool = False,

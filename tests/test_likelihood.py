@@ -40,9 +40,28 @@ def test_error_falls_with_steps_at_second_order(gp):
     schedule = OrnsteinUhlenbeck(1e-3, 10.0)
     x = gp.sample(16, torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = ExactDenoiser.from_gp(gp, schedule)
-    errs = [(log_likelihood(exact, x, steps=k).log_prob - at_t_min(gp, schedule, x)).abs().mean().item()
+    errs = [(log_likelihood(exact, x, steps=k, extrapolate=False).log_prob - at_t_min(gp, schedule, x)).abs().mean().item()
             for k in (25, 50)]  # fmt: skip
     assert 3 < errs[0] / errs[1] < 5, errs
+
+
+def test_the_default_integrator_error_is_reported_and_below_the_standard_error():
+    """Issue [T]: 100 plain steps were 9e-4 nats/dim below the exact density at t_min; Richardson's
+    extrapolation over 100 and 50 steps leaves 3e-5, and the correction it reports (the bound
+    ``stdiff test`` prints) is below the standard error of 256 samples of the quickstart's GP."""
+    gp = KroneckerGP(PoweredExponential(4.0, 1.0), RBF(1.0), frames=32, space_shape=(8,))
+    schedule = OrnsteinUhlenbeck(1e-3, 10.0)
+    exact = ExactDenoiser.from_gp(gp, schedule)
+    x = gp.sample(256, torch.Generator().manual_seed(0), dtype=torch.float64)
+    truth = at_t_min(gp, schedule, x)
+    g = torch.Generator().manual_seed(0)
+    plain = log_likelihood(exact, x, divergence="hutchinson", generator=g, control=exact, extrapolate=False)
+    got = log_likelihood(exact, x, divergence="hutchinson", generator=g, control=exact)
+    plain_err, err = ((r.log_prob - truth).mean().item() / gp.dim for r in (plain, got))
+    assert 7e-4 < -plain_err < 1.1e-3 and abs(err) < 5e-5, (plain_err, err)
+    assert abs(err) < got.integrator_error < got.nll_se, (err, got.integrator_error, got.nll_se)
+    assert got.integrator_error == pytest.approx(-plain_err, rel=0.05)
+    assert got.evaluations == 201 + 101
 
 
 def test_hutchinson_agrees_with_the_exact_divergence_within_its_error(gp):
@@ -116,7 +135,8 @@ def test_zero_noise_model_gives_the_scaled_prior():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"steps": 0}, "likelihood steps must be an integer >= 1, got 0"),
+        ({"steps": 0}, "likelihood steps must be an integer >= 2, got 0"),
+        ({"steps": 1}, "likelihood steps must be an integer >= 2, got 1"),
         ({"divergence": "trace"}, "divergence must be one of auto, exact, hutchinson, got 'trace'"),
         ({"probes": 0}, "likelihood probes must be an integer >= 1, got 0"),
     ],

@@ -122,7 +122,8 @@ class GPDiagnostics(Callback):
         ends = schedule.log_snr(torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64))
         self.score = ScoreError(torch.linspace(ends[0].item(), ends[1].item(), self.score_bins + 1))
         self.gamma = self.truth.gamma
-        self._stopping = early_stopping_report(self.truth, schedule, CLOSE_PER_DIM * self.truth.dim / 10)
+        self._stopping = early_stopping_report(self.truth, schedule, CLOSE_PER_DIM * self.truth.dim / 10,
+                                               getattr(pl_module.sampler, "endpoint", "t_min"))
         if self.reference_kernel is not None:
             self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
@@ -293,7 +294,7 @@ class GPDiagnostics(Callback):
             from tqdm.auto import tqdm
 
             bar = tqdm(
-                total=pl_module.sampler.steps, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
+                total=pl_module.sampler.intervals, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
             )
 
         def progress(i: int, total: int) -> None:
@@ -307,7 +308,8 @@ class GPDiagnostics(Callback):
         if bar is not None:
             bar.close()
         floor_seed = derive_seed(self.seed, DIAGNOSTICS, *floor_key)
-        metric = SampleDistance(self.truth, pl_module.schedule, floor_seed).to(pl_module.device)
+        endpoint = getattr(pl_module.sampler, "endpoint", "t_min")
+        metric = SampleDistance(self.truth, pl_module.schedule, floor_seed, endpoint=endpoint).to(pl_module.device)
         metric.update(x)
         if self.truth.dim > metric.full_max_dim or len(x) * world <= 2 * self.truth.dim:
             warn(

@@ -116,13 +116,14 @@ def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floo
         t_min, lam, cond = (floor.get(k) for k in ("t_min_for_early_stopping", "smallest_eigenvalue", "condition_number"))
         out += f". Stopping at t_min alone costs {early:.3g}: lower model.denoiser.init_args.schedule.init_args.t_min"
         out += f" (to {t_min:.2g} for {close / 10:.3g} nats)" if t_min is not None else ""
+        out += ", end on the ODE step to σ = 0 if the sampler does not (model.sampler.init_args.endpoint=ode)"
         if lam is not None and cond is not None:
             out += (f", or choose a better-conditioned kernel (Γ ⊗ Σ's smallest eigenvalue is {lam:.2g}, its condition "
                     f"number {cond:.2g}: a smoother or longer-range kernel needs a smaller t_min)")  # fmt: skip
     else:
         spent = f" (early stopping at t_min costs only {early:.3g})" if early is not None else ""
         out += (f"; the sampler's discretisation is the cause{spent}: raise model.sampler.init_args.steps, or use "
-                "DPMSolver")  # fmt: skip
+                "UniPC")  # fmt: skip
     if not exact_model:
         gap = kl_excess - exact_excess
         out += (f". The model's samples are {gap:+.3g} nats from the exact model's through the same sampler"
@@ -197,7 +198,7 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
         floor = {k: get(f"samples/{k}") for k in FLOOR_KEYS if get(f"samples/{k}") is not None}
         exact_model = model == "ExactDenoiser"
         if "exact_model_kl_excess" in floor and not exact_model:
-            early = f" (stopping at t_min: {floor['early_stopping_kl']:.3g})" if "early_stopping_kl" in floor else ""
+            early = f" (what stopping at t_min leaves: {floor['early_stopping_kl']:.3g})" if "early_stopping_kl" in floor else ""
             lines.append(f"  exact model       {floor['exact_model_kl_excess']:.3g}   its KL excess through the same "
                          f"sampler, steps and t_min{early}: what training cannot remove")  # fmt: skip
         white = get("samples/whitened_norm_excess")

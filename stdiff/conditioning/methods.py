@@ -69,7 +69,7 @@ class Replacement(Conditioning):
         def noise():
             return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-        for i in range(sampler.steps):
+        for i in range(sampler.intervals):
             t, s = times[i].item(), times[i + 1].item()
             (a_t, s_t), (a_s, s_s) = _at(schedule, t), _at(schedule, s)
             for r in range(self.resample):
@@ -81,7 +81,7 @@ class Replacement(Conditioning):
                 else:
                     x = x_s
             if progress is not None:
-                progress(i + 1, sampler.steps)
+                progress(i + 1, sampler.intervals)
         return torch.where(mask, observed, sampler.finish(model, schedule, x))
 
 

@@ -167,28 +167,50 @@ def gaussian_fit_kl_floor(gp: KroneckerGP, n: int, seed: int = 0) -> float:
     return gaussian_fit_kl(x, gp.mean, gp.covariance())
 
 
-def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float) -> float:
-    """KL(N(αμ, α²K + σ²I) ‖ N(μ, K)) in closed form, K = Γ ⊗ Σ: how far the noised data at the
-    early-stopping time is from the data itself, the bias left when sampling stops at t₀ > 0.
+def pushforward_kl(draw, gp: KroneckerGP) -> float:
+    """KL(law of ``draw(z)`` for z ~ N(0, I) ‖ gp), exact, for any ``draw`` affine in its noise
+    ``z (n, T, *space)`` (a deterministic sampler with the exact model of Gaussian data):
+    ``draw(z) = M z + c`` is found from d + 1 calls at once, at z = 0 and the d unit vectors, and
+    its law is N(c, M Mᵀ). No sampling noise: the KL of the sampler itself, floor zero."""
+    d = gp.dim
+    basis = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
+    out = draw(basis.reshape(d + 1, *gp.sample_shape)).reshape(d + 1, d).to(torch.float64).cpu()
+    if not torch.isfinite(out).all():
+        return math.inf  # the sampler diverged
+    shift, matrix = out[0], (out[1:] - out[0]).T
+    return gaussian_kl(shift, matrix @ matrix.T, gp.mean.reshape(-1).to(torch.float64), gp.covariance().to(torch.float64))
 
-    To second order it is ``¼·σ⁴·Σᵢ(1/λᵢ − 1)²`` over the eigenvalues λᵢ of K (α² = 1 − σ², as
-    for variance-preserving schedules): a problem of higher dimension or with smaller eigenvalues
-    has a larger bias at the same t₀ (OU, t₀ = 1e-3: 0.058 for the quickstart, d = 256, smallest
-    eigenvalue 0.0075; 0.0013 for d = 32, smallest eigenvalue 0.023)."""
+
+def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint: str = "t_min") -> float:
+    """The KL to N(μ, K), K = Γ ⊗ Σ, of what a sampler returns from exact draws of the data noised
+    to the early-stopping time, x ~ N(αμ, α²K + σ²I), in closed form: the bias left when sampling
+    stops at t₀ > 0, after the sampler's ``endpoint`` (``stdiff.sampling.ENDPOINTS``): ``t_min``, x
+    itself; ``denoise``, E[x₀ | x]; ``ode``, (x/α + E[x₀ | x])/2.
+
+    For ``t_min`` it is KL(p_t₀ ‖ p_0), to second order ``¼·σ⁴·Σᵢ(1/λᵢ − 1)²`` over the eigenvalues
+    λᵢ of K (α² = 1 − σ², as for variance-preserving schedules): a problem of higher dimension or
+    with smaller eigenvalues has a larger bias at the same t₀ (OU, t₀ = 1e-3: 0.058 for the
+    quickstart, d = 256, smallest eigenvalue 0.0075; 0.0013 for d = 32, smallest eigenvalue 0.023).
+    ``denoise`` is about as far, on the other side (0.056, 0.0014); ``ode`` is of higher order (3.4e-5, 1.1e-7)."""
     lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
-    ratio = (alpha**2 * lam + sigma**2) / lam
+    noised = alpha**2 * lam + sigma**2
+    gain = {"t_min": torch.ones_like(lam), "denoise": alpha * lam / noised,
+            "ode": 0.5 * (1 / alpha + alpha * lam / noised)}[endpoint]  # fmt: skip
+    ratio = gain**2 * noised / lam
     mu = gp._to_eigenbasis(gp.mean[None])[0].reshape(-1)
-    return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * (1 - alpha) ** 2 * (mu**2 / lam).sum()).item()
+    shift = (1 - alpha) ** 2 if endpoint == "t_min" else 0.0  # the other endpoints are unbiased in the mean
+    return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * shift * (mu**2 / lam).sum()).item()
 
 
-def early_stopping_t_min(gp: KroneckerGP, schedule, target: float) -> float:
-    """The largest stopping time t₀ whose ``early_stopping_kl`` is at most ``target`` nats under
-    ``schedule`` (bisection in log t₀ between 1e-12 and the schedule's t_max; the KL grows with
-    t₀): the ``t_min`` to choose when stopping early is what keeps samples from the truth."""
+def early_stopping_t_min(gp: KroneckerGP, schedule, target: float, endpoint: str = "t_min") -> float:
+    """The largest stopping time t₀ whose ``early_stopping_kl`` (after ``endpoint``) is at most
+    ``target`` nats under ``schedule`` (bisection in log t₀ between 1e-12 and the schedule's t_max;
+    the KL grows with t₀): the ``t_min`` to choose when stopping early is what keeps samples from
+    the truth."""
 
     def kl(t: float) -> float:
         tt = torch.tensor(t, dtype=torch.float64)
-        return early_stopping_kl(gp, schedule.alpha(tt).item(), schedule.sigma(tt).item())
+        return early_stopping_kl(gp, schedule.alpha(tt).item(), schedule.sigma(tt).item(), endpoint)
 
     lo, hi = math.log(1e-12), math.log(schedule.t_max)
     if kl(math.exp(lo)) > target:

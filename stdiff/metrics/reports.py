@@ -84,20 +84,23 @@ def attention_report(
 
 
 def sample_report(truth: KroneckerGP, samples: Tensor, schedule: NoiseSchedule, seed: int = 0,
-                  full_max_dim: int = 1024) -> dict[str, float]:  # fmt: skip
+                  full_max_dim: int = 1024, endpoint: str = "t_min") -> dict[str, float]:  # fmt: skip
     """Distances of generated ``samples (n, T, *space)`` to ``truth``, each beside its finite-sample
-    floor (``sample_distances``, floors drawn with ``seed``), and ``early_stopping_kl``: how far the
-    truth at ``t_min``, where sampling stops, is from the data (part of every KL above)."""
+    floor (``sample_distances``, floors drawn with ``seed``), and ``early_stopping_kl``: how far
+    the sampler's ``endpoint`` applied to the truth at ``t_min``, where sampling stops, is from the
+    data (part of every KL above)."""
     values = sample_distances(truth, samples, seed, full_max_dim)
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
-    values["early_stopping_kl"] = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item())
+    values["early_stopping_kl"] = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item(), endpoint)
     return values
 
 
-def early_stopping_report(truth: KroneckerGP, schedule: NoiseSchedule, target: float) -> dict[str, float]:
+def early_stopping_report(truth: KroneckerGP, schedule: NoiseSchedule, target: float,
+                          endpoint: str = "t_min") -> dict[str, float]:  # fmt: skip
     """What the verdict needs to say what to change when stopping at ``t_min`` keeps samples from
     the truth: Γ ⊗ Σ's ``smallest_eigenvalue`` and ``condition_number``, and
-    ``t_min_for_early_stopping``, the largest t_min whose early-stopping KL is ``target`` nats."""
+    ``t_min_for_early_stopping``, the largest t_min whose early-stopping KL (after the sampler's
+    ``endpoint``) is ``target`` nats."""
     lam = truth._eigenvalues(torch.device("cpu"))
     return {"smallest_eigenvalue": lam.min().item(), "condition_number": (lam.max() / lam.min()).item(),
-            "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target)}  # fmt: skip
+            "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target, endpoint)}  # fmt: skip

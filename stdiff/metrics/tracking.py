@@ -73,13 +73,16 @@ class SampleDistance(Metric):
         schedule: the schedule the samples were drawn under (its t_min: the early-stopping bias).
         seed: seed of the exact samples that give the floors.
         full_max_dim: largest T·S for the full-covariance KL and W2.
+        endpoint: the sampler's endpoint (``stdiff.sampling.ENDPOINTS``), for the early-stopping bias.
     """
 
     full_state_update = False
 
-    def __init__(self, gp: KroneckerGP, schedule: NoiseSchedule, seed: int = 0, full_max_dim: int = 1024) -> None:
+    def __init__(self, gp: KroneckerGP, schedule: NoiseSchedule, seed: int = 0, full_max_dim: int = 1024,
+                 endpoint: str = "t_min") -> None:  # fmt: skip
         super().__init__()
         self.gp, self.schedule, self.seed, self.full_max_dim = gp, schedule, seed, full_max_dim
+        self.endpoint = endpoint
         self.add_state("samples", [], dist_reduce_fx="cat")
 
     def update(self, samples: Tensor) -> None:
@@ -93,4 +96,4 @@ class SampleDistance(Metric):
 
     def compute(self) -> dict[str, float]:
         x = self.samples if isinstance(self.samples, Tensor) else torch.cat(self.samples)
-        return sample_report(self.gp, x.cpu(), self.schedule, self.seed, self.full_max_dim)
+        return sample_report(self.gp, x.cpu(), self.schedule, self.seed, self.full_max_dim, self.endpoint)
