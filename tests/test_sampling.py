@@ -1,6 +1,8 @@
 """Samplers with the exact model must reproduce the true GP: Gaussian-fit KL of 20,000 samples in
 excess of the KL of 20,000 exact samples (the finite-sample floor of the same estimator)."""
 
+import math
+
 import pytest
 import torch
 
@@ -202,3 +204,30 @@ def test_time_grids(schedule, spacing):
 def test_bad_sampler_options(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_unipc_chooses_its_settings_from_the_budget_and_starts_where_the_data_is_forgotten():
+    schedule = OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0)
+    few, many = UniPC(steps=6), UniPC(steps=50)
+    assert (few.order, few.endpoint, few.intervals, few.evaluations) == (2, "t_min", 6, 6)
+    assert (many.order, many.endpoint, many.intervals, many.evaluations) == (3, "ode", 49, 50)
+    half_log_snr = (schedule.log_snr(few.times(schedule)[:1]) / 2).item()
+    assert half_log_snr == pytest.approx(-1.5 - math.log(6), abs=1e-9)  # not t_max: nothing happens before
+    assert many.times(schedule)[0].item() == schedule.t_max  # −1.5 − ln 50 is below the schedule's start
+    assert UniPC(steps=9, endpoint="t_min", order=3).endpoint == "t_min"
+    assert "endpoint='ode'" in repr(UniPC(steps=12)) and "order=2" in repr(UniPC(steps=12))
+
+
+def test_unipc_under_replacement_keeps_the_observations_and_follows_the_posterior(problem):
+    """RePaint's replacement changes the state between steps: UniPC's corrector is applied as a
+    change to the state it is given, so the observed entries stay and the rest stays finite."""
+    from stdiff.conditioning import Replacement
+
+    gp, schedule, _ = problem
+    exact = ExactDenoiser.from_gp(gp, schedule)
+    x = gp.sample(16, torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[:, :4] = True
+    for resample in (1, 2):
+        out = Replacement(resample).sample(UniPC(steps=12), exact, x, mask, torch.Generator().manual_seed(1))
+        assert torch.isfinite(out).all() and torch.equal(out[mask], x[mask])

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "gp_sampler": "exact GP sampling and score: Kronecker factors against dense algebra",
     "sampler_kl": "sampler error with the exact model: KL excess by number of network evaluations",
     "diffusers_kl": "stdiff's samplers against diffusers' schedulers run on the same problem: exact KL by evaluations",
+    "trained_sampler_kl": "the same comparison on a trained model: Gaussian-fit KL excess by evaluations, with its noise",
     "sampling_path": "where along the sampling path a trained model's samples leave the exact law",
     "recipe_ablation": "what each part of the quickstart's training recipe does to its samples",
     "conditional_coverage": "coverage of a trained conditional model's intervals with many samples",

@@ -101,7 +101,7 @@ def diffusers_settings() -> dict[str, tuple[str, dict]]:
                         if final is not None:
                             options["final_sigmas_type"] = final
                         ending = f", final {final}" if final else ""
-                        out[f"{label}{order}, {grid}{ending}, lower_order_final {lower}"] = (cls, options)
+                        out[f"{label} order {order}, {grid}{ending}, lower_order_final {lower}"] = (cls, options)
     return out
 
 

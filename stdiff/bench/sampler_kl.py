@@ -7,11 +7,14 @@ GP: T = 8 frames × S = 4 points (d = 32), powered-exponential time kernel (ℓ 
 space kernel (ℓ = 1); OU schedule with t₀ = 1e-3, horizon 10; log-SNR time grid. Samplers are
 compared at equal cost, network evaluations (NFE): Heun spends two per step, so it takes
 ⌊NFE/2⌋ steps; a final denoising step spends one. Writes ``sampler_kl.csv`` and ``sampler_kl.md``
-(sampler × evaluations × excess KL) to ``--out``.
+(sampler × evaluations × excess KL) to ``--out``; for the deterministic samplers also the exact KL
+of their law (``stdiff.metrics.pushforward_kl``), free of sampling noise. The comparison with
+diffusers, run on this problem by diffusers itself: ``diffusers_kl.py``.
 """
 
 import argparse
 import csv
+import math
 import pathlib
 import time
 
@@ -20,8 +23,8 @@ import torch
 from stdiff.diffusion import ExactDenoiser
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
-from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor
-from stdiff.sampling import DDIM, Ancestral, DPMSolver, EulerMaruyama, Heun
+from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor, pushforward_kl
+from stdiff.sampling import DDIM, Ancestral, DPMSolver, EulerMaruyama, Heun, UniPC
 from stdiff.schedules import OrnsteinUhlenbeck
 
 
@@ -50,12 +53,11 @@ VARIANTS = {
     "Heun": lambda nfe: Heun(steps=max(nfe // 2, 1)),
     "DPMSolver (2M)": lambda nfe: DPMSolver(steps=nfe, order=2),
     "DPMSolver (3M)": lambda nfe: DPMSolver(steps=nfe, order=3),
-    "DPMSolver (2M, denoise_final)": lambda nfe: DPMSolver(steps=nfe - 1, order=2, denoise_final=True),
+    "DPMSolver (2M, endpoint denoise)": lambda nfe: DPMSolver(steps=nfe - 1, order=2, endpoint="denoise"),
     "DPMSolver (2M, stochastic)": lambda nfe: DPMSolver(steps=nfe, order=2, stochastic=True),
+    "UniPC (stdiff default)": lambda nfe: UniPC(steps=nfe),
 }
-# The outside check of issue [M]: diffusers' DPMSolverMultistepScheduler (DPM-Solver++ 2M) on a
-# log-SNR grid, same problem and estimator.
-DIFFUSERS_2M = {10: 0.072, 15: 0.030, 25: 0.0049}
+STOCHASTIC = {"EulerMaruyama", "Ancestral", "DPMSolver (2M, stochastic)"}
 
 
 def main() -> None:
@@ -69,12 +71,16 @@ def main() -> None:
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
     bias = early_stopping_kl(gp, schedule.alpha(t0).item(), schedule.sigma(t0).item())
     rows = []
+    model = ExactDenoiser.from_gp(gp, schedule)
     for name, make in VARIANTS.items():
         for nfe in args.evaluations:
             sampler = make(nfe)
             excess, seconds = excess_kl(sampler, gp, schedule, args.n, floor)
+            exact = math.nan if name in STOCHASTIC else pushforward_kl(
+                lambda z, sampler=sampler: sampler.sample(model, z.shape, dtype=torch.float64, start=z), gp)  # fmt: skip
             rows.append({"sampler": name, "evaluations": sampler.evaluations, "budget": nfe,
-                         "excess_kl": round(excess, 5), "seconds": round(seconds, 1), "config": repr(sampler)})  # fmt: skip
+                         "excess_kl": round(excess, 5), "exact_kl": float(f"{exact:.4g}"), "seconds": round(seconds, 1),
+                         "config": repr(sampler)})  # fmt: skip
             print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "sampler_kl.csv", "w", newline="") as f:
@@ -86,15 +92,23 @@ def main() -> None:
     for name in VARIANTS:
         cells = [f"{r['excess_kl']:.4f}" for r in rows if r["sampler"] == name]
         table.append(f"| {name} | " + " | ".join(cells) + " |")
-    table.append("| *diffusers DPM-Solver++(2M), outside check* | "
-                 + " | ".join(f"*{DIFFUSERS_2M[b]}*" if b in DIFFUSERS_2M else "" for b in budgets) + " |")  # fmt: skip
     best = [min((r for r in rows if r["budget"] == b), key=lambda r: r["excess_kl"]) for b in budgets]
     table.append("| **best** | " + " | ".join(f"**{r['excess_kl']:.4f}** ({r['sampler']})" for r in best) + " |")
+    table += ["", ("Exact KL of each deterministic sampler's law (no sampling noise, floor 0; the early-stopping bias "
+              "included where the sampler ends at t_min):"), "",
+              "| sampler | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]  # fmt: skip
+    for name in VARIANTS:
+        if name not in STOCHASTIC:
+            cells = [f"{r['exact_kl']:.3g}" for r in rows if r["sampler"] == name]
+            table.append(f"| {name} | " + " | ".join(cells) + " |")
+    table += ["", ("diffusers' schedulers on this problem, run by diffusers itself: `diffusers_kl.md` "
+              "(`python -m stdiff.bench diffusers_kl`).")]  # fmt: skip
     header = (
         f"Excess Gaussian-fit KL of {args.n} samples from the exact model over {args.n} exact samples "
         f"(floor {floor:.4f}), columns: network evaluations (Heun: ⌊NFE/2⌋ steps, at most that many). "
         f"Includes the early-stopping bias KL(p_t0 ‖ p_0) = {bias:.4f} (t0 = {schedule.t_min}); with "
-        f"denoise_final the bias of the denoised estimate instead. {bias_note(gp, schedule, bias)} Sampling time is in sampler_kl.csv. "
+        f"endpoint denoise the bias of the denoised estimate instead (UniPC from 8 evaluations: the ODE endpoint, "
+        f"which leaves almost none). {bias_note(gp, schedule, bias)} Sampling time is in sampler_kl.csv. "
         "`python -m stdiff.bench sampler_kl`\n\n"
     )
     (args.out / "sampler_kl.md").write_text(header + "\n".join(table) + "\n")

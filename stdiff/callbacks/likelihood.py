@@ -101,9 +101,6 @@ class LikelihoodReport(Callback):
                 pl_module.denoiser, x.to(pl_module.device), self.steps, self.divergence, self.probes, g,
                 progress=(lambda i, total: bar.update(1)) if bar is not None else None, control=control,
             )  # fmt: skip
-        if error > values["nll_se"]:
-            warn(f"LikelihoodReport: the ODE integrator's error bound, {error:.2g} nats/dim, is above the standard "
-                 f"error {values['nll_se']:.2g}: raise likelihood.steps (now {self.steps})")  # fmt: skip
         if bar is not None:
             bar.close()
         log_prob = pl_module.all_gather(result.log_prob.to(pl_module.device)).reshape(-1).double().cpu()

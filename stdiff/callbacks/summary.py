@@ -29,7 +29,7 @@ import torch
 CLOSE_PER_DIM = 0.01  # nats per dimension
 # what the diagnostics record of the part of the KL no training removes (``GPDiagnostics._sampler_floor``)
 FLOOR_KEYS = ("exact_model_kl_excess", "early_stopping_kl", "t_min_for_early_stopping", "smallest_eigenvalue",
-              "condition_number")  # fmt: skip
+              "condition_number", "early_stopping_kl_ode")  # fmt: skip
 
 
 def wrap(text: str, indent: int, width: int = 110) -> str:
@@ -116,7 +116,9 @@ def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floo
         t_min, lam, cond = (floor.get(k) for k in ("t_min_for_early_stopping", "smallest_eigenvalue", "condition_number"))
         out += f". Stopping at t_min alone costs {early:.3g}: lower model.denoiser.init_args.schedule.init_args.t_min"
         out += f" (to {t_min:.2g} for {close / 10:.3g} nats)" if t_min is not None else ""
-        out += ", end on the ODE step to σ = 0 if the sampler does not (model.sampler.init_args.endpoint=ode)"
+        ode = floor.get("early_stopping_kl_ode")
+        if ode is not None and ode < 0.9 * early:  # the sampler does not end on the ODE step, and it would help
+            out += f", end on the ODE step to σ = 0 (model.sampler.init_args.endpoint=ode: {ode:.3g})"
         if lam is not None and cond is not None:
             out += (f", or choose a better-conditioned kernel (Γ ⊗ Σ's smallest eigenvalue is {lam:.2g}, its condition "
                     f"number {cond:.2g}: a smoother or longer-range kernel needs a smaller t_min)")  # fmt: skip

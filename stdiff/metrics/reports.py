@@ -100,7 +100,10 @@ def early_stopping_report(truth: KroneckerGP, schedule: NoiseSchedule, target: f
     """What the verdict needs to say what to change when stopping at ``t_min`` keeps samples from
     the truth: Γ ⊗ Σ's ``smallest_eigenvalue`` and ``condition_number``, and
     ``t_min_for_early_stopping``, the largest t_min whose early-stopping KL (after the sampler's
-    ``endpoint``) is ``target`` nats."""
+    ``endpoint``) is ``target`` nats; ``early_stopping_kl_ode``, that KL with the ODE endpoint."""
     lam = truth._eigenvalues(torch.device("cpu"))
+    t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
+    ode = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item(), "ode")
     return {"smallest_eigenvalue": lam.min().item(), "condition_number": (lam.max() / lam.min()).item(),
-            "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target, endpoint)}  # fmt: skip
+            "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target, endpoint),
+            "early_stopping_kl_ode": ode}  # fmt: skip
