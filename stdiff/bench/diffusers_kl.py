@@ -32,6 +32,7 @@ import csv
 import math
 import pathlib
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -75,7 +76,7 @@ STDIFF_DEFAULT = "UniPC (stdiff default)"
 
 
 def stdiff_draw(sampler: Sampler, model) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda z: sampler.sample(model, z.shape, dtype=torch.float64, start=z)
+    return lambda z: sampler.sample(model, z.shape, dtype=z.dtype, start=z)
 
 
 # --- diffusers' side -------------------------------------------------------------------------
@@ -129,10 +130,12 @@ def diffusers_draw(cls_name: str, options: dict, budget: int, model, sched: Nois
         return model(x, t.expand(len(x)).to(x.dtype))
 
     def draw(z: torch.Tensor) -> torch.Tensor:
-        scheduler.set_timesteps(budget)
-        x = z * scheduler.init_noise_sigma
-        for timestep in scheduler.timesteps:
-            x = scheduler.step(eps(scheduler.scale_model_input(x, timestep), timestep), timestep, x).prev_sample
+        with warnings.catch_warnings():  # DEIS's NumPy 2 deprecations, not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scheduler.set_timesteps(budget)
+            x = z * scheduler.init_noise_sigma
+            for timestep in scheduler.timesteps:
+                x = scheduler.step(eps(scheduler.scale_model_input(x, timestep), timestep), timestep, x).prev_sample
         return x
 
     return draw
@@ -264,6 +267,11 @@ def main() -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=BUDGETS)
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = p.parse_args()
+    largest = max(gp.dim for gp in problems().values())
+    if args.n <= largest:
+        p.error(f"--n must be above the largest dimension, {largest} (a Gaussian fit needs more samples), got {args.n}")
+    if any(b < 2 for b in args.budgets):
+        p.error(f"--budgets must be at least 2 network evaluations each, got {args.budgets}")
     try:
         import diffusers  # noqa: F401
     except ImportError:
