@@ -38,7 +38,7 @@ KEYS = [
     ("val/samples/whitened_norm_excess", "whitened-norm excess", ".4f"),
     ("val/samples/gamma_kl_excess", "Γ KL excess", ".3f"),
     ("val/samples/w2_excess", "W2 excess", ".3f"),
-    ("val/samples/early_stopping_kl", "early-stopping KL (in every KL)", ".3f"),
+    ("val/samples/early_stopping_kl", "early-stopping KL after the endpoint (in every KL)", ".2g"),
     ("val/attention/pearson_best", "attention Pearson with Γ (best layer)", ".3f"),
 ]
 
