@@ -406,8 +406,8 @@ class UniPC(Sampler):
     ``skew`` > 1 putting the steps where the data prediction still changes, near t_min.
 
     Args:
-        steps: network evaluations, >= 2 (with an endpoint other than ``t_min``, the last one is
-            spent at t_min on the corrector and the endpoint).
+        steps: network evaluations, >= 1 (>= 2 with an endpoint other than ``t_min``: the last one
+            is spent at t_min on the corrector and the endpoint).
         order: 1, 2 or 3, or None for auto; the first steps use lower orders until enough evaluations exist.
         endpoint: ``auto``, ``t_min``, ``denoise`` or ``ode`` (see ``Sampler``).
         lambda_start: half log-SNR where the grid starts, or None for auto (−1.5 − ln steps); the
@@ -425,7 +425,7 @@ class UniPC(Sampler):
         skew: float | None = None,
         corrector: bool = True,
     ) -> None:
-        check_int("UniPC.steps", steps, 2)
+        check_int("UniPC.steps", steps, 1)
         endpoint = _check_endpoint("UniPC", endpoint, ("auto", "t_min", "denoise", "ode"))
         if order is not None and order not in (1, 2, 3):
             raise ValueError(f"UniPC.order must be 1, 2, 3 or null (auto), got {order!r}")
@@ -438,6 +438,9 @@ class UniPC(Sampler):
         self.order = order if order is not None else (2 if steps <= 13 else 3)
         auto_endpoint = "t_min" if steps <= 7 else "ode"
         super().__init__(steps, "log_snr", 7.0, auto_endpoint if endpoint == "auto" else endpoint)
+        if self.intervals < 1:
+            raise ValueError(f"UniPC.steps must be >= 2 with endpoint {self.endpoint!r} (its last evaluation goes to "
+                             f"the endpoint), got {steps}")  # fmt: skip
         self.lambda_start = lambda_start if lambda_start is not None else -1.5 - math.log(steps)
         self.skew = skew if skew is not None else (0.6 + steps / 6 if self.order <= 2 else 1.25)
         self.corrector = corrector

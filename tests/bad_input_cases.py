@@ -129,7 +129,7 @@ CASES = [
     (
         "sampler with no steps",
         ["fit", "--model.sampler.init_args.steps=0"],
-        "DPMSolver.steps must be an integer >= 1, got 0",
+        "UniPC.steps must be an integer >= 1, got 0",
     ),
     (
         "t_min above t_max",

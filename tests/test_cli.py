@@ -236,7 +236,7 @@ def test_predict_from_a_checkpoint_writes_samples(tmp_path):
     assert samples.shape == (8, 32, 8)
     # The sampler given here, not the one stored in the checkpoint's settings
     meta = json.loads((tmp_path / "lightning_logs" / "version_0" / "predict_0" / "samples.json").read_text())
-    assert meta["sampler"].startswith("DPMSolver(steps=3")
+    assert meta["sampler"].startswith("UniPC(steps=3")
 
 
 def read_metrics(run):
@@ -288,7 +288,7 @@ def test_fit_and_test_write_diagnostics(tmp_path):
     out = read_metrics(tmp_path / "lightning_logs" / "version_0" / "test_0")  # beside the run it tests
     assert out["stage"] == "test" and "test/score_rel_error" in out["metrics"] and "test/samples/ks" in out["metrics"]
     m = out["metrics"]  # the model's own likelihood, and the true KL of what it learned
-    assert m["test/likelihood/samples"] == 16 and m["test/likelihood/evaluations"] == 9
+    assert m["test/likelihood/samples"] == 16 and m["test/likelihood/evaluations"] == 9 + 5  # 4 steps and 2 (Richardson)
     assert m["test/likelihood/nll"] > 0 and m["test/likelihood/nll_se"] > 0
     assert m["test/likelihood/kl_true"] == pytest.approx(
         (m["test/likelihood/nll"] - m["test/likelihood/nll_truth"]) * 256, rel=1e-4
