@@ -2,7 +2,7 @@
 until they are *indistinguishable* from exact samples, in the end-of-fit verdict's own terms
 (``stdiff.callbacks.summary.verdict``).
 
-    python -m stdiff.bench time_to_truth --config configs/quickstart.yaml [--name quickstart_cpu]
+    python -m stdiff.bench time_to_truth --config configs/quickstart.yaml [--name quickstart]
         [--stop-at indistinguishable|close|never] [--checks 6] [--out stdiff/bench/results/time_to_truth]
         [any stdiff fit override, e.g. --trainer.max_steps=1000]
 
