@@ -26,6 +26,7 @@ from torch import Tensor
 from stdiff._validation import check_int, check_positive, init_repr
 from stdiff.diffusion import per_sample
 from stdiff.sampling import Sampler
+from stdiff.sampling.base import alpha_sigma
 
 
 class Conditioning(ABC):
@@ -71,7 +72,7 @@ class Replacement(Conditioning):
 
         for i in range(sampler.intervals):
             t, s = times[i].item(), times[i + 1].item()
-            (a_t, s_t), (a_s, s_s) = _at(schedule, t), _at(schedule, s)
+            (a_t, s_t), (a_s, s_s) = alpha_sigma(schedule, t), alpha_sigma(schedule, s)
             for r in range(self.resample):
                 x_s = sampler.step(model, schedule, x, t, s, generator)
                 x_s = torch.where(mask, a_s * observed + s_s * noise(), x_s)  # the known part, noised to s
@@ -120,11 +121,6 @@ class _Guided:
             error = ((observed.clone() - x0) * mask.clone()).pow(2).sum()
             (grad,) = torch.autograd.grad(error, x)
         return (eps + self.scale * alpha**2 / (2 * sigma) * grad).detach()
-
-
-def _at(schedule, t: float) -> tuple[float, float]:
-    tt = torch.tensor(t, dtype=torch.float64)
-    return schedule.alpha(tt).item(), schedule.sigma(tt).item()
 
 
 CONDITIONINGS: dict[str, type[Conditioning]] = {
