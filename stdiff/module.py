@@ -38,7 +38,8 @@ class DiffusionModule(L.LightningModule):
         sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
         denoiser: the noise model and its options (``Denoiser``: backbone, schedule,
             parameterisation; ``ExactDenoiser``: the exact model of the data, for validate, test
-            and predict); called with ``sample_shape``.
+            and predict; ``ResidualDenoiser``: the data's Gaussian (truth or fitted reference)
+            plus a learned correction); called with ``sample_shape``.
         weighting: loss weight on the ε-error: ``eps`` (uniform), ``x0``, ``v``, ``score`` (the
             paper's plain score matching, 1/σ²) or ``min_snr``.
         min_snr_gamma: γ of the ``min_snr`` weighting.
@@ -101,7 +102,10 @@ class DiffusionModule(L.LightningModule):
         data = self.trainer.datamodule
         self._missing = getattr(data, "missing_values", False)  # NaN in the data: left out of the loss
         if self.denoiser.needs_truth:
-            self.denoiser.attach_truth(getattr(data, "truth", None))
+            # predict may never need it (a checkpoint carries a ResidualDenoiser's prior): fetched
+            # when first used, so a fitted reference is not fitted for nothing
+            truth = (lambda: getattr(data, "truth", None)) if stage == "predict" else getattr(data, "truth", None)
+            self.denoiser.attach_truth(truth)
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         """The noise model: ``x_t (B, T, *space)``, times ``t (B,)`` -> ε̂ ``(B, T, *space)``."""
@@ -190,14 +194,18 @@ class DiffusionModule(L.LightningModule):
         x0, t, noise = self.evaluation_inputs(batch)
         x0, cond, where = self.loss_inputs(x0, 0, VAL, batch_idx)
         x_t = diffuse(self.schedule, x0, t, noise)
-        noise_pred = self(x_t, t, **cond)
-        sq = (noise_pred - noise).pow(2)
-        loss = (
-            sq.flatten(1).mean(1)
-            if where is None
-            else (sq * where).flatten(1).sum(1) / where.flatten(1).sum(1).clamp_min(1)
-        )
+        parts = getattr(self.denoiser, "forward_parts", None)
+        noise_pred, prior = parts(x_t, t, **cond) if parts is not None else (self(x_t, t, **cond), None)
+
+        def mean_over(sq: Tensor) -> Tensor:
+            return sq.flatten(1).mean(1) if where is None else (sq * where).flatten(1).sum(1) / where.flatten(1).sum(1).clamp_min(1)
+
+        loss = mean_over((noise_pred - noise).pow(2))
         self.log(f"{stage}/loss", loss.mean(), prog_bar=True, sync_dist=True, batch_size=len(x0))
+        if prior is not None:  # a ResidualDenoiser: its prior's loss, and the size of the learned correction
+            self.log(f"{stage}/prior_loss", mean_over((prior - noise).pow(2)).mean(), sync_dist=True, batch_size=len(x0))
+            self.log(f"{stage}/correction", mean_over((noise_pred - prior).pow(2)).mean().sqrt(), sync_dist=True,
+                     batch_size=len(x0))  # fmt: skip
         out = {"x0": x0, "t": t, "noise": noise, "x_t": x_t, "noise_pred": noise_pred, "loss": loss}
         if where is not None:  # the diagnostics' exact score is the unconditional one of complete data:
             if self.mask is not None:  # a conditional model has no such counterpart
@@ -256,6 +264,8 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.data_settings is not None:
             checkpoint["stdiff_data"] = self.data_settings
+        if hasattr(self.denoiser, "prior_state"):  # a ResidualDenoiser: the prior it was trained with
+            checkpoint["stdiff_prior"] = self.denoiser.prior_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("hyper_parameters", {}).get("sample_shape")
@@ -264,6 +274,8 @@ class DiffusionModule(L.LightningModule):
                 f"the checkpoint was trained on samples of shape {tuple(stored)} (T, *space_shape), but the "
                 f"data gives {self.sample_shape}: use the data settings the checkpoint was trained with"
             )
+        if "stdiff_prior" in checkpoint and hasattr(self.denoiser, "load_prior_state"):
+            self.denoiser.load_prior_state(checkpoint["stdiff_prior"])
 
     def configure_optimizers(self):
         make_optimizer, make_scheduler = self._factories.value

@@ -193,7 +193,7 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
                                "model is unconditional: set --model.conditioning=ReconstructionGuidance (or "
                                "Replacement), or use a conditional model (trained with model.mask)")  # fmt: skip
             datamodule.check_observations()  # the file read and checked now, before anything starts
-    if model.denoiser.needs_truth and datamodule.truth is None:
+    if model.denoiser.needs_truth and not datamodule.has_truth:
         raise RunError(f"model.denoiser={type(model.denoiser).__name__} needs data whose exact distribution is known "
                        f"(a data module with a `truth`, such as GPDataModule); {type(datamodule).__name__} has none")  # fmt: skip
     from stdiff._validation import check_memory

@@ -114,6 +114,9 @@ class GPDiagnostics(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._checkpoint = None  # set by on_load_checkpoint, which Lightning calls after setup
+        if stage == "predict":  # nothing to score: a fitted reference is not fitted for nothing
+            self.truth = None
+            return
         self.truth = getattr(trainer.datamodule, "truth", None)
         if self.truth is None:
             warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
@@ -353,7 +356,7 @@ class GPDiagnostics(Callback):
         from stdiff.metrics import conditional_report
 
         n, k, shape = self.conditional_cases, self.conditional_samples, self.truth.sample_shape
-        x = trainer.datamodule.conditional_cases(n, generator(self.seed, DIAGNOSTICS, 4))
+        x = trainer.datamodule.conditional_cases(n, generator(self.seed, DIAGNOSTICS, 4), stage)
         n = len(x)
         mask = task.draw(1, shape, generator(self.seed, DIAGNOSTICS, 5))[0]
         if x.isnan().any():  # missing values: each case observes what the task shows and the data has

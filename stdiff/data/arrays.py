@@ -226,10 +226,11 @@ class ArrayDataModule(SequenceDataModule):
         windows = Windows(self.readers, self.evaluation_rows(stage), self.frames, self.mean, self.std)
         return torch.stack([windows[i] for i in range(len(windows))])
 
-    def conditional_cases(self, n: int, generator: torch.Generator) -> Tensor:
-        """Up to ``n`` held-out test windows, NaN where missing: the model and the fitted reference
-        both condition on what is observed and are scored on the really observed entries only."""
-        x = self.evaluation_samples("test")
+    def conditional_cases(self, n: int, generator: torch.Generator, stage: str = "test") -> Tensor:
+        """Up to ``n`` held-out windows of ``stage`` (``val`` during a fit, ``test`` only in ``stdiff
+        test``), NaN where missing: the model and the fitted reference both condition on what is
+        observed and are scored on the really observed entries only."""
+        x = self.evaluation_samples("val" if stage == "val" else "test")
         return x[~x.flatten(1).isnan().all(1)][:n]
 
     def _read_observations(self) -> tuple[Tensor, Tensor]:
@@ -272,6 +273,10 @@ class ArrayDataModule(SequenceDataModule):
             self._truth = fit_reference(self, self.reference, self.temporal, self.spatial,
                                         steps=self.reference_steps, nugget=self.reference_nugget)  # fmt: skip
         return self._truth
+
+    @property
+    def has_truth(self) -> bool:
+        return self.reference != "none"
 
     def state_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std}

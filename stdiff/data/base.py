@@ -109,10 +109,16 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         seed = derive_seed(self.seed, VAL if stage == "val" else TEST)
         return draw_fixed(self.sample, self.num_val, derive_seed(seed, 0))
 
-    def conditional_cases(self, n: int, generator: torch.Generator) -> Tensor:
-        """``n`` cases ``(n, T, *space)`` the conditional diagnostics observe in part and complete:
-        exact draws of ``truth`` here; held-out data where the truth is only a fitted reference."""
+    def conditional_cases(self, n: int, generator: torch.Generator, stage: str = "test") -> Tensor:
+        """``n`` cases ``(n, T, *space)`` the conditional diagnostics of ``stage`` (``val`` or
+        ``test``) observe in part and complete: exact draws of ``truth`` here; that split's
+        held-out data where the truth is only a fitted reference."""
         return self.truth.sample(n, generator)
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether there is a ``truth``, known without computing it (a fitted reference is not fitted)."""
+        return self.truth is not None
 
     def normalize(self, x: Tensor) -> Tensor:
         """Data units to model units (identity here; ``ArrayDataModule`` standardises)."""

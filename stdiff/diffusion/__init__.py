@@ -3,11 +3,20 @@
 The common currency is the *noise model* (``NoiseModel``): ``model(x_t (B, T, *space), t (B,),
 **cond) -> ε̂ (B, T, *space)``, with its ``schedule``. ``Denoiser`` wraps a backbone network and
 converts whatever it predicts into ε̂; ``ExactDenoiser`` is the optimal ε̂ of GP data, from the true
-score. Losses and samplers see only that contract and pass ``cond`` (observations, masks) through
+score (or posterior, given observations); ``ResidualDenoiser`` is a Gaussian prior's exact ε̂ plus
+a learned correction, zero at initialisation. Losses and samplers see only that contract and pass ``cond`` (observations, masks) through
 unchanged, as k-diffusion does.
 """
 
-from stdiff.diffusion.denoisers import NOISE_MODELS, Denoiser, ExactDenoiser, NoiseModel, Shared
+from stdiff.diffusion.denoisers import (
+    NOISE_MODELS,
+    Denoiser,
+    ExactDenoiser,
+    NoiseModel,
+    ResidualDenoiser,
+    Shared,
+    exact_noise,
+)
 from stdiff.diffusion.process import (
     PARAMETERIZATIONS,
     TIME_SAMPLING,
@@ -39,6 +48,7 @@ __all__ = [
     "NoiseModel",
     "NoisePrediction",
     "Parameterization",
+    "ResidualDenoiser",
     "ScorePrediction",
     "Shared",
     "VelocityPrediction",
@@ -46,6 +56,7 @@ __all__ = [
     "denoising_loss",
     "denoising_loss_floor",
     "diffuse",
+    "exact_noise",
     "get_parameterization",
     "loss_weight",
     "per_sample",

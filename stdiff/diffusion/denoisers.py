@@ -1,5 +1,6 @@
-"""The noise models: ``Denoiser`` (a backbone network and what it predicts) and ``ExactDenoiser``
-(the optimal ε̂ of GP data, from the true score), behind one contract, ``NoiseModel``."""
+"""The noise models, behind one contract, ``NoiseModel``: ``Denoiser`` (a backbone network and what
+it predicts), ``ExactDenoiser`` (the optimal ε̂ of a Gaussian, from its exact score or posterior)
+and ``ResidualDenoiser`` (the exact ε̂ of a Gaussian prior plus a learned correction)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 from stdiff.diffusion.process import get_parameterization, per_sample
 from stdiff.gp import KroneckerGP
+from stdiff.kernels import Tabulated
 from stdiff.nn import Backbone, DiT
 from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
 
@@ -39,8 +41,9 @@ class NoiseModel(nn.Module, ABC):
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         """ε̂ ``(B, T, *space)`` at ``x_t (B, T, *space)``, diffusion times ``t (B,)``."""
 
-    def attach_truth(self, truth: KroneckerGP | None) -> None:
-        """Receive the data's exact distribution (``SequenceDataModule.truth``); ignored by default."""
+    def attach_truth(self, truth: KroneckerGP | Callable[[], KroneckerGP | None] | None) -> None:
+        """Receive the data's exact distribution (``SequenceDataModule.truth``), or a function that
+        returns it when first needed (``predict``, which may never need it); ignored by default."""
 
 
 class Denoiser(NoiseModel):
@@ -82,10 +85,13 @@ class Denoiser(NoiseModel):
 
 
 class ExactDenoiser(NoiseModel):
-    """The optimal ε-predictor for GP data, ``ε̂ = E[ε | x_t] = −σ(t) ∇ log p_t(x_t)``: a noise model
-    usable wherever a trained one is (losses, samplers, predict, validate), to separate model error
-    from everything else. It has nothing to train. In Python, ``ExactDenoiser.from_gp(gp, schedule)``;
-    under the CLI (``--model.denoiser=ExactDenoiser``) it takes the data module's ``truth``.
+    """The optimal ε-predictor for GP data, ``ε̂ = E[ε | x_t] = −σ(t) ∇ log p_t(x_t)``, and given
+    ``observed`` values at ``mask`` (``cond``, as a conditional model gets them) the exact
+    conditional ``E[ε | x_t, observed]`` (``KroneckerGP.denoise``): a noise model usable wherever a
+    trained one is (losses, samplers, conditional sampling, predict, validate), to separate model
+    error from everything else. It has nothing to train. In Python,
+    ``ExactDenoiser.from_gp(gp, schedule)``; under the CLI (``--model.denoiser=ExactDenoiser``) it
+    takes the data module's ``truth``.
 
     Args:
         sample_shape: ``(T, *space_shape)``; the CLI links it from the data module.
@@ -105,15 +111,8 @@ class ExactDenoiser(NoiseModel):
         model.attach_truth(gp)
         return model
 
-    def attach_truth(self, truth: KroneckerGP | None) -> None:
-        if truth is None:
-            raise ValueError(
-                "ExactDenoiser needs data whose exact distribution is known (a data module with a `truth`, such as "
-                "GPDataModule); this data module has none"
-            )
-        if tuple(truth.sample_shape) != self.sample_shape:
-            raise ValueError(f"ExactDenoiser built for samples {self.sample_shape}, the truth has {truth.sample_shape}")
-        self.gp = truth
+    def attach_truth(self, truth) -> None:
+        self.gp = _check_truth(type(self).__name__, truth() if callable(truth) else truth, self.sample_shape)
 
     def divergence(self, t: float) -> float:
         """∇ₓ·ε̂ at time ``t``, the same at every x (ε̂ is linear): σ Σ_k 1/(α²λ_k + σ²) over the
@@ -126,10 +125,111 @@ class ExactDenoiser(NoiseModel):
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         if self.gp is None:
             raise RuntimeError("ExactDenoiser has no GP yet: build it with ExactDenoiser.from_gp(gp, schedule)")
-        if cond:
-            raise ValueError(f"ExactDenoiser is unconditional; got conditioning {sorted(cond)}")
-        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
-        return -per_sample(sigma, x_t) * self.gp.score(x_t, alpha, sigma)
+        return exact_noise(self.gp, self.schedule, x_t, t, **cond).to(x_t.dtype)
+
+
+class ResidualDenoiser(Denoiser):
+    """A backbone that learns only what a Gaussian prior misses: the prediction is the prior's exact
+    one (``ExactDenoiser``'s ε̂, conditional on ``observed`` at ``mask`` when the model is) plus the
+    backbone's output as a correction, added in the ``parameterization``'s own units:
+
+        ε̂ = to_noise(from_noise(ε̂_prior) + network(x_t, log-SNR, **cond)).
+
+    The DiT's output layer is zero at initialisation (adaLN-Zero), so at step 0 this model *is*
+    the prior: its samples, likelihood and conditional scores are the prior's, and training spends
+    its capacity on what a Gaussian cannot express (non-Gaussian marginals, nonstationarity,
+    non-separable dependence). Use it when a fitted Gaussian is already a good model (real data
+    with a ``reference``: ``ArrayDataModule(reference=kernels)``), or a small budget would leave a
+    plain ``Denoiser`` worse than it; with the data's exact law as prior (``GPDataModule``) the
+    correction has nothing to learn (``stdiff/guide/models.md``).
+
+    The prior is the data module's ``truth`` (the GP truth or the fitted reference), received at
+    ``fit`` and stored in every checkpoint (``stdiff_prior``), so a checkpoint is sampled with the
+    prior it was trained with and ``predict`` fits nothing. Its cost: unconditionally a Kronecker
+    eigenbasis transform per sample (O(T·S·(T + S))); conditionally one dense Cholesky factor of
+    order T·S per distinct (mask, noise level) in the batch (a training batch of B samples: B
+    factors, O(B·(T·S)³/3) flops; sampling k samples of a case: one per step), T·S <= 4096.
+
+    Args: as ``Denoiser``.
+    """
+
+    needs_truth = True
+
+    def __init__(
+        self,
+        sample_shape: Sequence[int],
+        backbone: Callable[[tuple[int, ...]], Backbone] = DiT,
+        schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),  # noqa: B008 (jsonargparse default)
+        parameterization: Literal["eps", "x0", "v", "score"] = "v",
+    ) -> None:
+        super().__init__(sample_shape, backbone, schedule, parameterization)
+        # Shared by the deep copies EMA makes: the prior is set once, for the model and its average.
+        self._prior = Shared({"gp": None, "pending": None})
+
+    @property
+    def gp(self) -> KroneckerGP:
+        """The prior (resolved from the data module on first use when it was deferred)."""
+        prior = self._prior.value
+        if prior["gp"] is None and prior["pending"] is not None:
+            prior["gp"] = _check_truth(type(self).__name__, prior["pending"](), self.sample_shape)
+        if prior["gp"] is None:
+            raise RuntimeError("ResidualDenoiser has no prior yet: attach_truth(gp), or load a checkpoint of one")
+        return prior["gp"]
+
+    def attach_truth(self, truth) -> None:
+        if callable(truth):
+            self._prior.value.update(gp=None, pending=truth)
+        else:
+            self._prior.value.update(gp=_check_truth(type(self).__name__, truth, self.sample_shape), pending=None)
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        return self.forward_parts(x_t, t, **cond)[0]
+
+    def forward_parts(self, x_t: Tensor, t: Tensor, **cond) -> tuple[Tensor, Tensor]:
+        """``(ε̂, ε̂_prior)``: the prediction and the prior's part of it."""
+        prior = exact_noise(self.gp, self.schedule, x_t, t, **cond).to(x_t.dtype)
+        out = self.backbone(x_t, self.schedule.log_snr(t), **cond)
+        alpha, sigma = per_sample(self.schedule.alpha(t), x_t), per_sample(self.schedule.sigma(t), x_t)
+        # every parameterisation is affine in the output: the correction's ε is its linear part
+        return prior + self.parameterization.to_noise(out, torch.zeros_like(x_t), alpha, sigma), prior
+
+    def prior_state(self) -> dict:
+        """The prior as plain tensors and numbers, for a checkpoint (``load_prior_state``)."""
+        gp = self.gp
+        return {"gamma": gp.gamma, "sigma": gp.sigma, "nugget": gp.nugget, "mean": gp.mean_value,
+                "space_shape": list(gp.space_shape), "description": repr(gp)}  # fmt: skip
+
+    def load_prior_state(self, state: dict) -> None:
+        """The prior a checkpoint was trained with (``prior_state``): Γ and Σ as tabulated kernels."""
+        shape = list(state["space_shape"])
+        gp = KroneckerGP(Tabulated(state["gamma"].tolist()), Tabulated(state["sigma"].tolist(), shape if len(shape) > 1 else None),
+                         len(state["gamma"]), shape, state["mean"], nugget=state["nugget"])  # fmt: skip
+        self.attach_truth(gp)
+
+
+def exact_noise(gp: KroneckerGP, schedule: NoiseSchedule, x_t: Tensor, t: Tensor, observed: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:  # fmt: skip
+    """The exact ε̂ of ``gp`` at ``x_t (B, T, *space)``, times ``t (B,)``: −σ ∇ log p_t(x_t), or
+    with ``observed`` values at ``mask`` (x_0 known there) (x_t − α E[x_0 | x_t, observed]) / σ."""
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    if mask is None:
+        if observed is not None:
+            raise ValueError("observed values need their mask")
+        return -per_sample(sigma, x_t) * gp.score(x_t, alpha, sigma)
+    x0 = gp.denoise(x_t, alpha, sigma, observed, mask)
+    a, s = per_sample(alpha.double(), x0), per_sample(sigma.double(), x0)
+    return (x_t.double() - a * x0) / s
+
+
+def _check_truth(name: str, truth: KroneckerGP | None, sample_shape: tuple[int, ...]) -> KroneckerGP:
+    if truth is None:
+        raise ValueError(
+            f"{name} needs data whose exact distribution is known, or a Gaussian fitted to it (a data module with a "
+            "`truth`: GPDataModule, or ArrayDataModule with a reference); this data module has none"
+        )
+    if tuple(truth.sample_shape) != tuple(sample_shape):
+        raise ValueError(f"{name} built for samples {tuple(sample_shape)}, the truth has {truth.sample_shape}")
+    return truth
 
 
 class Shared:
@@ -143,4 +243,4 @@ class Shared:
         return self
 
 
-NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.__name__: cls for cls in (Denoiser, ExactDenoiser)}
+NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.__name__: cls for cls in (Denoiser, ExactDenoiser, ResidualDenoiser)}
