@@ -23,10 +23,7 @@ from stdiff.kernels import Kernel
 # number > 1e12): its inverse, used by log_prob and by the score at small noise, would have fewer
 # than ~4 correct digits in float64.
 MAX_CONDITION = 1e12
-# The exact conditional denoiser (KroneckerGP.denoise) is dense up to this T·S, in chunks of factors
-# of at most this many bytes.
-DENSE_DENOISE_LIMIT = 4096
-DENOISE_CHUNK_BYTES = 2**28
+DENSE_DENOISE_LIMIT = 4096  # the exact conditional denoiser (KroneckerGP.denoise) forms a (T·S)² precision
 AUTO_MAX_SHIFT = 1e-6  # jitter: auto adds at most this fraction of the largest eigenvalue
 
 
@@ -297,11 +294,12 @@ class KroneckerGP:
 
         Without a mask it is diagonal in the Kronecker eigenbasis: O(T·S·(T + S)) per sample. With
         one it is a Gaussian regression on every coordinate, observed exactly where ``mask`` says
-        and through ``x_t / α`` (noise variance s = σ²/α²) elsewhere: with D = diag(0 on the
-        observed, s elsewhere) and r the centred observations, x̂₀ = μ + r − D (K + D)⁻¹ r, K the
-        dense covariance. One Cholesky factor of (K + D) per distinct (mask, s) among the rows
-        (samples of one case at one step share it): O((T·S)³/3) each, batched in chunks of at most
-        ``DENOISE_CHUNK_BYTES``; ``T·S <= 4096``.
+        and through ``x_t / α`` (noise variance s = σ²/α²) elsewhere. In precision form, with Q
+        = (Γ ⊗ Σ + τ² I)⁻¹ formed once (dense, from the eigendecomposition) and m the unobserved
+        coordinates: (Q_mm + I/s)(x̂₀ − μ)_m = (x_t/α − μ)_m / s − Q_mo (y − μ)_o. One Cholesky factor
+        of order m per distinct (mask, s) among the rows (the samples of one case at one sampler
+        step share it): O(m³/3) flops each, so a training batch of B samples costs O(B·m³/3) and
+        k samples of a case one factor per step; ``T·S <= 4096`` (Q takes 8·(T·S)² bytes).
 
         Args:
             x_t: ``(B, T, *space_shape)``.
@@ -328,30 +326,33 @@ class KroneckerGP:
                              "use shorter windows or fewer points")  # fmt: skip
         flat_mask = mask.reshape(b, -1).bool()
         s = (sigma / alpha) ** 2  # (B,)
-        r = torch.where(flat_mask, observed.reshape(b, -1).to(torch.float64), x.reshape(b, -1) / alpha[:, None]) - mu
-        noise = torch.where(flat_mask, torch.zeros((), dtype=torch.float64, device=x.device), s[:, None])  # D, (B, d)
+        y = observed.reshape(b, -1).to(torch.float64) - mu
+        z = x.reshape(b, -1) / alpha[:, None] - mu
+        out = torch.where(flat_mask, y, torch.zeros_like(y))
         # rows sharing (mask, s) share the factor: one per group
         keys = torch.cat([flat_mask.to(torch.float64), s[:, None]], dim=1)
         groups, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        k = self._dense_covariance(x.device)
-        chunk = max(1, int(DENOISE_CHUNK_BYTES // (8 * self.dim**2)))
-        u = torch.empty_like(r)
-        for start in range(0, len(groups), chunk):
-            ids = torch.arange(start, min(start + chunk, len(groups)), device=x.device)
-            d = groups[ids, -1:] * (groups[ids, :-1] == 0)  # (g, d): s where not observed
-            chol, info = torch.linalg.cholesky_ex(k + torch.diag_embed(d))
-            if info.any():  # K_oo numerically singular (a smooth kernel observed densely): a little jitter
-                jitter = 1e-10 * k.diagonal().mean()
-                chol = torch.linalg.cholesky(k + torch.diag_embed(d + jitter))
-            for j, group in enumerate(ids.tolist()):
-                rows = (inverse == group).nonzero().squeeze(1)
-                u[rows] = torch.cholesky_solve(r[rows].T, chol[j]).T
-        return (mu + r - noise * u).reshape(x_t.shape)
+        precision = self._precision(x.device)
+        for group in range(len(groups)):
+            rows = (inverse == group).nonzero().squeeze(1)
+            miss = ~groups[group, :-1].bool()
+            if not miss.any():
+                continue
+            m, o = miss.nonzero().squeeze(1), (~miss).nonzero().squeeze(1)
+            inv_s = 1.0 / groups[group, -1]
+            q_mm = precision[m][:, m]
+            rhs = inv_s * z[rows][:, m] - y[rows][:, o] @ precision[o][:, m]  # (r, m)
+            chol = torch.linalg.cholesky(q_mm + inv_s * torch.eye(len(m), dtype=q_mm.dtype, device=q_mm.device))
+            out[rows[:, None], m[None, :]] = torch.cholesky_solve(rhs.T, chol).T
+        return (mu + out).reshape(x_t.shape)
 
-    def _dense_covariance(self, device: torch.device) -> Tensor:
-        key = ("dense", torch.device(device))
+    def _precision(self, device: torch.device) -> Tensor:
+        """The dense precision (Γ ⊗ Σ + τ² I)⁻¹, from the eigendecomposition, cached per device."""
+        key = ("precision", torch.device(device))
         if key not in self._on_device:
-            self._on_device[key] = (self.covariance().to(device),)
+            u = torch.kron(self.gamma_evecs, self.sigma_evecs)
+            lam = (self.gamma_evals[:, None] * self.sigma_evals[None, :] + self.nugget).reshape(-1)
+            self._on_device[key] = ((u / lam) @ u.T).to(device),
         return self._on_device[key][0]
 
     # --- conditioning (forecasting and imputation baselines) ---------------------------------

@@ -371,26 +371,30 @@ def fit_reference(data, method: str, temporal: Kernel | None, spatial: Kernel | 
     return gp
 
 
-HELD_OUT_GAP = 0.1  # nats per observed value by which the held-out fit may fall short of the training one
+HELD_OUT_GAP = 0.1  # nats per observed value by which the held-out fit may fall short, beyond its windows' variance
 
 
 def held_out_warning(report: dict) -> str | None:
-    """A warning when the reference's held-out log-likelihood per observed value is more than
-    ``HELD_OUT_GAP`` nats below its training one (None otherwise): a reference fitted to the
-    training windows' noise (a nugget, coordinates) or to a stretch unlike the rest."""
+    """A warning when the reference's held-out log-likelihood per observed value falls more than
+    ``HELD_OUT_GAP`` nats short of its training one beyond what the held-out windows' own
+    variance explains (None otherwise): a reference fitted to the training windows' noise (a
+    nugget, coordinates), or to a stretch of time unlike the rest. Windows that vary r times as
+    much (``held_out_variance_ratio``) cost a well-specified Gaussian ½(r − 1) nats per value."""
     train, held = report.get("log_likelihood_per_window"), report.get("held_out_log_likelihood_per_window")
     if train is None or held is None:
         return None
     values = report["values_per_window"]
-    gap = train / values - held / (values * report["held_out_observed_ratio"])
-    report["held_out_gap_per_value"] = gap
-    if gap <= HELD_OUT_GAP:
+    per_train, per_held = train / values, held / (values * report["held_out_observed_ratio"])
+    explained = 0.5 * (report["held_out_variance_ratio"] - 1)
+    report["held_out_gap_per_value"] = per_train - per_held
+    if per_train - per_held - explained <= HELD_OUT_GAP:
         return None
-    return (f"the fitted reference is much worse on held-out windows: {held / (values * report['held_out_observed_ratio']):.4g} "
-            f"nats per observed value against {train / values:.4g} on the training windows (a gap of {gap:.3g} > "
-            f"{HELD_OUT_GAP}). It may fit the training windows' noise (a nugget, coordinates) or a stretch of time unlike "
-            "the rest; its held-out likelihood, not the training one, says which reference to keep "
-            "(data.reference_report; compare the reference settings on it)")
+    return (f"the fitted reference is much worse on the held-out (validation) windows: {per_held:.4g} nats per observed "
+            f"value against {per_train:.4g} on the training windows, a gap of {per_train - per_held:.3g}, of which their "
+            f"variance ({report['held_out_variance_ratio']:.3g}× the training windows') explains {explained:.3g}. The "
+            "reference may fit the training windows' noise (a nugget, coordinates) or a stretch of time unlike the "
+            "rest: compare reference settings by their held-out log-likelihood (data.reference_report), not the "
+            "training one")
 
 
 def format_report(report: dict) -> str:

@@ -10,7 +10,7 @@ import pytest
 from stdiff.bench import BENCHMARKS
 from stdiff.paper import EXPERIMENTS
 
-EXAMPLES = ["nyc_temperature"]
+EXAMPLES = ["nyc_temperature", "chicago_ridership"]
 COMMANDS = ([["stdiff.bench", name] for name in BENCHMARKS] + [["stdiff.paper", name] for name in EXPERIMENTS]
             + [[f"stdiff.examples.{name}"] for name in EXAMPLES] + [["stdiff.bench.speed"]])  # fmt: skip
 

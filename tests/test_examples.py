@@ -32,7 +32,7 @@ def test_scores_match_closed_forms_and_skip_missing_entries():
     samples = torch.tensor([-1.0, 1.0]).repeat(1, 1, 2, 2, 1).permute(0, 4, 2, 3, 1)[..., 0]  # k=2 samples ±1
     r = example.score(samples, x, mask, torch.tensor([2.0, 2.0]))
     # CRPS of the ensemble {-2, 2} °C at 0: E|X−y| − ½E|X−X'| = 2 − ½·2 = 1
-    assert r["entries"] == 1 and r["crps_c"] == pytest.approx(1.0) and r["rmse_c"] == pytest.approx(0.0)
+    assert r["entries"] == 1 and r["crps"] == pytest.approx(1.0) and r["rmse"] == pytest.approx(0.0)
 
 
 def test_the_pipeline_on_a_synthetic_stand_in(tmp_path):
@@ -50,7 +50,7 @@ def test_the_pipeline_on_a_synthetic_stand_in(tmp_path):
     assert set(results["tasks"]) == {"forecast", "impute"}
     for task in results["tasks"].values():
         assert set(task) == {"DiT", "fitted Gaussian", "climatology", "persistence"}
-        assert all(r["entries"] > 0 and np.isfinite(r["crps_c"]) for r in task.values())
+        assert all(r["entries"] > 0 and np.isfinite(r["crps"]) for r in task.values())
     assert results["reference"]["converged"] and results["reference"]["missing_fraction"] > 0
     assert set(results["likelihood"]) >= {"Gneiting (non-separable)", "Gneiting, β = 0 (separable)"}
     assert "| forecast | DiT |" in example.report(results)

@@ -33,6 +33,7 @@ BENCHMARKS = {
     "conditional_coverage": "coverage of a trained conditional model's intervals with many samples",
     "crps_noise": "CRPS ratio of exact posterior samples against exact posterior samples: its noise",
     "overfitting": "the real-data example's small-data recipe against plain training",
+    "real_data": "residual and plain DiT on two real data sets: CRPS against training steps, beside three baselines",
     "array_memory": "peak memory of training on a large array file",
     "predict_memory": "peak memory of predict with very many samples",
     "gpu_check": "everything that needs a GPU in one go: GPU tests, then the speed benchmark (a checkout)",

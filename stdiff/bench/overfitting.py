@@ -65,8 +65,8 @@ def summarise(out: Path, run: Path, log: str | None) -> dict:
         row["warned_rise"] = "val/loss has risen" in log
     for checkpoint in ("best", "last"):
         results = example.evaluate(out, run, k=100, checkpoint=checkpoint)
-        row[checkpoint] = {task: results["tasks"][task]["DiT"]["crps_c"] for task in results["tasks"]}
-        row[checkpoint]["reference"] = {task: results["tasks"][task]["fitted Gaussian"]["crps_c"] for task in results["tasks"]}
+        row[checkpoint] = {task: results["tasks"][task]["DiT"]["crps"] for task in results["tasks"]}
+        row[checkpoint]["reference"] = {task: results["tasks"][task]["fitted Gaussian"]["crps"] for task in results["tasks"]}
     return row
 
 

@@ -14,12 +14,12 @@ package ships (``pip install 'stdiff[examples]'``; nothing is downloaded at run 
    trains a conditional DiT (forecast and imputation) on every 24-hour window offset of the
    training parts, with a best-validation checkpoint; the data module fits a separable Gaussian
    reference (Matérn in time × RBF on the station coordinates, plus a nugget; EM on the gaps).
-3. **score**: on the held-out last 10 % of every block, two tasks: *forecast* the next 12 hours
-   from the past 12, and *impute* a station hidden for the whole day with the others seen. Each
-   method draws k samples per case and is scored on the really observed hidden entries (CRPS in
-   °C, 50/90 % coverage, spread/skill): the DiT, the fitted Gaussian's posterior, climatology (the
-   station's training anomalies) and persistence (last observed value plus the training
-   distribution of changes over that lead). Log-likelihoods per window of the separable fits and
+3. **score** (``stdiff.examples.scoring``): on the held-out last 10 % of every block, two tasks:
+   *forecast* the next 12 hours from the past 12, and *impute* a station hidden for the whole day
+   with the others seen. Each method draws k samples per case and is scored on the really
+   observed hidden entries (CRPS in °C, 50/90 % coverage, spread/skill): the DiT, the fitted
+   Gaussian's posterior, climatology (the station's training anomalies) and persistence (last
+   observed value plus the training distribution of changes over that lead). Log-likelihoods per window of the separable fits and
    of Gneiting's non-separable space-time covariance are compared on the same windows.
 """
 
@@ -29,11 +29,12 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from stdiff.examples.scoring import climatology, persistence, score, table, tasks  # noqa: F401 (the example's API)
+from stdiff.examples.scoring import evaluate as evaluate_methods
 
 STATIONS = ("EWR", "JFK", "LGA")
 BLOCK_DAYS, BLOCKS = 28, 13
@@ -95,79 +96,7 @@ def fit_command(out: Path) -> list[str]:
             f"--data.init_args.coordinates={out / 'stations.csv'}", f"--trainer.default_root_dir={out}"]  # fmt: skip
 
 
-# --- 3. scoring -----------------------------------------------------------------------------------
-
-
-def tasks(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Per-case masks (True = observed) of the two tasks on cases ``x (n, T, S)``: forecast the
-    second half of the day; impute one station (drawn per case) for the whole day."""
-    n, t, s = x.shape
-    forecast = torch.zeros(n, t, s, dtype=torch.bool)
-    forecast[:, : t // 2] = True
-    hidden = torch.randint(s, (n,), generator=generator)
-    impute = torch.ones(n, t, s, dtype=torch.bool)
-    impute[torch.arange(n), :, hidden] = False
-    return {"forecast": forecast, "impute": impute}
-
-
-def climatology(train: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """``k`` samples per case: each hidden entry a random training anomaly of its station."""
-    n, t, s = x.shape
-    out = torch.empty(n, k, t, s)
-    for j in range(s):
-        pool = train[..., j][~train[..., j].isnan()]
-        out[..., j] = pool[torch.randint(len(pool), (n, k, t), generator=g)]
-    return out
-
-
-def persistence(train: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """``k`` samples per case: each hidden entry the last observed value of its station before it
-    plus a training change over that lead (climatology where nothing came before)."""
-    n, t, s = x.shape
-    out = climatology(train, x, mask, k, g)
-    seen = mask & ~x.isnan()
-    for j in range(s):
-        series = train[..., j]
-        changes_at: dict[int, torch.Tensor] = {}  # training changes over each lead, made once
-        for i in range(n):
-            last = None
-            for h in range(t):
-                if seen[i, h, j]:
-                    last = h
-                    continue
-                if last is None:
-                    continue
-                lead = h - last
-                if lead not in changes_at:
-                    diff = (series[:, lead:] - series[:, :-lead]).reshape(-1)
-                    changes_at[lead] = diff[~diff.isnan()]
-                changes = changes_at[lead]
-                out[i, :, h, j] = x[i, last, j] + changes[torch.randint(len(changes), (k,), generator=g)]
-    return out
-
-
-def score(samples: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, std: torch.Tensor) -> dict:
-    """CRPS (°C), coverage and spread/skill of ``samples (n, k, T, S)`` on the hidden, really
-    observed entries of ``x (n, T, S)`` (standardised units; ``std (S,)`` back to °C)."""
-    from stdiff.metrics import crps
-
-    scored = ~mask & ~x.isnan()
-    n, k, t, s = samples.shape
-    per = samples.permute(0, 2, 3, 1)[scored].double() * std.expand(n, t, s)[scored][:, None]  # (N, k) °C
-    target = x[scored].double() * std.expand(n, t, s)[scored]
-    per_entry = crps(per, target)
-    lead = torch.arange(t)[None, :, None].expand(n, t, s)[scored]
-    case = torch.arange(n)[:, None, None].expand(n, t, s)[scored]
-    lo50, hi50, lo90, hi90 = torch.quantile(per, torch.tensor([0.25, 0.75, 0.05, 0.95], dtype=per.dtype), 1)
-    rmse = (per.mean(1) - target).pow(2).mean().sqrt()
-    return {"crps_c": per_entry.mean().item(), "coverage50": ((target >= lo50) & (target <= hi50)).double().mean().item(),
-            "coverage90": ((target >= lo90) & (target <= hi90)).double().mean().item(),
-            "spread_skill": (per.var(1).mean().sqrt() / rmse).item() * math.sqrt((k + 1) / k) if k > 1 else math.nan,
-            "rmse_c": rmse.item(), "entries": int(scored.sum()),
-            "crps_by_hour": [per_entry[lead == h].mean().item() for h in torch.unique(lead).tolist()],
-            "crps_sum_by_case": torch.zeros(n, dtype=torch.float64).index_add_(0, case, per_entry).tolist(),
-            "entries_by_case": torch.bincount(case, minlength=n).tolist()}  # fmt: skip
-
+# --- 3. scoring (stdiff.examples.scoring) ----------------------------------------------------------
 
 def likelihoods(data, reference_report: dict) -> dict:
     """Observed-data log-likelihood per window of the separable fits and Gneiting's class, on the
@@ -194,64 +123,29 @@ def likelihoods(data, reference_report: dict) -> dict:
 
 def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "best") -> dict:
     """Score the run's conditional DiT and the baselines on the test windows (module docstring)."""
-    from stdiff.metrics.conditional import posterior_samples
     from stdiff.paper.common import load_run
 
     model, data = load_run(run, [], checkpoint=checkpoint)
-    truth = data.truth  # the fitted reference
-    x = data.evaluation_samples("test")  # (n, 24, 3), standardised, NaN = missing
-    train = torch.stack([data.training_set()[i] for i in range(0, len(data.training_set()), 24)])
-    std = data.std.reshape(1, 1, -1)
-    g = torch.Generator().manual_seed(0)
-    results: dict = {"cases": len(x), "samples_per_case": k, "checkpoint": checkpoint,
+    print(f"scoring forecast and imputation: {len(data.evaluation_rows('test'))} cases × {k} samples")
+    scored = evaluate_methods(model, data, k)
+    results: dict = {"cases": len(data.evaluation_rows("test")), "samples_per_case": k, "checkpoint": checkpoint,
                      "reference": data.reference_report, "tasks": {}}  # fmt: skip
-    for name, mask in tasks(x, g).items():
-        print(f"scoring {name}: {len(x)} cases × {k} samples")
-        masks = mask & ~x.isnan()
-        observed = torch.nan_to_num(x)
-        start = time.perf_counter()
-        with torch.no_grad():
-            dit = model.sample_conditional(observed.repeat_interleave(k, 0), masks.repeat_interleave(k, 0),
-                                           torch.Generator().manual_seed(1)).reshape(len(x), k, *x.shape[1:])  # fmt: skip
-        seconds = time.perf_counter() - start
-        methods = {
-            "DiT": dit,
-            "fitted Gaussian": posterior_samples(truth, x, masks, k, torch.Generator().manual_seed(2)).float(),
-            "climatology": climatology(train, x, masks, k, torch.Generator().manual_seed(3)),
-            "persistence": persistence(train, x, masks, k, torch.Generator().manual_seed(4)),
-        }
-        results["tasks"][name] = {m: score(s, x, mask, std) for m, s in methods.items()}
-        results["tasks"][name]["DiT"]["seconds"] = seconds
+    for name, methods in scored.items():
+        samples = methods.pop("_samples")
+        results["tasks"][name] = methods
         if name == "forecast":
-            results["figure_case"] = {m: s[0].tolist() for m, s in methods.items() if m in ("DiT", "fitted Gaussian")}
-            results["figure_case"]["truth"] = x[0].tolist()
+            results["figure_case"] = {m: s[0].tolist() for m, s in samples.items() if m in ("DiT", "fitted Gaussian")}
+            results["figure_case"]["truth"] = data.evaluation_samples("test")[0].tolist()
     results["likelihood"] = likelihoods(data, data.reference_report)
     return results
 
 
 def report(results: dict) -> str:
-    """The results as a markdown table, with the goal's ratios."""
-    lines = ["| task | method | CRPS °C | RMSE °C | coverage 50 % | coverage 90 % | spread/skill |", "|---|---|---|---|---|---|---|"]
-    for task, methods in results["tasks"].items():
-        for m, r in methods.items():
-            lines.append(f"| {task} | {m} | {r['crps_c']:.4f} | {r['rmse_c']:.4f} | {r['coverage50']:.3f} | "
-                         f"{r['coverage90']:.3f} | {r['spread_skill']:.3f} |")  # fmt: skip
-    lines.append("")
-    for task, methods in results["tasks"].items():
-        ratios = ", ".join(f"{_ratio(methods['DiT'], methods[m])} × {m}" for m in methods if m != "DiT")
-        lines.append(f"- {task}: DiT CRPS = {ratios} (± a bootstrap standard error over the cases)")
-    lines += ["", "| model | log-likelihood / window (train) | (test) |", "|---|---|---|"]
+    """The results as a markdown table, with the DiT's CRPS ratios, and the likelihood table."""
+    lines = [table(results["tasks"], "°C"), "| model | log-likelihood / window (train) | (test) |", "|---|---|---|"]
     for label, row in results["likelihood"].items():
         lines.append(f"| {label} | {row['log_likelihood_per_window']:.3f} | {row['held_out_log_likelihood_per_window']:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def _ratio(a: dict, b: dict, resamples: int = 2000) -> str:
-    """CRPS ratio a / b and its standard error from resampling the cases (both scored on the same entries)."""
-    sa, sb = np.array(a["crps_sum_by_case"]), np.array(b["crps_sum_by_case"])
-    picks = np.random.default_rng(0).integers(len(sa), size=(resamples, len(sa)))
-    boot = sa[picks].sum(1) / sb[picks].sum(1)
-    return f"{sa.sum() / sb.sum():.3f} ± {boot.std():.3f}"
 
 
 def figure(results: dict, path: Path) -> None:
@@ -277,7 +171,7 @@ def figure(results: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     ax = axes[3]
     for m, r in results["tasks"]["forecast"].items():
-        ax.plot(np.arange(len(r["crps_by_hour"])) + 1, r["crps_by_hour"], marker="o", ms=3, label=m)
+        ax.plot(np.arange(len(r["crps_by_lead"])) + 1, r["crps_by_lead"], marker="o", ms=3, label=m)
     ax.set(title="forecast CRPS by lead", xlabel="lead (hours)", ylabel="CRPS (°C)")
     ax.legend(fontsize=7)
     fig.tight_layout()

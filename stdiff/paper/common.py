@@ -60,18 +60,25 @@ def metrics(run: Path) -> dict[str, float]:
     return json.loads((run / "metrics.json").read_text())["metrics"]
 
 
-def load(run: Path, configs: Sequence[str], overrides: Sequence[str], checkpoint: str = "last"):
+def load(run: Path, configs: Sequence[str], overrides: Sequence[str], checkpoint: str | None = "last"):
     """The trained model (EMA weights, eval mode) and its data module, rebuilt from the same
-    configuration as the run, with the weights of ``checkpoints/<checkpoint>.ckpt``."""
+    configuration as the run, with the weights of ``checkpoints/<checkpoint>.ckpt`` (a name, or a
+    path to a ``.ckpt``); ``checkpoint=None``: the model as initialised, before any step."""
     from stdiff.cli import StdiffCLI
 
     cli = StdiffCLI(args=cli_args(configs, overrides), run=False)
-    state = torch.load(run / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True)
-    cli.model.load_state_dict(state["state_dict"])
-    return cli.model.eval(), cli.datamodule
+    model = cli.model
+    if model.denoiser.needs_truth:  # the data's own (a checkpoint of a ResidualDenoiser brings its prior)
+        model.denoiser.attach_truth(lambda: cli.datamodule.truth)
+    if checkpoint is not None:
+        path = Path(checkpoint) if str(checkpoint).endswith(".ckpt") else run / "checkpoints" / f"{checkpoint}.ckpt"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        model.on_load_checkpoint(state)
+    return model.eval(), cli.datamodule
 
 
-def load_run(run: Path, overrides: Sequence[str] = (), checkpoint: str = "last"):
+def load_run(run: Path, overrides: Sequence[str] = (), checkpoint: str | None = "last"):
     """``load`` of any ``stdiff fit`` run, rebuilt from its own resolved ``config.yaml``."""
     import tempfile
 
