@@ -315,3 +315,25 @@ def test_a_bad_value_is_named_by_its_index_in_the_file(tmp_path):
     many[2, 170, 1] = np.nan  # missing, not bad
     np.save(tmp_path / "many.npy", many)
     assert ArrayDataModule(str(tmp_path / "many.npy"), frames=8).missing_values is False  # val NaN: not in training
+
+
+def test_a_fit_reads_no_test_window_and_its_conditional_metrics_come_from_validation_windows(tmp_path, monkeypatch):
+    gp_file(tmp_path / "gp.npy", n=4, frames=400)
+    read = []
+    original = ArrayDataModule.evaluation_samples
+
+    def recording(self, stage):
+        read.append(stage)
+        return original(self, stage)
+
+    monkeypatch.setattr(ArrayDataModule, "evaluation_samples", recording)
+    main(["fit", *ARGS, f"--data.init_args.paths={tmp_path / 'gp.npy'}", "--data.init_args.reference=kernels",
+          "--data.init_args.task=Forecast", "--data.init_args.task.init_args.context=8", "--model.conditioning=Replacement",
+          "--trainer.max_steps=6", "--diagnostics.num_samples=64", "--model.sampler.init_args.steps=4",
+          "--diagnostics.conditional_cases=4", "--diagnostics.conditional_samples=4", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert "test" not in read and "val" in read  # the test split stays unseen until `stdiff test`
+    (path,) = tmp_path.glob("lightning_logs/version_0/metrics.json")
+    assert json.loads(path.read_text())["metrics"]["val/conditional/Forecast/cases"] == 4
+    dm = ArrayDataModule(str(tmp_path / "gp.npy"), frames=16)
+    assert torch.equal(dm.conditional_cases(3, torch.Generator(), "val"), dm.evaluation_samples("val")[:3])
+    assert torch.equal(dm.conditional_cases(3, torch.Generator(), "test"), dm.evaluation_samples("test")[:3])

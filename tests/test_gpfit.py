@@ -15,6 +15,7 @@ from stdiff.gpfit import (
     fit_kernels,
     flip_flop,
     held_out_note,
+    held_out_warning,
     observed_log_likelihood,
 )
 from stdiff.kernels import RBF, Matern, PoweredExponential
@@ -154,3 +155,20 @@ def test_the_reference_report_is_one_item_a_line():
     lines = text.splitlines()
     assert lines[0] == "fitted Gaussian reference (not the data's true distribution):" and len(lines) == 5
     assert lines[2] == "  nugget   0.01235" and lines[4] == "  scales   [0.5, 1.235]" and max(map(len, lines)) < 80
+
+
+def test_a_reference_much_worse_held_out_than_in_training_warns():
+    """Held-out windows of the same law: no warning. Windows of the same variance whose values are
+    shuffled in time (the fitted correlations no longer hold): the gap per value is far beyond
+    what their variance explains, and the warning says so with both numbers."""
+    gp = generating_gp(0.0)
+    x = gp.sample(120, torch.Generator().manual_seed(5), dtype=torch.float64)
+    fresh = gp.sample(40, torch.Generator().manual_seed(6), dtype=torch.float64)
+    _, report = fit_kernels(x, Matern(0.5, 1.5), RBF(5.0), (6,), held_out=fresh, coordinates=COORDS)
+    assert held_out_warning(report) is None and abs(report["held_out_gap_per_value"]) < 0.1
+    shuffled = fresh[:, torch.randperm(fresh.shape[1], generator=torch.Generator().manual_seed(7))]
+    _, report = fit_kernels(x, Matern(0.5, 1.5), RBF(5.0), (6,), held_out=shuffled, coordinates=COORDS)
+    message = held_out_warning(report)
+    assert report["held_out_variance_ratio"] == pytest.approx(1.0, rel=0.2)
+    assert message is not None and f"a gap of {report['held_out_gap_per_value']:.3g}" in message
+    assert "held-out log-likelihood" in message
