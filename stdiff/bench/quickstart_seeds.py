@@ -6,6 +6,9 @@ verdict of each.
     python -m stdiff.bench quickstart_seeds [--seeds 5] [--root /tmp/stdiff_seeds] [--out stdiff/bench/results]
         [any stdiff fit override, e.g. --trainer.max_steps=300]
 
+``stdiff/bench/results/residual_quickstart/`` holds the same with ``--model.denoiser=ResidualDenoiser``
+(the exact GP as its prior).
+
 About 4–5 min a seed on 2 CPU cores, one after the other. Each run's output goes to
 ``<root>/seed<N>.log``; a seed whose run already finished under ``root`` is read, not rerun, so an
 interrupted sweep continues where it stopped. Writes ``quickstart_seeds.json`` and ``.md``.
@@ -40,6 +43,7 @@ KEYS = [
     ("val/samples/w2_excess", "W2 excess", ".3f"),
     ("val/samples/early_stopping_kl", "early-stopping KL after the endpoint (in every KL)", ".2g"),
     ("val/attention/pearson_best", "attention Pearson with Γ (best layer)", ".3f"),
+    ("val/correction", "a ResidualDenoiser's correction (RMS of its ε)", ".4f"),
 ]
 
 
@@ -87,7 +91,8 @@ def main() -> None:
               f"wall {runs[-1]['wall_s'] or float('nan'):.0f} s", flush=True)  # fmt: skip
     for r in runs:  # d = 256: the quickstart's dimension
         r["verdict"] = verdict(r["metrics"]["val/samples/kl_excess"], 32 * 8, r["num_samples"])
-    summary = {key: spread([r["metrics"][key] for r in runs]) for key, _, _ in KEYS}
+    keys = [k for k in KEYS if all(k[0] in r["metrics"] for r in runs)]  # those of this model
+    summary = {key: spread([r["metrics"][key] for r in runs]) for key, _, _ in keys}
     walls = [r["wall_s"] for r in runs if r["wall_s"] is not None]
     if walls:
         summary["wall_s"] = spread(walls)
@@ -100,7 +105,7 @@ def main() -> None:
               "d = 256).\n"),
              "| metric | mean ± sd | range | " + " | ".join(f"seed {r['seed']}" for r in runs) + " |",
              "|---" * (3 + len(runs)) + "|"]  # fmt: skip
-    for key, label, fmt in KEYS:
+    for key, label, fmt in keys:
         s = summary[key]
         cells = " | ".join(f"{r['metrics'][key]:{fmt}}" for r in runs)
         lines.append(f"| {label} | {s['mean']:{fmt}} ± {s['sd']:{fmt}} | {s['min']:{fmt}} – {s['max']:{fmt}} | {cells} |")

@@ -425,7 +425,8 @@ class GPDiagnostics(Callback):
         checkpoint = self._checkpoint if stage != "fit" and trainer.ckpt_path else None
         exact = getattr(trainer.datamodule, "truth_is_exact", True)
         print(summary({**logged, **self.results}, stage, self.truth.dim, self.num_samples, run,
-                      exact, checkpoint, self._step(trainer), type(trainer.lightning_module.denoiser).__name__),
+                      exact, checkpoint, self._step(trainer), type(trainer.lightning_module.denoiser).__name__,
+                      getattr(trainer.datamodule, "reference_report", None)),
               flush=True)  # fmt: skip
 
     @staticmethod
@@ -452,6 +453,9 @@ class GPDiagnostics(Callback):
                 out["model"] = type(trainer.lightning_module.denoiser).__name__
             if self.truth is not None:  # condition numbers and any jitter added: the truth the metrics use
                 out["data"] = {"conditioning": self.truth.conditioning}
+                report = getattr(trainer.datamodule, "reference_report", None)
+                if report is not None:  # a fitted reference: its fit, training and held-out log-likelihood
+                    out["data"]["reference"] = report
             if any("/conditional/" in k for k in metrics):
                 out["conditional_estimator"] = self.conditional_estimator  # of crps and energy
             json.dump(out, f, indent=1)

@@ -171,8 +171,10 @@ def conditional_verdict(c: dict[str, float], exact_truth: bool = True) -> str:
 
 
 def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run_dir: str, exact_truth: bool = True,
-            checkpoint: dict | None = None, step: int | None = None, model: str = "the model") -> str:  # fmt: skip
-    """The end-of-run lines from the diagnostics' ``results`` (keys ``val/…`` or ``test/…``)."""
+            checkpoint: dict | None = None, step: int | None = None, model: str = "the model",
+            reference: dict | None = None) -> str:  # fmt: skip
+    """The end-of-run lines from the diagnostics' ``results`` (keys ``val/…`` or ``test/…``), and
+    the fitted ``reference``'s report (``stdiff.gpfit``) where there is one."""
     prefix = "test" if stage == "test" else "val"
 
     def get(name: str) -> float | None:
@@ -185,6 +187,17 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     else:
         where = f"step {step}" if stage == "fit" else f"{model}, no checkpoint"
     lines = [f"stdiff {stage}: {where}, against {against}"]
+    if reference is not None and reference.get("held_out_log_likelihood_per_window") is not None:
+        values = reference["values_per_window"]
+        train = reference["log_likelihood_per_window"] / values
+        held = reference["held_out_log_likelihood_per_window"] / (values * reference["held_out_observed_ratio"])
+        lines.append(f"  reference fit     log-likelihood {train:.4g} nats per value on its training windows, {held:.4g} "
+                     "on the validation windows")  # fmt: skip
+    prior_loss, correction = get("prior_loss"), get("correction")
+    if prior_loss is not None and correction is not None:
+        loss = get("loss")
+        lines.append(f"  correction        {correction:.3g} RMS of ε̂ added to the prior's; {prefix}/loss {loss:.4g} against "
+                     f"the prior's {prior_loss:.4g}")  # fmt: skip
     score, excess_loss = get("score_rel_error"), get("excess_loss")
     if score is not None:
         lines.append(f"  score error       {score:.4g}   E‖ŝ − s*‖² / E‖s*‖² over noise levels (0: the exact score)")

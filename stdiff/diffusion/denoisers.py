@@ -146,9 +146,10 @@ class ResidualDenoiser(Denoiser):
     The prior is the data module's ``truth`` (the GP truth or the fitted reference), received at
     ``fit`` and stored in every checkpoint (``stdiff_prior``), so a checkpoint is sampled with the
     prior it was trained with and ``predict`` fits nothing. Its cost: unconditionally a Kronecker
-    eigenbasis transform per sample (O(T·S·(T + S))); conditionally one dense Cholesky factor of
-    order T·S per distinct (mask, noise level) in the batch (a training batch of B samples: B
-    factors, O(B·(T·S)³/3) flops; sampling k samples of a case: one per step), T·S <= 4096.
+    eigenbasis transform per sample (O(T·S·(T + S))); conditionally one Cholesky factor of order m
+    (the unobserved entries) per distinct (mask, noise level) in the batch (``KroneckerGP.denoise``:
+    a training batch of B samples, B factors, O(B·m³/3) flops; k samples of a case share one per
+    sampler step), T·S <= 4096.
 
     Args: as ``Denoiser``.
     """
