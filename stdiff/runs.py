@@ -195,7 +195,8 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
             datamodule.check_observations()  # the file read and checked now, before anything starts
     if model.denoiser.needs_truth and not datamodule.has_truth:
         raise RunError(f"model.denoiser={type(model.denoiser).__name__} needs data whose exact distribution is known "
-                       f"(a data module with a `truth`, such as GPDataModule); {type(datamodule).__name__} has none")  # fmt: skip
+                       f"(a data module with a `truth`, such as GPDataModule), or a Gaussian fitted to it "
+                       f"(ArrayDataModule with data.init_args.reference); {type(datamodule).__name__} has none")  # fmt: skip
     from stdiff._validation import check_memory
 
     shape = datamodule.sample_shape  # a batch of data, its noise and noisy copy, and the network's output

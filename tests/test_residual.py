@@ -183,3 +183,14 @@ def test_with_the_true_prior_the_correction_stays_small(tmp_path):
     # the loss of the exact model is the floor: the correction can only add to it, and adds almost nothing
     assert metrics["val/loss"] == pytest.approx(metrics["val/prior_loss"], rel=0.01)
     assert metrics["val/correction"] < 0.1 * metrics["val/prior_loss"] ** 0.5
+
+
+def test_data_without_a_gaussian_is_refused_before_anything_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(QUICKSTART), "--model.denoiser=ResidualDenoiser", "--data=stdiff.data.MovingBall",
+              f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert done.value.code == 2
+    assert "ResidualDenoiser needs data whose exact distribution is known" in capsys.readouterr().err
+    assert not (tmp_path / "lightning_logs").exists()
+    with pytest.raises(ValueError, match="backbone_input must be 'noisy' or 'denoised'"):
+        ResidualDenoiser(GP.sample_shape, backbone_input="clean")

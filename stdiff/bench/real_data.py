@@ -35,9 +35,13 @@ DENOISERS = {"residual DiT": "ResidualDenoiser", "plain DiT": "Denoiser"}
 BASELINES = ("fitted Gaussian", "climatology", "persistence")
 
 
-def train(example, out: Path, label: str, minutes: float) -> tuple[Path, dict]:
-    """One fit of the example with ``DENOISERS[label]``, every periodic checkpoint kept."""
+def train(example, out: Path, label: str, minutes: float, reuse: bool = False) -> tuple[Path, dict]:
+    """One fit of the example with ``DENOISERS[label]``, every periodic checkpoint kept (``reuse``:
+    a finished fit already there is scored again instead)."""
     root = out / "runs" / DENOISERS[label]
+    if reuse and (root / "timing.json").exists():
+        timing = json.loads((root / "timing.json").read_text())
+        return Path(timing.pop("run")), timing
     args = [a.replace(f"--trainer.default_root_dir={out}", f"--trainer.default_root_dir={root}")
             for a in example.fit_command(out)]  # fmt: skip
     start = time.perf_counter()
@@ -54,8 +58,9 @@ def train(example, out: Path, label: str, minutes: float) -> tuple[Path, dict]:
     steps = metrics["global_step"]
     fit_seconds = metrics["metrics"]["fit/seconds"]
     training = fit_seconds - metrics["metrics"].get("fit/validation_seconds", 0.0)
-    return run, {"steps": steps, "wall_seconds": wall, "fit_seconds": fit_seconds,
-                 "seconds_per_step": training / max(steps, 1)}  # fmt: skip
+    timing = {"steps": steps, "wall_seconds": wall, "fit_seconds": fit_seconds, "seconds_per_step": training / max(steps, 1)}
+    (root / "timing.json").write_text(json.dumps({**timing, "run": str(run)}))
+    return run, timing
 
 
 def checkpoints(run: Path) -> list[tuple[int, str | None]]:
@@ -118,7 +123,8 @@ def report(name: str, results: dict) -> str:
     lines += ["## Training cost", "", "| model | steps | training s / step | fit wall time (s) |", "|---|---|---|---|"]
     for label, run in results["runs"].items():
         t = run["timing"]
-        lines.append(f"| {label} | {t['steps']} | {t['seconds_per_step']:.3f} | {t['wall_seconds']:.0f} |")
+        wall = f"{t['wall_seconds']:.0f}" if t.get("wall_seconds") is not None else f"– (fit {t['fit_seconds']:.0f})"
+        lines.append(f"| {label} | {t['steps']} | {t['seconds_per_step']:.3f} | {wall} |")
     lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(results)]
     return "\n".join(lines) + "\n"
 
@@ -166,7 +172,7 @@ def figure(name: str, results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_example(name: str, out: Path, minutes: float, k: int) -> dict:
+def run_example(name: str, out: Path, minutes: float, k: int, reuse: bool = False) -> dict:
     example = importlib.import_module(f"stdiff.examples.{name}")
     spec = EXAMPLES[name]
     out = out / name
@@ -175,7 +181,7 @@ def run_example(name: str, out: Path, minutes: float, k: int) -> dict:
     results: dict = {"example": name, "samples_per_case": k, "minutes": minutes, "runs": {}, "baselines": {}}
     for label in DENOISERS:
         print(f"{name}: training the {label} (at most {minutes:g} min)", flush=True)
-        run, timing = train(example, out, label, minutes)
+        run, timing = train(example, out, label, minutes, reuse)
         print(f"{name}: {label}: {timing['steps']} steps, {timing['seconds_per_step']:.3f} s a step; scoring", flush=True)
         results["runs"][label] = {"run": str(run), "timing": timing,
                                   "curve": curve(example, spec, run, k, results["baselines"])}  # fmt: skip
@@ -194,12 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="the most wall time of each fit (default 15)")
     parser.add_argument("--samples", type=int, default=50, help="samples per case (default 50)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
+    parser.add_argument("--reuse", action="store_true", help="score the fits already under OUT instead of training again")
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 60 or args.samples < 2:
         parser.error(f"--minutes must be in (0, 60] and --samples >= 2; got {args.minutes}, {args.samples}")
     args.results.mkdir(parents=True, exist_ok=True)
     for name in args.examples:
-        results = run_example(name, args.out.resolve(), args.minutes, args.samples)
+        results = run_example(name, args.out.resolve(), args.minutes, args.samples, args.reuse)
         (args.results / f"{name}.json").write_text(json.dumps(results, indent=1))
         (args.results / f"{name}.md").write_text(report(name, results))
         figure(name, results, args.results / f"{name}.png")

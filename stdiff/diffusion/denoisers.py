@@ -151,7 +151,13 @@ class ResidualDenoiser(Denoiser):
     a training batch of B samples, B factors, O(B·m³/3) flops; k samples of a case share one per
     sampler step), T·S <= 4096.
 
-    Args: as ``Denoiser``.
+    Args:
+        sample_shape, backbone, schedule, parameterization: as ``Denoiser``.
+        backbone_input: what the backbone sees in place of x_t: ``denoised``, the prior's own
+            estimate x̂₀ (an invertible affine function of x_t at every noise level, so nothing is
+            lost, and the network corrects a field at the data's scale: on the NYC example it
+            learned faster at every step, ``stdiff/bench/results/real_data/``), or ``noisy``, x_t
+            itself (as ``Denoiser``).
     """
 
     needs_truth = True
@@ -162,8 +168,12 @@ class ResidualDenoiser(Denoiser):
         backbone: Callable[[tuple[int, ...]], Backbone] = DiT,
         schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck),  # noqa: B008 (jsonargparse default)
         parameterization: Literal["eps", "x0", "v", "score"] = "v",
+        backbone_input: Literal["noisy", "denoised"] = "denoised",
     ) -> None:
         super().__init__(sample_shape, backbone, schedule, parameterization)
+        if backbone_input not in ("noisy", "denoised"):
+            raise ValueError(f"ResidualDenoiser.backbone_input must be 'noisy' or 'denoised', got {backbone_input!r}")
+        self.backbone_input = backbone_input
         # Shared by the deep copies EMA makes: the prior is set once, for the model and its average.
         self._prior = Shared({"gp": None, "pending": None})
 
@@ -189,8 +199,9 @@ class ResidualDenoiser(Denoiser):
     def forward_parts(self, x_t: Tensor, t: Tensor, **cond) -> tuple[Tensor, Tensor]:
         """``(ε̂, ε̂_prior)``: the prediction and the prior's part of it."""
         prior = exact_noise(self.gp, self.schedule, x_t, t, **cond).to(x_t.dtype)
-        out = self.backbone(x_t, self.schedule.log_snr(t), **cond)
         alpha, sigma = per_sample(self.schedule.alpha(t), x_t), per_sample(self.schedule.sigma(t), x_t)
+        seen = x_t if self.backbone_input == "noisy" else (x_t - sigma * prior) / alpha  # the prior's x̂₀
+        out = self.backbone(seen, self.schedule.log_snr(t), **cond)
         # every parameterisation is affine in the output: the correction's ε is its linear part
         return prior + self.parameterization.to_noise(out, torch.zeros_like(x_t), alpha, sigma), prior
 
