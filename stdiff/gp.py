@@ -297,9 +297,10 @@ class KroneckerGP:
         and through ``x_t / α`` (noise variance s = σ²/α²) elsewhere. In precision form, with Q
         = (Γ ⊗ Σ + τ² I)⁻¹ formed once (dense, from the eigendecomposition) and m the unobserved
         coordinates: (Q_mm + I/s)(x̂₀ − μ)_m = (x_t/α − μ)_m / s − Q_mo (y − μ)_o. One Cholesky factor
-        of order m per distinct (mask, s) among the rows (the samples of one case at one sampler
-        step share it): O(m³/3) flops each, so a training batch of B samples costs O(B·m³/3) and
-        k samples of a case one factor per step; ``T·S <= 4096`` (Q takes 8·(T·S)² bytes).
+        per distinct (mask, s) among the rows (the samples of one case at one sampler step share
+        it), all in one batched call, each system padded with the identity to the largest m of the
+        batch, M: O(G·M³/3) flops for G distinct pairs (a training batch of B samples: G = B;
+        k samples of n cases at one step: G = n); ``T·S <= 4096`` (Q takes 8·(T·S)² bytes).
 
         Args:
             x_t: ``(B, T, *space_shape)``.

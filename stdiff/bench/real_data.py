@@ -5,8 +5,10 @@ beside the fitted Gaussian, climatology and persistence.
     python -m stdiff.bench real_data OUT [--examples nyc_temperature chicago_ridership] [--minutes 15]
 
 For each example (``stdiff.examples.<name>``; its data prepared into ``OUT/<name>`` when not there
-already) and each denoiser, one ``stdiff fit`` of the example's shipped config, with
-``--model.denoiser`` set, every periodic checkpoint kept and at most ``--minutes`` of wall time
+already) and each denoiser (``--variants``: ``ResidualDenoiser``, ``Denoiser``, and
+``ResidualDenoiser_noisy``, the residual one whose backbone sees x_t rather than the prior's x̂₀),
+one ``stdiff fit`` of the example's shipped config, with ``--model.denoiser`` set, every periodic
+checkpoint kept and at most ``--minutes`` of wall time
 (``trainer.max_time``). Every checkpoint, and the model as initialised (step 0), is then scored on
 the example's test windows (``stdiff.examples.scoring``: forecast and imputation, ``--samples``
 per case): CRPS in the data's units, coverage, spread/skill, and the CRPS ratio to the fitted
@@ -31,21 +33,29 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "real_data"
 EXAMPLES = {"nyc_temperature": {"unit": "°C", "context": None, "data": "temperature.npy"},
             "chicago_ridership": {"unit": "(log ridership)", "context": 7, "data": "ridership.npy"}}  # fmt: skip
-DENOISERS = {"residual DiT": "ResidualDenoiser", "plain DiT": "Denoiser"}
+# label: (run folder, the fit's options); --variants picks by folder name
+DENOISERS = {
+    "residual DiT": ("ResidualDenoiser", ["--model.denoiser=ResidualDenoiser"]),
+    "plain DiT": ("Denoiser", ["--model.denoiser=Denoiser"]),
+    "residual DiT, x_t input": ("ResidualDenoiser_noisy", ["--model.denoiser=ResidualDenoiser",
+                                                          "--model.denoiser.init_args.backbone_input=noisy"]),
+}  # fmt: skip
+DEFAULT_VARIANTS = ["ResidualDenoiser", "Denoiser"]
 BASELINES = ("fitted Gaussian", "climatology", "persistence")
 
 
 def train(example, out: Path, label: str, minutes: float, reuse: bool = False) -> tuple[Path, dict]:
     """One fit of the example with ``DENOISERS[label]``, every periodic checkpoint kept (``reuse``:
     a finished fit already there is scored again instead)."""
-    root = out / "runs" / DENOISERS[label]
+    folder, options = DENOISERS[label]
+    root = out / "runs" / folder
     if reuse and (root / "timing.json").exists():
         timing = json.loads((root / "timing.json").read_text())
         return Path(timing.pop("run")), timing
     args = [a.replace(f"--trainer.default_root_dir={out}", f"--trainer.default_root_dir={root}")
             for a in example.fit_command(out)]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "stdiff", "fit", *args, f"--model.denoiser={DENOISERS[label]}",
+    done = subprocess.run([sys.executable, "-m", "stdiff", "fit", *args, *options,
                            "--checkpoint.save_top_k=-1", f"--trainer.max_time=00:00:{int(minutes):02d}:{round(60 * (minutes % 1)):02d}",
                            "--trainer.enable_progress_bar=false"], check=False, capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - start
@@ -105,7 +115,8 @@ def report(name: str, results: dict) -> str:
 
     spec = EXAMPLES[name]
     lines = [f"# {name}: CRPS against training steps", "",
-             (f"`python -m stdiff.bench real_data OUT --examples {name}`; {results['samples_per_case']} samples per case, "
+             (f"`{results.get('command', f'python -m stdiff.bench real_data OUT --examples {name}')}`; "
+              f"{results['samples_per_case']} samples per case, "
               f"{results['cases']} test cases; CRPS {spec['unit']}, lower is better; ratio: to the fitted Gaussian's "
               "exact posterior, ± a bootstrap standard error over the cases."), ""]  # fmt: skip
     for task, base in results["baselines"].items():
@@ -157,7 +168,7 @@ def figure(name: str, results: dict, path: Path) -> None:
     tasks = list(results["baselines"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4))
     for ax, task in zip(axes, tasks):
-        for (label, run), colour in zip(results["runs"].items(), ("tab:blue", "tab:red")):
+        for (label, run), colour in zip(results["runs"].items(), ("tab:blue", "tab:red", "tab:cyan")):
             steps = [row["step"] for row in run["curve"]]
             crps = [row[task]["crps"] for row in run["curve"]]
             se = [row[task]["ratio_se"] * row[task]["crps"] / row[task]["ratio_to_gaussian"] for row in run["curve"]]
@@ -166,20 +177,22 @@ def figure(name: str, results: dict, path: Path) -> None:
             ax.axhline(r["crps"], color="grey" if m != "fitted Gaussian" else "black", ls=style, lw=1, label=m)
         ax.set(title=f"{name}: {task}", xlabel="training step", ylabel=f"CRPS {EXAMPLES[name]['unit']}")
         ax.set_xscale("symlog", linthresh=100)
+        ax.set_xlim(left=0)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def run_example(name: str, out: Path, minutes: float, k: int, reuse: bool = False) -> dict:
+def run_example(name: str, out: Path, minutes: float, k: int, reuse: bool = False,
+                variants: list[str] = DEFAULT_VARIANTS) -> dict:  # fmt: skip
     example = importlib.import_module(f"stdiff.examples.{name}")
     spec = EXAMPLES[name]
     out = out / name
     if not (out / spec["data"]).exists():
         example.prepare(out)
     results: dict = {"example": name, "samples_per_case": k, "minutes": minutes, "runs": {}, "baselines": {}}
-    for label in DENOISERS:
+    for label in [label for label, (folder, _) in DENOISERS.items() if folder in variants]:
         print(f"{name}: training the {label} (at most {minutes:g} min)", flush=True)
         run, timing = train(example, out, label, minutes, reuse)
         print(f"{name}: {label}: {timing['steps']} steps, {timing['seconds_per_step']:.3f} s a step; scoring", flush=True)
@@ -201,12 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=50, help="samples per case (default 50)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
     parser.add_argument("--reuse", action="store_true", help="score the fits already under OUT instead of training again")
+    parser.add_argument("--variants", nargs="+", choices=[f for f, _ in DENOISERS.values()], default=DEFAULT_VARIANTS,
+                        help="the models to train (default: ResidualDenoiser Denoiser)")
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 60 or args.samples < 2:
         parser.error(f"--minutes must be in (0, 60] and --samples >= 2; got {args.minutes}, {args.samples}")
     args.results.mkdir(parents=True, exist_ok=True)
     for name in args.examples:
-        results = run_example(name, args.out.resolve(), args.minutes, args.samples, args.reuse)
+        results = run_example(name, args.out.resolve(), args.minutes, args.samples, args.reuse, args.variants)
+        results["command"] = " ".join(["python -m stdiff.bench real_data OUT", f"--examples {name}", f"--minutes {args.minutes:g}",
+                                       f"--samples {args.samples}", f"--variants {' '.join(args.variants)}"])  # fmt: skip
         (args.results / f"{name}.json").write_text(json.dumps(results, indent=1))
         (args.results / f"{name}.md").write_text(report(name, results))
         figure(name, results, args.results / f"{name}.png")

@@ -155,8 +155,8 @@ class ResidualDenoiser(Denoiser):
         sample_shape, backbone, schedule, parameterization: as ``Denoiser``.
         backbone_input: what the backbone sees in place of x_t: ``denoised``, the prior's own
             estimate x̂₀ (an invertible affine function of x_t at every noise level, so nothing is
-            lost, and the network corrects a field at the data's scale: on the NYC example it
-            learned faster at every step, ``stdiff/bench/results/real_data/``), or ``noisy``, x_t
+            lost, and the network corrects a field at the data's scale: on the NYC example it was
+            ahead from 1000 steps on, ``stdiff/bench/results/real_data/``), or ``noisy``, x_t
             itself (as ``Denoiser``).
     """
 

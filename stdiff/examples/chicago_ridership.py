@@ -100,7 +100,7 @@ def fit_command(out: Path) -> list[str]:
             f"--trainer.default_root_dir={out}"]  # fmt: skip
 
 
-def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "best") -> dict:
+def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "last") -> dict:
     """Score the run's model and the baselines on the test windows (module docstring)."""
     from stdiff.paper.common import load_run
 
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("step", choices=["all", "prepare", "score"])
     parser.add_argument("out", type=Path, help="folder for the data, the run and the results")
     parser.add_argument("--samples", type=int, default=100, help="samples per case (default 100)")
-    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--checkpoint", default="last", choices=["best", "last"],
+                        help="the checkpoint scored: last (default; the end of the fit) or best (lowest val/loss)")
     args, fit_args = parser.parse_known_args(argv)  # the rest: `stdiff fit` options, e.g. --trainer.max_steps=500
     out = args.out.resolve()
     if args.step in ("all", "prepare"):
