@@ -131,11 +131,14 @@ def report(name: str, results: dict) -> str:
                 lines.append(f"| {label} | {row['step']} | {r['crps']:.4f} | {r['ratio_to_gaussian']:.3f} ± {r['ratio_se']:.3f} | "
                              f"{r['coverage50']:.3f} | {r['coverage90']:.3f} | {r['spread_skill']:.3f} |")  # fmt: skip
         lines.append("")
-    lines += ["## Training cost", "", "| model | steps | training s / step | fit wall time (s) |", "|---|---|---|---|"]
+    lines += ["## Training cost", "", (f"{results['training_windows']} training windows; {results['parameters']:,} parameters "
+              "in each model."), "", "| model | steps | training s / step | fit wall time (s) | val/loss best (step) | final |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for label, run in results["runs"].items():
-        t = run["timing"]
+        t, v = run["timing"], run["val_loss"]
         wall = f"{t['wall_seconds']:.0f}" if t.get("wall_seconds") is not None else f"– (fit {t['fit_seconds']:.0f})"
-        lines.append(f"| {label} | {t['steps']} | {t['seconds_per_step']:.3f} | {wall} |")
+        lines.append(f"| {label} | {t['steps']} | {t['seconds_per_step']:.3f} | {wall} | {v['best']:.4f} ({v['best_step']}) | "
+                     f"{v['final']:.4f} ({100 * (v['final'] / v['best'] - 1):+.1f} %) |")  # fmt: skip
     lines += ["", "## Verdicts", ""] + [f"- {v}" for v in verdicts(results)]
     return "\n".join(lines) + "\n"
 
@@ -196,14 +199,25 @@ def run_example(name: str, out: Path, minutes: float, k: int, reuse: bool = Fals
         print(f"{name}: training the {label} (at most {minutes:g} min)", flush=True)
         run, timing = train(example, out, label, minutes, reuse)
         print(f"{name}: {label}: {timing['steps']} steps, {timing['seconds_per_step']:.3f} s a step; scoring", flush=True)
-        results["runs"][label] = {"run": str(run), "timing": timing,
+        results["runs"][label] = {"run": str(run), "timing": timing, "val_loss": val_loss(run),
                                   "curve": curve(example, spec, run, k, results["baselines"])}  # fmt: skip
     from stdiff.paper.common import load_run
 
-    _, data = load_run(Path(results["runs"]["residual DiT"]["run"]), [], checkpoint=None)
+    model, data = load_run(Path(results["runs"]["residual DiT"]["run"]), [], checkpoint=None)
     results["cases"] = len(data.evaluation_rows("test"))
+    results["training_windows"] = data.num_train
+    results["parameters"] = sum(p.numel() for p in model.parameters())
     results["reference"] = data.reference_report if data.truth is not None else None  # the fit sets its report
     return results
+
+
+def val_loss(run: Path) -> dict:
+    """The run's val/loss: its best (and the step) and its last, from the TensorBoard log."""
+    from stdiff.bench.overfitting import curve as loss_curve
+
+    values = loss_curve(run)
+    step, best = min(values, key=lambda v: v[1])
+    return {"best": best, "best_step": step, "final": values[-1][1], "final_step": values[-1][0]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stdiff.examples import scoring
 from stdiff.examples.scoring import evaluate as evaluate_methods
 from stdiff.examples.scoring import table
 
@@ -113,31 +113,16 @@ def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "last") -> di
             "reference": data.reference_report, "tasks": scored}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stdiff.examples.chicago_ridership", description=__doc__.split("\n")[0])
-    parser.add_argument("step", choices=["all", "prepare", "score"])
-    parser.add_argument("out", type=Path, help="folder for the data, the run and the results")
-    parser.add_argument("--samples", type=int, default=100, help="samples per case (default 100)")
-    parser.add_argument("--checkpoint", default="last", choices=["best", "last"],
-                        help="the checkpoint scored: last (default; the end of the fit) or best (lowest val/loss)")
-    args, fit_args = parser.parse_known_args(argv)  # the rest: `stdiff fit` options, e.g. --trainer.max_steps=500
-    out = args.out.resolve()
-    if args.step in ("all", "prepare"):
-        prepare(out)
-    if args.step == "all":
-        from stdiff.cli import main as stdiff
+def write(results: dict, out: Path) -> list[Path]:
+    """``results.json`` and ``results.md`` (the table, printed too) in ``out``."""
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(table(results["tasks"], UNIT))
+    print(table(results["tasks"], UNIT))
+    return [out / "results.json", out / "results.md"]
 
-        stdiff(["fit", *fit_command(out), *fit_args])
-    if args.step in ("all", "score"):
-        runs = sorted((out / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        if not runs:
-            sys.exit(f"no run in {out / 'lightning_logs'}: fit first (`all`, or stdiff fit {' '.join(fit_command(out))})")
-        results = evaluate(out, runs[-1], args.samples, args.checkpoint)
-        results["run"] = str(runs[-1])
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        (out / "results.md").write_text(table(results["tasks"], UNIT))
-        print(table(results["tasks"], UNIT))
-        print(f"wrote {out / 'results.json'}, {out / 'results.md'}")
+
+def main(argv: list[str] | None = None) -> None:
+    scoring.main(sys.modules[__name__], argv, write)
 
 
 if __name__ == "__main__":

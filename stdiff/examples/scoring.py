@@ -16,8 +16,12 @@ proper scores.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -154,3 +158,32 @@ def table(results: dict, unit: str, model: str = "DiT") -> str:
                  for r, se in [ratio(methods[model], methods[m])]]  # fmt: skip
         lines.append(f"- {task}: {model} CRPS = {', '.join(parts)} (± a bootstrap standard error over the cases)")
     return "\n".join(lines) + "\n"
+
+
+def main(example, argv: list[str] | None, write: Callable[[dict, Path], list[Path]]) -> None:
+    """The command line of an example module (``prepare``, ``fit_command``, ``evaluate``):
+    ``all`` | ``prepare`` | ``score`` OUT, the rest of the arguments passed to ``stdiff fit``;
+    ``write(results, out)`` writes the scores and returns the files written."""
+    name = example.__spec__.name if example.__spec__ is not None else example.__name__  # run as __main__ too
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=example.__doc__.split("\n")[0])
+    parser.add_argument("step", choices=["all", "prepare", "score"])
+    parser.add_argument("out", type=Path, help="folder for the data, the run and the results")
+    parser.add_argument("--samples", type=int, default=100, help="samples per case (default 100)")
+    parser.add_argument("--checkpoint", default="last", choices=["best", "last"],
+                        help="the checkpoint scored: last (default; the end of the fit) or best (lowest val/loss)")
+    args, fit_args = parser.parse_known_args(argv)  # the rest: `stdiff fit` options, e.g. --trainer.max_steps=500
+    out = args.out.resolve()
+    if args.step in ("all", "prepare"):
+        example.prepare(out)
+    if args.step == "all":
+        from stdiff.cli import main as stdiff
+
+        stdiff(["fit", *example.fit_command(out), *fit_args])
+    if args.step in ("all", "score"):
+        runs = sorted((out / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        if not runs:
+            sys.exit(f"no run in {out / 'lightning_logs'}: fit first (`all`, or stdiff fit {' '.join(example.fit_command(out))})")
+        results = example.evaluate(out, runs[-1], args.samples, args.checkpoint)
+        results["run"] = str(runs[-1])
+        written = write(results, out)
+        print(f"wrote {', '.join(map(str, written))}")
