@@ -187,12 +187,9 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     else:
         where = f"step {step}" if stage == "fit" else f"{model}, no checkpoint"
     lines = [f"stdiff {stage}: {where}, against {against}"]
-    if reference is not None and reference.get("held_out_log_likelihood_per_window") is not None:
-        values = reference["values_per_window"]
-        train = reference["log_likelihood_per_window"] / values
-        held = reference["held_out_log_likelihood_per_window"] / (values * reference["held_out_observed_ratio"])
-        lines.append(f"  reference fit     log-likelihood {train:.4g} nats per value on its training windows, {held:.4g} "
-                     "on the validation windows")  # fmt: skip
+    if reference is not None and "held_out_log_likelihood_per_value" in reference:
+        lines.append(f"  reference fit     log-likelihood {reference['log_likelihood_per_value']:.4g} nats per value on its "
+                     f"training windows, {reference['held_out_log_likelihood_per_value']:.4g} on the validation windows")  # fmt: skip
     prior_loss, correction = get("prior_loss"), get("correction")
     if prior_loss is not None and correction is not None:
         loss = get("loss")
