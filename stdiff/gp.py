@@ -256,13 +256,16 @@ class KroneckerGP:
         quad = (y**2 / lam).sum((-2, -1))
         return -0.5 * (quad + lam.log().sum() + self.dim * math.log(2 * math.pi))
 
-    def noised_log_prob(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
+    def noised_log_prob(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """Log-density of ``x_t = α x_0 + σ ε`` (x_0 from this GP), N(αμ, α² Γ⊗Σ + σ² I), at
-        ``x_t (..., T, *space_shape)`` -> ``(...)`` in float64; ``log_prob`` at α = 1, σ = 0."""
+        ``x_t (..., T, *space_shape)`` -> ``(...)`` in float64; ``log_prob`` at α = 1, σ = 0.
+        ``alpha``, ``sigma``: scalars, or one per sample (shaped like the batch dimensions)."""
         self._check_sample_shape(x_t, "x_t")
-        y = self._to_eigenbasis(x_t - alpha * self._float64_on(x_t.device)[3])  # (..., T, S)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device)[..., None, None]
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device)[..., None, None]
+        y = self._to_eigenbasis(x_t) - alpha * self._to_eigenbasis(self._float64_on(x_t.device)[3])  # (..., T, S)
         var = alpha**2 * self._eigenvalues(y.device) + sigma**2
-        return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum() + self.dim * math.log(2 * math.pi))
+        return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum((-2, -1)) + self.dim * math.log(2 * math.pi))
 
     def score(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """Exact score of the noised data ``x_t = α x_0 + σ ε``:
@@ -310,6 +313,15 @@ class KroneckerGP:
         Returns:
             ``(B, T, *space_shape)`` in float64.
         """
+        return self.denoise_with_evidence(x_t, alpha, sigma, observed, mask)[0]
+
+    def denoise_with_evidence(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                              observed: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``denoise`` and the log-density ``(B,)`` of what it conditions on: ``log p_t(x_t)``
+        without a mask; with one, of (observed values, x_t/α on the unobserved entries), which is
+        N(μ, Γ ⊗ Σ + τ² I + s·diag(unobserved)), through the same Cholesky factors (Woodbury:
+        log det = log det(Γ ⊗ Σ + τ² I) + m log s + log det(Q_mm + I/s)). A mixture weighs its
+        components' denoisers by these (``GPMixture.denoise``)."""
         self._check_sample_shape(x_t, "x_t")
         b = len(x_t)
         alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device).reshape(-1).expand(b)
@@ -317,9 +329,11 @@ class KroneckerGP:
         x = x_t.to(torch.float64)
         mu = self.mean_value
         if mask is None:
+            if observed is not None:
+                raise ValueError("observed values need their mask")
             view = (b, *[1] * len(self.sample_shape))
             a, s = alpha.reshape(view), sigma.reshape(view)
-            return (x + s**2 * self.score(x, alpha, sigma)) / a
+            return (x + s**2 * self.score(x, alpha, sigma)) / a, self.noised_log_prob(x, alpha, sigma)
         if observed is None or tuple(mask.shape) != tuple(x_t.shape) or tuple(observed.shape) != tuple(x_t.shape):
             raise ValueError(f"observed and mask must both be given, shaped like x_t {tuple(x_t.shape)}")
         if self.dim > DENSE_DENOISE_LIMIT:
@@ -330,6 +344,11 @@ class KroneckerGP:
         y = observed.reshape(b, -1).to(torch.float64) - mu
         z = x.reshape(b, -1) / alpha[:, None] - mu
         out = torch.where(flat_mask, y, torch.zeros_like(y))
+        precision = self._precision(x.device)
+        lam = self._eigenvalues(x.device).reshape(-1)
+        v = torch.where(flat_mask, y, z)  # what is conditioned on, centred
+        qv = v @ precision
+        constant = lam.log().sum() + self.dim * math.log(2 * math.pi)
         # Rows sharing (mask, s) share the factor: one per group, all factored in one batched call,
         # each system padded with the identity to the largest number of unobserved entries M.
         keys = torch.cat([flat_mask.to(torch.float64), s[:, None]], dim=1)
@@ -337,12 +356,11 @@ class KroneckerGP:
         miss = groups[:, :-1] == 0  # (G, d)
         counts = miss.sum(1)
         if int(counts.max()) == 0:
-            return (mu + out).reshape(x_t.shape)
+            return (mu + out).reshape(x_t.shape), -0.5 * ((v * qv).sum(1) + constant)
         size = int(counts.max())
         idx = torch.argsort((~miss).to(torch.int8), dim=1, stable=True)[:, :size]  # unobserved entries first
         valid = torch.arange(size, device=x.device)[None, :] < counts[:, None]  # (G, M)
         pair = valid[:, :, None] & valid[:, None, :]
-        precision = self._precision(x.device)
         eye = torch.eye(size, dtype=torch.float64, device=x.device)
         inv_s = 1.0 / groups[:, -1]  # (G,)
         system = torch.where(pair, precision[idx[:, :, None], idx[:, None, :]], eye) + (inv_s[:, None, None] * eye) * pair
@@ -350,19 +368,27 @@ class KroneckerGP:
         # right-hand sides (Q_mo (y − μ)_o through the whole Q: y is 0 where unobserved), grouped (G, M, K)
         coupled = torch.where(flat_mask, y, torch.zeros_like(y)) @ precision  # (B, d)
         rows_idx = idx[inverse]  # (B, M)
+        keep = valid[inverse]
         rhs = inv_s[inverse][:, None] * z.gather(1, rows_idx) - coupled.gather(1, rows_idx)
-        rhs = torch.where(valid[inverse], rhs, torch.zeros_like(rhs))
         order = torch.argsort(inverse, stable=True)
         starts = torch.cumsum(torch.bincount(inverse, minlength=len(groups)), 0) - torch.bincount(inverse, minlength=len(groups))
         position = torch.empty_like(inverse)
         position[order] = torch.arange(b, device=x.device) - starts[inverse[order]]
-        per_group = torch.zeros(len(groups), size, int(position.max()) + 1, dtype=torch.float64, device=x.device)
-        per_group[inverse, :, position] = rhs
-        solved = torch.cholesky_solve(per_group, chol)[inverse, :, position]  # (B, M)
+        width = int(position.max()) + 1
+
+        def grouped(values: Tensor) -> Tensor:  # (B, M) -> (G, M, K), zero where padded
+            per_group = torch.zeros(len(groups), size, width, dtype=torch.float64, device=x.device)
+            per_group[inverse, :, position] = torch.where(keep, values, torch.zeros_like(values))
+            return per_group
+
+        solved = torch.cholesky_solve(grouped(rhs), chol)[inverse, :, position]  # (B, M)
         rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
-        keep = valid[inverse]
         out[rows[keep], rows_idx[keep]] = solved[keep]
-        return (mu + out).reshape(x_t.shape)
+        # the evidence: quad = vᵀQv − ‖L⁻¹ (Qv)_m‖², log det as in the docstring
+        half = torch.linalg.solve_triangular(chol, grouped(qv.gather(1, rows_idx)), upper=False)[inverse, :, position]
+        quad = (v * qv).sum(1) - half.pow(2).sum(1)
+        logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(1)[inverse] + counts[inverse] * s.log()
+        return (mu + out).reshape(x_t.shape), -0.5 * (quad + logdet + constant)
 
     def _precision(self, device: torch.device) -> Tensor:
         """The dense precision (Γ ⊗ Σ + τ² I)⁻¹, from the eigendecomposition, cached per device."""
@@ -421,9 +447,50 @@ class KroneckerGP:
         covariance = torch.kron(schur, self.sigma.to(x.device)) if frames_only else schur
         return mean.reshape(*batch, *self.sample_shape), covariance
 
+    def observed_log_prob(self, x: Tensor, observed: Tensor) -> Tensor:
+        """Log-density ``(...)`` of the observed entries of ``x (..., T, *space_shape)`` (the marginal
+        likelihood of what a conditional task shows), ``observed`` a mask as in ``conditional``:
+        through Γ_oo ⊗ Σ for whole frames, dense for single coordinates. A mixture's posterior
+        weighs its components by it (``GPMixture.conditional``)."""
+        self._check_sample_shape(x, "x")
+        observed = torch.as_tensor(observed, device=x.device)
+        batch = x.shape[: x.ndim - len(self.sample_shape)]
+        frames_only = tuple(observed.shape) == (self.frames,) and self.nugget == 0
+        flat = x.to(torch.float64).reshape(*batch, self.frames, self.num_points) - self.mean_value
+        if frames_only:
+            o = observed.nonzero().squeeze(1)
+            evals, evecs = torch.linalg.eigh(self.gamma.to(x.device)[o][:, o])
+            y = evecs.T @ flat[..., o, :] @ self.sigma_evecs.to(x.device)
+            var = evals[:, None] * self.sigma_evals.to(x.device)[None, :]
+            return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum() + var.numel() * math.log(2 * math.pi))
+        if tuple(observed.shape) == (self.frames,):
+            observed = observed[:, None].expand(self.frames, self.num_points)
+        o = observed.reshape(-1).nonzero().squeeze(1)
+        chol = torch.linalg.cholesky(self.covariance().to(x.device)[o][:, o])
+        w = torch.linalg.solve_triangular(chol, flat.reshape(*batch, -1)[..., o, None], upper=False)[..., 0]
+        return -0.5 * (w.pow(2).sum(-1) + 2 * chol.diagonal().log().sum() + len(o) * math.log(2 * math.pi))
+
+    def sample_conditional(self, x: Tensor, observed: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """``k`` exact draws ``(n, k, T, *space_shape)`` of each of the cases ``x (n, T, *space)`` given
+        its entries at ``observed`` (one mask for all, as in ``conditional``), float64 on the CPU."""
+        mean, cov = self.conditional(x.double().cpu(), observed.cpu())
+        missing = ~_flat_mask(self, observed.cpu())
+        chol = torch.linalg.cholesky(cov + 1e-12 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
+        z = torch.randn(len(x), k, len(cov), generator=generator, dtype=torch.float64)
+        flat = mean.reshape(len(x), 1, -1).repeat(1, k, 1)
+        flat[..., missing] += z @ chol.T
+        return flat.reshape(len(x), k, *self.sample_shape)
+
     def __repr__(self) -> str:
         return (f"KroneckerGP(temporal={self.temporal!r}, spatial={self.spatial!r}, frames={self.frames}, "
                 f"space_shape={self.space_shape}, mean={self.mean_value}, jitter={self.jitter}"
                 + (f", nugget={self.nugget:.4g}" if self.nugget else "")
                 + (f", coordinates=<{self.num_points}×{self.coordinates.shape[1]}>" if self.coordinates is not None else "")
                 + ")")  # fmt: skip
+
+
+def _flat_mask(gp, observed: Tensor) -> Tensor:
+    """A frame mask ``(T,)`` or coordinate mask ``(T, *space)`` as a flat ``(T·S,)`` coordinate mask."""
+    if tuple(observed.shape) == (gp.frames,):
+        observed = observed[:, None].expand(gp.frames, gp.num_points)
+    return observed.reshape(-1)

@@ -157,7 +157,7 @@ def _integrate(model: NoiseModel, x: Tensor, steps: int, method: str, z: Tensor 
 
     def eps_div(x_t: Tensor, i: int) -> tuple[Tensor, Tensor]:
         t = torch.full((n,), times[i].item(), dtype=x_t.dtype, device=x_t.device)
-        known = None if control is None else (lambda v: control(v, t), control.divergence(times[i].item()))
+        known = None if control is None else (lambda v: control(v, t), control.divergence(times[i].item(), x_t))
         return _divergence(lambda v: model(v, t), x_t, method, z, known)
 
     state = x.clone()

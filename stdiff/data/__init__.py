@@ -3,12 +3,12 @@ evaluation and predict loaders) and its subclasses, each supplying ``sample(n, g
 
 from stdiff.data.arrays import ArrayDataModule
 from stdiff.data.base import SequenceDataModule
-from stdiff.data.gp import GPDataModule
+from stdiff.data.gp import GPDataModule, GPMixtureDataModule
 from stdiff.data.loading import BatchStream, EpochSampler, ResumableLoader, Samples, draw_fixed, evaluation_set
 from stdiff.data.video import MovingBall, trajectory_autocorrelation
 
 DATA_MODULES: dict[str, type[SequenceDataModule]] = {
-    cls.__name__: cls for cls in (GPDataModule, MovingBall, ArrayDataModule)
+    cls.__name__: cls for cls in (GPDataModule, GPMixtureDataModule, MovingBall, ArrayDataModule)
 }
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "BatchStream",
     "EpochSampler",
     "GPDataModule",
+    "GPMixtureDataModule",
     "MovingBall",
     "ResumableLoader",
     "Samples",

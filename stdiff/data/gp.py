@@ -66,3 +66,68 @@ class GPDataModule(SequenceDataModule):
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         return self.gp.sample(n, generator, device=device)
+
+
+class GPMixtureDataModule(SequenceDataModule):
+    """Sequences ``(B, T, *space_shape)`` from a mixture of Kronecker GPs (``stdiff.mixture.GPMixture``),
+    whose exact law (``truth``) is known although its optimal denoiser is nonlinear: every
+    component k is ``N(mean_k, Γ_k ⊗ Σ_k)`` with weight w_k. Presets: ``configs/mixtures/``.
+
+    Args:
+        temporal: one kernel per component (Γ_k); their number is K.
+        spatial: one kernel per component, or one shared by all; ``None`` for Σ = I.
+        frames, space_shape, jitter: as ``GPDataModule`` (shared by the components).
+        mean: the constant mean of each component (K numbers), or one shared by all.
+        weights: K positive weights (normalised); ``None``: equal.
+        **kwargs: the base's (see ``SequenceDataModule``).
+    """
+
+    def __init__(
+        self,
+        temporal: list[Kernel],
+        spatial: list[Kernel] | None = None,
+        frames: int = 32,
+        space_shape: Sequence[int] = (8,),
+        mean: list[float] = [0.0],  # noqa: B006 (jsonargparse shows the default)
+        weights: list[float] | None = None,
+        jitter: float | Literal["auto"] = 0.0,
+        **kwargs,
+    ) -> None:
+        from stdiff.mixture import GPMixture
+
+        super().__init__(**kwargs)
+        temporal = list(temporal) if isinstance(temporal, (list, tuple)) else [temporal]
+        k = len(temporal)
+        if k == 0:
+            raise ValueError("GPMixtureDataModule.temporal: give one kernel per component, got none")
+        spatial = [None] if spatial is None else list(spatial) if isinstance(spatial, (list, tuple)) else [spatial]
+        mean = list(mean) if isinstance(mean, (list, tuple)) else [mean]
+        for name, values in (("spatial", spatial), ("mean", mean)) + ((("weights", weights),) if weights else ()):
+            if len(values) not in (1, k):
+                raise ValueError(f"GPMixtureDataModule.{name}: {len(values)} entries for {k} components (one per "
+                                 f"temporal kernel); give {k}, or one shared by all")  # fmt: skip
+        spatial, mean = spatial * (k // len(spatial)), mean * (k // len(mean))
+        t, s = check_int("frames", frames, 2), math.prod(int(n) for n in space_shape)
+        check_memory(f"GPMixtureDataModule({k} components, frames={t}, space_shape={tuple(space_shape)})",
+                     {"Γ and Σ": k * 6 * 8 * (t * t + s * s), "a batch": 3 * 4 * self.batch_size * t * s},
+                     "use fewer components, fewer frames or a smaller grid")  # fmt: skip
+        components = []
+        for i in range(k):
+            try:
+                components.append(KroneckerGP(temporal[i], spatial[i], frames, space_shape, mean[i], jitter))
+            except ValueError as error:
+                raise ValueError(f"GPMixtureDataModule component {i}: {error}") from None
+        self.mixture = GPMixture(components, weights if weights else None)
+        if any(r["jitter"] > 0 for c in components for r in c.conditioning.values()):
+            rank_zero_info(f"GPMixtureDataModule: jitter added to the kernel matrices\n{self.mixture.report()}")
+
+    @property
+    def truth(self):
+        return self.mixture
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.mixture.sample_shape
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+        return self.mixture.sample(n, generator, device=device)

@@ -114,11 +114,17 @@ class ExactDenoiser(NoiseModel):
     def attach_truth(self, truth) -> None:
         self.gp = _check_truth(type(self).__name__, truth() if callable(truth) else truth, self.sample_shape)
 
-    def divergence(self, t: float) -> float:
-        """∇ₓ·ε̂ at time ``t``, the same at every x (ε̂ is linear): σ Σ_k 1/(α²λ_k + σ²) over the
-        eigenvalues λ_k of Γ ⊗ Σ (a control variate for Hutchinson's estimator, ``stdiff.likelihood``)."""
+    def divergence(self, t: float, x_t: Tensor | None = None) -> float | Tensor:
+        """∇ₓ·ε̂ at time ``t`` (a control variate for Hutchinson's estimator, ``stdiff.likelihood``).
+        For a Gaussian the same at every x (ε̂ is linear): σ Σ_k 1/(α²λ_k + σ²) over the eigenvalues
+        λ_k of Γ ⊗ Σ. For a mixture (``GPMixture``) it depends on ``x_t (B, …)``: ``(B,)`` in closed
+        form (``GPMixture.noise_divergence``)."""
         tt = torch.tensor(t, dtype=torch.float64)
         alpha, sigma = self.schedule.alpha(tt).item(), self.schedule.sigma(tt).item()
+        if hasattr(self.gp, "noise_divergence"):
+            if x_t is None:
+                raise ValueError("the divergence of a mixture's exact model depends on x_t: pass it")
+            return self.gp.noise_divergence(x_t, alpha, sigma)
         lam = self.gp._eigenvalues(torch.device("cpu"))
         return (sigma / (alpha**2 * lam + sigma**2)).sum().item()
 
@@ -182,7 +188,7 @@ class ResidualDenoiser(Denoiser):
         """The prior (resolved from the data module on first use when it was deferred)."""
         prior = self._prior.value
         if prior["gp"] is None and prior["pending"] is not None:
-            prior["gp"] = _check_truth(type(self).__name__, prior["pending"](), self.sample_shape)
+            prior["gp"] = _gaussian_prior(_check_truth(type(self).__name__, prior["pending"](), self.sample_shape))
         if prior["gp"] is None:
             raise RuntimeError("ResidualDenoiser has no prior yet: attach_truth(gp), or load a checkpoint of one")
         return prior["gp"]
@@ -191,7 +197,8 @@ class ResidualDenoiser(Denoiser):
         if callable(truth):
             self._prior.value.update(gp=None, pending=truth)
         else:
-            self._prior.value.update(gp=_check_truth(type(self).__name__, truth, self.sample_shape), pending=None)
+            self._prior.value.update(gp=_gaussian_prior(_check_truth(type(self).__name__, truth, self.sample_shape)),
+                                     pending=None)  # fmt: skip
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         return self.forward_parts(x_t, t, **cond)[0]
@@ -242,6 +249,18 @@ def _check_truth(name: str, truth: KroneckerGP | None, sample_shape: tuple[int, 
     if tuple(truth.sample_shape) != tuple(sample_shape):
         raise ValueError(f"{name} built for samples {tuple(sample_shape)}, the truth has {truth.sample_shape}")
     return truth
+
+
+def _gaussian_prior(truth):
+    """ResidualDenoiser's prior: one Gaussian (a mixture of one is its component)."""
+    components = getattr(truth, "components", None)
+    if components is None:
+        return truth
+    if len(components) > 1:
+        raise ValueError(f"ResidualDenoiser's prior must be one Gaussian; the data's truth is a mixture of "
+                         f"{len(components)} (GPMixtureDataModule): use Denoiser, which learns the mixture, or "
+                         "ExactDenoiser, which is its exact model")  # fmt: skip
+    return components[0]
 
 
 class Shared:

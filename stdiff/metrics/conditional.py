@@ -91,16 +91,12 @@ def _cases(truth: KroneckerGP, x: Tensor, mask: Tensor) -> list[tuple[Tensor, Te
 
 def posterior_samples(truth: KroneckerGP, x: Tensor, mask: Tensor, k: int, generator=None) -> Tensor:
     """``k`` exact posterior samples of each case: ``(n, k, T, *space)``, observed entries from ``x``
-    (NaN in ``x``: missing, sampled too). ``mask``: ``(T,)``, ``(T, *space)`` or one per case."""
-    out = torch.empty(len(x), k, truth.dim, dtype=torch.float64)
-    for rows, observed, cond in _cases(truth, x, mask):
-        mean, cov = truth.conditional(torch.nan_to_num(x[rows].double().cpu()), cond)
-        chol = torch.linalg.cholesky(cov + 1e-12 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
-        z = torch.randn(len(rows), k, len(cov), generator=generator, dtype=torch.float64)
-        flat = mean.reshape(len(rows), 1, -1).repeat(1, k, 1)
-        flat[..., ~observed] += z @ chol.T
-        out[rows] = flat
-    return out.reshape(len(x), k, *truth.sample_shape)
+    (NaN in ``x``: missing, sampled too). ``mask``: ``(T,)``, ``(T, *space)`` or one per case.
+    ``truth``: a ``KroneckerGP`` or a ``GPMixture`` (any truth with ``sample_conditional``)."""
+    out = torch.empty(len(x), k, *truth.sample_shape, dtype=torch.float64)
+    for rows, _, cond in _cases(truth, x, mask):
+        out[rows] = truth.sample_conditional(torch.nan_to_num(x[rows].double().cpu()), cond, k, generator)
+    return out
 
 
 def _coordinates(truth: KroneckerGP, mask: Tensor) -> Tensor:
@@ -151,7 +147,7 @@ def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Ten
     for rows, observed, cond in groups:
         mean, cov = truth.conditional(torch.nan_to_num(x[rows]), cond)
         missing = ~observed
-        var_m = cov.diagonal()
+        var_m = cov.diagonal(dim1=-2, dim2=-1)  # (m,), or (cases, m) for a mixture (one covariance per case)
         flat_x = x[rows].reshape(len(rows), -1)
         for j, row in enumerate(rows.tolist()):
             scored = missing & ~flat_x[j].isnan()  # hidden by the mask and really observed
@@ -160,10 +156,10 @@ def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Ten
             target.append(flat_x[j][scored])
             frame_of.append(frame_index[scored])
             case_of.append(torch.full((int(scored.sum()),), row))
-            variance.append(var_m[scored[missing]])
+            variance.append((var_m if var_m.ndim == 1 else var_m[j])[scored[missing]])
             for label, draws in (("", samples), ("_exact", exact)):
                 picks[label].append(draws[row].double().cpu().reshape(k, -1)[:, scored].T)  # (m, k)
-        if len(groups) == 1 and not x.isnan().any():  # one posterior for all: a Gaussian fit of the residuals
+        if len(groups) == 1 and not x.isnan().any() and cov.ndim == 2:  # one Gaussian posterior: fit the residuals
             for label, draws in (("", samples), ("_exact", exact)):
                 s = draws.double().cpu().reshape(n, k, -1)[..., missing]
                 residuals[label] = (s - mean.reshape(n, 1, -1)[..., missing]).reshape(n * k, -1)
