@@ -37,6 +37,7 @@ from stdiff.metrics import (
     random_init_copy,
     score_error_terms,
 )
+from stdiff.metrics.distances import is_mixture
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
 
 
@@ -106,6 +107,7 @@ class GPDiagnostics(Callback):
         self.truth = None
         self.results: dict[str, float] = {}
         self.latest: dict[str, float] = {}
+        self.latest_samples: dict[str, float] = {}  # the last sample metrics, unprefixed (figures)
         self._validations = 0
         self._clock: Clock | None = None  # the validation in progress
         self._fit_time: FitTime | None = None  # the fit in progress
@@ -272,7 +274,7 @@ class GPDiagnostics(Callback):
             return {}
         x0 = self.truth.sample(64, generator(self.seed, DIAGNOSTICS, 0)).to(pl_module.device)
         noise = torch.randn(x0.shape, generator=generator(self.seed, DIAGNOSTICS, 1)).to(x0)
-        out: dict[str, float] = {}
+        out: dict[str, float] = self._attention_by_component(pl_module, backbone, stage) if is_mixture(self.truth) else {}
         for label, net in (("", backbone), ("random_init/", random_init_copy(backbone, self.seed))):
             values, maps = attention_report(net, pl_module.schedule, x0, noise, self.gamma, self.attention_log_snr)
             out.update({f"{stage}/attention/{label}{k}": v for k, v in values.items()})
@@ -283,6 +285,25 @@ class GPDiagnostics(Callback):
                     for lam, by_unit in maps.items():
                         self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
                                           attention_figure(by_unit, self.gamma, lam))  # fmt: skip
+        return out
+
+    def _attention_by_component(self, pl_module, backbone, stage: str) -> dict[str, float]:
+        """A mixture's: attention on samples of each component k against each component's Γ_j,
+        ``attention/component<k>/gamma<j>/logsnr_<λ>/pearson`` (mean over layers and heads) and
+        ``…/pearson_best``: a model that infers the regime aligns with Γ_k on component k's samples."""
+        out: dict[str, float] = {}
+        for k, component in enumerate(self.truth.components):
+            x0 = component.sample(64, generator(self.seed, DIAGNOSTICS, 0, k)).to(pl_module.device)
+            noise = torch.randn(x0.shape, generator=generator(self.seed, DIAGNOSTICS, 1, k)).to(x0)
+            for j, other in enumerate(self.truth.components):
+                values, _ = attention_report(backbone, pl_module.schedule, x0, noise, other.gamma, self.attention_log_snr)
+                if not values:
+                    return {}
+                prefix = f"{stage}/attention/component{k}/gamma{j}"
+                out[f"{prefix}/pearson_best"] = values["pearson_best"]
+                for lam in self.attention_log_snr:
+                    level = [v for key, v in values.items() if key.endswith(f"/logsnr_{lam:+.1f}/pearson") and "/head" not in key]
+                    out[f"{prefix}/logsnr_{lam:+.1f}/pearson"] = sum(level) / len(level)
         return out
 
     def _samples(self, trainer, pl_module, stage: str) -> dict[str, float]:
@@ -314,14 +335,20 @@ class GPDiagnostics(Callback):
         endpoint = getattr(pl_module.sampler, "endpoint", "t_min")
         metric = SampleDistance(self.truth, pl_module.schedule, floor_seed, endpoint=endpoint).to(pl_module.device)
         metric.update(x)
-        if self.truth.dim > metric.full_max_dim or len(x) * world <= 2 * self.truth.dim:
+        values = metric.compute()
+        if "kl" not in values and is_mixture(self.truth):
+            counts = [int(values.get(f"component{k}/samples", 0)) for k in range(len(self.truth.components))]
+            warn(f"GPDiagnostics: the mixture's KL needs more than 2·d = {2 * self.truth.dim} samples of every "
+                 f"component (dimension <= {metric.full_max_dim}); its {len(x) * world} samples were assigned "
+                 f"{counts}: raise diagnostics.num_samples; reporting the weights and whitened norms only.")  # fmt: skip
+        elif "kl" not in values:
             warn(
                 f"GPDiagnostics: {len(x) * world} samples in dimension {self.truth.dim}: full-covariance KL and W2 "
                 f"need more than {2 * self.truth.dim} samples and dimension <= {metric.full_max_dim}; reporting "
                 f"the structured metrics only."
             )
-        values = metric.compute()
         values.update(self._sampler_floor(trainer, pl_module, values, (n, *self.truth.sample_shape), stream))
+        self.latest_samples = values
         if self.figures and trainer.is_global_zero:
             with self._clock.part("figures"):
                 self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
@@ -337,7 +364,7 @@ class GPDiagnostics(Callback):
         if pl_module.denoiser.needs_truth:  # the exact model already: its KL is the floor
             return {**self._stopping, "exact_model_kl": values["kl"], "exact_model_kl_excess": values["kl_excess"]}
         from stdiff.diffusion import ExactDenoiser
-        from stdiff.metrics import gaussian_fit_kl
+        from stdiff.metrics.distances import sample_kl
 
         exact = ExactDenoiser.from_gp(self.truth, pl_module.schedule)
         g = generator(self.seed, DIAGNOSTICS, *stream, device=pl_module.device)  # the model's own noise
@@ -345,7 +372,7 @@ class GPDiagnostics(Callback):
             x = pl_module.sampler.sample(exact, shape, g, pl_module.device,
                                          progress=lambda i, total: stop_if_signalled(trainer)).float()  # fmt: skip
         x = pl_module.all_gather(x).reshape(-1, *shape[1:])  # every rank's samples
-        kl = gaussian_fit_kl(x.cpu(), self.truth.mean, self.truth.covariance())
+        kl = sample_kl(self.truth, x.cpu(), derive_seed(self.seed, DIAGNOSTICS, *stream))
         return {**self._stopping, "exact_model_kl": kl, "exact_model_kl_excess": kl - values["kl_floor"]}
 
     def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
@@ -396,8 +423,16 @@ class GPDiagnostics(Callback):
         from stdiff.callbacks.figures import correlation_figure, covariance_figure, paths_figure
 
         truth = self.truth
-        gamma_hat, sigma_hat = factor_covariances(truth, x)
         exact = truth.sample(len(x), torch.Generator().manual_seed(floor_seed), dtype=torch.float64)
+        if is_mixture(truth):  # the weights recovered, and paths; no single Γ and Σ to estimate
+            from stdiff.callbacks.figures import weights_figure
+
+            recovered = [self.latest_samples.get(f"weights/{k}", math.nan) for k in range(len(truth.components))]
+            exact_weights = truth.responsibilities(exact).mean(0).tolist()
+            self._save_figure(trainer, f"{stage}_weights", weights_figure(truth.weights.tolist(), recovered, exact_weights))
+            self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))
+            return
+        gamma_hat, sigma_hat = factor_covariances(truth, x)
         self._save_figure(trainer, f"{stage}_covariances",
                           covariance_figure({"Γ": truth.gamma, "Σ": truth.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}))  # fmt: skip
         self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))
@@ -453,6 +488,9 @@ class GPDiagnostics(Callback):
                 out["model"] = type(trainer.lightning_module.denoiser).__name__
             if self.truth is not None:  # condition numbers and any jitter added: the truth the metrics use
                 out["data"] = {"conditioning": self.truth.conditioning}
+                if is_mixture(self.truth):
+                    out["data"]["mixture"] = {"weights": self.truth.weights.tolist(),
+                                              "components": [repr(c) for c in self.truth.components]}  # fmt: skip
                 report = getattr(trainer.datamodule, "reference_report", None)
                 if report is not None:  # a fitted reference: its fit, training and held-out log-likelihood
                     out["data"]["reference"] = report

@@ -119,3 +119,20 @@ def fan_chart(x: Tensor, mask: Tensor, samples: Tensor, exact: Tensor, title: st
     fig.suptitle(f"conditional samples vs exact posterior: {title}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def weights_figure(true: list[float], recovered: list[float], exact: list[float]) -> Figure:
+    """A mixture's weights: true, recovered from the generated samples (their exact
+    responsibilities averaged) and from as many exact samples (the finite-sample noise)."""
+    import numpy as np
+
+    k = np.arange(len(true))
+    fig, ax = plt.subplots(figsize=(1.2 * len(true) + 3, 2.8))
+    for i, (values, label) in enumerate(((true, "true"), (recovered, "generated samples"), (exact, "exact samples"))):
+        ax.bar(k + (i - 1) * 0.27, values, 0.27, label=label)
+    ax.set_xticks(k, [f"component {i}" for i in k], fontsize=7)
+    ax.set_ylabel("weight", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_title("mixture weights recovered from the samples (mean exact responsibility)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from stdiff.metrics.distances import excess_noise, kl_noise  # noqa: F401 (kl_noise: re-exported, benches import it here)
 
 CLOSE_PER_DIM = 0.01  # nats per dimension
 # what the diagnostics record of the part of the KL no training removes (``GPDiagnostics._sampler_floor``)
@@ -39,50 +39,34 @@ def wrap(text: str, indent: int, width: int = 110) -> str:
     return "\n".join(textwrap.wrap(text, width - indent, subsequent_indent=" " * indent, break_on_hyphens=False))
 
 
-def kl_noise(d: int, n: int) -> float:
-    """Standard deviation of the Gaussian-fit KL of ``n`` exact samples in dimension ``d``.
-
-    Exact for ``stdiff.metrics.gaussian_fit_kl`` (empirical mean, unbiased covariance): in whitened
-    coordinates 2·KL = tr Ĉ − log det Ĉ − d + ‖m̂‖², with Ĉ Wishart of m = n − 1 degrees of freedom
-    scaled by 1/m, independent of m̂ ~ N(0, I/n); Var(log det Ĉ) = Σᵢ ψ′((m − i + 1)/2),
-    Var(tr Ĉ) = Cov(tr Ĉ, log det Ĉ) = 2d/m and Var ‖m̂‖² = 2d/n². To first order in d/n this is
-    √(d(d+3))/(2n)."""
-    m = n - 1
-    i = torch.arange(1, d + 1, dtype=torch.float64)
-    var_cov = torch.special.polygamma(1, (m - i + 1) / 2).sum().item() - 2 * d / m
-    return 0.5 * math.sqrt(var_cov + 2 * d / n**2)
-
-
-def excess_noise(d: int, n: int) -> float:
-    """Standard deviation of the KL excess (``samples/kl_excess``) when the samples are exact: the
-    difference of the KLs of two independent sets of ``n`` exact samples, √2 × ``kl_noise``."""
-    return math.sqrt(2) * kl_noise(d, n)
-
-
-def verdict_level(kl_excess: float, d: int, n: int) -> str:
+def verdict_level(kl_excess: float, d: int, n: int, noise: float | None = None) -> str:
     """``indistinguishable``, ``close`` or ``not``: the verdict's level, as ``verdict`` words it.
-    Indistinguishable: |excess| within two of its noise (``excess_noise``), both sides."""
+    Indistinguishable: |excess| within two of its noise (``excess_noise``, or ``noise`` when given:
+    a mixture's, ``samples/kl_excess_noise``), both sides."""
     if not math.isfinite(kl_excess):
         return "not"
-    if abs(kl_excess) <= 2 * excess_noise(d, n):
+    if abs(kl_excess) <= 2 * (excess_noise(d, n) if noise is None else noise):
         return "indistinguishable"
     return "close" if kl_excess <= CLOSE_PER_DIM * d else "not"
 
 
-def verdict(kl_excess: float, d: int, n: int, floor: dict[str, float] | None = None, exact_model: bool = False) -> str:
+def verdict(kl_excess: float, d: int, n: int, floor: dict[str, float] | None = None, exact_model: bool = False,
+            noise: float | None = None) -> str:
     """One sentence: whether samples with this Gaussian-fit KL excess reached the truth and, when
     not, what keeps them from it. ``floor``: what no training can remove, from the diagnostics
     (``exact_model_kl_excess``: the exact model through the same sampler, steps and t_min, from the
     same noise; ``early_stopping_kl``; ``t_min_for_early_stopping``; ``smallest_eigenvalue`` and
     ``condition_number`` of Γ ⊗ Σ). Training is advised only when the exact model, through the
-    same sampler, is close to the truth and the model is not."""
-    noise, level, close = excess_noise(d, n), verdict_level(kl_excess, d, n), CLOSE_PER_DIM * d
+    same sampler, is close to the truth and the model is not. ``noise``: the excess's standard
+    deviation when it is not a Gaussian fit's (a mixture's KL by components)."""
+    noise = excess_noise(d, n) if noise is None else noise
+    level, close = verdict_level(kl_excess, d, n, noise), CLOSE_PER_DIM * d
     floor = floor or {}
     if not math.isfinite(kl_excess):
         return "NOT at the truth: the samples hold NaN or inf"
     exact_excess = floor.get("exact_model_kl_excess")
-    if exact_excess is not None and verdict_level(exact_excess, d, n) == "not":
-        return _sampler_verdict(kl_excess, exact_excess, d, n, floor, exact_model)
+    if exact_excess is not None and verdict_level(exact_excess, d, n, noise) == "not":
+        return _sampler_verdict(kl_excess, exact_excess, d, n, floor, exact_model, noise)
     if level == "indistinguishable":
         return (f"reached the truth: the samples are indistinguishable from exact ones at n = {n} "
                 f"(KL excess {kl_excess:.3g} within 2 × its noise {noise:.2g}, either side)")  # fmt: skip
@@ -103,10 +87,11 @@ def verdict(kl_excess: float, d: int, n: int, floor: dict[str, float] | None = N
             "stdiff/guide/models.md")  # fmt: skip
 
 
-def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floor: dict, exact_model: bool) -> str:
+def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floor: dict, exact_model: bool,
+                     noise: float) -> str:  # fmt: skip
     """The verdict when even the exact model, through the same sampler, steps and t_min, is far from
     the truth: what to change there, never more training."""
-    close, noise = CLOSE_PER_DIM * d, excess_noise(d, n)
+    close = CLOSE_PER_DIM * d
     early = floor.get("early_stopping_kl")
     who = ("(this is the exact model): through this sampler, steps and t_min it reaches" if exact_model else
            ": the exact model itself, through the same sampler, steps and t_min, reaches")  # fmt: skip
@@ -181,7 +166,9 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
         value = results.get(f"{prefix}/{name}")
         return None if value is None else float(value)
 
+    mixture = get("samples/weights_tv") is not None or any(k.startswith(f"{prefix}/attention/component") for k in results)
     against = "the exact GP" if exact_truth else "the fitted Gaussian reference (not the data's law)"
+    against = "the exact mixture of GPs" if mixture else against
     if checkpoint:
         where = f"checkpoint {checkpoint['path']} (step {checkpoint['global_step']})"
     else:
@@ -203,22 +190,29 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
         beside = f" ({prefix}/loss {loss:.4g} − exact model's {exact:.4g})" if None not in (loss, exact) else ""
         lines.append(f"  excess loss       {excess_loss:.3g}{beside}: what is left to learn")
     kl, kl_floor, kl_excess = get("samples/kl"), get("samples/kl_floor"), get("samples/kl_excess")
+    if get("samples/weights_tv") is not None:
+        lines.extend(_mixture_lines(get))
+        if kl_excess is None:
+            lines.append(f"  verdict: {wrap(_mixture_weights_verdict(get), 11)}")
+    noise = get("samples/kl_excess_noise") if mixture else None
     if kl_excess is not None and kl is not None and kl_floor is not None:
-        lines.append(f"  sample KL excess  {kl_excess:.3g}   Gaussian-fit KL {kl:.4g} of {num_samples} samples, "
+        what = ("mixture KL by components (the weights' KL + each component's Gaussian-fit KL; a lower bound of "
+                "the true KL)" if mixture else "Gaussian-fit KL")  # fmt: skip
+        lines.append(f"  sample KL excess  {kl_excess:.3g}   {what} {kl:.4g} of {num_samples} samples, "
                      f"{kl_floor:.4g} for as many exact samples (noise of the excess ±"
-                     f"{excess_noise(d, num_samples):.2g})")  # fmt: skip
+                     f"{(excess_noise(d, num_samples) if noise is None else noise):.2g})")  # fmt: skip
         floor = {k: get(f"samples/{k}") for k in FLOOR_KEYS if get(f"samples/{k}") is not None}
         exact_model = model == "ExactDenoiser"
         if "exact_model_kl_excess" in floor and not exact_model:
             early = f" (what stopping at t_min leaves: {floor['early_stopping_kl']:.3g})" if "early_stopping_kl" in floor else ""
             lines.append(f"  exact model       {floor['exact_model_kl_excess']:.3g}   its KL excess through the same "
                          f"sampler, steps and t_min{early}: what training cannot remove")  # fmt: skip
-        white = get("samples/whitened_norm_excess")
+        white = None if mixture else get("samples/whitened_norm_excess")
         if white is not None:
             lines.append(f"  whitened norm     {white:+.3g}   excess of ‖K^(-1/2)(x − μ)‖²/d over exact samples' (0 ideal)")
-        said = verdict(kl_excess, d, num_samples, floor, exact_model) if exact_truth else reference_verdict(kl_excess, d)
+        said = verdict(kl_excess, d, num_samples, floor, exact_model, noise) if exact_truth else reference_verdict(kl_excess, d)
         lines.append(f"  verdict: {wrap(said, 11)}")
-    elif get("samples/whitened_norm_excess") is not None:
+    elif get("samples/whitened_norm_excess") is not None and not mixture:
         lines.append(f"  whitened norm     {get('samples/whitened_norm_excess'):+.3g}   (no full-covariance KL: it needs "
                      f"more than 2·d = {2 * d} samples and d ≤ 1024; see the structured metrics)")  # fmt: skip
     true_kl = get("likelihood/kl_true")
@@ -226,7 +220,8 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
         se, floor_kl, nll = get("likelihood/kl_true_se"), get("likelihood/kl_true_floor"), get("likelihood/nll")
         lines.append(f"  true KL           {true_kl:.3g}" + (f" ± {se:.2g}" if se is not None else "") + "   KL(data ‖ model)"
                      " by the probability-flow ODE's log-likelihood" + (f", nll {nll:.4g} nats/dim" if nll is not None
-                     else "") + (f" (the exact model at t_min: {floor_kl:.3g})" if floor_kl is not None else ""))  # fmt: skip
+                     else "") + (f" (the exact model at t_min: {floor_kl:.3g})" if floor_kl is not None else "")
+                     + ("; against the mixture's exact log-density: the KL that sees modes" if mixture else ""))  # fmt: skip
     tasks = sorted({k.split("/")[2] for k in results if k.startswith(f"{prefix}/conditional/") and
                     k.endswith("/crps_ratio")})  # fmt: skip
     for task in tasks:
@@ -236,7 +231,7 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
                      f"{100 * c.get('coverage90', math.nan):.1f} % of held-out values; spread "
                      f"{c.get('spread', math.nan):.3g} (1: intervals of the right width)")  # fmt: skip
         lines.append(f"  verdict ({task}): {wrap(conditional_verdict(c, exact_truth), 11)}")
-    if kl_excess is None and get("samples/whitened_norm_excess") is None and not tasks:
+    if kl_excess is None and get("samples/whitened_norm_excess") is None and not mixture and not tasks:
         lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model without "
                      "data.init_args.task)")  # fmt: skip
     cost = _cost_line(results, stage, prefix)
@@ -245,6 +240,54 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     lines.append(f"  all metrics: {run_dir}/metrics.json; figures: {run_dir}/figures/; tensorboard --logdir "
                  f"{_logdir(run_dir)}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _mixture_lines(get) -> list[str]:
+    """A mixture truth's lines: the weights recovered, each component's KL and whitened norm, and
+    the Gaussian fit to the moment-matched Gaussian, flagged as misleading."""
+    k = 0
+    while get(f"samples/weights/{k}") is not None:
+        k += 1
+    recovered = " / ".join(f"{get(f'samples/weights/{i}'):.3f}" for i in range(k))
+    true = " / ".join(f"{get(f'samples/weights/{i}/true'):.3f}" for i in range(k) if get(f"samples/weights/{i}/true") is not None)
+    tv, tv_floor = get("samples/weights_tv"), get("samples/weights_tv_floor")
+    lines = [f"  weights           {recovered} recovered (true {true}): total variation {tv:.3g}"
+             + (f", {tv_floor:.3g} for as many exact samples (its noise)" if tv_floor is not None else "")]
+    for i in range(k):
+        kl, floor = get(f"samples/component{i}/kl"), get(f"samples/component{i}/kl_floor")
+        count, white = get(f"samples/component{i}/samples"), get(f"samples/component{i}/whitened_norm_excess")
+        text = f"  component {i:<7} {int(count or 0)} samples assigned"
+        text += f"; Gaussian-fit KL {kl:.4g} (exact samples: {floor:.4g})" if kl is not None and floor is not None else (
+            "; too few for a Gaussian-fit KL (more than 2·d needed)")  # fmt: skip
+        text += f"; whitened norm excess {white:+.3g}" if white is not None else ""
+        lines.append(text)
+    moment, moment_floor = get("samples/moment_matched_kl"), get("samples/moment_matched_kl_floor")
+    if moment is not None and moment_floor is not None:
+        lines.append(f"  moment-matched    {moment - moment_floor:.3g}   Gaussian-fit KL excess to the mixture's mean and "
+                     "covariance: misleads for a mixture (a model that merges or drops modes can score well); read "
+                     "the weights, the components and the true KL instead")  # fmt: skip
+    return lines
+
+
+def _mixture_weights_verdict(get) -> str:
+    """The verdict on a mixture's samples when some component has too few for its KL: dropped
+    modes (a component with under a tenth of the samples its weight gives), else the weights."""
+    k, n, dropped = 0, 0.0, []
+    while get(f"samples/weights/{k}") is not None:
+        n += get(f"samples/component{k}/samples") or 0
+        k += 1
+    for i in range(k):
+        true, count = get(f"samples/weights/{i}/true"), get(f"samples/component{i}/samples") or 0
+        if true is not None and count < 0.1 * true * n:
+            dropped.append(f"component {i} (weight {true:.3g}: {int(count)} of {int(n)} samples)")
+    if dropped:
+        return ("NOT at the truth: the samples miss " + ", ".join(dropped) + ": a mode dropped; train longer "
+                "(trainer.max_steps)")  # fmt: skip
+    tv, floor = get("samples/weights_tv"), get("samples/weights_tv_floor") or 0.0
+    said = ("the weights are within 3 × the exact samples' error" if tv <= 3 * floor + 0.01 else
+            f"the weights are off (total variation {tv:.3g})")  # fmt: skip
+    return (f"no mixture KL: some component has at most 2·d samples; {said}. Raise diagnostics.num_samples for the "
+            "components' KLs")  # fmt: skip
 
 
 def _cost_line(results: dict[str, float], stage: str, prefix: str) -> str | None:

@@ -14,6 +14,18 @@ from torch import Tensor
 
 from stdiff.gp import KroneckerGP
 
+
+def is_mixture(truth) -> bool:
+    """Whether ``truth`` is a mixture of more than one Gaussian (``stdiff.mixture.GPMixture``)."""
+    return len(getattr(truth, "components", ())) > 1
+
+
+def single(truth):
+    """A mixture of one component as that component (whose statistics it reproduces exactly)."""
+    components = getattr(truth, "components", None)
+    return components[0] if components is not None and len(components) == 1 else truth
+
+
 # --- Gaussians in closed form -----------------------------------------------------------------
 
 
@@ -68,6 +80,27 @@ def gaussian_fit_kl(samples: Tensor, mean: Tensor, cov: Tensor) -> float:
         raise ValueError(f"a Gaussian fit in {d} dimensions needs more than {d} samples, got {n}")
     m_hat, c_hat = _moments(samples)
     return gaussian_kl(m_hat, c_hat, mean.reshape(-1).to(m_hat), cov.to(m_hat))
+
+
+def kl_noise(d: int, n: int) -> float:
+    """Standard deviation of the Gaussian-fit KL of ``n`` exact samples in dimension ``d``.
+
+    Exact for ``stdiff.metrics.gaussian_fit_kl`` (empirical mean, unbiased covariance): in whitened
+    coordinates 2·KL = tr Ĉ − log det Ĉ − d + ‖m̂‖², with Ĉ Wishart of m = n − 1 degrees of freedom
+    scaled by 1/m, independent of m̂ ~ N(0, I/n); Var(log det Ĉ) = Σᵢ ψ′((m − i + 1)/2),
+    Var(tr Ĉ) = Cov(tr Ĉ, log det Ĉ) = 2d/m and Var ‖m̂‖² = 2d/n². To first order in d/n this is
+    √(d(d+3))/(2n)."""
+    m = n - 1
+    i = torch.arange(1, d + 1, dtype=torch.float64)
+    var_cov = torch.special.polygamma(1, (m - i + 1) / 2).sum().item() - 2 * d / m
+    return 0.5 * math.sqrt(var_cov + 2 * d / n**2)
+
+
+def excess_noise(d: int, n: int) -> float:
+    """Standard deviation of the KL excess (``samples/kl_excess``) when the samples are exact: the
+    difference of the KLs of two independent sets of ``n`` exact samples, √2 × ``kl_noise``."""
+    return math.sqrt(2) * kl_noise(d, n)
+
 
 
 # --- structured statistics of a KroneckerGP -------------------------------------------------------
@@ -148,6 +181,11 @@ def sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: in
     """``sample_statistics`` of ``x`` with, for each, ``<name>_floor`` (the same statistic of as
     many exact samples, drawn with ``seed``) and ``<name>_excess`` (the difference; for
     ``whitened_norm`` the excess of |value − 1|)."""
+    gp = single(gp)
+    if is_mixture(gp):
+        from stdiff.metrics.mixture import mixture_distances
+
+        return mixture_distances(gp, x, seed, full_max_dim)
     values = sample_statistics(gp, x, full_max_dim)
     exact = gp.sample(len(x), torch.Generator().manual_seed(seed), dtype=torch.float64)
     floors = sample_statistics(gp, exact, full_max_dim)
@@ -159,6 +197,17 @@ def sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: in
         else:
             out[f"{name}_excess"] = values[name] - floor
     return out
+
+
+def sample_kl(truth, x: Tensor, seed: int = 0) -> float:
+    """The headline KL of samples ``x`` (n > 2d): the Gaussian-fit KL to a Gaussian truth; to a
+    mixture, its KL by components (``stdiff.metrics.mixture``, labels drawn with ``seed``)."""
+    truth = single(truth)
+    if is_mixture(truth):
+        from stdiff.metrics.mixture import mixture_statistics
+
+        return mixture_statistics(truth, x, seed)["kl"]
+    return gaussian_fit_kl(x, truth.mean, truth.covariance())
 
 
 def gaussian_fit_kl_floor(gp: KroneckerGP, n: int, seed: int = 0) -> float:
@@ -192,6 +241,9 @@ def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint: str
     with smaller eigenvalues has a larger bias at the same t₀ (OU, t₀ = 1e-3: 0.058 for the
     quickstart, d = 256, smallest eigenvalue 0.0075; 0.0013 for d = 32, smallest eigenvalue 0.023).
     ``denoise`` is about as far, on the other side (0.056, 0.0014); ``ode`` is of higher order (3.4e-5, 1.1e-7)."""
+    gp = single(gp)
+    if is_mixture(gp):  # Σ_k w_k KL_k: for t_min an upper bound (KL is jointly convex), else the average
+        return sum(w * early_stopping_kl(c, alpha, sigma, endpoint) for w, c in zip(gp.weights.tolist(), gp.components))
     lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
     noised = alpha**2 * lam + sigma**2
     gain = {"t_min": torch.ones_like(lam), "denoise": alpha * lam / noised,

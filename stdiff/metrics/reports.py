@@ -101,9 +101,10 @@ def early_stopping_report(truth: KroneckerGP, schedule: NoiseSchedule, target: f
     the truth: Γ ⊗ Σ's ``smallest_eigenvalue`` and ``condition_number``, and
     ``t_min_for_early_stopping``, the largest t_min whose early-stopping KL (after the sampler's
     ``endpoint``) is ``target`` nats; ``early_stopping_kl_ode``, that KL with the ODE endpoint."""
-    lam = truth._eigenvalues(torch.device("cpu"))
+    eigen = [c._eigenvalues(torch.device("cpu")).reshape(-1) for c in getattr(truth, "components", [truth])]
+    lam = torch.cat(eigen)  # a mixture's: every component's (the worst conditioned decides)
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
     ode = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item(), "ode")
-    return {"smallest_eigenvalue": lam.min().item(), "condition_number": (lam.max() / lam.min()).item(),
+    return {"smallest_eigenvalue": lam.min().item(), "condition_number": max((e.max() / e.min()).item() for e in eigen),
             "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target, endpoint),
             "early_stopping_kl_ode": ode}  # fmt: skip
