@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from stdiff.paper import EXPERIMENTS, attention, conditional, dit_vs_unet, moving_ball, sample_complexity, theory
+from stdiff.paper import (
+    EXPERIMENTS,
+    attention,
+    conditional,
+    dit_vs_unet,
+    moving_ball,
+    regimes,
+    sample_complexity,
+    theory,
+)
 from stdiff.paper.__main__ import main
 
 FAST = ["--diagnostics.num_samples=150", "--model.sampler.init_args.steps=2", "--data.init_args.num_val=32"]
@@ -19,6 +28,7 @@ TINY = {
     "moving_ball": {**moving_ball.CPU, "samples": 4, "steps": 3,
                     "overrides": [*moving_ball.CPU["overrides"], "--model.sampler.init_args.steps=2", "--model.denoiser.init_args.backbone.init_args.depth=1"]},
     "conditional": {**conditional.CPU, "cases": 3, "samples": 6, "steps": 3, "overrides": FAST},
+    "regimes": {**regimes.CPU, "seeds": 2, "samples": 8, "steps": 3, "overrides": FAST},
 }  # fmt: skip
 FIGURES = {
     "theory": ["theory.png"],
@@ -27,13 +37,15 @@ FIGURES = {
     "dit_vs_unet": ["dit_vs_unet.png"],
     "moving_ball": ["trajectory_and_attention.png", "frames.png"],
     "conditional": ["conditional.png", "fan_forecast.png", "fan_interpolation.png", "fan_imputation.png"],
+    "regimes": ["regimes_attention.png"],
 }
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_and_writes_csv_and_figures(tmp_path, monkeypatch, name):
     module = {"theory": theory, "sample_complexity": sample_complexity, "attention": attention,
-              "dit_vs_unet": dit_vs_unet, "moving_ball": moving_ball, "conditional": conditional}[name]  # fmt: skip
+              "dit_vs_unet": dit_vs_unet, "moving_ball": moving_ball, "conditional": conditional,
+              "regimes": regimes}[name]  # fmt: skip
     monkeypatch.setattr(module, "CPU", TINY[name])
     main([name, "--root", str(tmp_path)])
     (out,) = (tmp_path / "paper" / name).glob("version_*")

@@ -26,6 +26,8 @@ BENCHMARKS = {
     "step_hooks": "per-step cost of each piece stdiff adds to a hand-written training step",
     "gp_sampler": "exact GP sampling and score: Kronecker factors against dense algebra",
     "sampler_kl": "sampler error with the exact model: KL excess by number of network evaluations",
+    "mixture_sampler_kl": "sampler error with the exact model of a mixture of GPs: true KL by network evaluations",
+    "mixtures": "the DiT on the three mixture presets at the quickstart's budget: score error, true KL, weights, components, attention",
     "diffusers_kl": "stdiff's samplers against diffusers' schedulers run on the same problem: exact KL by evaluations",
     "trained_sampler_kl": "the same comparison on a trained model: Gaussian-fit KL excess by evaluations, with its noise",
     "sampling_path": "where along the sampling path a trained model's samples leave the exact law",

@@ -8,4 +8,4 @@ directory under ``runs/``). The base configuration of each is ``configs/paper/<e
 the sweep sizes of the experiment's ``CPU`` dict, so that it finishes on a laptop.
 """
 
-EXPERIMENTS = ("theory", "sample_complexity", "attention", "dit_vs_unet", "moving_ball", "conditional")
+EXPERIMENTS = ("theory", "sample_complexity", "attention", "dit_vs_unet", "moving_ball", "conditional", "regimes")
