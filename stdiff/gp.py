@@ -261,10 +261,11 @@ class KroneckerGP:
         ``x_t (..., T, *space_shape)`` -> ``(...)`` in float64; ``log_prob`` at α = 1, σ = 0.
         ``alpha``, ``sigma``: scalars, or one per sample (shaped like the batch dimensions)."""
         self._check_sample_shape(x_t, "x_t")
-        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device)[..., None, None]
+        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device)[..., None, None]
-        y = self._to_eigenbasis(x_t) - alpha * self._to_eigenbasis(self._float64_on(x_t.device)[3])  # (..., T, S)
-        var = alpha**2 * self._eigenvalues(y.device) + sigma**2
+        scaled_mean = alpha[(..., *[None] * len(self.sample_shape))] * self._float64_on(x_t.device)[3]
+        y = self._to_eigenbasis(x_t - scaled_mean)  # (..., T, S)
+        var = alpha[..., None, None] ** 2 * self._eigenvalues(y.device) + sigma**2
         return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum((-2, -1)) + self.dim * math.log(2 * math.pi))
 
     def score(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:

@@ -130,10 +130,14 @@ class GPMixture:
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density ``(...)`` of ``x (..., T, *space)``, float64: a log-sum-exp over components."""
+        if len(self.components) == 1:
+            return self.components[0].log_prob(x)
         return self.noised_log_prob(x, 1.0, 0.0)
 
     def noised_log_prob(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """Log-density of ``x_t = α x_0 + σ ε``, ``(...)`` float64 (α, σ scalars or one per sample)."""
+        if len(self.components) == 1:
+            return self.components[0].noised_log_prob(x_t, alpha, sigma)
         return torch.logsumexp(self._joint(x_t, alpha, sigma), -1)
 
     def log_responsibilities(self, x_t: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
@@ -163,10 +167,11 @@ class GPMixture:
         """∇ₓ·ε̂ ``(B,)`` of the exact ε̂ = −σ ∇ log p_t at ``x_t``, in closed form: with component
         precisions P_k and scores s_k, ∇s = Σ r_k ∇s_k + Σ r_k s_k s_kᵀ − s̄ s̄ᵀ, so
         ∇·ε̂ = σ (Σ_k r_k tr P_k − Σ_k r_k ‖s_k‖² + ‖s̄‖²): the likelihood ODE's control variate."""
+        if len(self.components) == 1:  # as ExactDenoiser computes it for the Gaussian, to the last digit
+            lam = self.components[0]._eigenvalues(torch.device("cpu"))
+            return (sigma / (alpha**2 * lam + sigma**2)).sum().to(x_t.device).expand(len(x_t))
         traces = torch.stack([(1.0 / (alpha**2 * c._eigenvalues(torch.device("cpu")) + sigma**2)).sum()
                               for c in self.components]).to(x_t.device)  # fmt: skip
-        if len(self.components) == 1:
-            return (sigma * traces).expand(len(x_t))
         r, scores = self._parts(x_t, alpha, sigma)
         flat = scores.flatten(2)  # (K, B, d)
         mean = torch.einsum("bk,kbd->bd", r, flat)
@@ -191,7 +196,10 @@ class GPMixture:
             return parts[0][0], evidence
         r = (joint - evidence[:, None]).exp()  # (B, K)
         view = (len(x_t), *[1] * len(self.sample_shape))
-        return sum(r[:, k].reshape(view) * x0 for k, (x0, _) in enumerate(parts)), evidence
+        x0 = sum(r[:, k].reshape(view) * x0 for k, (x0, _) in enumerate(parts))
+        if mask is not None:  # observed entries exactly, not a sum of weights that is 1 to round-off
+            x0 = torch.where(mask.bool(), observed.to(x0.dtype), x0)
+        return x0, evidence
 
     # --- conditioning --------------------------------------------------------------------------------
 

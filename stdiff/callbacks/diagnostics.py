@@ -37,7 +37,7 @@ from stdiff.metrics import (
     random_init_copy,
     score_error_terms,
 )
-from stdiff.metrics.distances import is_mixture
+from stdiff.metrics.distances import is_mixture, single
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
 
 
@@ -119,7 +119,7 @@ class GPDiagnostics(Callback):
         if stage == "predict":  # nothing to score: a fitted reference is not fitted for nothing
             self.truth = None
             return
-        self.truth = getattr(trainer.datamodule, "truth", None)
+        self.truth = single(getattr(trainer.datamodule, "truth", None))  # a mixture of one: its Gaussian
         if self.truth is None:
             warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
             return
