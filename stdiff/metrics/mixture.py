@@ -5,10 +5,12 @@ merges the modes, or drops a rare one, can have a small Gaussian-fit KL to the m
 Gaussian (``moment_matched_kl``, reported only as that). What is reported instead:
 
 - ``weights/<k>``: the weights recovered from the samples, each sample's exact responsibilities
-  averaged, and ``weights_tv``, their total-variation distance to the true weights (its floor:
-  the same for as many exact samples, the finite-sample noise);
+  averaged (``weights/<k>/true`` beside them), ``weights_tv``, their total-variation distance to
+  the true weights, and ``weights_kl``, KL(ŵ ‖ w) (floors: the same for as many exact samples, the
+  finite-sample noise);
 - ``component<k>/kl``: the Gaussian-fit KL of the samples assigned to component k (each drawn to
-  a component from its exact responsibilities) against that component, beside its floor;
+  a component from its exact responsibilities) against that component, beside its floor (as many
+  exact draws of component k), and ``component<k>/whitened_norm``, ``component<k>/samples``;
 - ``kl``: the mixture's KL by components, ``KL(ŵ ‖ w) + Σ_k ŵ_k·component<k>/kl``. With labels drawn
   from the true responsibilities for both laws, KL(q(x, z) ‖ p(x, z)) = KL(q ‖ p) exactly, and the
   chain rule splits it into the weights' KL and the components' KLs; each Gaussian fit is a lower
@@ -38,6 +40,7 @@ def mixture_statistics(mixture, x: Tensor, seed: int = 0, full_max_dim: int = 10
     out["weights_tv"] = 0.5 * (w_hat - w).abs().sum().item()
     labels = torch.multinomial(r.clamp_min(0), 1, generator=torch.Generator().manual_seed(seed))[:, 0]
     weights_kl = sum(p * math.log(p / q) for p, q in zip(w_hat.tolist(), w.tolist()) if p > 0)
+    out["weights_kl"] = weights_kl
     total, noise_sq, complete = weights_kl, (len(w) - 1) / (2 * n**2), True
     for k, c in enumerate(mixture.components):
         xk = x[labels == k]
@@ -60,24 +63,34 @@ def mixture_statistics(mixture, x: Tensor, seed: int = 0, full_max_dim: int = 10
     return out
 
 
-NO_FLOOR = ("samples", "kl_excess_noise")  # counts and noise: no floor of their own
-
-
 def mixture_distances(mixture, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:
-    """``mixture_statistics`` of ``x``, each beside ``<name>_floor`` (as many exact samples, drawn
-    with ``seed``) and ``<name>_excess``; ``whitened_norm``: the excess of |value − 1|."""
+    """``mixture_statistics`` of ``x``, each beside ``<name>_floor`` and ``<name>_excess`` (for
+    ``whitened_norm``, the excess of |value − 1|). The floors come from exact draws (seeded by
+    ``seed``) of the same sizes: the weights' and the moment-matched fit's from as many exact
+    samples of the mixture; component k's from exactly as many draws of component k as were
+    assigned to it (a Gaussian-fit KL's bias, d(d+3)/(4n), depends on n: an equal count makes the
+    excess fair; exact samples assigned to k by their responsibilities are draws of component k);
+    ``kl_floor`` = the exact samples' weights KL + Σ_k ŵ_k · component k's floor."""
     values = mixture_statistics(mixture, x, seed, full_max_dim)
-    exact = mixture.sample(len(x), torch.Generator().manual_seed(seed), dtype=torch.float64)
-    floors = mixture_statistics(mixture, exact, seed, full_max_dim)
+    g = torch.Generator().manual_seed(seed)
+    exact = mixture_statistics(mixture, mixture.sample(len(x), g, dtype=torch.float64), seed, full_max_dim)
     out = dict(values)
-    for name, floor in floors.items():
-        if name.endswith(NO_FLOOR) or name.startswith("weights/"):
+    for name in ("weights_tv", "weights_kl", "moment_matched_kl"):
+        if name in exact and name in values:
+            out[f"{name}_floor"], out[f"{name}_excess"] = exact[name], values[name] - exact[name]
+    d, floor, complete = mixture.dim, exact["weights_kl"], "kl" in values
+    for k, c in enumerate(mixture.components):
+        n_k = int(values[f"component{k}/samples"])
+        if not n_k:
             continue
-        out[f"{name}_floor"] = floor
-        if name not in values:
-            continue
-        if name.endswith("whitened_norm"):
-            out[f"{name}_excess"] = abs(values[name] - 1) - abs(floor - 1)
-        else:
-            out[f"{name}_excess"] = values[name] - floor
+        draws = c.sample(n_k, g, dtype=torch.float64)
+        white = (whiten(c, draws) ** 2).sum(1).mean().item() / d
+        out[f"component{k}/whitened_norm_floor"] = white
+        out[f"component{k}/whitened_norm_excess"] = abs(values[f"component{k}/whitened_norm"] - 1) - abs(white - 1)
+        if f"component{k}/kl" in values:
+            kl = gaussian_fit_kl(draws, c.mean, c.covariance())
+            out[f"component{k}/kl_floor"], out[f"component{k}/kl_excess"] = kl, values[f"component{k}/kl"] - kl
+            floor += values[f"weights/{k}"] * kl
+    if complete:
+        out["kl_floor"], out["kl_excess"] = floor, values["kl"] - floor
     return out
