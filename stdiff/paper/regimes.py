@@ -7,7 +7,10 @@ component k (heads and layers averaged) is correlated with every Γ_j: the matri
 the index D = mean_k (P[k, k] − mean_{j≠k} P[k, j]), beside the same network at random
 initialisation (the control) and the exact posterior's certainty of the true regime at that
 noise (the mean responsibility of the sample's own component: how much a perfect model could
-know). Error bars: standard errors over seeds.
+know). Since every regime's attention may share a large common part (attending to nearby frames),
+the contrast removes it: mean_k Pearson(A_k − Ā, Γ_k − Γ̄), whether attention changes from regime
+to regime the way Γ does (per unit; averaged over units, and the best unit, which is selected on
+the same data and so biased upwards). Error bars: standard errors over seeds.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from pathlib import Path
 import torch
 
 from stdiff.metrics import attention_report, random_init_copy
-from stdiff.metrics.attention import attention_alignment
 from stdiff.paper.common import figure, load, run_overrides, save, train, write_csv
 from stdiff.seeding import SWEEP, generator
 
@@ -36,18 +38,45 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-def alignment_matrix(backbone, schedule, truth, log_snr: float, samples: int, seed: int) -> torch.Tensor:
-    """P[k, j]: attention on samples of component k (layers and heads averaged) against Γ_j."""
-    k_count = len(truth.components)
-    out = torch.zeros(k_count, k_count, dtype=torch.float64)
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of the off-diagonal entries of two (T, T) matrices."""
+    off = ~torch.eye(len(a), dtype=torch.bool)
+    x, y = a[off].double(), b[off].double()
+    x, y = x - x.mean(), y - y.mean()
+    return (x @ y / (x.norm() * y.norm()).clamp_min(1e-300)).item()
+
+
+def component_maps(backbone, schedule, truth, log_snr: float, samples: int, seed: int) -> list[list[torch.Tensor]]:
+    """maps[k][u]: attention unit u's frame-to-frame map (heads and samples averaged) on component k's samples."""
+    out = []
     for k, component in enumerate(truth.components):
         x0 = component.sample(samples, generator(seed, SWEEP, 1, k))
         noise = torch.randn(x0.shape, generator=generator(seed, SWEEP, 2, k))
         _, maps = attention_report(backbone, schedule, x0, noise, truth.components[0].gamma, [log_snr])
-        units = list(maps[log_snr].values())
+        out.append([m.mean(0) for m in maps[log_snr].values()])
+    return out
+
+
+def alignment_matrix(maps: list[list[torch.Tensor]], truth) -> torch.Tensor:
+    """P[k, j]: attention on component k's samples (units averaged) against Γ_j."""
+    k_count = len(truth.components)
+    p = torch.zeros(k_count, k_count, dtype=torch.float64)
+    for k in range(k_count):
         for j, other in enumerate(truth.components):
-            per_unit = [attention_alignment(m, other.gamma)["pearson"].mean().item() for m in units]
-            out[k, j] = sum(per_unit) / len(per_unit)
+            p[k, j] = sum(_pearson(m, other.gamma) for m in maps[k]) / len(maps[k])
+    return p
+
+
+def contrast(maps: list[list[torch.Tensor]], truth) -> list[float]:
+    """Per unit: how the attention's changes across regimes follow Γ's, mean_k Pearson(A_k − Ā, Γ_k − Γ̄):
+    the common part of every regime's attention (local attention, say) removed; 0 when the attention
+    does not change with the regime in Γ's direction."""
+    gammas = [c.gamma for c in truth.components]
+    mean_gamma = sum(gammas) / len(gammas)
+    out = []
+    for u in range(len(maps[0])):
+        mean_map = sum(maps[k][u] for k in range(len(maps))) / len(maps)
+        out.append(sum(_pearson(maps[k][u] - mean_map, gammas[k] - mean_gamma) for k in range(len(maps))) / len(maps))
     return out
 
 
@@ -85,16 +114,22 @@ def run(out, scale: dict, **_) -> dict:
             sure = certainty(truth, schedule, lam, scale["samples"], seed)
             entry = {"certainty": sure}
             for label, net in (("trained", backbone), ("random_init", control)):
-                p = alignment_matrix(net, schedule, truth, lam, scale["samples"], seed)
-                entry[label] = {"matrix": p.tolist(), "index": tracking_index(p),
+                maps = component_maps(net, schedule, truth, lam, scale["samples"], seed)
+                p, by_unit = alignment_matrix(maps, truth), contrast(maps, truth)
+                entry[label] = {"matrix": p.tolist(), "index": tracking_index(p), "contrast_by_unit": by_unit,
+                                "contrast": sum(by_unit) / len(by_unit),
                                 "matched": float((p.argmax(1) == torch.arange(len(p))).double().mean())}  # fmt: skip
+                rows.extend({"seed": seed, "net": label, "log_snr": lam, "unit": u, "contrast": round(c, 5)}
+                            for u, c in enumerate(by_unit))  # fmt: skip
                 for k in range(len(p)):
                     for j in range(len(p)):
                         rows.append({"seed": seed, "net": label, "log_snr": lam, "component": k, "gamma": j,
                                      "pearson": round(p[k, j].item(), 5), "certainty": round(sure, 5)})  # fmt: skip
             record["levels"][lam] = entry
             print(f"seed {seed}, log-SNR {lam:+.0f}: tracking index {entry['trained']['index']:+.3f} "
-                  f"(random init {entry['random_init']['index']:+.3f}), exact certainty {sure:.3f}", flush=True)  # fmt: skip
+                  f"(random init {entry['random_init']['index']:+.3f}), contrast {entry['trained']['contrast']:+.3f} "
+                  f"(random init {entry['random_init']['contrast']:+.3f}, best unit "
+                  f"{max(entry['trained']['contrast_by_unit']):+.3f}), exact certainty {sure:.3f}", flush=True)  # fmt: skip
         per_seed.append(record)
         write_csv(out / "results.csv", rows)
     summary = _summarise(per_seed)
@@ -109,6 +144,9 @@ def _summarise(per_seed: list[dict]) -> dict:
         for label in ("trained", "random_init"):
             entry[f"{label}_index"] = _mean_se([r["levels"][lam][label]["index"] for r in per_seed])
             entry[f"{label}_matched"] = _mean_se([r["levels"][lam][label]["matched"] for r in per_seed])
+            entry[f"{label}_contrast"] = _mean_se([r["levels"][lam][label]["contrast"] for r in per_seed])
+            entry[f"{label}_contrast_best_unit"] = _mean_se([max(r["levels"][lam][label]["contrast_by_unit"])
+                                                             for r in per_seed])  # fmt: skip
         out["by_log_snr"][lam] = entry
     matrices = torch.tensor([r["levels"][LOW_NOISE]["trained"]["matrix"] for r in per_seed], dtype=torch.float64)
     out["low_noise_log_snr"] = LOW_NOISE
@@ -135,12 +173,13 @@ def _figure(path: Path, summary: dict, seeds: int) -> None:
     ax = axes[0, 1]
     levels = LEVELS
     for label, colour in (("trained", "tab:blue"), ("random_init", "tab:grey")):
-        values = [summary["by_log_snr"][lam][f"{label}_index"] for lam in levels]
-        ax.errorbar(levels, [v[0] for v in values], yerr=[0 if math.isnan(v[1]) else v[1] for v in values],
-                    marker="o", capsize=3, color=colour, label=f"{label.replace('_', ' ')}: tracking index")  # fmt: skip
+        for key, style, what in (("index", "-o", "tracking index"), ("contrast", "--s", "contrast")):
+            values = [summary["by_log_snr"][lam][f"{label}_{key}"] for lam in levels]
+            ax.errorbar(levels, [v[0] for v in values], yerr=[0 if math.isnan(v[1]) else v[1] for v in values],
+                        fmt=style, capsize=3, color=colour, label=f"{label.replace('_', ' ')}: {what}")  # fmt: skip
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("log-SNR (low noise on the left)", fontsize=8)
-    ax.set_ylabel("P[k,k] − mean P[k,j≠k]", fontsize=8)
+    ax.set_ylabel("index: P[k,k] − mean P[k,j≠k]; contrast", fontsize=8)
     ax.invert_xaxis()
     twin = ax.twinx()
     twin.plot(levels, [summary["by_log_snr"][lam]["certainty"][0] for lam in levels], "g--", label="exact certainty")
