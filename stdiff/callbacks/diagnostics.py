@@ -263,6 +263,8 @@ class GPDiagnostics(Callback):
         if trainer.state.fn == "fit" and self._fit_time is not None:
             for k, v in cost.items():
                 self._fit_time.parts[k] += v
+        if is_mixture(self.truth):  # what the summary says it scored against (not logged: not a measurement)
+            results[f"{stage}/mixture_components"] = float(len(self.truth.components))
         self.results = {**self.results, **results, **timing}
         self.latest = {**results, **timing}  # this validation's alone (results keeps earlier sample metrics)
 

@@ -166,9 +166,10 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
         value = results.get(f"{prefix}/{name}")
         return None if value is None else float(value)
 
-    mixture = get("samples/weights_tv") is not None or any(k.startswith(f"{prefix}/attention/component") for k in results)
+    components = get("mixture_components")
+    mixture = components is not None
     against = "the exact GP" if exact_truth else "the fitted Gaussian reference (not the data's law)"
-    against = "the exact mixture of GPs" if mixture else against
+    against = f"the exact mixture of {int(components)} GPs" if mixture else against
     if checkpoint:
         where = f"checkpoint {checkpoint['path']} (step {checkpoint['global_step']})"
     else:
@@ -231,7 +232,7 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
                      f"{100 * c.get('coverage90', math.nan):.1f} % of held-out values; spread "
                      f"{c.get('spread', math.nan):.3g} (1: intervals of the right width)")  # fmt: skip
         lines.append(f"  verdict ({task}): {wrap(conditional_verdict(c, exact_truth), 11)}")
-    if kl_excess is None and get("samples/whitened_norm_excess") is None and not mixture and not tasks:
+    if kl_excess is None and get("samples/whitened_norm_excess") is None and get("samples/weights_tv") is None and not tasks:
         lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model without "
                      "data.init_args.task)")  # fmt: skip
     cost = _cost_line(results, stage, prefix)
