@@ -199,17 +199,6 @@ def sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: in
     return out
 
 
-def sample_kl(truth, x: Tensor, seed: int = 0) -> float:
-    """The headline KL of samples ``x`` (n > 2d): the Gaussian-fit KL to a Gaussian truth; to a
-    mixture, its KL by components (``stdiff.metrics.mixture``, labels drawn with ``seed``)."""
-    truth = single(truth)
-    if is_mixture(truth):
-        from stdiff.metrics.mixture import mixture_statistics
-
-        return mixture_statistics(truth, x, seed)["kl"]
-    return gaussian_fit_kl(x, truth.mean, truth.covariance())
-
-
 def gaussian_fit_kl_floor(gp: KroneckerGP, n: int, seed: int = 0) -> float:
     """``gaussian_fit_kl`` of ``n`` exact samples of ``gp``: what sampling noise alone gives."""
     x = gp.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
