@@ -378,9 +378,10 @@ class GPDiagnostics(Callback):
             from stdiff.metrics.mixture import mixture_distances
 
             own = mixture_distances(self.truth, x.cpu(), derive_seed(self.seed, DIAGNOSTICS, *stream))
+            weights = {"exact_model_weights_tv": own["weights_tv"]}  # the sampler's own share of a weight error
             if "kl" in own:
-                return {**self._stopping, "exact_model_kl": own["kl"], "exact_model_kl_excess": own["kl_excess"]}
-            return dict(self._stopping)
+                return {**self._stopping, **weights, "exact_model_kl": own["kl"], "exact_model_kl_excess": own["kl_excess"]}
+            return {**self._stopping, **weights}
         kl = gaussian_fit_kl(x.cpu(), self.truth.mean, self.truth.covariance())
         return {**self._stopping, "exact_model_kl": kl, "exact_model_kl_excess": kl - values["kl_floor"]}
 

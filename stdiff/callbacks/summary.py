@@ -252,8 +252,11 @@ def _mixture_lines(get) -> list[str]:
     recovered = " / ".join(f"{get(f'samples/weights/{i}'):.3f}" for i in range(k))
     true = " / ".join(f"{get(f'samples/weights/{i}/true'):.3f}" for i in range(k) if get(f"samples/weights/{i}/true") is not None)
     tv, tv_floor = get("samples/weights_tv"), get("samples/weights_tv_floor")
+    exact_model = get("samples/exact_model_weights_tv")
     lines = [f"  weights           {recovered} recovered (true {true}): total variation {tv:.3g}"
-             + (f", {tv_floor:.3g} for as many exact samples (its noise)" if tv_floor is not None else "")]
+             + (f", {tv_floor:.3g} for as many exact samples (its noise)" if tv_floor is not None else "")
+             + (f", {exact_model:.3g} for the exact model through the same sampler (its start at t_max included)"
+                if exact_model is not None else "")]  # fmt: skip
     for i in range(k):
         kl, floor = get(f"samples/component{i}/kl"), get(f"samples/component{i}/kl_floor")
         count, white = get(f"samples/component{i}/samples"), get(f"samples/component{i}/whitened_norm_excess")
