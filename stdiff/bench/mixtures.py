@@ -105,6 +105,8 @@ def report(records: list[dict]) -> str:
         f"{_get(r['test'], 'samples/weights_tv_floor'):.4f}")  # fmt: skip
     row("weights TV: exact model, as the preset / as the quickstart", lambda r: f"{_get(r['exact'], 'samples/weights_tv'):.4f} / "
         f"{_get(r['exact_quickstart_start'], 'samples/weights_tv'):.4f}")  # fmt: skip
+    row("weights KL (nats): DiT / exact model, as the preset / as the quickstart", lambda r: " / ".join(
+        f"{_get(m, 'samples/weights_kl'):.4f}" for m in (r["test"], r["exact"], r["exact_quickstart_start"])))  # fmt: skip
     row("mixture KL by components: excess ± noise, DiT", lambda r: f"{_get(r['test'], 'samples/kl_excess'):.2f} ± "
         f"{_get(r['test'], 'samples/kl_excess_noise'):.2f}")  # fmt: skip
     row("… the exact model's excess", lambda r: f"{_get(r['exact'], 'samples/kl_excess'):.2f}")
