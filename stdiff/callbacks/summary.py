@@ -4,7 +4,8 @@ from the truth, in plain words, and where the rest is written. Again for a finis
     python -m stdiff.callbacks.summary lightning_logs/version_0      # or …/test_0, or a metrics.json
 
 The verdict reads the Gaussian-fit KL excess of the generated samples (their KL to the truth
-minus that of as many exact samples, ``samples/kl_excess``) against three yardsticks:
+minus that of as many exact samples, ``samples/kl_excess``; for a mixture of GPs the KL by
+components, ``stdiff.metrics.mixture``, with its own noise) against three yardsticks:
 
 - its noise: the excess is a difference of two KLs of ``n`` samples in dimension ``d``, each with
   standard deviation ``kl_noise`` (about ``sqrt(d(d+3)) / (2n)``; its mean, the KL's floor, is

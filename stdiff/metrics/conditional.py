@@ -1,4 +1,6 @@
-"""Conditional samples against the exact GP posterior N(m, C) (``KroneckerGP.conditional``).
+"""Conditional samples against the exact GP posterior N(m, C) (``KroneckerGP.conditional``), or a
+mixture's (``GPMixture.conditional``: its mean and, per case, its covariance; no residual KL/W2,
+the posterior being a mixture).
 
 For ``n`` cases ``x (n, T, *space)`` sharing one mask, and ``k`` samples of each, every number is
 reported beside the same estimator on ``k`` exact posterior samples of each case (``…_exact``):
