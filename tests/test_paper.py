@@ -28,7 +28,7 @@ TINY = {
     "moving_ball": {**moving_ball.CPU, "samples": 4, "steps": 3,
                     "overrides": [*moving_ball.CPU["overrides"], "--model.sampler.init_args.steps=2", "--model.denoiser.init_args.backbone.init_args.depth=1"]},
     "conditional": {**conditional.CPU, "cases": 3, "samples": 6, "steps": 3, "overrides": FAST},
-    "regimes": {**regimes.CPU, "seeds": 2, "samples": 8, "steps": 3, "overrides": FAST},
+    "regimes": {**regimes.CPU, "seeds": 1, "samples": 8, "steps": 3, "overrides": FAST},
 }  # fmt: skip
 FIGURES = {
     "theory": ["theory.png"],
