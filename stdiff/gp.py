@@ -340,19 +340,19 @@ class KroneckerGP:
         if self.dim > DENSE_DENOISE_LIMIT:
             raise ValueError(f"the exact conditional denoiser is dense: T·S = {self.dim} > {DENSE_DENOISE_LIMIT}; "
                              "use shorter windows or fewer points")  # fmt: skip
-        flat_mask = mask.reshape(b, -1).bool()
+        seen = mask.reshape(b, -1).bool()
         s = (sigma / alpha) ** 2  # (B,)
         y = observed.reshape(b, -1).to(torch.float64) - mu
         z = x.reshape(b, -1) / alpha[:, None] - mu
-        out = torch.where(flat_mask, y, torch.zeros_like(y))
+        out = torch.where(seen, y, torch.zeros_like(y))
         precision = self._precision(x.device)
         lam = self._eigenvalues(x.device).reshape(-1)
-        v = torch.where(flat_mask, y, z)  # what is conditioned on, centred
+        v = torch.where(seen, y, z)  # what is conditioned on, centred
         qv = v @ precision
         constant = lam.log().sum() + self.dim * math.log(2 * math.pi)
         # Rows sharing (mask, s) share the factor: one per group, all factored in one batched call,
         # each system padded with the identity to the largest number of unobserved entries M.
-        keys = torch.cat([flat_mask.to(torch.float64), s[:, None]], dim=1)
+        keys = torch.cat([seen.to(torch.float64), s[:, None]], dim=1)
         groups, inverse = torch.unique(keys, dim=0, return_inverse=True)
         miss = groups[:, :-1] == 0  # (G, d)
         counts = miss.sum(1)
@@ -367,7 +367,7 @@ class KroneckerGP:
         system = torch.where(pair, precision[idx[:, :, None], idx[:, None, :]], eye) + (inv_s[:, None, None] * eye) * pair
         chol = torch.linalg.cholesky(system)
         # right-hand sides (Q_mo (y − μ)_o through the whole Q: y is 0 where unobserved), grouped (G, M, K)
-        coupled = torch.where(flat_mask, y, torch.zeros_like(y)) @ precision  # (B, d)
+        coupled = torch.where(seen, y, torch.zeros_like(y)) @ precision  # (B, d)
         rows_idx = idx[inverse]  # (B, M)
         keep = valid[inverse]
         rhs = inv_s[inverse][:, None] * z.gather(1, rows_idx) - coupled.gather(1, rows_idx)
@@ -475,7 +475,7 @@ class KroneckerGP:
         """``k`` exact draws ``(n, k, T, *space_shape)`` of each of the cases ``x (n, T, *space)`` given
         its entries at ``observed`` (one mask for all, as in ``conditional``), float64 on the CPU."""
         mean, cov = self.conditional(x.double().cpu(), observed.cpu())
-        missing = ~_flat_mask(self, observed.cpu())
+        missing = ~flat_mask(self, observed.cpu())
         chol = torch.linalg.cholesky(cov + 1e-12 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
         z = torch.randn(len(x), k, len(cov), generator=generator, dtype=torch.float64)
         flat = mean.reshape(len(x), 1, -1).repeat(1, k, 1)
@@ -490,7 +490,7 @@ class KroneckerGP:
                 + ")")  # fmt: skip
 
 
-def _flat_mask(gp, observed: Tensor) -> Tensor:
+def flat_mask(gp, observed: Tensor) -> Tensor:
     """A frame mask ``(T,)`` or coordinate mask ``(T, *space)`` as a flat ``(T·S,)`` coordinate mask."""
     if tuple(observed.shape) == (gp.frames,):
         observed = observed[:, None].expand(gp.frames, gp.num_points)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from stdiff.gp import KroneckerGP, _flat_mask
+from stdiff.gp import KroneckerGP, flat_mask
 
 
 class GPMixture:
@@ -226,7 +226,7 @@ class GPMixture:
         parts = [c.conditional(x, observed) for c in self.components]
         view = (*pi.shape[:-1], *[1] * len(self.sample_shape))
         mean = sum(pi[..., k].reshape(view) * m for k, (m, _) in enumerate(parts))
-        missing = ~_flat_mask(self, torch.as_tensor(observed).cpu()).to(x.device)
+        missing = ~flat_mask(self, torch.as_tensor(observed).cpu()).to(x.device)
         batch = x.shape[: x.ndim - len(self.sample_shape)]
         centre = mean.reshape(*batch, -1)[..., missing]
         cov = 0

@@ -30,6 +30,7 @@ from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
     ScoreError,
+    attention_by_component,
     attention_report,
     correlation_by_lag,
     early_stopping_report,
@@ -107,7 +108,6 @@ class GPDiagnostics(Callback):
         self.truth = None
         self.results: dict[str, float] = {}
         self.latest: dict[str, float] = {}
-        self.latest_samples: dict[str, float] = {}  # the last sample metrics, unprefixed (figures)
         self._validations = 0
         self._clock: Clock | None = None  # the validation in progress
         self._fit_time: FitTime | None = None  # the fit in progress
@@ -276,7 +276,11 @@ class GPDiagnostics(Callback):
             return {}
         x0 = self.truth.sample(64, generator(self.seed, DIAGNOSTICS, 0)).to(pl_module.device)
         noise = torch.randn(x0.shape, generator=generator(self.seed, DIAGNOSTICS, 1)).to(x0)
-        out: dict[str, float] = self._attention_by_component(pl_module, backbone, stage) if is_mixture(self.truth) else {}
+        out: dict[str, float] = {}
+        if is_mixture(self.truth):  # each component's samples against each component's Γ
+            values = attention_by_component(backbone, pl_module.schedule, self.truth, self.attention_log_snr,
+                                            lambda *key: generator(self.seed, DIAGNOSTICS, *key), pl_module.device)  # fmt: skip
+            out.update({f"{stage}/attention/{k}": v for k, v in values.items()})
         for label, net in (("", backbone), ("random_init/", random_init_copy(backbone, self.seed))):
             values, maps = attention_report(net, pl_module.schedule, x0, noise, self.gamma, self.attention_log_snr)
             out.update({f"{stage}/attention/{label}{k}": v for k, v in values.items()})
@@ -287,25 +291,6 @@ class GPDiagnostics(Callback):
                     for lam, by_unit in maps.items():
                         self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
                                           attention_figure(by_unit, self.gamma, lam))  # fmt: skip
-        return out
-
-    def _attention_by_component(self, pl_module, backbone, stage: str) -> dict[str, float]:
-        """A mixture's: attention on samples of each component k against each component's Γ_j,
-        ``attention/component<k>/gamma<j>/logsnr_<λ>/pearson`` (mean over layers and heads) and
-        ``…/pearson_best``: a model that infers the regime aligns with Γ_k on component k's samples."""
-        out: dict[str, float] = {}
-        for k, component in enumerate(self.truth.components):
-            x0 = component.sample(64, generator(self.seed, DIAGNOSTICS, 0, k)).to(pl_module.device)
-            noise = torch.randn(x0.shape, generator=generator(self.seed, DIAGNOSTICS, 1, k)).to(x0)
-            for j, other in enumerate(self.truth.components):
-                values, _ = attention_report(backbone, pl_module.schedule, x0, noise, other.gamma, self.attention_log_snr)
-                if not values:
-                    return {}
-                prefix = f"{stage}/attention/component{k}/gamma{j}"
-                out[f"{prefix}/pearson_best"] = values["pearson_best"]
-                for lam in self.attention_log_snr:
-                    level = [v for key, v in values.items() if key.endswith(f"/logsnr_{lam:+.1f}/pearson") and "/head" not in key]
-                    out[f"{prefix}/logsnr_{lam:+.1f}/pearson"] = sum(level) / len(level)
         return out
 
     def _samples(self, trainer, pl_module, stage: str) -> dict[str, float]:
@@ -350,10 +335,9 @@ class GPDiagnostics(Callback):
                 f"the structured metrics only."
             )
         values.update(self._sampler_floor(trainer, pl_module, values, (n, *self.truth.sample_shape), stream))
-        self.latest_samples = values
         if self.figures and trainer.is_global_zero:
             with self._clock.part("figures"):
-                self._sample_figures(trainer, stage, x.double().cpu(), floor_seed)
+                self._sample_figures(trainer, stage, x.double().cpu(), floor_seed, values)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
     def _sampler_floor(self, trainer, pl_module, values: dict, shape: tuple, stream: tuple) -> dict:
@@ -429,7 +413,7 @@ class GPDiagnostics(Callback):
 
     # --- output ----------------------------------------------------------------------------------
 
-    def _sample_figures(self, trainer, stage: str, x, floor_seed: int) -> None:
+    def _sample_figures(self, trainer, stage: str, x, floor_seed: int, values: dict[str, float]) -> None:
         from stdiff.callbacks.figures import correlation_figure, covariance_figure, paths_figure
 
         truth = self.truth
@@ -437,7 +421,7 @@ class GPDiagnostics(Callback):
         if is_mixture(truth):  # the weights recovered, and paths; no single Γ and Σ to estimate
             from stdiff.callbacks.figures import weights_figure
 
-            recovered = [self.latest_samples.get(f"weights/{k}", math.nan) for k in range(len(truth.components))]
+            recovered = [values.get(f"weights/{k}", math.nan) for k in range(len(truth.components))]
             exact_weights = truth.responsibilities(exact).mean(0).tolist()
             self._save_figure(trainer, f"{stage}_weights", weights_figure(truth.weights.tolist(), recovered, exact_weights))
             self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))

@@ -244,12 +244,18 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     return "\n".join(lines)
 
 
-def _mixture_lines(get) -> list[str]:
-    """A mixture truth's lines: the weights recovered, each component's KL and whitened norm, and
-    the Gaussian fit to the moment-matched Gaussian, flagged as misleading."""
+def _component_count(get) -> int:
+    """How many components a mixture's sample metrics hold (``samples/weights/<k>``)."""
     k = 0
     while get(f"samples/weights/{k}") is not None:
         k += 1
+    return k
+
+
+def _mixture_lines(get) -> list[str]:
+    """A mixture truth's lines: the weights recovered, each component's KL and whitened norm, and
+    the Gaussian fit to the moment-matched Gaussian, flagged as misleading."""
+    k = _component_count(get)
     recovered = " / ".join(f"{get(f'samples/weights/{i}'):.3f}" for i in range(k))
     true = " / ".join(f"{get(f'samples/weights/{i}/true'):.3f}" for i in range(k) if get(f"samples/weights/{i}/true") is not None)
     tv, tv_floor = get("samples/weights_tv"), get("samples/weights_tv_floor")
@@ -277,10 +283,8 @@ def _mixture_lines(get) -> list[str]:
 def _mixture_weights_verdict(get) -> str:
     """The verdict on a mixture's samples when some component has too few for its KL: dropped
     modes (a component with under a tenth of the samples its weight gives), else the weights."""
-    k, n, dropped = 0, 0.0, []
-    while get(f"samples/weights/{k}") is not None:
-        n += get(f"samples/component{k}/samples") or 0
-        k += 1
+    k, dropped = _component_count(get), []
+    n = sum(get(f"samples/component{i}/samples") or 0 for i in range(k))
     for i in range(k):
         true, count = get(f"samples/weights/{i}/true"), get(f"samples/component{i}/samples") or 0
         if true is not None and count < 0.1 * true * n:

@@ -19,6 +19,7 @@ from stdiff.metrics.distances import (
     whiten,
 )
 from stdiff.metrics.reports import (
+    attention_by_component,
     attention_report,
     early_stopping_report,
     random_init_copy,
@@ -31,6 +32,7 @@ __all__ = [
     "SampleDistance",
     "ScoreError",
     "attention_alignment",
+    "attention_by_component",
     "attention_report",
     "conditional_report",
     "correlation_by_lag",

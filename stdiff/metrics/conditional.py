@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stdiff.gp import KroneckerGP
+from stdiff.gp import KroneckerGP, flat_mask
 from stdiff.metrics.distances import gaussian_kl, gaussian_w2
 
 ESTIMATORS = ("biased", "fair")
@@ -102,11 +102,9 @@ def posterior_samples(truth: KroneckerGP, x: Tensor, mask: Tensor, k: int, gener
 
 
 def _coordinates(truth: KroneckerGP, mask: Tensor) -> Tensor:
-    """A frame mask ``(T,)`` or coordinate mask ``(T, *space)`` as a flat ``(T·S,)`` coordinate mask."""
-    mask = mask[0] if mask.ndim == len(truth.sample_shape) + 1 else mask
-    if tuple(mask.shape) == (truth.frames,):
-        mask = mask[:, None].expand(truth.frames, truth.num_points)
-    return mask.reshape(-1).cpu()
+    """A frame mask ``(T,)`` or coordinate mask ``(T, *space)`` (or the first of per-case masks) as a
+    flat ``(T·S,)`` coordinate mask on the CPU."""
+    return flat_mask(truth, mask[0] if mask.ndim == len(truth.sample_shape) + 1 else mask).cpu()
 
 
 def _scores(samples: Tensor, target: Tensor, frame_of: Tensor, case_of: Tensor, variance: Tensor,

@@ -38,7 +38,7 @@ def mixture_statistics(mixture, x: Tensor, seed: int = 0, full_max_dim: int = 10
     out: dict[str, float] = {f"weights/{k}": v for k, v in enumerate(w_hat.tolist())}
     out.update({f"weights/{k}/true": v for k, v in enumerate(w.tolist())})
     out["weights_tv"] = 0.5 * (w_hat - w).abs().sum().item()
-    labels = torch.multinomial(r.clamp_min(0), 1, generator=torch.Generator().manual_seed(seed))[:, 0]
+    labels = torch.multinomial(r, 1, generator=torch.Generator().manual_seed(seed))[:, 0]
     weights_kl = sum(p * math.log(p / q) for p, q in zip(w_hat.tolist(), w.tolist()) if p > 0)
     out["weights_kl"] = weights_kl
     total, noise_sq, complete = weights_kl, (len(w) - 1) / (2 * n**2), True

@@ -83,6 +83,28 @@ def attention_report(
     return out, maps_by_level
 
 
+def attention_by_component(backbone: torch.nn.Module, schedule: NoiseSchedule, truth, log_snrs: list[float],
+                           generator_for, device) -> dict[str, float]:  # fmt: skip
+    """A mixture's (``GPMixture``) attention, read on 64 samples of each component k against each
+    component's Γ_j: ``component<k>/gamma<j>/logsnr_<λ>/pearson`` (mean over layers and heads) and
+    ``…/pearson_best``; a model that infers the regime aligns best with Γ_k on component k's samples.
+    ``generator_for(*key)``: the seeded generator of each draw (key ``(0, k)`` samples, ``(1, k)`` noise)."""
+    out: dict[str, float] = {}
+    for k, component in enumerate(truth.components):
+        x0 = component.sample(64, generator_for(0, k)).to(device)
+        noise = torch.randn(x0.shape, generator=generator_for(1, k)).to(x0)
+        for j, other in enumerate(truth.components):
+            values, _ = attention_report(backbone, schedule, x0, noise, other.gamma, log_snrs)
+            if not values:  # no temporal attention in this backbone
+                return {}
+            prefix = f"component{k}/gamma{j}"
+            out[f"{prefix}/pearson_best"] = values["pearson_best"]
+            for lam in log_snrs:
+                level = [v for key, v in values.items() if key.endswith(f"/logsnr_{lam:+.1f}/pearson") and "/head" not in key]
+                out[f"{prefix}/logsnr_{lam:+.1f}/pearson"] = sum(level) / len(level)
+    return out
+
+
 def sample_report(truth: KroneckerGP, samples: Tensor, schedule: NoiseSchedule, seed: int = 0,
                   full_max_dim: int = 1024, endpoint: str = "t_min") -> dict[str, float]:  # fmt: skip
     """Distances of generated ``samples (n, T, *space)`` to ``truth``, each beside its finite-sample
