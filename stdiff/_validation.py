@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class StdiffWarning(UserWarning):
@@ -81,18 +83,29 @@ def init_repr(obj) -> str:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable`` on Linux), or None if unknown."""
+    """Bytes of memory available to a new allocation, or None if unknown: the machine's
+    (``MemAvailable`` on Linux), or less where this process is limited: its cgroup's ``memory.max``
+    (a container, a scheduler's job) or its address-space limit (``ulimit -v``)."""
+    found = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    with contextlib.suppress(OSError, ValueError):  # cgroup v2: the limit less what the group uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    with contextlib.suppress(OSError, ValueError, ImportError, StopIteration):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            status = Path("/proc/self/status").read_text().splitlines()
+            size = next(int(x.split()[1]) * 1024 for x in status if x.startswith("VmSize:"))
+            found.append(soft - size)
+    return max(min(found), 0) if found else None
 
 
 def check_memory(what: str, parts: dict[str, float], advice: str) -> None:

@@ -20,11 +20,13 @@ from typing import Literal
 import lightning as L
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks.progress import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from stdiff import checkpoints, runs
+from stdiff.atomic import AtomicCheckpointIO
 from stdiff.callbacks import (
     BestCheckpoint,
     Checkpoint,
@@ -37,7 +39,7 @@ from stdiff.callbacks import (
 )
 from stdiff.callbacks.reliability import STOP_SIGNALS
 from stdiff.config_check import ConfigError, check_config, resolve_class
-from stdiff.config_files import config_relative_paths, packaged_configs
+from stdiff.config_files import check_encoding, config_relative_paths, packaged_configs
 from stdiff.data import SequenceDataModule
 from stdiff.module import DiffusionModule
 from stdiff.plugins import PluginError, load_plugins
@@ -132,6 +134,10 @@ class StdiffCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         if args is None or isinstance(args, (list, tuple)):
             given = list(sys.argv[1:] if args is None else args)
+            try:
+                check_encoding(given)
+            except ConfigError as err:
+                raise UsageError(next((a for a in given if a in SUBCOMMAND_HELP), None), str(err)) from None
             resolved = config_relative_paths(packaged_configs(given))
             subcommand = next((a for a in resolved if a in ("fit", "validate", "test", "predict")), None)
             try:
@@ -221,6 +227,8 @@ class StdiffCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the configuration chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # written beside last.ckpt, renamed over it
         # Diagnostics must run their epoch-end work before the EMA swaps the training weights back
         # in, so that they score the same (EMA) weights as val/loss.
         first = [cb for cb in trainer.callbacks if isinstance(cb, GPDiagnostics)]
@@ -240,11 +248,14 @@ class StdiffCLI(LightningCLI):
         note = busy_machine_note(self.trainer.strategy.root_device.type)
         if note and self.trainer.is_global_zero:
             print(f"stdiff: note: {note}", file=sys.stderr, flush=True)
-        if self.subcommand != "fit" and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             # validate / test / predict have no step to finish and no checkpoint to write: SIGTERM and
             # Ctrl+C stop them at once (Lightning calls this handler after its own, which only takes
-            # note). The previous handlers come back when the subcommand ends (``_restore_signals``).
-            self._previous_handlers = {s: signal.signal(s, _stop_now) for s in (signal.SIGTERM, signal.SIGINT)}
+            # note). A fit is stopped at once too while it sets up (the data, a reference fit), until
+            # its training loop takes over (``Checkpoint.on_fit_start``). The previous handlers come
+            # back when the subcommand ends (``_restore_signals``).
+            reliability.graceful = False
+            self._previous_handlers = {s: signal.signal(s, reliability.stop_now) for s in (signal.SIGTERM, signal.SIGINT)}
 
     before_fit = before_validate = before_test = before_predict = _preflight
 
@@ -253,7 +264,7 @@ class StdiffCLI(LightningCLI):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    after_validate = after_test = after_predict = _restore_signals
+    after_fit = after_validate = after_test = after_predict = _restore_signals
 
 
 def busy_machine_note(device_type: str) -> str | None:
@@ -270,11 +281,6 @@ def busy_machine_note(device_type: str) -> str | None:
     return (f"this machine is busy (load {load:.1f} on {cores} cores) and torch runs {threads} threads, which then "
             "wait on one another: a step can take several times longer than with one thread. If steps are slow, "
             "rerun with OMP_NUM_THREADS=1 in front of the command (or on a quieter machine).")  # fmt: skip
-
-
-def _stop_now(signum, frame) -> None:
-    reliability.stopped_by = signal.Signals(signum).name
-    raise SIGTERMException
 
 
 def _is_progress_bar(callback) -> bool:

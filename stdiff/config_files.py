@@ -178,12 +178,59 @@ def load_yaml(path: str) -> dict:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         tabs = " (tabs are not allowed for indentation in YAML)" if "\t" in text and "tab" in str(err) else ""
         raise ConfigError(f"config file {path}: invalid YAML{at}: {problem}{tabs}") from None
+    duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+    if duplicate:
+        key, first, second = duplicate
+        raise ConfigError(f"config file {path}: key {key!r} is given twice (lines {first} and {second}); YAML would "
+                          "keep only the second silently. Remove one, or merge them")  # fmt: skip
     if data is None:
         raise ConfigError(f"config file {path} is empty: it must hold a mapping such as `model:` / `data:` keys")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys (model:, data:, trainer:, ...), "
                           f"got a {type(data).__name__}")  # fmt: skip
     return data
+
+
+def _duplicate_key(node, prefix: str = "", visited: set | None = None) -> tuple[str, int, int] | None:
+    """The first key given twice in one mapping of a composed YAML document, as (dotted key, line
+    of the first, line of the second), or None."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:  # an alias of a node already walked (anchors may even nest themselves)
+        return None
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key, value in node.value:
+            name = f"{prefix}.{key.value}" if prefix else str(key.value)
+            if isinstance(key, yaml.ScalarNode) and key.value in seen and key.value != "<<":
+                return name, seen[key.value] + 1, key.start_mark.line + 1
+            seen.setdefault(key.value if isinstance(key, yaml.ScalarNode) else id(key), key.start_mark.line)
+            found = _duplicate_key(value, name, visited)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{prefix}[{i}]", visited)
+            if found:
+                return found
+    return None
+
+
+def check_encoding(args: list[str]) -> None:
+    """Refuse an argument that is not valid UTF-8 (a file name in another encoding: Python holds its
+    bytes as surrogates, which YAML, JSON and the saved config.yaml cannot write), naming its option."""
+    for i, token in enumerate(args):
+        bad = next((j for j, c in enumerate(token) if "\udc80" <= c <= "\udcff"), None)
+        if bad is None:
+            continue
+        if token.startswith("--"):
+            option, value = token.partition("=")[0], token.partition("=")[2]
+            bad -= len(token) - len(value)
+        else:
+            option, value = (args[i - 1] if i and args[i - 1].startswith("--") else "an argument"), token
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{option}: '{shown}' is not valid UTF-8 (byte 0x{ord(value[bad]) - 0xDC00:02x} at position "
+                          f"{bad}): stdiff takes paths and values in UTF-8; rename the file or directory")  # fmt: skip
 
 
 def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
@@ -206,6 +253,12 @@ def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
             else:
                 continue  # a flag
         if key == "config":
+            if not value.strip():
+                raise ConfigError("--config was given an empty path: give a YAML file, e.g. --config "
+                                  "configs/quickstart.yaml")  # fmt: skip
+            if Path(value).exists() and not Path(value).is_file() and not Path(value).is_dir():
+                raise ConfigError(f"config file {value} is not a regular file (a device, FIFO or socket): give a YAML "
+                                  "file")  # fmt: skip
             if not Path(value).is_file():
                 if value.endswith((".yaml", ".yml", ".json")) or "/" in value:  # a path, not inline YAML
                     what = "is a directory, not a file" if Path(value).is_dir() else "does not exist"

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import Tensor
 
+from stdiff.gp import check_coordinates
 from stdiff.gpfit import DENSE_LIMIT, _dense_q, _em, _Flat, observed_log_likelihood
 
 
@@ -48,6 +49,7 @@ def fit_gneiting(x: Tensor, coordinates: Tensor, steps: int = 300, held_out: Ten
     times = torch.arange(data.t, dtype=torch.float64)
     points = torch.as_tensor(coordinates, dtype=torch.float64)
     points = points[:, None] if points.ndim == 1 else points
+    check_coordinates(points)  # magnitudes (the fitted nugget keeps coincident points positive definite)
     scale = torch.cdist(points, points).median().item() or 1.0
     start = {"variance": 0.9 * data.var, "a": 0.5, "alpha": 0.5, "beta": 0.5, "c": 1.0 / scale, "gamma": 0.5,
              "delta": 1.0, "nugget": 0.05 * data.var}  # fmt: skip

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from stdiff._validation import StdiffWarning
-from stdiff.gp import KroneckerGP, grid
+from stdiff.gp import KroneckerGP, check_coordinates, grid
 from stdiff.kernels import RBF, Kernel, Matern, Scaled, Tabulated
 
 FITTED = ("lengthscale", "scale")  # the kernel attributes fitted; others stay as given
@@ -169,6 +169,7 @@ def fit_kernels(x: Tensor, temporal: Kernel, spatial: Kernel, space_shape: tuple
     times = torch.arange(t, dtype=torch.float64)[:, None]
     points = grid(space_shape) if coordinates is None else torch.as_tensor(coordinates, dtype=torch.float64)
     points = points[:, None] if points.ndim == 1 else points
+    check_coordinates(points, "coordinates", None if nugget else "fit a nugget (nugget=True)")
     temporal, spatial = copy.deepcopy(temporal), copy.deepcopy(spatial)
     leaves = _leaves(temporal) + _leaves(spatial)
     logs = [torch.tensor(math.log(getattr(k, a)), dtype=torch.float64, requires_grad=True) for k, a in leaves]

@@ -6,9 +6,11 @@ output directory is reported with nothing created and no existing run touched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from stdiff.checkpoints import RunError, check_compatible, check_same_data, load_checkpoint
@@ -73,6 +75,15 @@ def check_writable(directory: str | os.PathLike) -> None:
         raise RunError(
             f"output directory {str(directory)!r} is not writable (no write permission on {str(existing)!r})"
         )
+    if existing != directory:  # to be created: tried (permissions do not tell, e.g. under /proc), then undone
+        times = existing.stat()
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".stdiff-probe-", dir=existing))
+        except OSError as err:
+            raise RunError(f"output directory {str(directory)!r} cannot be created: no directory can be made in "
+                           f"{str(existing)!r} ({err.strerror or err})") from None  # fmt: skip
+        with contextlib.suppress(OSError):
+            os.utime(existing, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def innermost_message(err: BaseException) -> str:
@@ -168,6 +179,11 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
             for cb in trainer.callbacks:
                 if isinstance(cb, SaveConfigCallback):
                     cb.config_filename = name
+    for option, task in (("model.mask", model.mask), ("data.init_args.task", getattr(datamodule, "task", None))):
+        try:
+            task is None or task.check(model.sample_shape)
+        except ValueError as err:
+            raise RunError(f"{option}: {err} (samples of shape {tuple(model.sample_shape)})") from None
     if subcommand == "fit":
         if not model.trainable:
             raise RunError(
@@ -202,6 +218,9 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
     shape = datamodule.sample_shape  # a batch of data, its noise and noisy copy, and the network's output
     check_memory(f"batch_size={datamodule.batch_size} of samples {shape}", {"a batch": 4 * 4 * datamodule.batch_size *
                  math.prod(shape)}, "use a smaller data.init_args.batch_size")  # fmt: skip
+    from stdiff.estimates import check_run
+
+    check_run(subcommand, trainer, model, datamodule)  # step and sample counts: their memory and time
     out = getattr(logger, "root_dir", None) or trainer.default_root_dir
     if run is not None and subcommand != "fit" and not os.access(run, os.W_OK | os.X_OK):
         rank_zero_info(f"{subcommand}: the checkpoint's run {run} is not writable; writing under {out} instead")

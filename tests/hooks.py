@@ -95,3 +95,28 @@ class SlowSampler(DDIM):
         pathlib.Path(self.marker).touch()
         time.sleep(self.seconds)
         return super().step(model, schedule, x, t, s, generator)
+
+
+class FillDisk(L.Callback):
+    """After step ``at``, fills the filesystem of the run directory (a file ``filler`` beside the
+    checkpoints, as large as the free space allows): the disk is full when the next checkpoint is written."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at:
+            return
+        import os
+        import shutil
+
+        path = pathlib.Path(trainer.log_dir) / "filler"
+        with open(path, "wb") as f:
+            chunk = b"\0" * 2**16
+            try:
+                while shutil.disk_usage(path.parent).free > 0:
+                    f.write(chunk)
+                    f.flush()
+            except OSError:
+                pass  # full
+        os.sync()

@@ -189,6 +189,13 @@ def test_discrete_beta_reads_diffusers_configs_and_refuses_what_it_cannot_repres
             DiscreteBeta.from_diffusers(bad)
     with pytest.raises(FileNotFoundError, match="no scheduler config at"):
         DiscreteBeta.from_diffusers(tmp_path / "nope.json")
+    # damaged files are named, with what is wrong (not a bare JSONDecodeError / UnicodeDecodeError)
+    (tmp_path / "truncated.json").write_text(json.dumps(config)[:40])
+    with pytest.raises(ValueError, match=r"truncated.json is not valid JSON \(line 1, column \d+: .*truncated or damaged"):
+        DiscreteBeta.from_diffusers(tmp_path / "truncated.json")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="binary.json is not a text file"):
+        DiscreteBeta.from_diffusers(tmp_path / "binary.json")
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])

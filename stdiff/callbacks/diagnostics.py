@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from stdiff._validation import check_int, warn
+from stdiff.atomic import atomic_write
 from stdiff.callbacks.reliability import stop_if_signalled
 from stdiff.callbacks.summary import CLOSE_PER_DIM
 from stdiff.callbacks.timing import Clock, FitTime, sampling_note
@@ -468,7 +469,7 @@ class GPDiagnostics(Callback):
         if not trainer.is_global_zero:
             return
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "metrics.json"), "w") as f:
+        with atomic_write(os.path.join(directory, "metrics.json"), "w") as f:
             logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # e.g. val/loss, train/loss
             metrics = {
                 k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()

@@ -23,6 +23,18 @@ from stdiff._validation import check_int, warn
 
 STOP_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # exit status after a graceful stop: 128 + signal number
 stopped_by: str | None = None  # the signal that stopped the last fit in this process, for the exit status
+graceful = False  # whether a fit's training loop is in charge of signals (stop at the step's end)
+
+
+def stop_now(signum, frame) -> None:
+    """SIGTERM / SIGINT handler of a run that has no step to finish (validate, test, predict, a fit
+    setting up): stop at once, by ``SIGTERMException``. Inside a fit's loop (``graceful``) Lightning's
+    own handler, which calls this one after it, has taken note and the step is finished first."""
+    global stopped_by
+    if graceful:
+        return
+    stopped_by = signal.Signals(signum).name
+    raise SIGTERMException
 
 
 class FitOnlyState:
@@ -62,6 +74,8 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.stopped_by = None
+        global graceful
+        graceful = True  # set up: from here a signal ends the step in progress, then the fit (stop_now)
         # Lightning turns SIGTERM into a stop at the end of the step (and across DDP ranks); Ctrl+C
         # becomes the same, instead of a KeyboardInterrupt wherever the program happens to be.
         if threading.current_thread() is threading.main_thread():

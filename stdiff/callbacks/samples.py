@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from stdiff._validation import check_disk_space, warn
+from stdiff.atomic import atomic_write
 
 
 class SampleWriter(BasePredictionWriter):
@@ -93,20 +95,24 @@ class SampleWriter(BasePredictionWriter):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self._out is None:
             return
-        self._out.close()  # what was written stays in .partial, said so beside it
+        with contextlib.suppress(OSError):  # the last buffer may not fit a full disk
+            self._out.close()  # what was written stays in .partial, said so beside it
         self._out = None
-        with open(self._meta, "w") as f:
+        with contextlib.suppress(OSError), atomic_write(self._meta, "w") as f:  # a full disk: the error stands
             json.dump({"file": os.path.basename(self._path) + ".partial", "complete": False, "shape": self._final,
                        "samples_written": self._written, "stopped_by": type(exception).__name__}, f, indent=1)  # fmt: skip
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data, shape = trainer.datamodule, self._final
         if self._out is not None:
+            self._out.flush()
+            os.fsync(self._out.fileno())  # on disk before the rename names it complete
             self._out.close()
             self._out = None
             os.replace(self._path + ".partial", self._path)
         else:
-            torch.save(torch.cat(self._kept).reshape(shape) if self._kept else torch.empty(0), self._path)
+            with atomic_write(self._path) as f:
+                torch.save(torch.cat(self._kept).reshape(shape) if self._kept else torch.empty(0), f)
             self._kept = []
         if self._non_finite:
             warn(f"predict: {self._non_finite} of {self._written} samples hold non-finite values (NaN or "
@@ -125,6 +131,6 @@ class SampleWriter(BasePredictionWriter):
             "checkpoint": trainer.ckpt_path,
             "data": {"class": type(data).__name__, **data.describe()},
         }
-        with open(self._meta, "w") as f:
+        with atomic_write(self._meta, "w") as f:
             json.dump(meta, f, indent=1)
         print(f"wrote {tuple(shape)} samples to {self._path}")

@@ -56,6 +56,11 @@ class Mask(ABC):
         shape = tuple(shape)
         return check_mask(torch.stack([self.observed(shape, generator) for _ in range(n)]), shape, repr(self))
 
+    def check(self, shape: Sequence[int]) -> None:
+        """``ValueError`` now if this task cannot be drawn for samples of ``shape`` (the CLI's
+        preflight: before a fit's first batch or a test's sampling)."""
+        self.draw(1, shape, torch.Generator().manual_seed(0))
+
     def __repr__(self) -> str:
         return init_repr(self)
 
@@ -139,6 +144,10 @@ class MaskMixture(Mask):
             raise ValueError(f"MaskMixture.weights must be {len(masks)} numbers >= 0, not all 0; got {weights}")
         self.masks, self.weights = list(masks), [w / sum(weights) for w in weights]
         self._p = torch.tensor(self.weights, dtype=torch.float64)
+
+    def check(self, shape: Sequence[int]) -> None:
+        for mask in self.masks:  # every task it may draw
+            mask.check(shape)
 
     def observed(self, shape, generator=None):
         k = int(torch.multinomial(self._p, 1, generator=generator))

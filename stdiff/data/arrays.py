@@ -25,6 +25,7 @@ from stdiff._validation import StdiffWarning, check_int
 from stdiff.conditioning import check_mask
 from stdiff.data.base import SequenceDataModule
 from stdiff.data.files import ArrayFileError, check_file, check_values, npy_header, open_array
+from stdiff.gp import check_coordinates
 from stdiff.kernels import Kernel
 from stdiff.seeding import PREDICT, generator
 
@@ -123,6 +124,10 @@ class ArrayDataModule(SequenceDataModule):
                                      "has a zero")  # fmt: skip
         self.space_shape = next(iter(space))
         self.coordinates = None if coordinates is None else read_coordinates(coordinates, self.space_shape)
+        if self.coordinates is not None and reference == "kernels" and not self.reference_nugget:
+            check_coordinates(self.coordinates, f"coordinates: {coordinates if isinstance(coordinates, str) else 'rows'}",
+                              "set data.init_args.reference_nugget=true (a noise variance on every coordinate makes "
+                              "the reference's covariance positive definite)")  # fmt: skip
         self.index = {name: self._windows(i) for i, name in enumerate(("train", "val", "test"))}
         self.num_train = len(self.index["train"])
         if self.num_train == 0:
@@ -316,4 +321,5 @@ def read_coordinates(source, space_shape: tuple[int, ...]) -> Tensor:
                              f"{space_shape} (coordinates need a 1-D list of points)")  # fmt: skip
     if not np.isfinite(values).all():
         raise ArrayFileError(f"coordinates: {where} holds non-finite values")
+    check_coordinates(values, f"coordinates: {where}")  # magnitudes; coincident points where a kernel needs it
     return torch.from_numpy(values)

@@ -106,7 +106,14 @@ class DiscreteBeta(VPSchedule):
             path = path / "scheduler_config.json" if path.is_dir() else path
             if not path.is_file():
                 raise FileNotFoundError(f"DiscreteBeta.from_diffusers: no scheduler config at {path}")
-            config = json.loads(path.read_text())
+            try:
+                config = json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"DiscreteBeta.from_diffusers: {path} is not a text file (binary content); expected "
+                                 "a diffusers scheduler_config.json") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"DiscreteBeta.from_diffusers: {path} is not valid JSON (line {err.lineno}, column "
+                                 f"{err.colno}: {err.msg}); a truncated or damaged scheduler_config.json?") from None
         if not isinstance(config, Mapping):
             raise TypeError(f"DiscreteBeta.from_diffusers takes a config mapping, a scheduler or a path, got "
                             f"{type(config).__name__}")  # fmt: skip

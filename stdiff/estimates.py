@@ -1,0 +1,97 @@
+"""Sizes and durations of a run's step counts and sample counts, estimated before anything is
+allocated or written (``runs.preflight``): a count no use needs is refused with what it would
+cost, the option named, instead of growing until the machine swaps or the allocator fails.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from stdiff._validation import _size, check_memory
+
+# No sampler or likelihood integration needs more: UniPC reaches the integrator floor by 25 steps,
+# DDIM and Heun by 1000, the likelihood ODE is within 1e-9 nats/dim of its limit by 10⁵ (its error
+# falls as steps⁻²; 9e-4 at 100); float32 round-off then grows with every step instead.
+MAX_STEPS = 100_000
+# Host memory of a step's place in the time grid while it is made (float64 grids, their temporaries;
+# the likelihood's also as Python lists): measured 41, 25 and 97 bytes at 10⁷ steps for UniPC, DDIM
+# and the likelihood, rounded up.
+SAMPLER_BYTES_PER_STEP = 48
+LIKELIHOOD_BYTES_PER_STEP = 112
+
+
+def check_run(subcommand: str, trainer, model, datamodule) -> None:
+    """Refuse step counts beyond ``MAX_STEPS`` (the sampler's; the likelihood's under ``test``) with
+    their memory and time, and sample counts whose memory is more than half what is available."""
+    from stdiff.callbacks import GPDiagnostics, LikelihoodReport
+
+    shape = tuple(model.sample_shape)
+    batch = getattr(datamodule, "batch_size", 1)
+    diagnostics = next((c for c in trainer.callbacks if isinstance(c, GPDiagnostics)), None)
+    likelihood = next((c for c in trainer.callbacks if isinstance(c, LikelihoodReport)), None)
+    if subcommand == "predict":
+        draws = getattr(datamodule, "num_predict", 0) or 0
+    else:
+        draws = diagnostics.num_samples if diagnostics is not None and datamodule.has_truth else 0
+    batch = min(batch, draws) if draws else batch  # a request smaller than a batch is drawn as one
+    sampler = model.sampler
+    check_steps("model.sampler.init_args.steps", sampler.steps, sampler.evaluations, SAMPLER_BYTES_PER_STEP,
+                math.ceil(draws / batch), model, shape, batch)  # fmt: skip
+    if subcommand == "test" and likelihood is not None and likelihood.num_samples:
+        evaluations = 3 * likelihood.steps + 2  # the fine grid, the coarse one (extrapolation), the ends
+        check_steps("likelihood.steps", likelihood.steps, evaluations, LIKELIHOOD_BYTES_PER_STEP,
+                    math.ceil(likelihood.num_samples / batch), model, shape, batch)  # fmt: skip
+    d = math.prod(shape)
+    if diagnostics is not None and subcommand != "predict" and datamodule.has_truth:
+        n = diagnostics.num_samples  # samples, the exact model's as many (the floor), float64 copies of both
+        check_memory(f"diagnostics.num_samples={n} of samples {shape}", {"samples and their floor": 4 * 8 * n * d,
+                     "their covariances": 4 * 8 * d * d}, "lower diagnostics.num_samples")  # fmt: skip
+    if subcommand == "test" and likelihood is not None:
+        check_memory(f"likelihood.num_samples={likelihood.num_samples} of samples {shape}",
+                     {"test samples and their ODE states": 8 * 8 * likelihood.num_samples * d},
+                     "lower likelihood.num_samples")  # fmt: skip
+
+
+def check_steps(option: str, steps: int, evaluations: int, bytes_per_step: int, batches: int, model, shape: tuple,
+                batch: int) -> None:  # fmt: skip
+    """``ValueError`` for ``steps`` beyond ``MAX_STEPS``: the grid's memory, the network evaluations
+    per batch and in all (``batches`` of them), and how long those take at one evaluation timed now."""
+    if steps <= MAX_STEPS:
+        return
+    seconds = seconds_per_evaluation(model, shape, batch)
+    total = evaluations * max(batches, 1)
+    cost = (f"a time grid of {_size(bytes_per_step * (steps + 1))} and {evaluations:.3g} network evaluations per batch "
+            f"of {batch} samples")  # fmt: skip
+    if batches > 1:
+        cost += f", {total:.3g} for the {batches} batches of this run"
+    if seconds is not None:
+        cost += f": about {duration(total * seconds)} at {seconds * 1e3:.3g} ms per evaluation (one timed now, here)"
+    raise ValueError(f"{option}={steps} is more than any use needs (at most {MAX_STEPS}: samplers and the likelihood "
+                     f"ODE are converged long before, and float32 round-off grows with every step). It would take "
+                     f"{cost}. Use a few to a few hundred steps (stdiff/guide/models.md, samplers)")  # fmt: skip
+
+
+def seconds_per_evaluation(model, shape: tuple, batch: int) -> float | None:
+    """One network evaluation on a batch of noise, timed where the model is now (the CPU before a
+    run starts); None if the model needs more than ``(x_t, t)`` (a conditional network)."""
+    x = torch.randn(batch, *shape)
+    t = torch.full((batch,), 0.5 * (model.schedule.t_min + model.schedule.t_max))
+    try:
+        with torch.no_grad():
+            model.denoiser(x, t)  # warm-up
+            start = time.perf_counter()
+            model.denoiser(x, t)
+            return time.perf_counter() - start
+    except (TypeError, RuntimeError, ValueError):
+        return None
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that keeps it above 1 (up to years)."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
