@@ -165,7 +165,8 @@ class KroneckerGP:
                 raise ValueError("coordinates must be finite numbers")
             jittered = isinstance(jitter, (int, float)) and jitter > 0
             check_coordinates(coords, "coordinates", None if nugget > 0 or jittered or spatial is None else
-                              "give a nugget > 0 (noise on every coordinate makes the covariance positive definite)")  # fmt: skip
+                              "give a nugget > 0 (noise on every coordinate makes the covariance positive definite) and "
+                              "jitter='auto' (Σ alone stays singular)")  # fmt: skip
             self.coordinates = coords
         self.num_points = math.prod(space_shape)  # S
         self.jitter = jitter if jitter == "auto" else float(jitter)

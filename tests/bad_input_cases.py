@@ -7,6 +7,8 @@ OBSERVE = ["predict", "--model.denoiser=ExactDenoiser", "--model.conditioning=Re
            "--data.init_args.num_predict=4"]  # fmt: skip
 # Training on an array file: only the file is wrong in these cases
 ARRAYS = ["fit", "--data=ArrayDataModule", "--data.init_args.frames=8"]
+# A reference fitted at station coordinates: only the coordinates are wrong in these cases
+STATIONS = [*ARRAYS, "--data.init_args.paths={run}/arrays_good.npy", "--data.init_args.reference=kernels"]
 
 # (case, arguments after `stdiff`, text that must appear in the first lines of stderr)
 CASES = [
@@ -385,5 +387,77 @@ CASES = [
         "misspelt top-level key",
         ["fit", "--config", "{run}/trainr.yaml"],
         "trainr: unknown top-level key. Did you mean 'trainer'? (from config file {run}/trainr.yaml)",
+    ),
+    # Round four (issue W): duplicate keys, degenerate coordinates, step counts, late or vague messages
+    (
+        "YAML key given twice",
+        ["fit", "--config", "{run}/twice.yaml"],
+        "config file {run}/twice.yaml: key 'data.init_args.batch_size' is given twice (lines 3 and 5)",
+    ),
+    (
+        "YAML top-level block given twice",
+        ["fit", "--config", "{run}/two_trainers.yaml"],
+        "config file {run}/two_trainers.yaml: key 'trainer' is given twice (lines 1 and 4)",
+    ),
+    ("empty --config", ["fit", "--config", ""], "--config was given an empty path: give a YAML file"),
+    (
+        "device as config file",
+        ["fit", "--config", "/dev/null"],
+        "config file /dev/null is not a regular file (a device, FIFO or socket)",
+    ),
+    (
+        "FIFO as config file",
+        ["fit", "--config", "{run}/fifo.yaml"],
+        "config file {run}/fifo.yaml is not a regular file (a device, FIFO or socket)",
+    ),
+    (
+        "path not valid UTF-8",
+        ["test", "--ckpt_path={run}/mod\udcffel.ckpt"],
+        "--ckpt_path: '{run}/mod\\xffel.ckpt' is not valid UTF-8 (byte 0xff at position",
+    ),
+    (
+        "output directory under /proc",
+        ["fit", "--trainer.default_root_dir=/proc/stdiff/out"],
+        "output directory '/proc/stdiff/out/lightning_logs' cannot be created: no directory can be made in '/proc'",
+    ),
+    (
+        "forecast context not below the frames",
+        ["test", "--model.denoiser=ExactDenoiser", "--data.init_args.task=Forecast", "--data.init_args.task.context=32"],
+        "data.init_args.task: Forecast.context=32 must be below the number of frames T=32",
+    ),
+    (
+        "training mask context not below the frames",
+        ["fit", "--config", "{root}/configs/conditional/trained.yaml", "--data.init_args.frames=16"],
+        "model.mask: Forecast.context=16 must be below the number of frames T=16",
+    ),
+    (
+        "two stations at one place",
+        [*STATIONS, "--data.init_args.coordinates={run}/coords_twice.csv"],
+        "coordinates: {run}/coords_twice.csv: 2 of the 8 points share a place with another (counting rows from 0: rows [2, 5]",
+    ),
+    (
+        "every station at one place",
+        [*STATIONS, "--data.init_args.coordinates={run}/coords_one.csv"],
+        "8 of the 8 points share a place with another (counting rows from 0: rows [0, 1, 2, 3, 4, 5]",
+    ),
+    (
+        "coordinates of absurd magnitude",
+        [*STATIONS, "--data.init_args.coordinates={run}/coords_huge.csv"],
+        "coordinates: {run}/coords_huge.csv: row 3, column 0 is 1e+200: beyond ±1e+100",
+    ),
+    (
+        "likelihood steps beyond any use",
+        ["test", f"--ckpt_path={CKPT}", "--likelihood.steps=1000000000"],
+        "likelihood.steps=1000000000 is more than any use needs (at most 100000",
+    ),
+    (
+        "sampler steps beyond any use",
+        ["predict", f"--ckpt_path={CKPT}", "--data.init_args.num_predict=8", "--model.sampler.init_args.steps=1000000000"],
+        "model.sampler.init_args.steps=1000000000 is more than any use needs (at most 100000",
+    ),
+    (
+        "diagnostic samples beyond memory",
+        ["validate", "--model.denoiser=ExactDenoiser", "--diagnostics.num_samples=100000000"],
+        "diagnostics.num_samples=100000000 of samples (32, 8) needs about 763 GiB of memory",
     ),
 ]

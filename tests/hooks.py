@@ -66,6 +66,29 @@ class StallEvaluation(L.Callback):
     on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stall
 
 
+class StallSetup(L.Callback):
+    """Touches ``marker`` and sleeps ``seconds`` in ``setup``, where a fit prepares its data and the
+    diagnostics fit a reference: a long set-up in which a test signals the run."""
+
+    def __init__(self, marker: str, seconds: float = 30.0) -> None:
+        self.marker, self.seconds = marker, seconds
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        pathlib.Path(self.marker).touch()
+        time.sleep(self.seconds)
+
+
+class MarkTestEnd(L.Callback):
+    """Touches ``marker`` when the test epoch ends, just before the likelihood (a callback after
+    this one) integrates its ODE."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        pathlib.Path(self.marker).touch()
+
+
 class FailAtStart(L.Callback):
     """Raises as the run starts, after its run directory was claimed: a run that fails early."""
 

@@ -45,6 +45,16 @@ def prepare(run: pathlib.Path) -> None:
     (run / "list.yaml").write_text("- data\n- model\n")
     (run / "binary.yaml").write_bytes(bytes(range(256)) * 16)
     (run / "trainr.yaml").write_text("trainr:\n  max_steps: 5\n")
+    (run / "twice.yaml").write_text("data:\n  init_args:\n    batch_size: 8\n    frames: 16\n    batch_size: 16\n")
+    (run / "two_trainers.yaml").write_text("trainer:\n  max_steps: 5\nmodel: {}\ntrainer:\n  max_epochs: 1\n")
+    os.mkfifo(run / "fifo.yaml")
+    points = np.random.default_rng(2).uniform(0, 10, (8, 2))
+    for name, rows in (("coords_twice", {5: points[2]}), ("coords_one", {i: [1.0, 1.0] for i in range(8)}),
+                       ("coords_huge", {3: [1e200, 0.0]})):  # fmt: skip
+        bad = points.copy()
+        for i, value in rows.items():
+            bad[i] = value
+        np.savetxt(run / f"{name}.csv", bad, delimiter=",")
     bad_arrays(run)
 
 
@@ -172,4 +182,5 @@ if __name__ == "__main__":  # the table of cases and the first line of each mess
         for (name, args, _), out in zip(CASES, outs):
             line = next((x for x in first_lines(out.stderr) if "error" in x), first_lines(out.stderr)[:1])
             shown, message = (str(x).replace(str(run), "<run>").replace("|", "/") for x in (" ".join(args), line))
+            shown = shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # non-UTF-8 bytes
             print(f"| {name} | `{shown}` | {out.returncode} | {message} |")

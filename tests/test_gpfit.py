@@ -62,6 +62,28 @@ def test_station_coordinates_give_sigma():
         KroneckerGP(Matern(3.0, 1.5), RBF(1.5), 8, (5,), coordinates=COORDS)
 
 
+def test_coincident_points_are_refused_unless_a_nugget_keeps_the_covariance_positive_definite():
+    twice = COORDS.clone()
+    twice[4] = twice[1] + 1e-12  # the same station, to round-off
+    with pytest.raises(ValueError, match=r"2 of the 6 points share a place with another \(counting rows from 0: rows \[1, 4\]"):
+        KroneckerGP(Matern(3.0, 1.5), RBF(1.5), 8, (6,), coordinates=twice)
+    x = generating_gp().sample(200, torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"rows \[1, 4\].*or fit a nugget \(nugget=True\)"):
+        fit_kernels(x, Matern(1.0, 1.5), RBF(1.0), (6,), coordinates=twice)
+    # With a nugget the covariance is positive definite: the fit is an ordinary one (it "converged" at
+    # -8.3e11 nats per window without one, against about -100 here)
+    with pytest.raises(ValueError, match=r"give a nugget > 0 .* and jitter='auto'"):
+        KroneckerGP(Matern(3.0, 1.5), RBF(1.5), 8, (6,), coordinates=twice)
+    gp = KroneckerGP(Matern(3.0, 1.5), RBF(1.5), 8, (6,), coordinates=twice, nugget=0.2, jitter="auto")
+    assert torch.isfinite(gp.log_prob(x[:3])).all()
+    _, report = fit_kernels(x, Matern(1.0, 1.5), RBF(1.0), (6,), steps=50, nugget=True, coordinates=twice)
+    assert -200 < report["log_likelihood_per_window"] < 0
+    with pytest.raises(ValueError, match=r"row 2, column 0 is 1e\+200: beyond ±1e\+100"):
+        KroneckerGP(Matern(3.0, 1.5), RBF(1.5), 8, (6,), coordinates=COORDS.index_fill(0, torch.tensor([2]), 1e200))
+    distinct = COORDS * 1e90  # large but distinct: used
+    assert torch.allclose(KroneckerGP(Matern(3.0, 1.5), RBF(1.5e90), 8, (6,), coordinates=distinct).sigma, RBF(1.5)(COORDS))
+
+
 def test_observed_data_likelihood_and_expected_moments_are_those_of_the_marginal():
     gp = generating_gp()
     cov = gp.covariance()

@@ -49,6 +49,46 @@ def test_a_signal_stops_a_subcommand_at_once(tmp_path, subcommand, how, code):
         assert (meta.parent / "samples.npy.partial").is_file()
 
 
+def signalled_after(marker, args, root):
+    """Start ``stdiff <args>``, send SIGTERM once ``marker`` exists (and a second more), and return
+    (exit status, seconds from the signal to the exit, output)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "stdiff", *args], env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, time.monotonic() - sent, out
+
+
+def test_sigterm_stops_a_fit_while_it_sets_up_and_leaves_no_run(tmp_path):
+    """Before the training loop (the data, a reference fit: minutes on large files) a fit has no
+    step to finish: SIGTERM stops it at once, exit 143, and the run it had claimed is removed."""
+    marker = tmp_path / "setting_up"
+    args = ["fit", "--config", str(QUICKSTART), "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=hooks.StallSetup", f"--trainer.callbacks.marker={marker}"]  # fmt: skip
+    code, seconds, out = signalled_after(marker, args, tmp_path)
+    assert code == 143 and seconds < 10, out[-3000:]
+    assert "stdiff: stopped by SIGTERM" in out
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
+
+
+def test_sigterm_stops_the_likelihood_of_a_test_within_seconds(tmp_path):
+    """The likelihood ODE (after the test batches) stops within a step on SIGTERM."""
+    marker = tmp_path / "integrating"
+    args = ["test", *BASE, f"--trainer.default_root_dir={tmp_path}", "--diagnostics.num_samples=64",
+            "--likelihood.steps=50000", "--likelihood.num_samples=64", "--trainer.callbacks+=hooks.MarkTestEnd",
+            f"--trainer.callbacks.marker={marker}"]  # fmt: skip
+    code, seconds, out = signalled_after(marker, args, tmp_path)
+    assert code == 143 and seconds < 10, out[-3000:]
+    assert "stdiff: stopped by SIGTERM" in out
+
+
 SLOW_VALIDATION = ["--trainer.enable_progress_bar=false", "--data.init_args.num_val=16", "--diagnostics.num_samples=8",
                    "--trainer.max_steps=6", "--trainer.val_check_interval=3", "--diagnostics.sample_every=1",
                    "--checkpoint.every_n_train_steps=100", "--model.sampler=hooks.SlowSampler",
