@@ -216,6 +216,17 @@ def _duplicate_key(node, prefix: str = "", visited: set | None = None) -> tuple[
     return None
 
 
+def _refuse_duplicates(text: str, option: str) -> None:
+    """A mapping given inline on the command line (``--data.init_args='{a: 1, a: 2}'``) with a key twice."""
+    try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return  # not YAML: jsonargparse reports it
+    if duplicate:
+        raise ConfigError(f"{option}: key {duplicate[0]!r} is given twice in its value; YAML would keep only the "
+                          "second silently")  # fmt: skip
+
+
 def check_encoding(args: list[str]) -> None:
     """Refuse an argument that is not valid UTF-8 (a file name in another encoding: Python holds its
     bytes as surrogates, which YAML, JSON and the saved config.yaml cannot write), naming its option."""
@@ -263,6 +274,7 @@ def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
                 if value.endswith((".yaml", ".yml", ".json")) or "/" in value:  # a path, not inline YAML
                     what = "is a directory, not a file" if Path(value).is_dir() else "does not exist"
                     raise ConfigError(f"config file {value} {what}")
+                _refuse_duplicates(value, "--config")
                 continue  # inline YAML: jsonargparse reads it
             data = load_yaml(value)
             _merge(tree, data)
@@ -272,6 +284,8 @@ def raw_config(args: list[str]) -> tuple[str | None, dict, dict[str, str]]:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             parsed = value
+        if isinstance(parsed, dict):
+            _refuse_duplicates(value, f"--{key}")
         _set(tree, key.split("."), parsed)
         origin[key.split(".")[0]] = "command line"
     return (args[sub] if sub is not None else None), tree, origin

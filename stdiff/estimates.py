@@ -45,10 +45,24 @@ def check_run(subcommand: str, trainer, model, datamodule) -> None:
         check_steps("likelihood.steps", likelihood.steps, evaluations, LIKELIHOOD_BYTES_PER_STEP,
                     math.ceil(likelihood.num_samples / batch), model, shape, batch)  # fmt: skip
     d = math.prod(shape)
+    sets = {}  # held in memory: the fixed sets drawn (or read) at set-up, each with its noise and noisy copy
+    if subcommand == "fit" and getattr(datamodule, "num_train", None) is not None and hasattr(datamodule, "sample"):
+        sets[f"training set (data.init_args.num_train={datamodule.num_train})"] = 12 * datamodule.num_train * d
+    if subcommand in ("fit", "validate", "test"):
+        stage = "test" if subcommand == "test" else "val"
+        n = datamodule.evaluation_count(stage)
+        sets[f"{'test' if stage == 'test' else 'validation'} set (data.init_args.num_val={n})"] = 12 * n * d
+    if sets:
+        check_memory(f"holding the fixed sets of samples {shape}", sets, "lower data.init_args.num_val or num_train")
     if diagnostics is not None and subcommand != "predict" and datamodule.has_truth:
         n = diagnostics.num_samples  # samples, the exact model's as many (the floor), float64 copies of both
         check_memory(f"diagnostics.num_samples={n} of samples {shape}", {"samples and their floor": 4 * 8 * n * d,
                      "their covariances": 4 * 8 * d * d}, "lower diagnostics.num_samples")  # fmt: skip
+        if getattr(datamodule, "task", None) is not None:  # conditional metrics: cases × samples, a posterior each
+            cases, k = diagnostics.conditional_cases, diagnostics.conditional_samples
+            check_memory(f"diagnostics.conditional_cases={cases} × conditional_samples={k} of samples {shape}",
+                         {"conditional samples": 3 * 4 * cases * k * d, "exact posteriors": 2 * 8 * cases * d * d},
+                         "lower diagnostics.conditional_cases or conditional_samples")  # fmt: skip
     if subcommand == "test" and likelihood is not None:
         check_memory(f"likelihood.num_samples={likelihood.num_samples} of samples {shape}",
                      {"test samples and their ODE states": 8 * 8 * likelihood.num_samples * d},

@@ -399,6 +399,11 @@ CASES = [
         ["fit", "--config", "{run}/two_trainers.yaml"],
         "config file {run}/two_trainers.yaml: key 'trainer' is given twice (lines 1 and 4)",
     ),
+    (
+        "inline YAML with a key twice",
+        ["fit", "--data.init_args={{batch_size: 8, batch_size: 16}}"],
+        "--data.init_args: key 'batch_size' is given twice in its value",
+    ),
     ("empty --config", ["fit", "--config", ""], "--config was given an empty path: give a YAML file"),
     (
         "device as config file",
@@ -459,5 +464,21 @@ CASES = [
         "diagnostic samples beyond memory",
         ["validate", "--model.denoiser=ExactDenoiser", "--diagnostics.num_samples=100000000"],
         "diagnostics.num_samples=100000000 of samples (32, 8) needs about 763 GiB of memory",
+    ),
+    (
+        "test set beyond memory",
+        ["test", "--model.denoiser=ExactDenoiser", "--data.init_args.num_val=1000000000"],
+        "holding the fixed sets of samples (32, 8) needs about 2.79 TiB of memory (test set",
+    ),
+    (
+        "training set beyond memory",
+        ["fit", "--data.init_args.num_train=1000000000"],
+        "(training set (data.init_args.num_train=1000000000): 2.79 TiB",
+    ),
+    (
+        "conditional cases beyond memory",
+        ["test", "--config", "{root}/configs/conditional/guidance.yaml", "--model.denoiser=ExactDenoiser",
+         "--diagnostics.conditional_cases=100000000"],  # fmt: skip
+        "diagnostics.conditional_cases=100000000 × conditional_samples=64 of samples (32, 8) needs about 113 TiB",
     ),
 ]

@@ -112,7 +112,7 @@ class Checkpoint(FitOnlyState, ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if not isinstance(exception, SIGTERMException):
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return  # an error mid-step: the model may be half-updated; keep the last good checkpoint
         global stopped_by
         self.stopped_by = stopped_by = self.stopped_by or stopped_by or "SIGTERM"

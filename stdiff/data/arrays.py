@@ -248,6 +248,9 @@ class ArrayDataModule(SequenceDataModule):
         check_mask(mask, self.sample_shape, f"the {self.observed} windows observed by {self.task!r}")
         return self.denormalize(values), mask  # data units, NaN where missing (``observations`` normalises)
 
+    def evaluation_count(self, stage: str) -> int:
+        return min(self.num_val, len(self.index[stage]))  # num_val is a cap here: every window if larger
+
     def evaluation_rows(self, stage: str) -> np.ndarray:
         """``(file, series, start)`` of the windows ``evaluation_samples(stage)`` returns, in order."""
         rows = self.index[stage]

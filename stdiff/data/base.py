@@ -109,6 +109,10 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         seed = derive_seed(self.seed, VAL if stage == "val" else TEST)
         return draw_fixed(self.sample, self.num_val, derive_seed(seed, 0))
 
+    def evaluation_count(self, stage: str) -> int:
+        """How many samples ``evaluation_samples(stage)`` returns (for estimates before it is called)."""
+        return self.num_val
+
     def conditional_cases(self, n: int, generator: torch.Generator, stage: str = "test") -> Tensor:
         """``n`` cases ``(n, T, *space)`` the conditional diagnostics of ``stage`` (``val`` or
         ``test``) observe in part and complete: exact draws of ``truth`` here; that split's
