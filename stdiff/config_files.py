@@ -234,9 +234,11 @@ def check_encoding(args: list[str]) -> None:
         bad = next((j for j, c in enumerate(token) if "\udc80" <= c <= "\udcff"), None)
         if bad is None:
             continue
-        if token.startswith("--"):
+        if token.startswith("--") and bad > len(token.partition("=")[0]):
             option, value = token.partition("=")[0], token.partition("=")[2]
             bad -= len(token) - len(value)
+        elif token.startswith("--"):
+            option, value = "an option name", token
         else:
             option, value = (args[i - 1] if i and args[i - 1].startswith("--") else "an argument"), token
         shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
