@@ -179,9 +179,10 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
             for cb in trainer.callbacks:
                 if isinstance(cb, SaveConfigCallback):
                     cb.config_filename = name
-    for option, task in (("model.mask", model.mask), ("data.init_args.task", getattr(datamodule, "task", None))):
+    tasks = (("model.mask", model.mask), ("data.init_args.task", getattr(datamodule, "task", None)))
+    for option, task in [(o, t) for o, t in tasks if t is not None]:  # a task that cannot fit the frames, now
         try:
-            task is None or task.check(model.sample_shape)
+            task.check(model.sample_shape)
         except ValueError as err:
             raise RunError(f"{option}: {err} (samples of shape {tuple(model.sample_shape)})") from None
     if subcommand == "fit":
