@@ -115,9 +115,9 @@ def check_memory(what: str, parts: dict[str, float], advice: str) -> None:
     needed, available = sum(parts.values()), available_memory()
     if available is None or needed <= available / 2:
         return
-    listed = ", ".join(f"{name}: {_size(b)}" for name, b in parts.items())
-    raise ValueError(f"{what} needs about {_size(needed)} of memory ({listed}), more than half of the "
-                     f"{_size(available)} available: {advice}")  # fmt: skip
+    listed = ", ".join(f"{name}: {format_bytes(b)}" for name, b in parts.items())
+    raise ValueError(f"{what} needs about {format_bytes(needed)} of memory ({listed}), more than half of the "
+                     f"{format_bytes(available)} available: {advice}")  # fmt: skip
 
 
 def check_disk_space(needed: float, directory, writes: str, advice: str, error: type[Exception] = OSError) -> None:
@@ -132,10 +132,10 @@ def check_disk_space(needed: float, directory, writes: str, advice: str, error: 
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if needed > 0.95 * free:
-        raise error(writes.format(size=_size(needed)) + f" to {directory}, whose disk has {_size(free)} free: {advice}")
+        raise error(writes.format(size=format_bytes(needed)) + f" to {directory}, whose disk has {format_bytes(free)} free: {advice}")
 
 
-def _size(b: float) -> str:
+def format_bytes(b: float) -> str:
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
         if b >= size:
             return f"{b / size:.3g} {unit}"

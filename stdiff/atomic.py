@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 TEMPORARY = ".{name}.{pid}.tmp"  # beside the target: hidden, and named after the process writing it
@@ -70,8 +71,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        import torch
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
             torch.save(checkpoint, f)

@@ -10,15 +10,15 @@ import time
 
 import torch
 
-from stdiff._validation import _size, check_memory
+from stdiff._validation import check_memory, format_bytes
 
 # No sampler or likelihood integration needs more: UniPC reaches the integrator floor by 25 steps,
 # DDIM and Heun by 1000, the likelihood ODE is within 1e-9 nats/dim of its limit by 10⁵ (its error
 # falls as steps⁻²; 9e-4 at 100); float32 round-off then grows with every step instead.
 MAX_STEPS = 100_000
 # Host memory of a step's place in the time grid while it is made (float64 grids, their temporaries;
-# the likelihood's also as Python lists): measured 41, 25 and 97 bytes at 10⁷ steps for UniPC, DDIM
-# and the likelihood, rounded up.
+# the likelihood's also as Python lists): 40, 24 and 96 bytes at 10⁷ steps for UniPC, DDIM and the
+# likelihood, rounded up (``python -m pytest -m slow -k bytes_per_step -s tests/test_estimates.py``).
 SAMPLER_BYTES_PER_STEP = 48
 LIKELIHOOD_BYTES_PER_STEP = 112
 
@@ -77,7 +77,7 @@ def check_steps(option: str, steps: int, evaluations: int, bytes_per_step: int, 
         return
     seconds = seconds_per_evaluation(model, shape, batch)
     total = evaluations * max(batches, 1)
-    cost = (f"a time grid of {_size(bytes_per_step * (steps + 1))} and {evaluations:.3g} network evaluations per batch "
+    cost = (f"a time grid of {format_bytes(bytes_per_step * (steps + 1))} and {evaluations:.3g} network evaluations per batch "
             f"of {batch} samples")  # fmt: skip
     if batches > 1:
         cost += f", {total:.3g} for the {batches} batches of this run"

@@ -9,8 +9,8 @@ import math
 import torch
 from torch import Tensor
 
-from stdiff.gp import check_coordinates
 from stdiff.gpfit import DENSE_LIMIT, _dense_q, _em, _Flat, observed_log_likelihood
+from stdiff.kernels import check_coordinates
 
 
 def gneiting_covariance(times: Tensor, points: Tensor, variance, a, alpha, beta, c, gamma, delta, nugget=0.0) -> Tensor:

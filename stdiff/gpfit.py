@@ -29,8 +29,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from stdiff._validation import StdiffWarning
-from stdiff.gp import KroneckerGP, check_coordinates, grid
-from stdiff.kernels import RBF, Kernel, Matern, Scaled, Tabulated
+from stdiff.gp import KroneckerGP, grid
+from stdiff.kernels import RBF, Kernel, Matern, Scaled, Tabulated, check_coordinates
 
 FITTED = ("lengthscale", "scale")  # the kernel attributes fitted; others stay as given
 DENSE_LIMIT = 4096  # T·S up to which the (T·S)² moments are formed (missing values, nugget, Gneiting)

@@ -52,3 +52,34 @@ def test_a_step_count_beyond_any_use_is_refused_with_its_memory_and_time():
 def test_durations_read_in_their_largest_unit():
     assert [duration(s) for s in (2.5, 90, 7200, 3 * 86400, 2 * 365.25 * 86400)] == [
         "2.5 s", "1.5 minutes", "2 hours", "3 days", "2 years"]  # fmt: skip
+
+
+# Peak host memory per step while a sampler's (or the likelihood's) time grid is made, in a fresh process.
+GRID_MEMORY = """
+import resource, sys
+from stdiff.sampling import DDIM, UniPC
+from stdiff.sampling.base import time_grid
+from stdiff.schedules import OrnsteinUhlenbeck
+what, n, schedule = sys.argv[1], int(sys.argv[2]), OrnsteinUhlenbeck()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if what == "likelihood":  # as stdiff.likelihood._integrate prepares its ODE
+    times = time_grid(schedule, n, "log_snr").flip(0)
+    alpha, sigma = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
+else:
+    {"UniPC": UniPC, "DDIM": DDIM}[what](steps=n).times(schedule)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / n)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what,bound", [("UniPC", "SAMPLER"), ("DDIM", "SAMPLER"), ("likelihood", "LIKELIHOOD")])
+def test_the_bytes_per_step_of_the_estimates_are_measured(what, bound):
+    """The estimates' bytes per step (``SAMPLER_BYTES_PER_STEP``, ``LIKELIHOOD_BYTES_PER_STEP``) bound
+    what 10⁷ steps take, and not by more than a factor of three (measured: UniPC 40, DDIM 24, likelihood 96)."""
+    import stdiff.estimates
+
+    per_step = float(subprocess.run([sys.executable, "-c", GRID_MEMORY, what, "10000000"], capture_output=True,
+                                    text=True, check=True).stdout)  # fmt: skip
+    allowed = getattr(stdiff.estimates, f"{bound}_BYTES_PER_STEP")
+    print(f"{what}: {per_step:.1f} bytes per step (estimate {allowed})")
+    assert allowed / 3 < per_step <= allowed

@@ -25,8 +25,7 @@ from stdiff._validation import StdiffWarning, check_int
 from stdiff.conditioning import check_mask
 from stdiff.data.base import SequenceDataModule
 from stdiff.data.files import ArrayFileError, check_file, check_values, npy_header, open_array
-from stdiff.gp import check_coordinates
-from stdiff.kernels import Kernel
+from stdiff.kernels import Kernel, check_coordinates
 from stdiff.seeding import PREDICT, generator
 
 

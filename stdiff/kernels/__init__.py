@@ -2,7 +2,7 @@
 LightningCLI resolves short names (``class_path: Matern``), and listed in ``KERNELS``."""
 
 from stdiff._validation import lookup
-from stdiff.kernels.base import Kernel, Product, Scaled, StationaryKernel, Sum
+from stdiff.kernels.base import Kernel, Product, Scaled, StationaryKernel, Sum, check_coordinates
 from stdiff.kernels.stationary import (
     RBF,
     GeneralizedCauchy,
@@ -55,5 +55,6 @@ __all__ = [
     "Sum",
     "Tabulated",
     "White",
+    "check_coordinates",
     "get_kernel",
 ]

@@ -137,3 +137,41 @@ class Scaled(Kernel):
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         return self.scale * self.kernel.forward(x1, x2)
+
+
+# --- the points kernels are evaluated on ---------------------------------------------------------
+
+COORDINATE_LIMIT = 1e100  # beyond, the squared distances a kernel forms overflow float64 (or nearly)
+COINCIDE = 1e-10  # points closer than this fraction of their spread are one point to a kernel
+
+
+def check_coordinates(points, where: str = "coordinates", duplicates: str | None = None) -> None:
+    """Refuse spatial ``points (S, k)`` a kernel cannot use: magnitudes beyond ±1e100 (the row
+    named), and, unless ``duplicates`` is None, points at one place (rows named): a kernel's matrix
+    on them has identical rows, so it is singular without a nugget. ``duplicates`` is the remedy to
+    offer (which nugget to set)."""
+    import numpy as np
+
+    x = np.asarray(points, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    big = np.argwhere(~(np.abs(x) <= COORDINATE_LIMIT))
+    if len(big):
+        i, j = big[0]
+        raise ValueError(f"{where}: row {i}, column {j} is {x[i, j]:.3g}: beyond ±{COORDINATE_LIMIT:.0e}, where the "
+                         "squared distances a kernel forms overflow float64; rescale the coordinates (other units)")  # fmt: skip
+    if duplicates is None or len(x) < 2:
+        return
+    spread = float(np.ptp(x, axis=0).max())
+    key = np.round(x / (COINCIDE * spread)) if spread > 0 else np.zeros_like(x)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    groups = [np.flatnonzero(inverse == g).tolist() for g in np.flatnonzero(counts > 1)]
+    if groups:
+        groups.sort()
+        listed = "; ".join(f"rows {g[:6]}{'…' if len(g) > 6 else ''} at {tuple(round(v, 6) for v in x[g[0]].tolist())}"
+                           for g in groups[:3])  # fmt: skip
+        more = f" (and {len(groups) - 3} more places)" if len(groups) > 3 else ""
+        raise ValueError(f"{where}: {sum(map(len, groups))} of the {len(x)} points share a place with another (counting "
+                         f"rows from 0: {listed}{more}): a spatial kernel on them is singular, so the Gaussian "
+                         f"fitted or scored against would be degenerate. Merge or drop the duplicate points, or "
+                         f"{duplicates}")  # fmt: skip
