@@ -1,5 +1,5 @@
 """stdiff: diffusion transformers on spatial-temporal sequences, checked against exact GP truth."""
 
-from stdiff.gp import KroneckerGP
+from stdiff.truth import GPMixture, KroneckerGP, Truth
 
-__all__ = ["KroneckerGP"]
+__all__ = ["GPMixture", "KroneckerGP", "Truth"]

@@ -1,5 +1,5 @@
 """Your own data: arrays on disk as training data (ArrayDataModule) and the separable Gaussian
-fitted to them (stdiff.gpfit), on files the tests write."""
+fitted to them (stdiff.truth.fitting), on files the tests write."""
 
 import json
 import warnings
@@ -13,8 +13,8 @@ from conftest import QUICKSTART
 from stdiff.cli import StdiffCLI, main
 from stdiff.data import ArrayDataModule, MovingBall
 from stdiff.data.files import ArrayFileError
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
+from stdiff.truth import KroneckerGP
 
 
 def gp_file(path, n=6, frames=400, seed=0):

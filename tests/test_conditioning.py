@@ -12,12 +12,12 @@ from conftest import QUICKSTART
 from stdiff.cli import main
 from stdiff.conditioning import Forecast, Imputation, Interpolation, MaskMixture, Replacement, Trained, check_mask
 from stdiff.diffusion import Denoiser, ExactDenoiser, denoising_loss
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import conditional_report, crps, energy_score, posterior_samples
 from stdiff.nn import ConditionalDiT
 from stdiff.sampling import EulerMaruyama
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 SHAPE = (12, 3)
 

@@ -20,11 +20,11 @@ from stdiff.diffusion import (
     loss_weight,
     training_times,
 )
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.nn import DiT
 from stdiff.sampling import SAMPLERS
 from stdiff.schedules import SCHEDULES, OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 
 @pytest.mark.parametrize("schedule", [cls() for cls in SCHEDULES.values()], ids=list(SCHEDULES))

@@ -13,8 +13,8 @@ from conftest import FEW_SAMPLES
 from stdiff.cli import main
 from stdiff.examples import chicago_ridership
 from stdiff.examples import nyc_temperature as example
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, Matern
+from stdiff.truth import KroneckerGP
 
 
 def test_persistence_and_climatology_draw_from_the_training_data():

@@ -6,7 +6,6 @@ import random
 import pytest
 import torch
 
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import (
     RBF,
     GeneralizedCauchy,
@@ -16,6 +15,7 @@ from stdiff.kernels import (
     RationalQuadratic,
     White,
 )
+from stdiff.truth import KroneckerGP
 
 
 def random_gp(seed: int) -> KroneckerGP:
@@ -197,7 +197,7 @@ def test_forecast_of_a_markov_process_needs_only_the_last_frame():
     mean, cov = gp.conditional(x, past)
     rho = math.exp(-1 / 3.0)
     torch.testing.assert_close(mean[:, -1], rho * x[:, -2])
-    torch.testing.assert_close(cov, (1 - rho**2) * gp.sigma)
+    torch.testing.assert_close(cov, ((1 - rho**2) * gp.sigma).expand(4, 5, 5))  # one covariance, every case
 
 
 def test_conditional_rejects_bad_masks():
@@ -211,5 +211,5 @@ def test_conditional_rejects_bad_masks():
     with pytest.raises(ValueError, match=r"T·S = 4160 > 4096; observe whole frames"):
         big.conditional(torch.zeros(64, 65), torch.ones(64, 65, dtype=torch.bool))
     mean, cov = gp.conditional(x, torch.zeros(4, dtype=torch.bool))  # nothing observed: the prior
-    torch.testing.assert_close(cov, gp.covariance())
+    torch.testing.assert_close(cov, gp.covariance().expand(2, 12, 12))
     assert torch.equal(mean, torch.zeros(2, 4, 3, dtype=torch.float64))

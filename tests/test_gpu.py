@@ -5,9 +5,9 @@ import torch
 from conftest import ROOT
 
 from stdiff.cli import main
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.nn import DiT, FullAttention, TemporalAttention
+from stdiff.truth import KroneckerGP
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 SINGLE = ROOT / "configs" / "gpu" / "single.yaml"

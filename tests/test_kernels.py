@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import stdiff_subclasses
 
-from stdiff.gp import grid
 from stdiff.kernels import (
     KERNELS,
     RBF,
@@ -25,6 +24,7 @@ from stdiff.kernels import (
     White,
     get_kernel,
 )
+from stdiff.truth import grid
 
 # One configured instance per registered kernel (a new kernel must add one here).
 EXAMPLES = {

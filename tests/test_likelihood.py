@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from stdiff.diffusion import Denoiser, ExactDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, Matern, PoweredExponential
 from stdiff.likelihood import log_likelihood
 from stdiff.nn import DiT
 from stdiff.schedules import OrnsteinUhlenbeck, SigmoidLogSNR
+from stdiff.truth import KroneckerGP
 
 
 @pytest.fixture(scope="module")

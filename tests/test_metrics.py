@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import Matern, PoweredExponential
 from stdiff.metrics import (
     SampleDistance,
@@ -26,6 +25,7 @@ from stdiff.metrics import (
     temporal_map,
 )
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 
 def small_gp(lengthscale=3.0):

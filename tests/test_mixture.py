@@ -13,15 +13,14 @@ import torch
 from conftest import ROOT
 
 from stdiff.diffusion import ExactDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.likelihood import log_likelihood
 from stdiff.metrics import sample_distances
 from stdiff.metrics.distances import early_stopping_kl, flow_kl
 from stdiff.metrics.mixture import mixture_distances
-from stdiff.mixture import GPMixture
 from stdiff.sampling import DDIM, UniPC
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import GPMixture, KroneckerGP
 
 SCHEDULE = OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0)
 

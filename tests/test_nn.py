@@ -9,7 +9,6 @@ from conftest import FEW_SAMPLES, QUICKSTART, stdiff_subclasses
 
 from stdiff.cli import StdiffCLI
 from stdiff.diffusion import Denoiser, denoising_loss
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import PoweredExponential
 from stdiff.module import DiffusionModule
 from stdiff.nn import (
@@ -27,6 +26,7 @@ from stdiff.nn import (
 )
 from stdiff.nn.attention import MultiHeadAttention, over_time
 from stdiff.nn.dit import patchify, unpatchify
+from stdiff.truth import KroneckerGP
 
 SHAPES = {"1d": ((8, 6), 2), "2d": ((4, 6, 8), (3, 4))}  # sample shape, patch size
 

@@ -13,13 +13,13 @@ from conftest import FEW_SAMPLES, QUICKSTART
 from stdiff.cli import main
 from stdiff.conditioning import Trained
 from stdiff.diffusion import PARAMETERIZATIONS, ExactDenoiser, ResidualDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, Matern, PoweredExponential
 from stdiff.metrics import conditional_report
 from stdiff.nn import DiT
 from stdiff.nn.conditional import ConditionalDiT
 from stdiff.sampling import UniPC
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 GP = KroneckerGP(Matern(3.0, 1.5), RBF(2.0), frames=8, space_shape=(4,), nugget=0.05, mean=0.3)
 SCHEDULE = OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0)
@@ -124,19 +124,19 @@ def test_its_prior_travels_in_the_checkpoint_and_predict_fits_no_reference(tmp_p
     (ckpt,) = tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt")
     prior = torch.load(ckpt, weights_only=True)["stdiff_prior"]
     assert prior["gamma"].shape == (8, 8) and prior["sigma"].shape == (4, 4) and "Matern" in prior["description"]
-    import stdiff.gpfit
+    import stdiff.data.reference
 
     def refuse(*args, **kwargs):
         raise AssertionError("predict fitted the reference")
 
-    monkeypatch.setattr(stdiff.gpfit, "fit_reference", refuse)
+    monkeypatch.setattr(stdiff.data.reference, "fit_reference", refuse)
     for denoiser in ("ResidualDenoiser", "Denoiser"):  # neither needs the data's reference to sample
         root = tmp_path / denoiser
         if denoiser == "Denoiser":
             monkeypatch.undo()
             main(["fit", *ARRAY, data, "--model.denoiser=Denoiser", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
                   f"--trainer.default_root_dir={root}"])  # fmt: skip
-            monkeypatch.setattr(stdiff.gpfit, "fit_reference", refuse)
+            monkeypatch.setattr(stdiff.data.reference, "fit_reference", refuse)
         else:
             root = tmp_path
         main(["predict", *ARRAY, data, f"--model.denoiser={denoiser}", "--ckpt_path=last", "--data.init_args.num_predict=8",

@@ -13,9 +13,9 @@ from conftest import QUICKSTART
 
 from stdiff.callbacks.summary import kl_noise, verdict
 from stdiff.cli import main
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import gaussian_fit_kl
+from stdiff.truth import KroneckerGP
 
 SHORT = ["--trainer.max_steps=7", "--trainer.log_every_n_steps=1", "--data.init_args.num_val=32",
          "--trainer.enable_progress_bar=false", "--diagnostics.num_samples=40", "--model.sampler.init_args.steps=2"]  # fmt: skip

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from stdiff.diffusion import ExactDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor, pushforward_kl
 from stdiff.sampling import DDIM, SAMPLERS, Ancestral, DPMSolver, EulerMaruyama, Heun, UniPC, time_grid
 from stdiff.schedules import SCHEDULES, OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 N = 20_000
 # Documented margin: at 500 steps the excess KL stays below 0.01, against a floor of 0.0137 whose
@@ -143,7 +143,7 @@ def test_early_stopping_bias_grows_with_the_problem_as_documented():
         # after the sampler's endpoint (stdiff.sampling.ENDPOINTS), as the guide quotes them
         assert early_stopping_kl(gp, alpha, sigma, "denoise") == pytest.approx(denoise, rel=0.02)
         assert early_stopping_kl(gp, alpha, sigma, "ode") == pytest.approx(ode, rel=0.02)
-        lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
+        lam = gp.eigenvalues(torch.device("cpu")).reshape(-1)
         assert bias == pytest.approx((0.25 * sigma**4 * (1 / lam - 1) ** 2).sum().item(), rel=0.1)
 
 

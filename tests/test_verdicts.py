@@ -13,10 +13,10 @@ from conftest import QUICKSTART
 from stdiff.callbacks.summary import excess_noise, kl_noise, verdict, verdict_level
 from stdiff.cli import ROOTS, main
 from stdiff.config_check import check_config
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, GeneralizedCauchy, PoweredExponential
 from stdiff.metrics import early_stopping_kl, early_stopping_t_min, gaussian_fit_kl
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 EXACT = ["--model.denoiser=ExactDenoiser", "--data.init_args.num_val=32", "--diagnostics.num_samples=600",
          "--model.sampler.init_args.steps=10", "--trainer.enable_progress_bar=false", "--diagnostics.figures=false"]  # fmt: skip

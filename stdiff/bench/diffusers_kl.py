@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from stdiff.diffusion import ExactDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, GeneralizedCauchy, Matern, PoweredExponential
 from stdiff.metrics import gaussian_fit_kl, gaussian_fit_kl_floor, pushforward_kl
 from stdiff.sampling import DPMSolver, Sampler, UniPC
 from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 BUDGETS = [4, 5, 6, 8, 10, 12, 15, 20, 25, 50]
 TRAIN_TIMESTEPS = 1000

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
+from stdiff.truth import KroneckerGP
 
 
 def timed(fn, repeats: int) -> float:

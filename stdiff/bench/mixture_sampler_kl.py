@@ -25,11 +25,10 @@ import torch
 
 from stdiff.bench.sampler_kl import STOCHASTIC, VARIANTS
 from stdiff.diffusion import ExactDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics.distances import flow_kl
-from stdiff.mixture import GPMixture
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import GPMixture, KroneckerGP
 
 
 def problems() -> dict[str, GPMixture]:

@@ -21,11 +21,11 @@ import time
 import torch
 
 from stdiff.diffusion import ExactDenoiser
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor, pushforward_kl
 from stdiff.sampling import DDIM, Ancestral, DPMSolver, EulerMaruyama, Heun, UniPC
 from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP
 
 
 def reference_problem():
@@ -122,7 +122,7 @@ def bias_note(gp: KroneckerGP, schedule, bias: float) -> str:
     theirs = early_stopping_kl(quickstart, schedule.alpha(t0).item(), schedule.sigma(t0).item())
 
     def smallest(g):
-        return g._eigenvalues(torch.device("cpu")).min().item()
+        return g.eigenvalues(torch.device("cpu")).min().item()
 
     return (f"This bias depends on the problem, not only on t0: to second order it is ¼·σ(t0)⁴·Σᵢ(1/λᵢ − 1)² over "
             f"the eigenvalues λᵢ of Γ ⊗ Σ, so it grows with the dimension and as the smallest eigenvalues shrink. Here "

@@ -48,7 +48,7 @@ class Swapped(NoiseModel):
 
 def eigen_coordinates(gp, x: torch.Tensor) -> torch.Tensor:
     """Coordinates of centred ``x (n, T, *space)`` in the Kronecker eigenbasis, ``(n, T·S)``."""
-    return gp._to_eigenbasis(x - gp.mean).reshape(len(x), -1)
+    return gp.to_eigenbasis(x - gp.mean).reshape(len(x), -1)
 
 
 def fit_kl_diagonal(y: torch.Tensor, var: torch.Tensor) -> float:
@@ -101,7 +101,7 @@ def main() -> None:
     gp, schedule, sampler = data.truth, model.schedule, model.sampler
     net, exact = model.denoiser, ExactDenoiser.from_gp(data.truth, model.schedule)
     shape = (args.samples, *gp.sample_shape)
-    lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
+    lam = gp.eigenvalues(torch.device("cpu")).reshape(-1)
     floor_x = gp.sample(args.samples, generator(1, SWEEP, 1), dtype=torch.float64)
     floor = fit_kl_diagonal(eigen_coordinates(gp, floor_x), lam)
     out: dict = {"run": str(args.run), "sampler": repr(sampler), "samples": args.samples, "kl_floor": floor}
@@ -129,10 +129,10 @@ def main() -> None:
         t = times[i + 1]
         a, s = schedule.alpha(t).item(), schedule.sigma(t).item()
         var = a**2 * lam + s**2
-        yk = gp._to_eigenbasis(state - a * gp.mean).reshape(len(state), -1)
+        yk = gp.to_eigenbasis(state - a * gp.mean).reshape(len(state), -1)
         z = torch.randn(floor_x.shape, generator=generator(1, SWEEP, 2), dtype=torch.float64)
         ref = a * floor_x + s * z
-        ref_kl = fit_kl_diagonal(gp._to_eigenbasis(ref - a * gp.mean).reshape(len(ref), -1), var)
+        ref_kl = fit_kl_diagonal(gp.to_eigenbasis(ref - a * gp.mean).reshape(len(ref), -1), var)
         by_time.append({"log_snr": schedule.log_snr(t).item(), "kl": fit_kl_diagonal(yk, var), "floor": ref_kl})
     out["kl_by_time"] = by_time
 
@@ -165,7 +165,7 @@ def main() -> None:
             a, s = schedule.alpha(t).item(), schedule.sigma(t).item()
             xt = a * x0 + s * eps
             pred = torch.cat([net(c.float(), t.float().expand(len(c))).double() for c in xt.split(1024)])
-            yx, ye = eigen_coordinates(gp, xt), gp._to_eigenbasis(pred).reshape(len(pred), -1)
+            yx, ye = eigen_coordinates(gp, xt), gp.to_eigenbasis(pred).reshape(len(pred), -1)
             gain = (yx * ye).sum(0) / (yx * yx).sum(0)
             true = s / (a**2 * lam + s**2)
             gains.append(((gain / true) - 1)[order].tolist())

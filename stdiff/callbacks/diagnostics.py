@@ -33,13 +33,11 @@ from stdiff.metrics import (
     ScoreError,
     attention_by_component,
     attention_report,
-    correlation_by_lag,
     early_stopping_report,
-    factor_covariances,
+    missing_kl_note,  # fmt: skip
     random_init_copy,
     score_error_terms,
 )
-from stdiff.metrics.distances import is_mixture, single
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
 
 
@@ -110,7 +108,7 @@ class GPDiagnostics(Callback):
         self.results: dict[str, float] = {}
         self.latest: dict[str, float] = {}
         self._validations = 0
-        self._clock: Clock | None = None  # the validation in progress
+        self.clock: Clock | None = None  # the validation in progress
         self._fit_time: FitTime | None = None  # the fit in progress
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -120,10 +118,11 @@ class GPDiagnostics(Callback):
         if stage == "predict":  # nothing to score: a fitted reference is not fitted for nothing
             self.truth = None
             return
-        self.truth = single(getattr(trainer.datamodule, "truth", None))  # a mixture of one: its Gaussian
-        if self.truth is None:
+        truth = getattr(trainer.datamodule, "truth", None)
+        if truth is None:
             warn("GPDiagnostics: the data module has no `truth`; truth-checking metrics are off.")
             return
+        self.truth = truth.simplified()  # a mixture of one: its Gaussian
         schedule = pl_module.schedule
         ends = schedule.log_snr(torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64))
         self.score = ScoreError(torch.linspace(ends[0].item(), ends[1].item(), self.score_bins + 1))
@@ -155,7 +154,7 @@ class GPDiagnostics(Callback):
             self._fit_time.training_resumed()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._clock = Clock(pl_module.device)
+        self.clock = Clock(pl_module.device)
         if self.truth is not None:
             self.score = self.score.to(pl_module.device)
             self.score.reset()
@@ -231,7 +230,7 @@ class GPDiagnostics(Callback):
 
     def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
-        clock = self._clock  # started with the validation epoch
+        clock = self.clock  # started with the validation epoch
         conditional_model = pl_module.mask is not None
         scored = not conditional_model and self.score.update_called  # data with gaps in every window: none
         with clock.part("metrics"):
@@ -241,7 +240,9 @@ class GPDiagnostics(Callback):
                 results.update(self._samples(trainer, pl_module, stage))
             task = getattr(trainer.datamodule, "task", None)
             if with_samples and task is not None and pl_module.conditioning is not None:
-                results.update(self._conditional(trainer, pl_module, stage, task))
+                from stdiff.callbacks.conditional import conditional_metrics
+
+                results.update(conditional_metrics(self, trainer, pl_module, stage, task))
         bad = sorted(k for k, v in results.items() if not math.isfinite(v) and "/head" not in k)
         if bad:  # e.g. diverging samples: say so, rather than leave `null` in metrics.json unexplained
             warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or the "
@@ -256,7 +257,7 @@ class GPDiagnostics(Callback):
             from stdiff.callbacks.figures import score_error_figure
 
             with clock.part("figures"):
-                self._save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
+                self.save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
         total, cost = clock.costs()  # what this validation cost, by part
         timing = {f"{stage}/seconds": total, **{f"{stage}/seconds/{k}": v for k, v in cost.items()}}
         for name, value in timing.items():
@@ -264,7 +265,7 @@ class GPDiagnostics(Callback):
         if trainer.state.fn == "fit" and self._fit_time is not None:
             for k, v in cost.items():
                 self._fit_time.parts[k] += v
-        if is_mixture(self.truth):  # what the summary says it scored against (not logged: not a measurement)
+        if not self.truth.is_gaussian:  # what the summary says it scored against (not logged: not a measurement)
             results[f"{stage}/mixture_components"] = float(len(self.truth.components))
         self.results = {**self.results, **results, **timing}
         self.latest = {**results, **timing}  # this validation's alone (results keeps earlier sample metrics)
@@ -278,7 +279,7 @@ class GPDiagnostics(Callback):
         x0 = self.truth.sample(64, generator(self.seed, DIAGNOSTICS, 0)).to(pl_module.device)
         noise = torch.randn(x0.shape, generator=generator(self.seed, DIAGNOSTICS, 1)).to(x0)
         out: dict[str, float] = {}
-        if is_mixture(self.truth):  # each component's samples against each component's Γ
+        if not self.truth.is_gaussian:  # each component's samples against each component's Γ
             values = attention_by_component(backbone, pl_module.schedule, self.truth, self.attention_log_snr,
                                             lambda *key: generator(self.seed, DIAGNOSTICS, *key), pl_module.device)  # fmt: skip
             out.update({f"{stage}/attention/{k}": v for k, v in values.items()})
@@ -288,9 +289,9 @@ class GPDiagnostics(Callback):
             if label == "" and self.figures and trainer.is_global_zero:
                 from stdiff.callbacks.figures import attention_figure
 
-                with self._clock.part("figures"):
+                with self.clock.part("figures"):
                     for lam, by_unit in maps.items():
-                        self._save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
+                        self.save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
                                           attention_figure(by_unit, self.gamma, lam))  # fmt: skip
         return out
 
@@ -305,16 +306,14 @@ class GPDiagnostics(Callback):
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:
             from tqdm.auto import tqdm
 
-            bar = tqdm(
-                total=pl_module.sampler.intervals, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False
-            )
+            bar = tqdm(total=pl_module.sampler.intervals, desc=f"sampling {self.num_samples} for {stage} metrics", leave=False)
 
         def progress(i: int, total: int) -> None:
             stop_if_signalled(trainer)  # SIGTERM or Ctrl+C: now, not after minutes of sampling
             if bar is not None:
                 bar.update(1)
 
-        with self._clock.part("sampling"), run_precision(trainer):
+        with self.clock.part("sampling"), run_precision(trainer):
             x = pl_module.sampler.sample(pl_module.denoiser, (n, *self.truth.sample_shape), g, pl_module.device,
                                          progress=progress).float()  # fmt: skip
         if bar is not None:
@@ -324,21 +323,16 @@ class GPDiagnostics(Callback):
         metric = SampleDistance(self.truth, pl_module.schedule, floor_seed, endpoint=endpoint).to(pl_module.device)
         metric.update(x)
         values = metric.compute()
-        if "kl" not in values and is_mixture(self.truth):
-            counts = [int(values.get(f"component{k}/samples", 0)) for k in range(len(self.truth.components))]
-            warn(f"GPDiagnostics: the mixture's KL needs more than 2·d = {2 * self.truth.dim} samples of every "
-                 f"component (dimension <= {metric.full_max_dim}); its {len(x) * world} samples were assigned "
-                 f"{counts}: raise diagnostics.num_samples; reporting the weights and whitened norms only.")  # fmt: skip
-        elif "kl" not in values:
-            warn(
-                f"GPDiagnostics: {len(x) * world} samples in dimension {self.truth.dim}: full-covariance KL and W2 "
-                f"need more than {2 * self.truth.dim} samples and dimension <= {metric.full_max_dim}; reporting "
-                f"the structured metrics only."
-            )
+        note = missing_kl_note(self.truth, values, len(x) * world, metric.full_max_dim)
+        if note is not None:
+            warn(f"GPDiagnostics: {note}")
         values.update(self._sampler_floor(trainer, pl_module, values, (n, *self.truth.sample_shape), stream))
         if self.figures and trainer.is_global_zero:
-            with self._clock.part("figures"):
-                self._sample_figures(trainer, stage, x.double().cpu(), floor_seed, values)
+            with self.clock.part("figures"):
+                from stdiff.callbacks.figures import sample_figures
+
+                for name, fig in sample_figures(self.truth, x.double().cpu(), floor_seed, values).items():
+                    self.save_figure(trainer, f"{stage}_{name}", fig)
         return {f"{stage}/samples/{k}": v for k, v in values.items()}
 
     def _sampler_floor(self, trainer, pl_module, values: dict, shape: tuple, stream: tuple) -> dict:
@@ -351,90 +345,19 @@ class GPDiagnostics(Callback):
         if pl_module.denoiser.needs_truth:  # the exact model already: its KL is the floor
             return {**self._stopping, "exact_model_kl": values["kl"], "exact_model_kl_excess": values["kl_excess"]}
         from stdiff.diffusion import ExactDenoiser
-        from stdiff.metrics import gaussian_fit_kl
+        from stdiff.metrics import exact_model_floor
 
         exact = ExactDenoiser.from_gp(self.truth, pl_module.schedule)
         g = generator(self.seed, DIAGNOSTICS, *stream, device=pl_module.device)  # the model's own noise
-        with self._clock.part("sampling"):
+        with self.clock.part("sampling"):
             x = pl_module.sampler.sample(exact, shape, g, pl_module.device,
                                          progress=lambda i, total: stop_if_signalled(trainer)).float()  # fmt: skip
         x = pl_module.all_gather(x).reshape(-1, *shape[1:])  # every rank's samples
-        if is_mixture(self.truth):  # its floor depends on where the samples went: the exact model's own
-            from stdiff.metrics.mixture import mixture_distances
-
-            own = mixture_distances(self.truth, x.cpu(), derive_seed(self.seed, DIAGNOSTICS, *stream))
-            weights = {"exact_model_weights_tv": own["weights_tv"]}  # the sampler's own share of a weight error
-            if "kl" in own:
-                return {**self._stopping, **weights, "exact_model_kl": own["kl"], "exact_model_kl_excess": own["kl_excess"]}
-            return {**self._stopping, **weights}
-        kl = gaussian_fit_kl(x.cpu(), self.truth.mean, self.truth.covariance())
-        return {**self._stopping, "exact_model_kl": kl, "exact_model_kl_excess": kl - values["kl_floor"]}
-
-    def _conditional(self, trainer, pl_module, stage: str, task) -> dict[str, float]:
-        """Conditional samples of cases (exact draws, or held-out windows where the truth is a fitted
-        reference), observed at one mask of the task and wherever present, against the posterior
-        (``stdiff.metrics.conditional_report``); a fan chart of the first case. Against a fitted
-        reference the ``…_exact`` statistics are logged as ``…_reference``."""
-        from stdiff.metrics import conditional_report
-
-        n, k, shape = self.conditional_cases, self.conditional_samples, self.truth.sample_shape
-        x = trainer.datamodule.conditional_cases(n, generator(self.seed, DIAGNOSTICS, 4), stage)
-        n = len(x)
-        mask = task.draw(1, shape, generator(self.seed, DIAGNOSTICS, 5))[0]
-        if x.isnan().any():  # missing values: each case observes what the task shows and the data has
-            mask = mask.expand(n, *shape) & ~x.isnan()
-        cases = torch.nan_to_num(x)
-        observed = cases.repeat_interleave(k, 0)  # (n·k, T, *space): case i's k samples together
-        masks = mask.repeat_interleave(k, 0) if mask.ndim == len(shape) + 1 else mask.expand(len(observed), *shape)
-        g = generator(self.seed, DIAGNOSTICS, 6, device=pl_module.device)
-        with self._clock.part("sampling"), run_precision(trainer):
-            chunks = []
-            for o, m in zip(observed.split(512), masks.split(512)):
-                stop_if_signalled(trainer)
-                chunks.append(pl_module.sample_conditional(o, m, g).float().cpu())
-        samples = torch.cat(chunks).reshape(n, k, *shape)
-        report = conditional_report(self.truth, x, mask, samples, derive_seed(self.seed, DIAGNOSTICS, 7),
-                                    self.conditional_estimator)  # fmt: skip
-        if self.figures and trainer.is_global_zero:
-            from stdiff.callbacks.figures import fan_chart
-            from stdiff.metrics.conditional import posterior_samples
-
-            first = mask[0] if mask.ndim == len(shape) + 1 else mask
-            with self._clock.part("figures"):
-                exact = posterior_samples(self.truth, x[:1], first, k, generator(self.seed, DIAGNOSTICS, 8))[0]
-                fan = fan_chart(cases[0], first, samples[0], exact, repr(task))
-                self._save_figure(trainer, f"{stage}_conditional_fan", fan)
-        prefix = f"{stage}/conditional/{type(task).__name__}"
-        exact_name = "_exact" if getattr(trainer.datamodule, "truth_is_exact", True) else "_reference"
-        values = {f"{prefix}/{key.replace('_exact', exact_name)}": float(v) for key, v in report.items()
-                  if isinstance(v, (int, float))}  # fmt: skip
-        for key in ("crps_by_frame", "spread_by_frame"):
-            values.update({f"{prefix}/{key}/{f}": c for f, c in zip(report["frames"], report[key])})
-        return values
+        return {**self._stopping, **exact_model_floor(self.truth, x.cpu(), values, derive_seed(self.seed, DIAGNOSTICS, *stream))}
 
     # --- output ----------------------------------------------------------------------------------
 
-    def _sample_figures(self, trainer, stage: str, x, floor_seed: int, values: dict[str, float]) -> None:
-        from stdiff.callbacks.figures import correlation_figure, covariance_figure, paths_figure
-
-        truth = self.truth
-        exact = truth.sample(len(x), torch.Generator().manual_seed(floor_seed), dtype=torch.float64)
-        if is_mixture(truth):  # the weights recovered, and paths; no single Γ and Σ to estimate
-            from stdiff.callbacks.figures import weights_figure
-
-            recovered = [values.get(f"weights/{k}", math.nan) for k in range(len(truth.components))]
-            exact_weights = truth.responsibilities(exact).mean(0).tolist()
-            self._save_figure(trainer, f"{stage}_weights", weights_figure(truth.weights.tolist(), recovered, exact_weights))
-            self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))
-            return
-        gamma_hat, sigma_hat = factor_covariances(truth, x)
-        self._save_figure(trainer, f"{stage}_covariances",
-                          covariance_figure({"Γ": truth.gamma, "Σ": truth.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}))  # fmt: skip
-        self._save_figure(trainer, f"{stage}_paths", paths_figure(exact, x))
-        self._save_figure(trainer, f"{stage}_correlation_vs_lag",
-                          correlation_figure(correlation_by_lag(truth.gamma), correlation_by_lag(gamma_hat)))  # fmt: skip
-
-    def _save_figure(self, trainer, name: str, fig) -> None:
+    def save_figure(self, trainer, name: str, fig) -> None:
         import matplotlib.pyplot as plt
 
         directory = os.path.join(self._dir, "figures")
@@ -468,27 +391,14 @@ class GPDiagnostics(Callback):
         directory = self._run_dir(trainer)
         if not trainer.is_global_zero:
             return
+        from stdiff.callbacks.summary import metrics_document
+
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # e.g. val/loss, train/loss
+        loaded = self._checkpoint if trainer.ckpt_path else None
+        document = metrics_document(stage, self._step(trainer), {**logged, **self.results}, self.truth, self.num_samples,
+                                    getattr(trainer.datamodule, "truth_is_exact", True), loaded,
+                                    type(trainer.lightning_module.denoiser).__name__,
+                                    getattr(trainer.datamodule, "reference_report", None), self.conditional_estimator)  # fmt: skip
         os.makedirs(directory, exist_ok=True)
         with atomic_write(os.path.join(directory, "metrics.json"), "w") as f:
-            logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # e.g. val/loss, train/loss
-            metrics = {
-                k: (v if math.isfinite(v) else None) for k, v in {**logged, **self.results}.items()
-            }  # no NaN in JSON
-            # global_step: the training step of the weights scored (a checkpoint's, for validate and test)
-            out = {"stage": stage, "global_step": self._step(trainer), "metrics": metrics,
-                   "diagnostics": {"dim": self.truth.dim, "num_samples": self.num_samples,
-                                   "exact_truth": getattr(trainer.datamodule, "truth_is_exact", True)}}  # fmt: skip
-            if stage != "fit":  # the exact model, or no checkpoint: null
-                out["checkpoint"] = getattr(self, "_checkpoint", None) if trainer.ckpt_path else None
-                out["model"] = type(trainer.lightning_module.denoiser).__name__
-            if self.truth is not None:  # condition numbers and any jitter added: the truth the metrics use
-                out["data"] = {"conditioning": self.truth.conditioning}
-                if is_mixture(self.truth):
-                    out["data"]["mixture"] = {"weights": self.truth.weights.tolist(),
-                                              "components": [repr(c) for c in self.truth.components]}  # fmt: skip
-                report = getattr(trainer.datamodule, "reference_report", None)
-                if report is not None:  # a fitted reference: its fit, training and held-out log-likelihood
-                    out["data"]["reference"] = report
-            if any("/conditional/" in k for k in metrics):
-                out["conditional_estimator"] = self.conditional_estimator  # of crps and energy
-            json.dump(out, f, indent=1)
+            json.dump(document, f, indent=1)

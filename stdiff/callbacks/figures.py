@@ -136,3 +136,23 @@ def weights_figure(true: list[float], recovered: list[float], exact: list[float]
     ax.set_title("mixture weights recovered from the samples (mean exact responsibility)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def sample_figures(truth, x: Tensor, floor_seed: int, values: dict[str, float]) -> dict[str, Figure]:
+    """The figures of samples ``x (n, T, *space)`` against ``truth``, by name: sample paths beside
+    exact ones (drawn with ``floor_seed``); for a Gaussian the estimated Γ and Σ and the correlation
+    by lag beside the truth's; for a mixture the weights recovered (no single Γ and Σ to estimate)."""
+    import torch
+
+    from stdiff.metrics import correlation_by_lag, factor_covariances
+
+    exact = truth.sample(len(x), torch.Generator().manual_seed(floor_seed), dtype=torch.float64)
+    if not truth.is_gaussian:
+        recovered = [values.get(f"weights/{k}", float("nan")) for k in range(len(truth.components))]
+        exact_weights = truth.responsibilities(exact).mean(0).tolist()
+        return {"weights": weights_figure(truth.weights.tolist(), recovered, exact_weights),
+                "paths": paths_figure(exact, x)}  # fmt: skip
+    gamma_hat, sigma_hat = factor_covariances(truth, x)
+    return {"covariances": covariance_figure({"Γ": truth.gamma, "Σ": truth.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}),
+            "paths": paths_figure(exact, x),
+            "correlation_vs_lag": correlation_figure(correlation_by_lag(truth.gamma), correlation_by_lag(gamma_hat))}  # fmt: skip

@@ -28,7 +28,7 @@ import math
 from stdiff.metrics.distances import excess_noise, kl_noise  # noqa: F401 (kl_noise: re-exported, benches import it here)
 
 CLOSE_PER_DIM = 0.01  # nats per dimension
-# what the diagnostics record of the part of the KL no training removes (``GPDiagnostics._sampler_floor``)
+# what the diagnostics record of the part of the KL no training removes (``stdiff.metrics.exact_model_floor``)
 FLOOR_KEYS = ("exact_model_kl_excess", "early_stopping_kl", "t_min_for_early_stopping", "smallest_eigenvalue",
               "condition_number", "early_stopping_kl_ode")  # fmt: skip
 
@@ -160,7 +160,7 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
             checkpoint: dict | None = None, step: int | None = None, model: str = "the model",
             reference: dict | None = None) -> str:  # fmt: skip
     """The end-of-run lines from the diagnostics' ``results`` (keys ``val/…`` or ``test/…``), and
-    the fitted ``reference``'s report (``stdiff.gpfit``) where there is one."""
+    the fitted ``reference``'s report (``stdiff.truth.fitting``) where there is one."""
     prefix = "test" if stage == "test" else "val"
 
     def get(name: str) -> float | None:
@@ -242,6 +242,26 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     lines.append(f"  all metrics: {run_dir}/metrics.json; figures: {run_dir}/figures/; tensorboard --logdir "
                  f"{_logdir(run_dir)}")  # fmt: skip
     return "\n".join(lines)
+
+
+def metrics_document(stage: str, step: int, results: dict[str, float], truth, num_samples: int, exact_truth: bool,
+                     checkpoint: dict | None, model: str, reference_report: dict | None, estimator: str) -> dict:
+    """What ``metrics.json`` holds: every metric (NaN and inf as null), ``global_step`` (the training
+    step of the weights scored: a checkpoint's for validate and test), the truth the metrics use
+    (condition numbers, any jitter, a mixture's components, a fitted reference's report)."""
+    metrics = {k: (v if math.isfinite(v) else None) for k, v in results.items()}
+    out = {"stage": stage, "global_step": step, "metrics": metrics,
+           "diagnostics": {"dim": truth.dim, "num_samples": num_samples, "exact_truth": exact_truth}}  # fmt: skip
+    if stage != "fit":  # the exact model, or no checkpoint: null
+        out["checkpoint"], out["model"] = checkpoint, model
+    out["data"] = {"conditioning": truth.conditioning}
+    if not truth.is_gaussian:
+        out["data"]["mixture"] = {"weights": truth.weights.tolist(), "components": [repr(c) for c in truth.components]}
+    if reference_report is not None:  # a fitted reference: its fit, training and held-out log-likelihood
+        out["data"]["reference"] = reference_report
+    if any("/conditional/" in k for k in metrics):
+        out["conditional_estimator"] = estimator  # of crps and energy
+    return out
 
 
 def _component_count(get) -> int:

@@ -275,7 +275,7 @@ class ArrayDataModule(SequenceDataModule):
     def truth(self):
         """The separable Gaussian fitted to the training windows (``reference``), or None."""
         if self.reference != "none" and self._truth is None:
-            from stdiff.gpfit import fit_reference
+            from stdiff.data.reference import fit_reference
 
             self._truth = fit_reference(self, self.reference, self.temporal, self.spatial,
                                         steps=self.reference_steps, nugget=self.reference_nugget)  # fmt: skip

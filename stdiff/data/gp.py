@@ -13,8 +13,8 @@ from torch import Tensor
 
 from stdiff._validation import check_int, check_memory
 from stdiff.data.base import SequenceDataModule
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel
+from stdiff.truth import KroneckerGP
 
 
 class GPDataModule(SequenceDataModule):
@@ -69,7 +69,7 @@ class GPDataModule(SequenceDataModule):
 
 
 class GPMixtureDataModule(SequenceDataModule):
-    """Sequences ``(B, T, *space_shape)`` from a mixture of Kronecker GPs (``stdiff.mixture.GPMixture``),
+    """Sequences ``(B, T, *space_shape)`` from a mixture of Kronecker GPs (``stdiff.truth.GPMixture``),
     whose exact law (``truth``) is known although its optimal denoiser is nonlinear: every
     component k is ``N(mean_k, Γ_k ⊗ Σ_k)`` with weight w_k. Presets: ``configs/mixtures/``.
 
@@ -93,7 +93,7 @@ class GPMixtureDataModule(SequenceDataModule):
         jitter: float | Literal["auto"] = 0.0,
         **kwargs,
     ) -> None:
-        from stdiff.mixture import GPMixture
+        from stdiff.truth import GPMixture
 
         super().__init__(**kwargs)
         temporal = list(temporal) if isinstance(temporal, (list, tuple)) else [temporal]

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from stdiff._validation import check_int, check_positive
 from stdiff.data.base import SequenceDataModule
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import Kernel, PoweredExponential
 from stdiff.seeding import AUXILIARY, generator
+from stdiff.truth import KroneckerGP
 
 
 class MovingBall(SequenceDataModule):

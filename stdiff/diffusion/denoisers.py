@@ -13,10 +13,10 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from stdiff.diffusion.process import get_parameterization, per_sample
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import Tabulated
 from stdiff.nn import Backbone, DiT
 from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
+from stdiff.truth import KroneckerGP, Truth
 
 
 class NoiseModel(nn.Module, ABC):
@@ -103,10 +103,10 @@ class ExactDenoiser(NoiseModel):
     def __init__(self, sample_shape: Sequence[int],
                  schedule: NoiseSchedule = lazy_instance(OrnsteinUhlenbeck)) -> None:  # noqa: B008  # fmt: skip
         super().__init__(sample_shape, schedule)
-        self.gp: KroneckerGP | None = None
+        self.gp: Truth | None = None
 
     @classmethod
-    def from_gp(cls, gp: KroneckerGP, schedule: NoiseSchedule) -> ExactDenoiser:
+    def from_gp(cls, gp: Truth, schedule: NoiseSchedule) -> ExactDenoiser:
         model = cls(gp.sample_shape, schedule)
         model.attach_truth(gp)
         return model
@@ -114,19 +114,11 @@ class ExactDenoiser(NoiseModel):
     def attach_truth(self, truth) -> None:
         self.gp = _check_truth(type(self).__name__, truth() if callable(truth) else truth, self.sample_shape)
 
-    def divergence(self, t: float, x_t: Tensor | None = None) -> float | Tensor:
-        """∇ₓ·ε̂ at time ``t`` (a control variate for Hutchinson's estimator, ``stdiff.likelihood``).
-        For a Gaussian the same at every x (ε̂ is linear): σ Σ_k 1/(α²λ_k + σ²) over the eigenvalues
-        λ_k of Γ ⊗ Σ. For a mixture (``GPMixture``) it depends on ``x_t (B, …)``: ``(B,)`` in closed
-        form (``GPMixture.noise_divergence``)."""
+    def divergence(self, t: float, x_t: Tensor) -> Tensor:
+        """∇ₓ·ε̂ ``(B,)`` at time ``t`` and ``x_t (B, T, *space)`` (a control variate for Hutchinson's
+        estimator, ``stdiff.likelihood``): ``Truth.divergence``, in closed form."""
         tt = torch.tensor(t, dtype=torch.float64)
-        alpha, sigma = self.schedule.alpha(tt).item(), self.schedule.sigma(tt).item()
-        if hasattr(self.gp, "noise_divergence"):
-            if x_t is None:
-                raise ValueError("the divergence of a mixture's exact model depends on x_t: pass it")
-            return self.gp.noise_divergence(x_t, alpha, sigma)
-        lam = self.gp._eigenvalues(torch.device("cpu"))
-        return (sigma / (alpha**2 * lam + sigma**2)).sum().item()
+        return self.gp.divergence(x_t, self.schedule.alpha(tt).item(), self.schedule.sigma(tt).item())
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         if self.gp is None:
@@ -152,10 +144,10 @@ class ResidualDenoiser(Denoiser):
     The prior is the data module's ``truth`` (the GP truth or the fitted reference), received at
     ``fit`` and stored in every checkpoint (``stdiff_prior``), so a checkpoint is sampled with the
     prior it was trained with and ``predict`` fits nothing. Its cost: unconditionally a Kronecker
-    eigenbasis transform per sample (O(T·S·(T + S))); conditionally one Cholesky factor of order m
-    (the unobserved entries) per distinct (mask, noise level) in the batch (``KroneckerGP.denoise``:
-    a training batch of B samples, B factors, O(B·m³/3) flops; k samples of a case share one per
-    sampler step), T·S <= 4096.
+    eigenbasis transform per sample (O(T·S·(T + S))); conditionally one Cholesky factor of order T·S
+    per distinct (mask, noise level) in the batch (``KroneckerGP.denoise``: a training batch of B
+    samples, B factors, O(B·(T·S)³/3) flops; k samples of a case share one per sampler step),
+    T·S <= ``stdiff.truth.DENSE_LIMIT``.
 
     Args:
         sample_shape, backbone, schedule, parameterization: as ``Denoiser``.
@@ -226,7 +218,7 @@ class ResidualDenoiser(Denoiser):
         self.attach_truth(gp)
 
 
-def exact_noise(gp: KroneckerGP, schedule: NoiseSchedule, x_t: Tensor, t: Tensor, observed: Tensor | None = None,
+def exact_noise(gp: Truth, schedule: NoiseSchedule, x_t: Tensor, t: Tensor, observed: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:  # fmt: skip
     """The exact ε̂ of ``gp`` at ``x_t (B, T, *space)``, times ``t (B,)``: −σ ∇ log p_t(x_t), or
     with ``observed`` values at ``mask`` (x_0 known there) (x_t − α E[x_0 | x_t, observed]) / σ."""
@@ -240,7 +232,7 @@ def exact_noise(gp: KroneckerGP, schedule: NoiseSchedule, x_t: Tensor, t: Tensor
     return (x_t.double() - a * x0) / s
 
 
-def _check_truth(name: str, truth: KroneckerGP | None, sample_shape: tuple[int, ...]) -> KroneckerGP:
+def _check_truth(name: str, truth: Truth | None, sample_shape: tuple[int, ...]) -> Truth:
     if truth is None:
         raise ValueError(
             f"{name} needs data whose exact distribution is known, or a Gaussian fitted to it (a data module with a "
@@ -251,16 +243,13 @@ def _check_truth(name: str, truth: KroneckerGP | None, sample_shape: tuple[int, 
     return truth
 
 
-def _gaussian_prior(truth):
+def _gaussian_prior(truth: Truth) -> KroneckerGP:
     """ResidualDenoiser's prior: one Gaussian (a mixture of one is its component)."""
-    components = getattr(truth, "components", None)
-    if components is None:
-        return truth
-    if len(components) > 1:
+    if not truth.is_gaussian:
         raise ValueError(f"ResidualDenoiser's prior must be one Gaussian; the data's truth is a mixture of "
-                         f"{len(components)} (GPMixtureDataModule): use Denoiser, which learns the mixture, or "
+                         f"{len(truth.components)} (GPMixtureDataModule): use Denoiser, which learns the mixture, or "
                          "ExactDenoiser, which is its exact model")  # fmt: skip
-    return components[0]
+    return truth.components[0]
 
 
 class Shared:

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from stdiff._validation import lookup
-from stdiff.gp import KroneckerGP
 from stdiff.schedules import NoiseSchedule
+from stdiff.truth import KroneckerGP
 
 if TYPE_CHECKING:
     from stdiff.diffusion.denoisers import NoiseModel
@@ -178,7 +178,7 @@ def denoising_loss_floor(gp: KroneckerGP, schedule: NoiseSchedule, t: Tensor) ->
     """Expected ε-loss of ``ExactDenoiser`` at times ``t (B,)`` -> ``(B,)``, the smallest any
     model can reach: ``(1/d) tr Cov(ε | x_t) = (1/d) Σ_k α²λ_k / (α²λ_k + σ²)``, λ_k the
     eigenvalues of Γ ⊗ Σ (+ τ² I)."""
-    lam = gp._eigenvalues(t.device).reshape(1, -1)
+    lam = gp.eigenvalues(t.device).reshape(1, -1)
     a2 = schedule.alpha(t.double())[:, None] ** 2
     s2 = schedule.sigma(t.double())[:, None] ** 2
     return (a2 * lam / (a2 * lam + s2)).mean(1)

@@ -101,16 +101,17 @@ def fit_command(out: Path) -> list[str]:
 def likelihoods(data, reference_report: dict) -> dict:
     """Observed-data log-likelihood per window of the separable fits and Gneiting's class, on the
     reference's training windows and the test windows."""
-    from stdiff.gneiting import fit_gneiting
-    from stdiff.gpfit import _spread, _window_log_likelihood, flip_flop
+    from stdiff.data.reference import spread_windows
+    from stdiff.truth.fitting import flip_flop, window_log_likelihood
+    from stdiff.truth.gneiting import fit_gneiting
 
-    train = _spread(data.training_set(), 2048)
+    train = spread_windows(data.training_set(), 2048)
     test = data.evaluation_samples("test")
     coords = data.coordinates
     # the reference's own report holds its validation windows' likelihood: here every fit is scored on the test windows
     rows = {"kernels (Matérn × RBF + nugget)": {
         "log_likelihood_per_window": reference_report.get("log_likelihood_per_window"),
-        "held_out_log_likelihood_per_window": _window_log_likelihood(data.truth, test.double().reshape(len(test), -1))}}  # fmt: skip
+        "held_out_log_likelihood_per_window": window_log_likelihood(data.truth, test.double().reshape(len(test), -1))}}  # fmt: skip
     _, ff = flip_flop(train, data.space_shape, held_out=test)
     rows["flip_flop (free Γ ⊗ Σ)"] = {k: ff.get(k) for k in rows["kernels (Matérn × RBF + nugget)"]}
     for label, separable in (("Gneiting, β = 0 (separable)", True), ("Gneiting (non-separable)", False)):

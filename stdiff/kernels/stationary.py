@@ -184,8 +184,8 @@ class White(Kernel):
 
 class Tabulated(Kernel):
     """A covariance given as a matrix on a grid: ``k(x_i, x_j) = values[i][j]`` for the grid points
-    (row-major index of integer coordinates, as ``stdiff.gp.grid`` lists them). What a free-form
-    fit (``stdiff.gpfit.flip_flop``) returns as a kernel.
+    (row-major index of integer coordinates, as ``stdiff.truth.grid`` lists them). What a free-form
+    fit (``stdiff.truth.fitting.flip_flop``) returns as a kernel.
 
     Args:
         values: the symmetric covariance matrix, one row per grid point.

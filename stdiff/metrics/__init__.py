@@ -14,14 +14,15 @@ from stdiff.metrics.distances import (
     gaussian_w2,
     ks_normal,
     pushforward_kl,
-    sample_distances,
     sample_statistics,
     whiten,
 )
+from stdiff.metrics.mixture import missing_kl_note, sample_distances
 from stdiff.metrics.reports import (
     attention_by_component,
     attention_report,
     early_stopping_report,
+    exact_model_floor,
     random_init_copy,
     sample_report,
     score_error_terms,
@@ -41,6 +42,7 @@ __all__ = [
     "early_stopping_report",
     "early_stopping_t_min",
     "energy_score",
+    "exact_model_floor",
     "factor_covariances",
     "frame_attention",
     "gaussian_fit_kl",
@@ -48,6 +50,7 @@ __all__ = [
     "gaussian_kl",
     "gaussian_w2",
     "ks_normal",
+    "missing_kl_note",
     "posterior_samples",
     "pushforward_kl",
     "random_init_copy",

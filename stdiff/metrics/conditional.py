@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stdiff.gp import KroneckerGP, flat_mask
 from stdiff.metrics.distances import gaussian_kl, gaussian_w2
+from stdiff.truth import Truth, flat_mask
 
 ESTIMATORS = ("biased", "fair")
 
@@ -71,7 +71,7 @@ def energy_score(samples: Tensor, target: Tensor, estimator: str = "biased") -> 
     return (samples - target).norm(dim=-1).mean() - scale * torch.cdist(samples[None], samples[None])[0].sum()
 
 
-def _cases(truth: KroneckerGP, x: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+def _cases(truth: Truth, x: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Cases grouped by what they observe: ``(rows, observed (T·S,), conditioning mask)`` with the
     mask in the cheapest form ``truth.conditional`` takes (a frame mask when it is one)."""
     n, dims = len(x), len(truth.sample_shape)
@@ -91,7 +91,7 @@ def _cases(truth: KroneckerGP, x: Tensor, mask: Tensor) -> list[tuple[Tensor, Te
     ) for i, p in enumerate(patterns)]  # fmt: skip
 
 
-def posterior_samples(truth: KroneckerGP, x: Tensor, mask: Tensor, k: int, generator=None) -> Tensor:
+def posterior_samples(truth: Truth, x: Tensor, mask: Tensor, k: int, generator=None) -> Tensor:
     """``k`` exact posterior samples of each case: ``(n, k, T, *space)``, observed entries from ``x``
     (NaN in ``x``: missing, sampled too). ``mask``: ``(T,)``, ``(T, *space)`` or one per case.
     ``truth``: a ``KroneckerGP`` or a ``GPMixture`` (any truth with ``sample_conditional``)."""
@@ -101,7 +101,7 @@ def posterior_samples(truth: KroneckerGP, x: Tensor, mask: Tensor, k: int, gener
     return out
 
 
-def _coordinates(truth: KroneckerGP, mask: Tensor) -> Tensor:
+def _coordinates(truth: Truth, mask: Tensor) -> Tensor:
     """A frame mask ``(T,)`` or coordinate mask ``(T, *space)`` (or the first of per-case masks) as a
     flat ``(T·S,)`` coordinate mask on the CPU."""
     return flat_mask(truth, mask[0] if mask.ndim == len(truth.sample_shape) + 1 else mask).cpu()
@@ -129,7 +129,7 @@ def _scores(samples: Tensor, target: Tensor, frame_of: Tensor, case_of: Tensor, 
     }
 
 
-def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Tensor, seed: int = 0,
+def conditional_report(truth: Truth, x: Tensor, mask: Tensor, samples: Tensor, seed: int = 0,
                        estimator: str = "biased") -> dict:  # fmt: skip
     """Conditional ``samples (n, k, T, *space)`` of cases ``x (n, T, *space)`` (NaN = missing)
     observed at ``mask`` (one ``(T,)`` or ``(T, *space)`` mask for all cases, or one per case)
@@ -147,7 +147,7 @@ def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Ten
     for rows, observed, cond in groups:
         mean, cov = truth.conditional(torch.nan_to_num(x[rows]), cond)
         missing = ~observed
-        var_m = cov.diagonal(dim1=-2, dim2=-1)  # (m,), or (cases, m) for a mixture (one covariance per case)
+        var_m = cov.diagonal(dim1=-2, dim2=-1)  # (cases, m)
         flat_x = x[rows].reshape(len(rows), -1)
         for j, row in enumerate(rows.tolist()):
             scored = missing & ~flat_x[j].isnan()  # hidden by the mask and really observed
@@ -156,14 +156,14 @@ def conditional_report(truth: KroneckerGP, x: Tensor, mask: Tensor, samples: Ten
             target.append(flat_x[j][scored])
             frame_of.append(frame_index[scored])
             case_of.append(torch.full((int(scored.sum()),), row))
-            variance.append((var_m if var_m.ndim == 1 else var_m[j])[scored[missing]])
+            variance.append(var_m[j][scored[missing]])
             for label, draws in (("", samples), ("_exact", exact)):
                 picks[label].append(draws[row].double().cpu().reshape(k, -1)[:, scored].T)  # (m, k)
-        if len(groups) == 1 and not x.isnan().any() and cov.ndim == 2:  # one Gaussian posterior: fit the residuals
+        if len(groups) == 1 and not x.isnan().any() and truth.is_gaussian:  # one Gaussian posterior: fit the residuals
             for label, draws in (("", samples), ("_exact", exact)):
                 s = draws.double().cpu().reshape(n, k, -1)[..., missing]
                 residuals[label] = (s - mean.reshape(n, 1, -1)[..., missing]).reshape(n * k, -1)
-            shared_cov = cov
+            shared_cov = cov[0]
     if not target:
         raise ValueError("conditional_report: no entry is both hidden by the mask and observed in the data; "
                          "nothing to score")  # fmt: skip

@@ -12,19 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from stdiff.gp import KroneckerGP
-
-
-def is_mixture(truth) -> bool:
-    """Whether ``truth`` is a mixture of more than one Gaussian (``stdiff.mixture.GPMixture``)."""
-    return len(getattr(truth, "components", ())) > 1
-
-
-def single(truth):
-    """A mixture of one component as that component (whose statistics it reproduces exactly)."""
-    components = getattr(truth, "components", None)
-    return components[0] if components is not None and len(components) == 1 else truth
-
+from stdiff.truth import KroneckerGP, Truth
 
 # --- Gaussians in closed form -----------------------------------------------------------------
 
@@ -109,8 +97,8 @@ def excess_noise(d: int, n: int) -> float:
 def whiten(gp: KroneckerGP, x: Tensor) -> Tensor:
     """Whitened coordinates ``(n, T·S)``: Λ^{-1/2} in the Kronecker eigenbasis of ``x − μ``; i.i.d.
     N(0, 1) exactly when x ~ GP."""
-    y = gp._to_eigenbasis(x - gp.mean.to(x.device))  # (n, T, S)
-    return (y / gp._eigenvalues(y.device).sqrt()).reshape(len(x), -1)
+    y = gp.to_eigenbasis(x - gp.mean.to(x.device))  # (n, T, S)
+    return (y / gp.eigenvalues(y.device).sqrt()).reshape(len(x), -1)
 
 
 def ks_normal(z: Tensor) -> float:
@@ -177,15 +165,10 @@ def sample_statistics(gp: KroneckerGP, x: Tensor, full_max_dim: int = 1024) -> d
     return out
 
 
-def sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:
+def gaussian_sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:
     """``sample_statistics`` of ``x`` with, for each, ``<name>_floor`` (the same statistic of as
     many exact samples, drawn with ``seed``) and ``<name>_excess`` (the difference; for
-    ``whitened_norm`` the excess of |value − 1|)."""
-    gp = single(gp)
-    if is_mixture(gp):
-        from stdiff.metrics.mixture import mixture_distances
-
-        return mixture_distances(gp, x, seed, full_max_dim)
+    ``whitened_norm`` the excess of |value − 1|). Any truth: ``stdiff.metrics.sample_distances``."""
     values = sample_statistics(gp, x, full_max_dim)
     exact = gp.sample(len(x), torch.Generator().manual_seed(seed), dtype=torch.float64)
     floors = sample_statistics(gp, exact, full_max_dim)
@@ -241,7 +224,7 @@ def flow_kl(draw, truth, z: Tensor, scale: float) -> tuple[float, float]:
     return gap.mean().item(), (gap.std() / math.sqrt(n)).item()
 
 
-def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint: str = "t_min") -> float:
+def early_stopping_kl(truth: Truth, alpha: float, sigma: float, endpoint: str = "t_min") -> float:
     """The KL to N(μ, K), K = Γ ⊗ Σ, of what a sampler returns from exact draws of the data noised
     to the early-stopping time, x ~ N(αμ, α²K + σ²I), in closed form: the bias left when sampling
     stops at t₀ > 0, after the sampler's ``endpoint`` (``stdiff.sampling.ENDPOINTS``): ``t_min``, x
@@ -251,16 +234,19 @@ def early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint: str
     λᵢ of K (α² = 1 − σ², as for variance-preserving schedules): a problem of higher dimension or
     with smaller eigenvalues has a larger bias at the same t₀ (OU, t₀ = 1e-3: 0.058 for the
     quickstart, d = 256, smallest eigenvalue 0.0075; 0.0013 for d = 32, smallest eigenvalue 0.023).
-    ``denoise`` is about as far, on the other side (0.056, 0.0014); ``ode`` is of higher order (3.4e-5, 1.1e-7)."""
-    gp = single(gp)
-    if is_mixture(gp):  # Σ_k w_k KL_k: for t_min an upper bound (KL is jointly convex), else the average
-        return sum(w * early_stopping_kl(c, alpha, sigma, endpoint) for w, c in zip(gp.weights.tolist(), gp.components))
-    lam = gp._eigenvalues(torch.device("cpu")).reshape(-1)
+    ``denoise`` is about as far, on the other side (0.056, 0.0014); ``ode`` is of higher order (3.4e-5, 1.1e-7).
+    A mixture's is Σ_k w_k KL_k: for t_min an upper bound (KL is jointly convex), else the average."""
+    return sum(w * _gaussian_early_stopping_kl(c, alpha, sigma, endpoint)
+               for w, c in zip(truth.weights.tolist(), truth.components))  # fmt: skip
+
+
+def _gaussian_early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint: str) -> float:
+    lam = gp.eigenvalues(torch.device("cpu")).reshape(-1)
     noised = alpha**2 * lam + sigma**2
     gain = {"t_min": torch.ones_like(lam), "denoise": alpha * lam / noised,
             "ode": 0.5 * (1 / alpha + alpha * lam / noised)}[endpoint]  # fmt: skip
     ratio = gain**2 * noised / lam
-    mu = gp._to_eigenbasis(gp.mean[None])[0].reshape(-1)
+    mu = gp.to_eigenbasis(gp.mean[None])[0].reshape(-1)
     shift = (1 - alpha) ** 2 if endpoint == "t_min" else 0.0  # the other endpoints are unbiased in the mean
     return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * shift * (mu**2 / lam).sum()).item()
 

@@ -1,4 +1,5 @@
-"""Samples against a mixture truth (``stdiff.mixture.GPMixture``): statistics that see modes.
+"""Samples against any truth (``sample_distances``): a Gaussian's through ``distances.py``, a
+mixture's (``stdiff.truth.GPMixture``) by the statistics below, which see modes.
 
 A Gaussian fit of all the samples sees only the mixture's first two moments: a model that
 merges the modes, or drops a rare one, can have a small Gaussian-fit KL to the moment-matched
@@ -26,7 +27,31 @@ import math
 import torch
 from torch import Tensor
 
-from stdiff.metrics.distances import gaussian_fit_kl, kl_noise, whiten
+from stdiff.metrics.distances import gaussian_fit_kl, gaussian_sample_distances, kl_noise, whiten
+from stdiff.truth import Truth
+
+
+def sample_distances(truth: Truth, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:
+    """Distances of samples ``x (n, T, *space)`` to ``truth``, each beside ``<name>_floor`` (the same
+    statistic of as many exact samples, drawn with ``seed``) and ``<name>_excess``: a Gaussian's
+    (a mixture of one included) by ``gaussian_sample_distances``, a mixture's by ``mixture_distances``."""
+    truth = truth.simplified()
+    if truth.is_gaussian:
+        return gaussian_sample_distances(truth, x, seed, full_max_dim)
+    return mixture_distances(truth, x, seed, full_max_dim)
+
+
+def missing_kl_note(truth: Truth, values: dict[str, float], n: int, full_max_dim: int) -> str | None:
+    """Why ``sample_distances`` gave no ``kl`` for ``n`` samples (None when it gave one)."""
+    if "kl" in values:
+        return None
+    if truth.simplified().is_gaussian:
+        return (f"{n} samples in dimension {truth.dim}: full-covariance KL and W2 need more than {2 * truth.dim} "
+                f"samples and dimension <= {full_max_dim}; reporting the structured metrics only.")  # fmt: skip
+    counts = [int(values.get(f"component{k}/samples", 0)) for k in range(len(truth.components))]
+    return (f"the mixture's KL needs more than 2·d = {2 * truth.dim} samples of every component (dimension <= "
+            f"{full_max_dim}); its {n} samples were assigned {counts}: raise diagnostics.num_samples; reporting the "
+            "weights and whitened norms only.")  # fmt: skip
 
 
 def mixture_statistics(mixture, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:

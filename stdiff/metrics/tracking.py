@@ -7,9 +7,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from stdiff.gp import KroneckerGP
 from stdiff.metrics.reports import sample_report
 from stdiff.schedules import NoiseSchedule
+from stdiff.truth import KroneckerGP
 
 
 class ScoreError(Metric):

@@ -17,11 +17,11 @@ import math
 
 import torch
 
-from stdiff.gp import KroneckerGP
 from stdiff.kernels import GeneralizedCauchy, PoweredExponential
 from stdiff.paper.common import figure, save, write_csv, write_summary
 from stdiff.schedules import OrnsteinUhlenbeck
 from stdiff.seeding import SWEEP, generator
+from stdiff.truth import KroneckerGP
 
 FULL = {"frames": 64, "points": 8, "steps": 200, "samples": 256, "truncation_frames": [16, 32, 64, 128, 256, 512]}
 CPU = {"frames": 32, "points": 4, "steps": 120, "samples": 128, "truncation_frames": [16, 32, 64, 128, 256]}

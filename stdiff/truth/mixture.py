@@ -25,10 +25,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from stdiff.gp import KroneckerGP, flat_mask
+from stdiff.truth.base import Truth, flat_mask
+from stdiff.truth.kronecker import KroneckerGP
 
 
-class GPMixture:
+class GPMixture(Truth):
     """Finite mixture of ``KroneckerGP`` components on one sample shape.
 
     Args:
@@ -51,10 +52,10 @@ class GPMixture:
         bad = [w for w in weights if not (math.isfinite(w) and w > 0)]
         if bad:
             raise ValueError(f"GPMixture weights must be finite and > 0, got {weights}")
-        self.components = components
+        self._components = components
         total = sum(weights)
-        self.weights = torch.tensor([w / total for w in weights], dtype=torch.float64)
-        self.log_weights = self.weights.log()
+        self._weights = torch.tensor([w / total for w in weights], dtype=torch.float64)
+        self.log_weights = self._weights.log()
         first = components[0]
         self.frames, self.space_shape, self.num_points = first.frames, first.space_shape, first.num_points
         self.mean_value = float(sum(w * c.mean_value for w, c in zip(self.weights.tolist(), components)))
@@ -69,12 +70,12 @@ class GPMixture:
     # --- shapes ----------------------------------------------------------------------------------
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self.components[0].sample_shape
+    def components(self) -> list[KroneckerGP]:
+        return self._components
 
     @property
-    def dim(self) -> int:
-        return self.components[0].dim
+    def weights(self) -> Tensor:
+        return self._weights
 
     def __len__(self) -> int:
         return len(self.components)
@@ -116,11 +117,6 @@ class GPMixture:
                 x[rows] = c.sample(len(rows), generator, dtype, device)
         return x, labels.cpu()
 
-    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> Tensor:  # fmt: skip
-        """``n`` samples ``(n, T, *space_shape)`` (``sample_with_labels`` without the labels)."""
-        return self.sample_with_labels(n, generator, dtype, device)[0]
-
     # --- density, responsibilities and score -------------------------------------------------------
 
     def _joint(self, x_t: Tensor, alpha, sigma) -> Tensor:
@@ -145,10 +141,6 @@ class GPMixture:
         joint = self._joint(x_t, alpha, sigma)
         return joint - torch.logsumexp(joint, -1, keepdim=True)
 
-    def responsibilities(self, x_t: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
-        """P(component k | x_t) ``(..., K)``; at α = 1, σ = 0, of clean samples."""
-        return self.log_responsibilities(x_t, alpha, sigma).exp()
-
     def _parts(self, x_t: Tensor, alpha, sigma) -> tuple[Tensor, Tensor]:
         """Responsibilities ``(B, K)`` and the components' scores ``(K, B, T, *space)`` in float64."""
         x = x_t.to(torch.float64)
@@ -163,15 +155,13 @@ class GPMixture:
         view = r.T.reshape(len(self.components), len(x_t), *[1] * len(self.sample_shape))
         return (view * scores).sum(0).to(x_t.dtype)
 
-    def noise_divergence(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
+    def divergence(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
         """∇ₓ·ε̂ ``(B,)`` of the exact ε̂ = −σ ∇ log p_t at ``x_t``, in closed form: with component
         precisions P_k and scores s_k, ∇s = Σ r_k ∇s_k + Σ r_k s_k s_kᵀ − s̄ s̄ᵀ, so
         ∇·ε̂ = σ (Σ_k r_k tr P_k − Σ_k r_k ‖s_k‖² + ‖s̄‖²): the likelihood ODE's control variate."""
-        if len(self.components) == 1:  # as ExactDenoiser computes it for the Gaussian, to the last digit
-            lam = self.components[0]._eigenvalues(torch.device("cpu"))
-            return (sigma / (alpha**2 * lam + sigma**2)).sum().to(x_t.device).expand(len(x_t))
-        traces = torch.stack([(1.0 / (alpha**2 * c._eigenvalues(torch.device("cpu")) + sigma**2)).sum()
-                              for c in self.components]).to(x_t.device)  # fmt: skip
+        if len(self.components) == 1:
+            return self.components[0].divergence(x_t, alpha, sigma)
+        traces = torch.stack([(1.0 / (alpha**2 * c.eigenvalues() + sigma**2)).sum() for c in self.components]).to(x_t.device)
         r, scores = self._parts(x_t, alpha, sigma)
         flat = scores.flatten(2)  # (K, B, d)
         mean = torch.einsum("bk,kbd->bd", r, flat)
@@ -179,13 +169,6 @@ class GPMixture:
         return sigma * ((r * traces).sum(1) - spread)
 
     # --- the denoiser ------------------------------------------------------------------------------
-
-    def denoise(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, observed: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:  # fmt: skip
-        """``E[x_0 | x_t]`` (or, with ``observed`` at ``mask``, ``E[x_0 | x_t, observed]``) ``(B, T, *space)``
-        float64: the components' denoisers weighted by their posterior probabilities given what is
-        conditioned on (``KroneckerGP.denoise_with_evidence``)."""
-        return self.denoise_with_evidence(x_t, alpha, sigma, observed, mask)[0]
 
     def denoise_with_evidence(self, x_t: Tensor, alpha, sigma, observed=None, mask=None) -> tuple[Tensor, Tensor]:
         """``denoise`` and the mixture's log-density ``(B,)`` of what it conditions on."""
@@ -216,10 +199,10 @@ class GPMixture:
         return torch.logsumexp(joint + self.log_weights.to(joint.device), -1)
 
     def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
-        """The posterior's mean ``(..., T, *space)`` and covariance of the unobserved coordinates:
-        ``(m, m)`` for one component (``KroneckerGP.conditional``), else one per case ``(..., m, m)``,
-        Σ_k π_k (C_k + (m_k − m)(m_k − m)ᵀ) with π the ``posterior_weights`` (the posterior is a
-        mixture, not a Gaussian: these are its first two moments)."""
+        """The posterior's mean ``(..., T, *space)`` (equal to ``x`` where observed) and covariance of
+        the unobserved coordinates ``(..., m, m)``, Σ_k π_k (C_k + (m_k − m)(m_k − m)ᵀ) with π the
+        ``posterior_weights`` (the posterior is a mixture, not a Gaussian: these are its first two
+        moments)."""
         if len(self.components) == 1:
             return self.components[0].conditional(x, observed)
         pi = self.posterior_weights(x, observed)  # (..., K)
@@ -228,6 +211,8 @@ class GPMixture:
         mean = sum(pi[..., k].reshape(view) * m for k, (m, _) in enumerate(parts))
         missing = ~flat_mask(self, torch.as_tensor(observed).cpu()).to(x.device)
         batch = x.shape[: x.ndim - len(self.sample_shape)]
+        # the observed entries exactly, not a sum of weights that is 1 to round-off
+        mean = torch.where(missing.reshape(self.sample_shape), mean, x.to(mean.dtype))
         centre = mean.reshape(*batch, -1)[..., missing]
         cov = 0
         for k, (m, c) in enumerate(parts):

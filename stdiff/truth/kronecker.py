@@ -18,12 +18,13 @@ from torch import Tensor
 
 from stdiff._validation import check_int
 from stdiff.kernels import Kernel, check_coordinates
+from stdiff.truth import conditioning
+from stdiff.truth.base import Truth, per_sample_scales
 
 # Reject a factor whose smallest eigenvalue is below this fraction of its largest (condition
 # number > 1e12): its inverse, used by log_prob and by the score at small noise, would have fewer
 # than ~4 correct digits in float64.
 MAX_CONDITION = 1e12
-DENSE_DENOISE_LIMIT = 4096  # the exact conditional denoiser (KroneckerGP.denoise) forms a (T·S)² precision
 AUTO_MAX_SHIFT = 1e-6  # jitter: auto adds at most this fraction of the largest eigenvalue
 
 
@@ -68,7 +69,7 @@ def _factorise(role: str, kernel: Kernel | None, matrix: Tensor, jitter: float |
     return matrix, evals, evecs, record
 
 
-class KroneckerGP:
+class KroneckerGP(Truth):
     """Gaussian process over ``frames`` time steps and a spatial grid, covariance Γ ⊗ Σ.
 
     Frame i sits at time i and grid point (a, b) at coordinates (a, b): lengthscales are in
@@ -160,18 +161,16 @@ class KroneckerGP:
     # --- shapes and dense views (tests, small problems) --------------------------------------
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one sample, ``(T, *space_shape)``."""
-        return (self.frames, *self.space_shape)
+    def components(self) -> list[KroneckerGP]:
+        return [self]
+
+    @property
+    def weights(self) -> Tensor:
+        return torch.ones(1, dtype=torch.float64)
 
     def points(self) -> Tensor:
         """Coordinates ``(S, k)`` of the spatial points: the given ``coordinates`` or the grid."""
         return grid(self.space_shape) if self.coordinates is None else self.coordinates
-
-    @property
-    def dim(self) -> int:
-        """T·S, the dimension of one sample."""
-        return self.frames * self.num_points
 
     def covariance(self) -> Tensor:
         """The dense (T·S) × (T·S) covariance Γ ⊗ Σ + τ² I in float64. O((T·S)²) memory."""
@@ -223,9 +222,14 @@ class KroneckerGP:
             x.add_(torch.randn(n, t, s, generator=generator, dtype=dtype, device=device), alpha=self.nugget**0.5)
         return x.add_(mu).reshape(n, *self.sample_shape)
 
+    def sample_with_labels(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                           device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``sample`` and the component of each sample, all 0."""
+        return self.sample(n, generator, dtype, device), torch.zeros(n, dtype=torch.long)
+
     # --- density and score -------------------------------------------------------------------
 
-    def _float64_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _eigen_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(U_Γ, U_Σ, eigenvalues of Γ ⊗ Σ as (T, S), μ) in float64, moved once per device."""
         key = ("eigen", torch.device(device))
         if key not in self._on_device:
@@ -233,30 +237,30 @@ class KroneckerGP:
             self._on_device[key] = tuple(t.to(device) for t in (self.gamma_evecs, self.sigma_evecs, lam, self.mean))
         return self._on_device[key]
 
-    def _to_eigenbasis(self, x: Tensor) -> Tensor:
+    def to_eigenbasis(self, x: Tensor) -> Tensor:
         """``U_Γᵀ x U_Σ`` for ``x (..., T, *space)`` -> ``(..., T, S)`` in float64."""
-        u_gamma, u_sigma, _, _ = self._float64_on(x.device)
+        u_gamma, u_sigma, _, _ = self._eigen_on(x.device)
         x = x.to(torch.float64).reshape(*x.shape[: x.ndim - 1 - len(self.space_shape)], self.frames, self.num_points)
         return u_gamma.T @ x @ u_sigma
 
-    def _from_eigenbasis(self, y: Tensor) -> Tensor:
-        """Inverse of ``_to_eigenbasis``: ``U_Γ y U_Σᵀ`` -> ``(..., T, *space)``."""
-        u_gamma, u_sigma, _, _ = self._float64_on(y.device)
+    def from_eigenbasis(self, y: Tensor) -> Tensor:
+        """Inverse of ``to_eigenbasis``: ``U_Γ y U_Σᵀ`` -> ``(..., T, *space)``."""
+        u_gamma, u_sigma, _, _ = self._eigen_on(y.device)
         return (u_gamma @ y @ u_sigma.T).reshape(*y.shape[:-2], *self.sample_shape)
 
-    def _check_sample_shape(self, x: Tensor, name: str) -> None:
+    def check_sample_shape(self, x: Tensor, name: str) -> None:
         if tuple(x.shape[x.ndim - len(self.sample_shape) :]) != self.sample_shape:
             raise ValueError(f"{name} must end in the sample shape {self.sample_shape}, got {tuple(x.shape)}")
 
-    def _eigenvalues(self, device: torch.device) -> Tensor:
+    def eigenvalues(self, device: torch.device | str = "cpu") -> Tensor:
         """Eigenvalues of Γ ⊗ Σ + τ² I arranged as ``(T, S)``: λ_Γ[i] · λ_Σ[a] + τ²."""
-        return self._float64_on(device)[2]
+        return self._eigen_on(device)[2]
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of samples ``x (..., T, *space_shape)`` -> ``(...)``, in float64."""
-        self._check_sample_shape(x, "x")
-        y = self._to_eigenbasis(x - self._float64_on(x.device)[3])  # (..., T, S)
-        lam = self._eigenvalues(y.device)
+        self.check_sample_shape(x, "x")
+        y = self.to_eigenbasis(x - self._eigen_on(x.device)[3])  # (..., T, S)
+        lam = self.eigenvalues(y.device)
         quad = (y**2 / lam).sum((-2, -1))
         return -0.5 * (quad + lam.log().sum() + self.dim * math.log(2 * math.pi))
 
@@ -264,12 +268,12 @@ class KroneckerGP:
         """Log-density of ``x_t = α x_0 + σ ε`` (x_0 from this GP), N(αμ, α² Γ⊗Σ + σ² I), at
         ``x_t (..., T, *space_shape)`` -> ``(...)`` in float64; ``log_prob`` at α = 1, σ = 0.
         ``alpha``, ``sigma``: scalars, or one per sample (shaped like the batch dimensions)."""
-        self._check_sample_shape(x_t, "x_t")
+        self.check_sample_shape(x_t, "x_t")
         alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device)[..., None, None]
-        scaled_mean = alpha[(..., *[None] * len(self.sample_shape))] * self._float64_on(x_t.device)[3]
-        y = self._to_eigenbasis(x_t - scaled_mean)  # (..., T, S)
-        var = alpha[..., None, None] ** 2 * self._eigenvalues(y.device) + sigma**2
+        scaled_mean = alpha[(..., *[None] * len(self.sample_shape))] * self._eigen_on(x_t.device)[3]
+        y = self.to_eigenbasis(x_t - scaled_mean)  # (..., T, S)
+        var = alpha[..., None, None] ** 2 * self.eigenvalues(y.device) + sigma**2
         return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum((-2, -1)) + self.dim * math.log(2 * math.pi))
 
     def score(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
@@ -284,207 +288,81 @@ class KroneckerGP:
         Returns:
             ``(B, T, *space_shape)`` in the dtype of ``x_t`` (computed in float64).
         """
-        self._check_sample_shape(x_t, "x_t")
-        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device).reshape(-1, 1, 1)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device).reshape(-1, 1, 1)
-        mu = self._float64_on(x_t.device)[3]
+        self.check_sample_shape(x_t, "x_t")
+        alpha, sigma = (v.reshape(-1, 1, 1) for v in per_sample_scales(alpha, sigma, len(x_t), x_t.device))
+        mu = self._eigen_on(x_t.device)[3]
         centred = x_t.to(torch.float64) - alpha.reshape(-1, *[1] * len(self.sample_shape)) * mu
-        y = self._to_eigenbasis(centred)  # (B, T, S)
-        y = y / (alpha**2 * self._eigenvalues(y.device) + sigma**2)
-        return (-self._from_eigenbasis(y)).to(x_t.dtype)
+        y = self.to_eigenbasis(centred)  # (B, T, S)
+        y = y / (alpha**2 * self.eigenvalues(y.device) + sigma**2)
+        return (-self.from_eigenbasis(y)).to(x_t.dtype)
 
-    def denoise(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, observed: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:  # fmt: skip
-        """The exact denoiser ``E[x_0 | x_t]`` of ``x_t = α x_0 + σ ε``, or, given ``observed``
-        values at ``mask`` (True where observed), ``E[x_0 | x_t, x_0[mask] = observed[mask]]``:
-        the Bayes-optimal prediction a trained denoiser (conditional where the mask is given)
-        approximates.
+    def log_responsibilities(self, x_t: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
+        """log P(component | x_t) ``(..., 1)``: 0, one component."""
+        return torch.zeros(*x_t.shape[: x_t.ndim - len(self.sample_shape)], 1, dtype=torch.float64, device=x_t.device)
 
-        Without a mask it is diagonal in the Kronecker eigenbasis: O(T·S·(T + S)) per sample. With
-        one it is a Gaussian regression on every coordinate, observed exactly where ``mask`` says
-        and through ``x_t / α`` (noise variance s = σ²/α²) elsewhere. In precision form, with Q
-        = (Γ ⊗ Σ + τ² I)⁻¹ formed once (dense, from the eigendecomposition) and m the unobserved
-        coordinates: (Q_mm + I/s)(x̂₀ − μ)_m = (x_t/α − μ)_m / s − Q_mo (y − μ)_o. One Cholesky factor
-        per distinct (mask, s) among the rows (the samples of one case at one sampler step share
-        it), all in one batched call, each system padded with the identity to the largest m of the
-        batch, M: O(G·M³/3) flops for G distinct pairs (a training batch of B samples: G = B;
-        k samples of n cases at one step: G = n); ``T·S <= 4096`` (Q takes 8·(T·S)² bytes).
-
-        Args:
-            x_t: ``(B, T, *space_shape)``.
-            alpha, sigma: scalars or ``(B,)``.
-            observed, mask: ``(B, T, *space_shape)`` values and boolean mask, or both None.
-
-        Returns:
-            ``(B, T, *space_shape)`` in float64.
-        """
-        return self.denoise_with_evidence(x_t, alpha, sigma, observed, mask)[0]
+    def divergence(self, x_t: Tensor, alpha: float, sigma: float) -> Tensor:
+        """∇ₓ·ε̂ ``(B,)``: ε̂ is linear, so the same at every x, σ Σ_k 1/(α²λ_k + σ²) over the eigenvalues
+        λ_k of Γ ⊗ Σ + τ² I."""
+        if not (isinstance(alpha, (int, float)) and isinstance(sigma, (int, float))):
+            raise TypeError(f"divergence takes scalar alpha and sigma, got {type(alpha).__name__}, {type(sigma).__name__}")
+        lam = self.eigenvalues(torch.device("cpu"))
+        return (sigma / (alpha**2 * lam + sigma**2)).sum().to(x_t.device).expand(len(x_t))
 
     def denoise_with_evidence(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float,
                               observed: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """``denoise`` and the log-density ``(B,)`` of what it conditions on: ``log p_t(x_t)``
-        without a mask; with one, of (observed values, x_t/α on the unobserved entries), which is
-        N(μ, Γ ⊗ Σ + τ² I + s·diag(unobserved)), through the same Cholesky factors (Woodbury:
-        log det = log det(Γ ⊗ Σ + τ² I) + m log s + log det(Q_mm + I/s)). A mixture weighs its
-        components' denoisers by these (``GPMixture.denoise``)."""
-        self._check_sample_shape(x_t, "x_t")
-        b = len(x_t)
-        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device).reshape(-1).expand(b)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device).reshape(-1).expand(b)
-        x = x_t.to(torch.float64)
-        mu = self.mean_value
+        """The exact denoiser ``E[x_0 | x_t]`` of ``x_t = α x_0 + σ ε`` ``(B, T, *space)`` float64, or
+        given ``observed`` values at ``mask`` ``E[x_0 | x_t, x_0[mask] = observed[mask]]``, and the
+        log-density ``(B,)`` of what it conditions on: the Bayes-optimal prediction a trained
+        denoiser approximates, and the evidence a mixture weighs its components by.
+
+        Without a mask it is diagonal in the Kronecker eigenbasis, O(T·S·(T + S)) per sample; with
+        one it is dense, in covariance form (``stdiff.truth.conditioning.masked_denoise``), one
+        Cholesky factor of order T·S per distinct (mask, noise level), ``T·S <= DENSE_LIMIT``.
+        ``alpha``, ``sigma``: scalars or ``(B,)``; ``observed``, ``mask``: ``(B, T, *space)`` or None."""
+        self.check_sample_shape(x_t, "x_t")
+        alpha, sigma = per_sample_scales(alpha, sigma, len(x_t), x_t.device)
         if mask is None:
             if observed is not None:
                 raise ValueError("observed values need their mask")
-            view = (b, *[1] * len(self.sample_shape))
-            a, s = alpha.reshape(view), sigma.reshape(view)
-            return (x + s**2 * self.score(x, alpha, sigma)) / a, self.noised_log_prob(x, alpha, sigma)
+            x = x_t.to(torch.float64)
+            view = (len(x), *[1] * len(self.sample_shape))
+            x0 = (x + sigma.reshape(view) ** 2 * self.score(x, alpha, sigma)) / alpha.reshape(view)
+            return x0, self.noised_log_prob(x, alpha, sigma)
         if observed is None or tuple(mask.shape) != tuple(x_t.shape) or tuple(observed.shape) != tuple(x_t.shape):
             raise ValueError(f"observed and mask must both be given, shaped like x_t {tuple(x_t.shape)}")
-        if self.dim > DENSE_DENOISE_LIMIT:
-            raise ValueError(f"the exact conditional denoiser is dense: T·S = {self.dim} > {DENSE_DENOISE_LIMIT}; "
-                             "use shorter windows or fewer points")  # fmt: skip
-        seen = mask.reshape(b, -1).bool()
-        s = (sigma / alpha) ** 2  # (B,)
-        y = observed.reshape(b, -1).to(torch.float64) - mu
-        z = x.reshape(b, -1) / alpha[:, None] - mu
-        out = torch.where(seen, y, torch.zeros_like(y))
-        precision = self._precision(x.device)
-        lam = self._eigenvalues(x.device).reshape(-1)
-        v = torch.where(seen, y, z)  # what is conditioned on, centred
-        qv = v @ precision
-        constant = lam.log().sum() + self.dim * math.log(2 * math.pi)
-        # Rows sharing (mask, s) share the factor: one per group, all factored in one batched call,
-        # each system padded with the identity to the largest number of unobserved entries M.
-        keys = torch.cat([seen.to(torch.float64), s[:, None]], dim=1)
-        groups, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        miss = groups[:, :-1] == 0  # (G, d)
-        counts = miss.sum(1)
-        if int(counts.max()) == 0:
-            return (mu + out).reshape(x_t.shape), -0.5 * ((v * qv).sum(1) + constant)
-        size = int(counts.max())
-        idx = torch.argsort((~miss).to(torch.int8), dim=1, stable=True)[:, :size]  # unobserved entries first
-        valid = torch.arange(size, device=x.device)[None, :] < counts[:, None]  # (G, M)
-        pair = valid[:, :, None] & valid[:, None, :]
-        eye = torch.eye(size, dtype=torch.float64, device=x.device)
-        inv_s = 1.0 / groups[:, -1]  # (G,)
-        system = torch.where(pair, precision[idx[:, :, None], idx[:, None, :]], eye) + (inv_s[:, None, None] * eye) * pair
-        chol = torch.linalg.cholesky(system)
-        # right-hand sides (Q_mo (y − μ)_o through the whole Q: y is 0 where unobserved), grouped (G, M, K)
-        coupled = torch.where(seen, y, torch.zeros_like(y)) @ precision  # (B, d)
-        rows_idx = idx[inverse]  # (B, M)
-        keep = valid[inverse]
-        rhs = inv_s[inverse][:, None] * z.gather(1, rows_idx) - coupled.gather(1, rows_idx)
-        order = torch.argsort(inverse, stable=True)
-        starts = torch.cumsum(torch.bincount(inverse, minlength=len(groups)), 0) - torch.bincount(inverse, minlength=len(groups))
-        position = torch.empty_like(inverse)
-        position[order] = torch.arange(b, device=x.device) - starts[inverse[order]]
-        width = int(position.max()) + 1
+        return conditioning.masked_denoise(self, x_t, alpha, sigma, observed, mask)
 
-        def grouped(values: Tensor) -> Tensor:  # (B, M) -> (G, M, K), zero where padded
-            per_group = torch.zeros(len(groups), size, width, dtype=torch.float64, device=x.device)
-            per_group[inverse, :, position] = torch.where(keep, values, torch.zeros_like(values))
-            return per_group
-
-        solved = torch.cholesky_solve(grouped(rhs), chol)[inverse, :, position]  # (B, M)
-        rows = torch.arange(b, device=x.device)[:, None].expand(b, size)
-        out[rows[keep], rows_idx[keep]] = solved[keep]
-        # the evidence: quad = vᵀQv − ‖L⁻¹ (Qv)_m‖², log det as in the docstring
-        half = torch.linalg.solve_triangular(chol, grouped(qv.gather(1, rows_idx)), upper=False)[inverse, :, position]
-        quad = (v * qv).sum(1) - half.pow(2).sum(1)
-        logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(1)[inverse] + counts[inverse] * s.log()
-        return (mu + out).reshape(x_t.shape), -0.5 * (quad + logdet + constant)
-
-    def _precision(self, device: torch.device) -> Tensor:
-        """The dense precision (Γ ⊗ Σ + τ² I)⁻¹, from the eigendecomposition, cached per device."""
-        key = ("precision", torch.device(device))
+    def dense_covariance(self, device: torch.device) -> Tensor:
+        """``covariance()`` cached per device (the dense conditional algebra's)."""
+        key = ("covariance", torch.device(device))
         if key not in self._on_device:
-            u = torch.kron(self.gamma_evecs, self.sigma_evecs)
-            lam = (self.gamma_evals[:, None] * self.sigma_evals[None, :] + self.nugget).reshape(-1)
-            self._on_device[key] = ((u / lam) @ u.T).to(device),
+            self._on_device[key] = (self.covariance().to(device),)
         return self._on_device[key][0]
 
     # --- conditioning (forecasting and imputation baselines) ---------------------------------
 
     def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
-        """The exact distribution of the unobserved coordinates of ``x`` given its observed ones: the
-        Bayes-optimal forecast or imputation any model's is measured against.
-
-        Args:
-            x: ``(..., T, *space_shape)``; only the observed entries are read.
-            observed: boolean mask, ``(T,)`` (whole frames: cheap, through Γ alone, since Σ
-                factors out) or ``(T, *space_shape)`` (single coordinates: dense, T·S <= 4096).
-
-        Returns:
-            ``mean (..., T, *space_shape)``: the conditional mean, equal to ``x`` where observed;
-            ``covariance (m, m)``: of the m unobserved coordinates in frame-major order
-            (``x.reshape(..., T·S)[..., ~mask.flatten()]``), the same for every ``x``. Float64.
-        """
-        self._check_sample_shape(x, "x")
-        observed = torch.as_tensor(observed, device=x.device)
-        frames_only = tuple(observed.shape) == (self.frames,)
-        if observed.dtype != torch.bool or not (frames_only or tuple(observed.shape) == self.sample_shape):
-            raise ValueError(
-                f"observed must be a boolean mask of shape ({self.frames},) (frames) or {self.sample_shape} "
-                f"(coordinates), got {observed.dtype} {tuple(observed.shape)}"
-            )
-        batch = x.shape[: x.ndim - len(self.sample_shape)]
-        mu = self.mean_value
-        if frames_only and self.nugget > 0:  # τ² I does not factor over frames: condition on the coordinates
-            observed, frames_only = observed[:, None].expand(self.frames, self.num_points).reshape(self.sample_shape), False
-        if frames_only:  # x_m | x_o = μ + (Γ_mo Γ_oo⁻¹ ⊗ I)(x_o − μ), covariance (Γ_mm − Γ_mo Γ_oo⁻¹ Γ_om) ⊗ Σ
-            k, flat = self.gamma.to(x.device), x.to(torch.float64).reshape(*batch, self.frames, self.num_points)
-            mask = observed
-        else:
-            if self.dim > 4096:
-                raise ValueError(f"conditioning on single coordinates is dense: T·S = {self.dim} > 4096; "
-                                 "observe whole frames (a mask of shape (T,)) instead")  # fmt: skip
-            k, flat = self.covariance().to(x.device), x.to(torch.float64).reshape(*batch, self.dim, 1)
-            mask = observed.reshape(-1)
-        o, m = mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
-        weights = torch.zeros(len(m), len(o), dtype=torch.float64, device=x.device)
-        if len(o) and len(m):  # K_mo K_oo⁻¹, through the Cholesky factor of K_oo
-            chol = torch.linalg.cholesky(k[o][:, o])
-            weights = torch.cholesky_solve(k[o][:, m], chol).T
-        mean = flat.clone()
-        mean[..., m, :] = mu + weights @ (flat[..., o, :] - mu)
-        schur = k[m][:, m] - weights @ k[o][:, m]
-        covariance = torch.kron(schur, self.sigma.to(x.device)) if frames_only else schur
-        return mean.reshape(*batch, *self.sample_shape), covariance
+        """The exact distribution of the unobserved coordinates of ``x (..., T, *space)`` given its
+        observed ones: the Bayes-optimal forecast or imputation any model's is measured against.
+        ``observed``: ``(T,)`` (whole frames: cheap, through Γ alone, since Σ factors out) or
+        ``(T, *space_shape)`` (single coordinates: dense, T·S <= DENSE_LIMIT). Returns the mean
+        ``(..., T, *space)``, equal to ``x`` where observed, and the covariance ``(..., m, m)`` of the
+        m unobserved coordinates in frame-major order, the same for every case (an expanded view)."""
+        return conditioning.conditional(self, x, observed)
 
     def observed_log_prob(self, x: Tensor, observed: Tensor) -> Tensor:
-        """Log-density ``(...)`` of the observed entries of ``x (..., T, *space_shape)`` (the marginal
-        likelihood of what a conditional task shows), ``observed`` a mask as in ``conditional``:
-        through Γ_oo ⊗ Σ for whole frames, dense for single coordinates. A mixture's posterior
-        weighs its components by it (``GPMixture.conditional``)."""
-        self._check_sample_shape(x, "x")
-        observed = torch.as_tensor(observed, device=x.device)
-        batch = x.shape[: x.ndim - len(self.sample_shape)]
-        frames_only = tuple(observed.shape) == (self.frames,) and self.nugget == 0
-        flat = x.to(torch.float64).reshape(*batch, self.frames, self.num_points) - self.mean_value
-        if frames_only:
-            o = observed.nonzero().squeeze(1)
-            evals, evecs = torch.linalg.eigh(self.gamma.to(x.device)[o][:, o])
-            y = evecs.T @ flat[..., o, :] @ self.sigma_evecs.to(x.device)
-            var = evals[:, None] * self.sigma_evals.to(x.device)[None, :]
-            return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum() + var.numel() * math.log(2 * math.pi))
-        if tuple(observed.shape) == (self.frames,):
-            observed = observed[:, None].expand(self.frames, self.num_points)
-        o = observed.reshape(-1).nonzero().squeeze(1)
-        chol = torch.linalg.cholesky(self.covariance().to(x.device)[o][:, o])
-        w = torch.linalg.solve_triangular(chol, flat.reshape(*batch, -1)[..., o, None], upper=False)[..., 0]
-        return -0.5 * (w.pow(2).sum(-1) + 2 * chol.diagonal().log().sum() + len(o) * math.log(2 * math.pi))
+        """Log-density ``(...)`` of the observed entries of ``x (..., T, *space)`` (the marginal
+        likelihood of what a conditional task shows), ``observed`` a mask as in ``conditional``."""
+        return conditioning.observed_log_prob(self, x, observed)
+
+    def posterior_weights(self, x: Tensor, observed: Tensor) -> Tensor:
+        """``(..., 1)`` ones: one component."""
+        return torch.ones(*x.shape[: x.ndim - len(self.sample_shape)], 1, dtype=torch.float64, device=x.device)
 
     def sample_conditional(self, x: Tensor, observed: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """``k`` exact draws ``(n, k, T, *space_shape)`` of each of the cases ``x (n, T, *space)`` given
-        its entries at ``observed`` (one mask for all, as in ``conditional``), float64 on the CPU."""
-        mean, cov = self.conditional(x.double().cpu(), observed.cpu())
-        missing = ~flat_mask(self, observed.cpu())
-        chol = torch.linalg.cholesky(cov + 1e-12 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
-        z = torch.randn(len(x), k, len(cov), generator=generator, dtype=torch.float64)
-        flat = mean.reshape(len(x), 1, -1).repeat(1, k, 1)
-        flat[..., missing] += z @ chol.T
-        return flat.reshape(len(x), k, *self.sample_shape)
+        """``k`` exact draws ``(n, k, T, *space)`` of each case ``x (n, T, *space)`` given its entries at
+        ``observed`` (one mask for all, as in ``conditional``), float64 on the CPU."""
+        return conditioning.sample_conditional(self, x, observed, k, generator)
 
     def __repr__(self) -> str:
         return (f"KroneckerGP(temporal={self.temporal!r}, spatial={self.spatial!r}, frames={self.frames}, "
@@ -494,8 +372,3 @@ class KroneckerGP:
                 + ")")  # fmt: skip
 
 
-def flat_mask(gp, observed: Tensor) -> Tensor:
-    """A frame mask ``(T,)`` or coordinate mask ``(T, *space)`` as a flat ``(T·S,)`` coordinate mask."""
-    if tuple(observed.shape) == (gp.frames,):
-        observed = observed[:, None].expand(gp.frames, gp.num_points)
-    return observed.reshape(-1)

@@ -7,14 +7,14 @@ truth is unknown (your own arrays), against which stdiff's diagnostics then scor
   a warning). Shape parameters (power, ν, α, β, period) stay as given.
 - ``flip_flop(x)``: free-form Γ and Σ by the flip-flop algorithm (Dutilleul 1999), returned as
   ``Tabulated`` kernels.
-- ``stdiff.gneiting.fit_gneiting``: Gneiting's (2002) non-separable space-time covariance on the same
+- ``stdiff.truth.gneiting.fit_gneiting``: Gneiting's (2002) non-separable space-time covariance on the same
   machinery, for a likelihood comparison with the separable fits.
 
 Missing values (NaN) are allowed everywhere: the likelihood is that of the observed entries only,
 maximised by EM (expected second moments given the observed entries, then the complete-data fit on
 them, repeated until the observed-data log-likelihood stops rising). All fits return a report: the
 kernels, the observed-data log-likelihood per window on the windows fitted and on held-out ones.
-``ArrayDataModule(reference=...)`` calls them on its training windows.
+``ArrayDataModule(reference=...)`` calls them on its training windows (``stdiff.data.reference``).
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from stdiff._validation import StdiffWarning
-from stdiff.gp import KroneckerGP, grid
-from stdiff.kernels import RBF, Kernel, Matern, Scaled, Tabulated, check_coordinates
+from stdiff.kernels import Kernel, Scaled, Tabulated, check_coordinates
+from stdiff.truth.base import DENSE_LIMIT
+from stdiff.truth.kronecker import KroneckerGP, grid
 
 FITTED = ("lengthscale", "scale")  # the kernel attributes fitted; others stay as given
-DENSE_LIMIT = 4096  # T·S up to which the (T·S)² moments are formed (missing values, nugget, Gneiting)
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -291,7 +290,7 @@ def flip_flop(x: Tensor, space_shape: tuple[int, ...], iterations: int = 30,
     return gp, _report(gp, data, held_out, "flip_flop", fit)
 
 
-def _window_log_likelihood(gp: KroneckerGP, x: Tensor) -> float:
+def window_log_likelihood(gp: KroneckerGP, x: Tensor) -> float:
     """Observed-data log-likelihood per window of ``x (n, d)`` (NaN = missing) under ``gp``."""
     if not x.isnan().any():
         return gp.log_prob(x.reshape(len(x), *gp.sample_shape)).mean().item()
@@ -300,13 +299,13 @@ def _window_log_likelihood(gp: KroneckerGP, x: Tensor) -> float:
 
 def _report(gp: KroneckerGP, data: _Flat, held_out: Tensor | None, method: str, fit: dict) -> dict:
     out = {"method": method, "temporal": repr(gp.temporal)[:300], "spatial": repr(gp.spatial)[:300],
-           "nugget": gp.nugget, "mean": gp.mean_value, "log_likelihood_per_window": _window_log_likelihood(gp, data.x),
+           "nugget": gp.nugget, "mean": gp.mean_value, "log_likelihood_per_window": window_log_likelihood(gp, data.x),
            "windows": len(data.x), "missing_fraction": data.x.isnan().double().mean().item(),
            "values_per_window": (~data.x.isnan()).double().sum(1).mean().item(),
            "converged": bool(fit["converged"]), "iterations": fit["iterations"], "em_iterations": fit["em_iterations"]}  # fmt: skip
     if held_out is not None and len(held_out):
         h = held_out.double().reshape(len(held_out), -1)
-        out["held_out_log_likelihood_per_window"] = _window_log_likelihood(gp, h)
+        out["held_out_log_likelihood_per_window"] = window_log_likelihood(gp, h)
         out["held_out_windows"] = len(h)
         # what a per-window likelihood depends on besides the fit: how much the windows vary, and
         # how many values they hold
@@ -335,45 +334,6 @@ def held_out_note(report: dict) -> str | None:
             f"That is not a sign of leakage: a window's density depends on how much it varies, and the held-out "
             f"windows' mean square about the mean is {ratio:.3g}× the training windows' ({observed:.3g}× as many "
             "observed values per window); compare models on the same windows, never one set against the other.")
-
-
-# --- the reference of an ArrayDataModule ---------------------------------------------------------
-
-
-def fit_reference(data, method: str, temporal: Kernel | None, spatial: Kernel | None, max_windows: int = 2048,
-                  steps: int = 500, nugget: bool = False) -> KroneckerGP:  # fmt: skip
-    """The reference of an ``ArrayDataModule``: ``method`` (``kernels`` or ``flip_flop``) fitted to
-    up to ``max_windows`` training windows (evenly spaced; missing values allowed), checked on the
-    validation windows (the test split stays unseen until ``stdiff test``); the report is printed
-    and kept as ``data.reference_report``, with a warning when the held-out fit is much worse
-    (``held_out_warning``)."""
-    train = _spread(data.training_set(), max_windows)
-    held_out = _spread(data.evaluation_samples("val"), max_windows) if len(data.index["val"]) else None
-    if len(train) < 2:
-        raise ValueError(f"ArrayDataModule.reference: {len(train)} training window(s) with an observed value; "
-                         "a reference needs at least 2")  # fmt: skip
-    std = train[~train.isnan()].std().item() if (~train.isnan()).sum() > 1 else 0.0
-    if not std > 0:
-        raise ValueError("ArrayDataModule.reference: the training windows are constant (standard deviation 0); "
-                         "a Gaussian reference needs data that varies")  # fmt: skip
-    if method == "kernels":
-        temporal = temporal if temporal is not None else Matern(4.0, 1.5)
-        spatial = spatial if spatial is not None else RBF(1.0)
-        gp, report = fit_kernels(train, temporal, spatial, data.space_shape, steps=steps, held_out=held_out,
-                                 nugget=nugget, coordinates=data.coordinates)  # fmt: skip
-    elif method == "flip_flop":
-        gp, report = flip_flop(train, data.space_shape, held_out=held_out)
-    else:
-        raise ValueError(f"reference must be 'none', 'kernels' or 'flip_flop', got {method!r}")
-    data.reference_report = report
-    rank_zero_info(format_report(report))
-    note = held_out_note(report)
-    if note is not None:
-        rank_zero_info(note)
-    warning = held_out_warning(report)
-    if warning is not None:
-        warnings.warn(warning, FitWarning, stacklevel=2)
-    return gp
 
 
 HELD_OUT_GAP = 0.1  # nats per observed value by which the held-out fit may fall short, beyond its windows' variance
@@ -412,14 +372,3 @@ def format_report(report: dict) -> str:
     width = max((len(str(k)) for k in report), default=0)
     return "\n".join(["fitted Gaussian reference (not the data's true distribution):",
                       *(f"  {k:<{width}}  {show(v)}" for k, v in report.items())])  # fmt: skip
-
-
-def _spread(windows, limit: int) -> Tensor:
-    """Up to ``limit`` evenly spaced windows with at least one observed value, stacked."""
-    if isinstance(windows, Tensor):
-        rows = windows
-    else:
-        picks = torch.linspace(0, len(windows) - 1, min(limit, len(windows))).round().long().unique().tolist()
-        rows = torch.stack([windows[i] for i in picks])
-    rows = rows[~rows.flatten(1).isnan().all(1)]
-    return rows[torch.linspace(0, len(rows) - 1, min(limit, len(rows))).round().long().unique()] if len(rows) else rows

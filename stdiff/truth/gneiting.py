@@ -1,5 +1,5 @@
 """Gneiting's (2002) non-separable space-time covariance fitted by maximum likelihood: a reference
-beside the separable Γ ⊗ Σ fits of ``stdiff.gpfit`` (same EM on missing values), for comparing
+beside the separable Γ ⊗ Σ fits of ``stdiff.truth.fitting`` (same EM on missing values), for comparing
 log-likelihoods; a dense (T·S)² covariance, not a ``KroneckerGP``."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import math
 import torch
 from torch import Tensor
 
-from stdiff.gpfit import DENSE_LIMIT, _dense_q, _em, _Flat, observed_log_likelihood
 from stdiff.kernels import check_coordinates
+from stdiff.truth.base import DENSE_LIMIT
+from stdiff.truth.fitting import _dense_q, _em, _Flat, observed_log_likelihood
 
 
 def gneiting_covariance(times: Tensor, points: Tensor, variance, a, alpha, beta, c, gamma, delta, nugget=0.0) -> Tensor:
