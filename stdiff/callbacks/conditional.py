@@ -1,13 +1,20 @@
 """The conditional part of ``GPDiagnostics``: a model's conditional samples of cases against the
-truth's exact posterior, with a fan chart."""
+truth's exact posterior, with a fan chart; and the precision sampling outside the steps runs at."""
 
 from __future__ import annotations
 
 import torch
 
-from stdiff.callbacks.diagnostics import run_precision
 from stdiff.callbacks.reliability import stop_if_signalled
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
+
+
+def run_precision(trainer):
+    """The run's precision for sampling outside the training and evaluation steps, where Lightning
+    does not apply it: ``bf16-mixed`` autocasts the network's matmuls to bf16 (as in training),
+    while the sampler's state and updates stay in float32 (the network's bf16 output is promoted
+    when it meets them). The likelihood ODE does not use this (``LikelihoodReport``)."""
+    return trainer.precision_plugin.forward_context()
 
 
 def conditional_metrics(diagnostics, trainer, pl_module, stage: str, task) -> dict[str, float]:

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from stdiff._validation import check_int, warn
 from stdiff.atomic import atomic_write
+from stdiff.callbacks.conditional import conditional_metrics, run_precision
 from stdiff.callbacks.reliability import stop_if_signalled
 from stdiff.callbacks.summary import CLOSE_PER_DIM
 from stdiff.callbacks.timing import Clock, FitTime, sampling_note
@@ -39,14 +40,6 @@ from stdiff.metrics import (
     score_error_terms,
 )
 from stdiff.seeding import DIAGNOSTICS, derive_seed, generator
-
-
-def run_precision(trainer):
-    """The run's precision for sampling outside the training and evaluation steps, where Lightning
-    does not apply it: ``bf16-mixed`` autocasts the network's matmuls to bf16 (as in training),
-    while the sampler's state and updates stay in float32 (the network's bf16 output is promoted
-    when it meets them). The likelihood ODE does not use this (``LikelihoodReport``)."""
-    return trainer.precision_plugin.forward_context()
 
 
 class GPDiagnostics(Callback):
@@ -240,8 +233,6 @@ class GPDiagnostics(Callback):
                 results.update(self._samples(trainer, pl_module, stage))
             task = getattr(trainer.datamodule, "task", None)
             if with_samples and task is not None and pl_module.conditioning is not None:
-                from stdiff.callbacks.conditional import conditional_metrics
-
                 results.update(conditional_metrics(self, trainer, pl_module, stage, task))
         bad = sorted(k for k, v in results.items() if not math.isfinite(v) and "/head" not in k)
         if bad:  # e.g. diverging samples: say so, rather than leave `null` in metrics.json unexplained

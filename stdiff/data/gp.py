@@ -14,7 +14,7 @@ from torch import Tensor
 from stdiff._validation import check_int, check_memory
 from stdiff.data.base import SequenceDataModule
 from stdiff.kernels import Kernel
-from stdiff.truth import KroneckerGP
+from stdiff.truth import GPMixture, KroneckerGP
 
 
 class GPDataModule(SequenceDataModule):
@@ -93,8 +93,6 @@ class GPMixtureDataModule(SequenceDataModule):
         jitter: float | Literal["auto"] = 0.0,
         **kwargs,
     ) -> None:
-        from stdiff.truth import GPMixture
-
         super().__init__(**kwargs)
         temporal = list(temporal) if isinstance(temporal, (list, tuple)) else [temporal]
         k = len(temporal)

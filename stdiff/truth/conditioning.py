@@ -129,7 +129,7 @@ def observed_log_prob(gp, x: Tensor, observed: Tensor) -> Tensor:
 def sample_conditional(gp, x: Tensor, observed: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
     """``KroneckerGP.sample_conditional``: ``(n, k, T, *space)`` float64 on the CPU."""
     mean, cov = conditional(gp, x.double().cpu(), observed.cpu())
-    cov = cov.reshape(-1, *cov.shape[-2:])[0]  # one Gaussian: the same covariance for every case
+    cov = cov[(0,) * (cov.ndim - 2)]  # one Gaussian: the same covariance for every case
     missing = ~flat_mask(gp, observed.cpu())
     chol = torch.linalg.cholesky(cov + 1e-12 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
     z = torch.randn(len(x), k, len(cov), generator=generator, dtype=torch.float64)
