@@ -275,7 +275,6 @@ def test_the_audits_failing_case_gives_the_right_posterior_weights():
             evidences.append(mp_evidence)
         joint = np.array(evidences) + np.log([0.3, 0.7])
         want = np.exp(joint - ref.logsumexp(joint))
-        r = (mix.denoise_with_evidence(x_t, alpha, sigma, x0, mask)[1], want)
         got = torch.tensor([c.denoise_with_evidence(x_t, alpha, sigma, x0, mask)[1].item() for c in mix.components])
         got = (got + torch.log(torch.tensor([0.3, 0.7], dtype=torch.float64))).softmax(0).numpy()
-        assert np.abs(got - want).max(initial=0.0) < 1e-8 and want[0] > 0.9, r
+        assert np.abs(got - want).max(initial=0.0) < 1e-8 and want[0] > 0.9, (got, want)
