@@ -19,6 +19,7 @@ from stdiff.kernels import (
     Product,
     RationalQuadratic,
     Scaled,
+    Separable,
     Sum,
     Tabulated,
     White,
@@ -39,6 +40,7 @@ EXAMPLES = {
     "Sum": Sum([RBF(2.0), White()]),
     "Product": Product([PoweredExponential(3.0), Periodic(0.3, 7.3)]),
     "Scaled": Scaled(Matern(2.0, nu=2.5), scale=3.0),
+    "Separable": Separable([PoweredExponential(1.8), RBF(2.4)]),  # one kernel per axis
     "Tabulated": Tabulated(RBF(2.0)(grid((6, 7))).tolist(), shape=[6, 7]),  # a matrix on one grid
 }
 
@@ -59,6 +61,7 @@ EXPECTED = {
     "Product": math.exp(-1.0)
     * math.exp(-2 * (math.sin(math.pi * 1.8 / 7.3) ** 2 + math.sin(math.pi * 2.4 / 7.3) ** 2) / 0.09),
     "Scaled": 3.0 * (1 + s5 + s5**2 / 3) * math.exp(-s5),
+    "Separable": math.exp(-1.0) * math.exp(-0.5),
 }
 EXPECTED_AT_ZERO = {"Sum": 2.0, "Scaled": 3.0}
 
@@ -74,6 +77,8 @@ def test_symmetric_and_positive_definite(name, space):
     kernel = EXAMPLES[name]
     if name == "Tabulated":  # tabulated on this grid from RBF(2)
         kernel = Tabulated(RBF(2.0)(grid(space)).tolist(), shape=list(space) if len(space) > 1 else None)
+    if name == "Separable":  # one kernel per axis of this grid
+        kernel = Separable(kernel.kernels[: len(space)])
     k = kernel(grid(space))
     assert k.dtype == torch.float64 and k.shape == (math.prod(space),) * 2
     torch.testing.assert_close(k, k.T, rtol=0, atol=1e-14)

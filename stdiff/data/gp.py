@@ -15,6 +15,7 @@ from stdiff._validation import check_int, check_memory
 from stdiff.data.base import SequenceDataModule
 from stdiff.kernels import Kernel
 from stdiff.truth import GPMixture, KroneckerGP
+from stdiff.truth.kronecker import factor_entries
 
 
 class GPDataModule(SequenceDataModule):
@@ -49,7 +50,7 @@ class GPDataModule(SequenceDataModule):
         # and eigh's workspace (~6 matrices each), and a batch with its noise and noisy copy in float32.
         t, s = check_int("frames", frames, 2), math.prod(int(n) for n in space_shape)
         check_memory(f"GPDataModule(frames={t}, space_shape={tuple(space_shape)}, batch_size={self.batch_size})",
-                     {"Γ and Σ": 6 * 8 * (t * t + s * s), "a batch": 3 * 4 * self.batch_size * t * s},
+                     {"Γ and Σ": 6 * 8 * (t * t + factor_entries(spatial, space_shape)), "a batch": 3 * 4 * self.batch_size * t * s},
                      "use fewer frames, a smaller grid or a smaller batch_size")  # fmt: skip
         # Built here, not in setup(): a bad kernel fails before any run directory exists.
         self.gp = KroneckerGP(temporal, spatial, frames, space_shape, mean, jitter)
@@ -107,7 +108,7 @@ class GPMixtureDataModule(SequenceDataModule):
         spatial, mean = spatial * (k // len(spatial)), mean * (k // len(mean))
         t, s = check_int("frames", frames, 2), math.prod(int(n) for n in space_shape)
         check_memory(f"GPMixtureDataModule({k} components, frames={t}, space_shape={tuple(space_shape)})",
-                     {"Γ and Σ": k * 6 * 8 * (t * t + s * s), "a batch": 3 * 4 * self.batch_size * t * s},
+                     {"Γ and Σ": k * 6 * 8 * (t * t + max(factor_entries(c, space_shape) for c in spatial)), "a batch": 3 * 4 * self.batch_size * t * s},
                      "use fewer components, fewer frames or a smaller grid")  # fmt: skip
         components = []
         for i in range(k):

@@ -13,7 +13,7 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from stdiff.diffusion.process import get_parameterization, per_sample
-from stdiff.kernels import Tabulated
+from stdiff.kernels import Separable, Tabulated
 from stdiff.nn import Backbone, DiT
 from stdiff.schedules import NoiseSchedule, OrnsteinUhlenbeck
 from stdiff.truth import KroneckerGP, Truth
@@ -206,15 +206,21 @@ class ResidualDenoiser(Denoiser):
 
     def prior_state(self) -> dict:
         """The prior as plain tensors and numbers, for a checkpoint (``load_prior_state``)."""
-        gp = self.gp
-        return {"gamma": gp.gamma, "sigma": gp.sigma, "nugget": gp.nugget, "mean": gp.mean_value,
+        gp = self.gp  # a separable Σ as its axes' matrices: a 64 × 64 grid's is 2 × 64², not 4096²
+        space = {"sigma_axes": gp.sigma_factors()} if gp.separable else {"sigma": gp.sigma}
+        return {"gamma": gp.gamma, **space, "nugget": gp.nugget, "mean": gp.mean_value,
                 "space_shape": list(gp.space_shape), "description": repr(gp)}  # fmt: skip
 
     def load_prior_state(self, state: dict) -> None:
         """The prior a checkpoint was trained with (``prior_state``): Γ and Σ as tabulated kernels."""
         shape = list(state["space_shape"])
-        gp = KroneckerGP(Tabulated(state["gamma"].tolist()), Tabulated(state["sigma"].tolist(), shape if len(shape) > 1 else None),
-                         len(state["gamma"]), shape, state["mean"], nugget=state["nugget"])  # fmt: skip
+        if "sigma_axes" in state:  # a separable Σ, or Σ = I (no factors)
+            axes = state["sigma_axes"]
+            spatial = Separable([Tabulated(m.tolist()) for m in axes]) if axes else None
+        else:
+            spatial = Tabulated(state["sigma"].tolist(), shape if len(shape) > 1 else None)
+        gp = KroneckerGP(Tabulated(state["gamma"].tolist()), spatial, len(state["gamma"]), shape, state["mean"],
+                         nugget=state["nugget"])  # fmt: skip
         self.attach_truth(gp)
 
 

@@ -2,7 +2,7 @@
 LightningCLI resolves short names (``class_path: Matern``), and listed in ``KERNELS``."""
 
 from stdiff._validation import lookup
-from stdiff.kernels.base import Kernel, Product, Scaled, StationaryKernel, Sum, check_coordinates
+from stdiff.kernels.base import Kernel, Product, Scaled, Separable, StationaryKernel, Sum, check_coordinates
 from stdiff.kernels.stationary import (
     RBF,
     GeneralizedCauchy,
@@ -30,6 +30,7 @@ KERNELS: dict[str, type[Kernel]] = {
         Sum,
         Product,
         Scaled,
+        Separable,
     )
 }
 
@@ -51,6 +52,7 @@ __all__ = [
     "Product",
     "RationalQuadratic",
     "Scaled",
+    "Separable",
     "StationaryKernel",
     "Sum",
     "Tabulated",

@@ -103,6 +103,9 @@ class RBF(StationaryKernel):
     def profile(self, r: Tensor) -> Tensor:
         return torch.exp(-0.5 * r**2)
 
+    def axis_kernels(self, axes: int) -> list[Kernel]:
+        return [RBF(self.lengthscale) for _ in range(axes)]  # exp(−‖h‖²/2ℓ²) = Π_a exp(−h_a²/2ℓ²)
+
 
 class Matern(StationaryKernel):
     """Matérn kernel with smoothness ν ∈ {0.5, 1.5, 2.5} in closed form (Rasmussen & Williams

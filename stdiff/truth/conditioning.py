@@ -116,7 +116,7 @@ def observed_log_prob(gp, x: Tensor, observed: Tensor) -> Tensor:
     if frames_only:
         o = observed.nonzero().squeeze(1)
         evals, evecs = torch.linalg.eigh(gp.gamma.to(x.device)[o][:, o])
-        y = evecs.T @ flat[..., o, :] @ gp.sigma_evecs.to(x.device)
+        y = gp.space_to_eigenbasis(evecs.T @ flat[..., o, :])
         var = evals[:, None] * gp.sigma_evals.to(x.device)[None, :]
         return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum() + var.numel() * LOG_2PI)
     _check_dense(gp, "the likelihood of single coordinates")

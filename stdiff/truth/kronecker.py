@@ -34,6 +34,15 @@ def grid(space_shape: Sequence[int]) -> Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(space_shape))
 
 
+def factor_entries(spatial: Kernel | None, space_shape: Sequence[int]) -> int:
+    """Entries of the matrices ``KroneckerGP`` factorises for Σ: Σ_a n_a² for a separable kernel on
+    a grid of several axes (or Σ = I), S² otherwise."""
+    sizes = [int(n) for n in space_shape]
+    if spatial is None or (len(sizes) > 1 and spatial.axis_kernels(len(sizes)) is not None):
+        return sum(n * n for n in sizes)
+    return math.prod(sizes) ** 2
+
+
 # jitter="auto" lifts the smallest eigenvalue to largest / AUTO_CONDITION: ten times inside the limit.
 AUTO_CONDITION = MAX_CONDITION / 10
 
@@ -142,21 +151,96 @@ class KroneckerGP(Truth):
         self.gamma, self.gamma_evals, self.gamma_evecs, gamma_record = _factorise(
             "temporal", temporal, temporal(times), self.jitter, f"{self.frames} frames"
         )
+        # Σ as the Kronecker product of its factors (matrix, eigenvalues, eigenvectors), one per grid
+        # axis when the kernel is separable (``Kernel.axis_kernels``), one of order S otherwise, none
+        # for Σ = I: Σ itself, S × S, is formed only when asked for (``sigma``).
+        axes = spatial.axis_kernels(len(space_shape)) if spatial is not None and self.coordinates is None else None
+        self._space: list[tuple[Tensor, Tensor, Tensor]] = []
         if spatial is None:
-            eye = torch.eye(self.num_points, dtype=torch.float64)
-            self.sigma, self.sigma_evals, self.sigma_evecs = eye, torch.ones(self.num_points, dtype=torch.float64), eye
             sigma_record = {"jitter": 0.0, "condition_number": 1.0, "smallest_eigenvalue_without_jitter": 1.0}
+        elif axes is not None and len(space_shape) > 1:
+            records = []
+            for a, (kernel, n) in enumerate(zip(axes, space_shape)):
+                matrix, evals, evecs, record = _factorise("spatial", kernel, kernel(torch.arange(n, dtype=torch.float64)[:, None]),
+                                                          self.jitter, f"axis {a} ({n} points) of the {space_shape} grid")  # fmt: skip
+                self._space.append((matrix, evals, evecs))
+                records.append(record)
+            sigma_record = {"jitter": max(r["jitter"] for r in records),
+                            "condition_number": math.prod(r["condition_number"] for r in records),
+                            "smallest_eigenvalue_without_jitter": math.prod(r["smallest_eigenvalue_without_jitter"] for r in records),
+                            "axes": records}  # fmt: skip
         else:
-            self.sigma, self.sigma_evals, self.sigma_evecs, sigma_record = _factorise(
+            matrix, evals, evecs, sigma_record = _factorise(
                 "spatial", spatial, spatial(self.points()), self.jitter,
                 f"a {space_shape} grid" if self.coordinates is None else f"{self.num_points} given coordinates",
             )
+            self._space.append((matrix, evals, evecs))
+        self.sigma_evals = torch.ones(1 if self._space else self.num_points, dtype=torch.float64)  # Λ_Σ (S,)
+        for _, evals, _ in self._space:  # in the grid's row-major order, like U_Σ's columns
+            self.sigma_evals = torch.kron(self.sigma_evals, evals)
         # Per factor: jitter added, condition number after it, smallest eigenvalue before it.
         self.conditioning = {"temporal": gamma_record, "spatial": sigma_record}
         # Square-root factors A = U √Λ, so that A Z Bᵀ with Z ~ N(0, I) has covariance Γ ⊗ Σ.
         self._sqrt_gamma = self.gamma_evecs * self.gamma_evals.sqrt()
-        self._sqrt_sigma = self.sigma_evecs * self.sigma_evals.sqrt()
         self._on_device: dict[tuple, tuple[Tensor, ...]] = {}  # factors per (dtype or use, device)
+
+    @property
+    def separable(self) -> bool:
+        """Whether Σ is held as one factor per grid axis (``stdiff.kernels.Separable``, an RBF) or is
+        the identity: nothing of order S × S is ever formed unless ``sigma`` is asked for."""
+        return len(self._space) != 1
+
+    def sigma_factors(self) -> list[Tensor]:
+        """Σ's factor matrices, Σ = ⊗ of them in grid order (one per axis when ``separable``; none for Σ = I)."""
+        return [matrix for matrix, _, _ in self._space]
+
+    def _dense_space(self, which: int) -> Tensor:
+        """Σ (``which`` 0) or its eigenvectors U_Σ (2) as a dense S × S matrix (Kronecker product of the
+        factors), made once."""
+        key = ("dense space", which)
+        if key not in self._on_device:
+            out = torch.ones(1, 1, dtype=torch.float64)
+            for factor in self._space:
+                out = torch.kron(out, factor[which])
+            self._on_device[key] = (torch.eye(self.num_points, dtype=torch.float64) if not self._space else out,)
+        return self._on_device[key][0]
+
+    @property
+    def sigma(self) -> Tensor:
+        """Σ, S × S in float64 (formed on first use: O(S²) memory)."""
+        return self._dense_space(0)
+
+    @property
+    def sigma_evecs(self) -> Tensor:
+        """U_Σ, S × S in float64, columns in the order of ``sigma_evals`` (formed on first use)."""
+        return self._dense_space(2)
+
+    def _space_factors(self, use: str, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+        """The factor matrices of U_Σ (``use`` "evecs") or of √Σ = U_Σ Λ_Σ^½ ("sqrt"), per factor,
+        cast and moved once per (dtype, device)."""
+        key = (use, dtype, torch.device(device))
+        if key not in self._on_device:
+            self._on_device[key] = tuple((evecs if use == "evecs" else evecs * evals.sqrt()).to(device=device, dtype=dtype)
+                                         for _, evals, evecs in self._space)  # fmt: skip
+        return list(self._on_device[key])
+
+    def _space_apply(self, y: Tensor, factors: list[Tensor], transpose: bool) -> Tensor:
+        """``y (..., S) @ M`` for M = ⊗_a M_a (or ``M ᵀ``), one grid axis at a time: O(S · Σ_a n_a)
+        per row instead of O(S²)."""
+        if not factors:
+            return y
+        if len(factors) == 1:
+            return y @ (factors[0].T if transpose else factors[0])
+        lead, k = y.shape[:-1], len(self.space_shape)
+        y = y.reshape(*lead, *self.space_shape)
+        for a, m in enumerate(factors):
+            dim = y.ndim - k + a
+            y = (y.movedim(dim, -1) @ (m.T if transpose else m)).movedim(-1, dim)
+        return y.reshape(*lead, self.num_points)
+
+    def space_to_eigenbasis(self, y: Tensor) -> Tensor:
+        """``y (..., S) U_Σ`` in float64: spatial coordinates in Σ's eigenbasis."""
+        return self._space_apply(y.to(torch.float64), self._space_factors("evecs", torch.float64, y.device), False)
 
     # --- shapes and dense views (tests, small problems) --------------------------------------
 
@@ -193,13 +277,12 @@ class KroneckerGP(Truth):
 
     # --- sampling ----------------------------------------------------------------------------
 
-    def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """(√Γ, √Σ, μ) cast once per (dtype, device): sampling does no float64 work."""
+    def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(√Γ, μ) cast once per (dtype, device): sampling does no float64 work."""
         key = (dtype, torch.device(device))
         if key not in self._on_device:
             self._on_device[key] = tuple(
-                t.to(device=device, dtype=dtype)
-                for t in (self._sqrt_gamma, self._sqrt_sigma, self.mean.reshape(self.frames, -1))
+                t.to(device=device, dtype=dtype) for t in (self._sqrt_gamma, self.mean.reshape(self.frames, -1))
             )
         return self._on_device[key]
 
@@ -211,13 +294,17 @@ class KroneckerGP(Truth):
         device: torch.device | str = "cpu",
     ) -> Tensor:
         """Draw ``n`` samples ``(n, T, *space_shape)`` as ``μ + A Z Bᵀ`` (A Aᵀ = Γ, B Bᵀ = Σ)."""
-        a, b, mu = self._factors(dtype, device)
+        a, mu = self._factors(dtype, device)
         t, s = self.frames, self.num_points
         # Z is drawn frame-major, (T, n, S), so that A Z is one GEMM over all samples at once
         # (3x faster on CPU than n small batched products); Z is i.i.d., so the layout is free.
         z = torch.randn(t, n * s, generator=generator, dtype=dtype, device=device)
         az = (a @ z).reshape(t, n, s).transpose(0, 1)  # (n, T, S), a strided view
-        x = torch.matmul(az, b.T, out=torch.empty(n, t, s, dtype=dtype, device=device))  # (n, T, S)
+        b = self._space_factors("sqrt", dtype, device)  # B with B Bᵀ = Σ, by factors
+        if len(b) == 1:
+            x = torch.matmul(az, b[0].T, out=torch.empty(n, t, s, dtype=dtype, device=device))  # (n, T, S)
+        else:
+            x = self._space_apply(az.contiguous(), b, True)
         if self.nugget > 0:  # only then a second draw: samples without a nugget keep their seeds
             x.add_(torch.randn(n, t, s, generator=generator, dtype=dtype, device=device), alpha=self.nugget**0.5)
         return x.add_(mu).reshape(n, *self.sample_shape)
@@ -229,24 +316,26 @@ class KroneckerGP(Truth):
 
     # --- density and score -------------------------------------------------------------------
 
-    def _eigen_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(U_Γ, U_Σ, eigenvalues of Γ ⊗ Σ as (T, S), μ) in float64, moved once per device."""
+    def _eigen_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(U_Γ, eigenvalues of Γ ⊗ Σ as (T, S), μ) in float64, moved once per device."""
         key = ("eigen", torch.device(device))
         if key not in self._on_device:
             lam = self.gamma_evals[:, None] * self.sigma_evals[None, :] + self.nugget  # (T, S)
-            self._on_device[key] = tuple(t.to(device) for t in (self.gamma_evecs, self.sigma_evecs, lam, self.mean))
+            self._on_device[key] = tuple(t.to(device) for t in (self.gamma_evecs, lam, self.mean))
         return self._on_device[key]
 
     def to_eigenbasis(self, x: Tensor) -> Tensor:
-        """``U_Γᵀ x U_Σ`` for ``x (..., T, *space)`` -> ``(..., T, S)`` in float64."""
-        u_gamma, u_sigma, _, _ = self._eigen_on(x.device)
+        """``U_Γᵀ x U_Σ`` for ``x (..., T, *space)`` -> ``(..., T, S)`` in float64, O(T·S·(T + S)) per
+        sample (O(T·S·(T + Σ_a n_a)) for a separable Σ)."""
+        u_gamma = self._eigen_on(x.device)[0]
         x = x.to(torch.float64).reshape(*x.shape[: x.ndim - 1 - len(self.space_shape)], self.frames, self.num_points)
-        return u_gamma.T @ x @ u_sigma
+        return self._space_apply(u_gamma.T @ x, self._space_factors("evecs", torch.float64, x.device), False)
 
     def from_eigenbasis(self, y: Tensor) -> Tensor:
         """Inverse of ``to_eigenbasis``: ``U_Γ y U_Σᵀ`` -> ``(..., T, *space)``."""
-        u_gamma, u_sigma, _, _ = self._eigen_on(y.device)
-        return (u_gamma @ y @ u_sigma.T).reshape(*y.shape[:-2], *self.sample_shape)
+        u_gamma = self._eigen_on(y.device)[0]
+        y = self._space_apply(u_gamma @ y, self._space_factors("evecs", torch.float64, y.device), True)
+        return y.reshape(*y.shape[:-2], *self.sample_shape)
 
     def check_sample_shape(self, x: Tensor, name: str) -> None:
         if tuple(x.shape[x.ndim - len(self.sample_shape) :]) != self.sample_shape:
@@ -254,12 +343,12 @@ class KroneckerGP(Truth):
 
     def eigenvalues(self, device: torch.device | str = "cpu") -> Tensor:
         """Eigenvalues of Γ ⊗ Σ + τ² I arranged as ``(T, S)``: λ_Γ[i] · λ_Σ[a] + τ²."""
-        return self._eigen_on(device)[2]
+        return self._eigen_on(device)[1]
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of samples ``x (..., T, *space_shape)`` -> ``(...)``, in float64."""
         self.check_sample_shape(x, "x")
-        y = self.to_eigenbasis(x - self._eigen_on(x.device)[3])  # (..., T, S)
+        y = self.to_eigenbasis(x - self._eigen_on(x.device)[2])  # (..., T, S)
         lam = self.eigenvalues(y.device)
         quad = (y**2 / lam).sum((-2, -1))
         return -0.5 * (quad + lam.log().sum() + self.dim * math.log(2 * math.pi))
@@ -271,7 +360,7 @@ class KroneckerGP(Truth):
         self.check_sample_shape(x_t, "x_t")
         alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x_t.device)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device)[..., None, None]
-        scaled_mean = alpha[(..., *[None] * len(self.sample_shape))] * self._eigen_on(x_t.device)[3]
+        scaled_mean = alpha[(..., *[None] * len(self.sample_shape))] * self._eigen_on(x_t.device)[2]
         y = self.to_eigenbasis(x_t - scaled_mean)  # (..., T, S)
         var = alpha[..., None, None] ** 2 * self.eigenvalues(y.device) + sigma**2
         return -0.5 * ((y**2 / var).sum((-2, -1)) + var.log().sum((-2, -1)) + self.dim * math.log(2 * math.pi))
@@ -290,7 +379,7 @@ class KroneckerGP(Truth):
         """
         self.check_sample_shape(x_t, "x_t")
         alpha, sigma = (v.reshape(-1, 1, 1) for v in per_sample_scales(alpha, sigma, len(x_t), x_t.device))
-        mu = self._eigen_on(x_t.device)[3]
+        mu = self._eigen_on(x_t.device)[2]
         centred = x_t.to(torch.float64) - alpha.reshape(-1, *[1] * len(self.sample_shape)) * mu
         y = self.to_eigenbasis(centred)  # (B, T, S)
         y = y / (alpha**2 * self.eigenvalues(y.device) + sigma**2)
