@@ -55,9 +55,9 @@ def check_run(subcommand: str, trainer, model, datamodule) -> None:
     if sets:
         check_memory(f"holding the fixed sets of samples {shape}", sets, "lower data.init_args.num_val or num_train")
     if diagnostics is not None and subcommand != "predict" and datamodule.has_truth:
-        n = diagnostics.num_samples  # samples, the exact model's as many (the floor), float64 copies of both
-        check_memory(f"diagnostics.num_samples={n} of samples {shape}", {"samples and their floor": 4 * 8 * n * d,
-                     "their covariances": 4 * 8 * d * d}, "lower diagnostics.num_samples")  # fmt: skip
+        n = diagnostics.num_samples
+        parts, advice = diagnostics_memory(n, shape, getattr(datamodule, "gp", None))
+        check_memory(f"diagnostics.num_samples={n} of samples {shape}", parts, advice)
         if getattr(datamodule, "task", None) is not None:  # conditional metrics: cases × samples, a posterior each
             cases, k = diagnostics.conditional_cases, diagnostics.conditional_samples
             check_memory(f"diagnostics.conditional_cases={cases} × conditional_samples={k} of samples {shape}",
@@ -67,6 +67,30 @@ def check_run(subcommand: str, trainer, model, datamodule) -> None:
         check_memory(f"likelihood.num_samples={likelihood.num_samples} of samples {shape}",
                      {"test samples and their ODE states": 8 * 8 * likelihood.num_samples * d},
                      "lower likelihood.num_samples")  # fmt: skip
+
+
+def diagnostics_memory(n: int, shape: tuple, gp=None) -> tuple[dict[str, float], str]:
+    """What a sampling validation of ``n`` samples ``shape`` holds at once, part by part (bytes), and
+    the advice that lowers the largest part: the samples, as many exact ones (the floor) and the
+    exact model's, float64 copies and their eigen-coordinates (O(n·d)); the full-covariance KL's
+    d × d matrices only where it is computed (d <= ``FULL_MAX_DIM`` and n > 2d); Σ̂ (S × S) only
+    where S <= ``FULL_MAX_DIM``; Σ and its eigenvectors where ``gp`` holds Σ dense (not separable).
+    Measured against the process's peak memory by ``python -m stdiff.bench video_cost``."""
+    from stdiff.metrics.distances import FULL_MAX_DIM
+
+    d, s = math.prod(shape), math.prod(shape[1:])
+    parts = {"samples, their floor and their eigen-coordinates": 8 * 8 * n * d}
+    if d <= FULL_MAX_DIM and n > 2 * d:
+        parts["their full covariances (d <= 1024)"] = 4 * 8 * d * d
+    if s <= FULL_MAX_DIM:
+        parts["spatial covariances Σ̂ (S <= 1024)"] = 4 * 8 * s * s
+    if gp is not None and not gp.separable:
+        parts["Σ and its eigenvectors (a kernel that is not separable)"] = 3 * 8 * s * s
+    dominant = max(parts, key=parts.get)
+    advice = ("lower diagnostics.num_samples" if dominant.startswith("samples") else
+              "lower diagnostics.num_samples to 2·d or fewer (the full-covariance KL is then skipped)" if "full" in dominant
+              else "use a separable spatial kernel (stdiff.kernels.Separable, or RBF), which is never formed as S × S")  # fmt: skip
+    return parts, advice
 
 
 def check_steps(option: str, steps: int, evaluations: int, bytes_per_step: int, batches: int, model, shape: tuple,

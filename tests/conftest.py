@@ -14,6 +14,10 @@ PAPER_OVERLAYS = sorted((ROOT / "configs" / "paper" / "cpu").glob("*.yaml"))
 REAL_OVERLAYS = sorted((ROOT / "configs" / "real").glob("*.yaml"))
 CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(OVERLAYS) - set(GPU_OVERLAYS) - set(PAPER_OVERLAYS)
                  - set(REAL_OVERLAYS))  # fmt: skip
+# Every preset with a known truth (a GP or a mixture of GPs): what its exact model reaches is checked
+CONFIG_ARGS_GAUSSIAN = ([[c] for c in CONFIGS] + [[QUICKSTART, o] for o in OVERLAYS if "controls" not in o.parts]
+                        + [[ROOT / "configs" / "gpu" / "single.yaml", o] for o in GPU_OVERLAYS]
+                        + [[o.parents[1] / o.name, o] for o in PAPER_OVERLAYS])  # fmt: skip
 
 
 def stdiff_subclasses(base):

@@ -138,6 +138,9 @@ def weights_figure(true: list[float], recovered: list[float], exact: list[float]
     return fig
 
 
+SPATIAL_FIGURE_LIMIT = 1024  # points of space whose Σ and Σ̂ are drawn
+
+
 def sample_figures(truth, x: Tensor, floor_seed: int, values: dict[str, float]) -> dict[str, Figure]:
     """The figures of samples ``x (n, T, *space)`` against ``truth``, by name: sample paths beside
     exact ones (drawn with ``floor_seed``); for a Gaussian the estimated Γ and Σ and the correlation
@@ -152,7 +155,11 @@ def sample_figures(truth, x: Tensor, floor_seed: int, values: dict[str, float]) 
         exact_weights = truth.responsibilities(exact).mean(0).tolist()
         return {"weights": weights_figure(truth.weights.tolist(), recovered, exact_weights),
                 "paths": paths_figure(exact, x)}  # fmt: skip
-    gamma_hat, sigma_hat = factor_covariances(truth, x)
-    return {"covariances": covariance_figure({"Γ": truth.gamma, "Σ": truth.sigma}, {"Γ": gamma_hat, "Σ": sigma_hat}),
+    spatial = truth.num_points <= SPATIAL_FIGURE_LIMIT  # beyond, an S × S image is neither cheap nor legible
+    gamma_hat, sigma_hat = factor_covariances(truth, x, spatial)
+    true, generated = {"Γ": truth.gamma}, {"Γ": gamma_hat}
+    if spatial:
+        true["Σ"], generated["Σ"] = truth.sigma, sigma_hat
+    return {"covariances": covariance_figure(true, generated),
             "paths": paths_figure(exact, x),
             "correlation_vs_lag": correlation_figure(correlation_by_lag(truth.gamma), correlation_by_lag(gamma_hat))}  # fmt: skip

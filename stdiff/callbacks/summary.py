@@ -214,6 +214,9 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
             lines.append(f"  whitened norm     {white:+.3g}   excess of ‖K^(-1/2)(x − μ)‖²/d over exact samples' (0 ideal)")
         said = verdict(kl_excess, d, num_samples, floor, exact_model, noise) if exact_truth else reference_verdict(kl_excess, d)
         lines.append(f"  verdict: {wrap(said, 11)}")
+    eigen = None if mixture else get("samples/eigen_kl_excess")
+    if eigen is not None:
+        lines.extend(_eigen_lines(get, d, num_samples, model == "ExactDenoiser", kl_excess is None, exact_truth))
     elif get("samples/whitened_norm_excess") is not None and not mixture:
         lines.append(f"  whitened norm     {get('samples/whitened_norm_excess'):+.3g}   (no full-covariance KL: it needs "
                      f"more than 2·d = {2 * d} samples and d ≤ 1024; see the structured metrics)")  # fmt: skip
@@ -262,6 +265,43 @@ def metrics_document(stage: str, step: int, results: dict[str, float], truth, nu
     if any("/conditional/" in k for k in metrics):
         out["conditional_estimator"] = estimator  # of crps and energy
     return out
+
+
+FLAG_Z = 3.0  # a tenth of the eigen-directions, or the frame means, this many noises off: named
+
+
+def _eigen_lines(get, d: int, n: int, exact_model: bool, headline: bool, exact_truth: bool) -> list[str]:
+    """The eigen-direction KL (``stdiff.metrics.eigen``) with its exact floor and noise, the exact
+    model's floor through the sampler, what stands out (a tenth of the directions, the frame
+    means), and, when it is the ``headline`` (no full-covariance KL at this d or n), the verdict."""
+    excess, noise = get("samples/eigen_kl_excess"), get("samples/eigen_kl_noise")
+    lines = [(f"  eigen KL excess   {excess:.3g} ± {noise:.2g}   KL of the samples' Gaussian fit in the truth's {d} "
+              f"eigen-directions, {get('samples/eigen_kl'):.4g}, over exact samples' expected "
+              f"{get('samples/eigen_kl_floor'):.4g} (floor and noise exact)")]  # fmt: skip
+    floor_kl = get("samples/exact_model_eigen_kl")
+    if floor_kl is not None and not exact_model:
+        lines.append(f"  exact model       {floor_kl:.3g}   its KL through the same sampler, steps and t_min (exact, per "
+                     "eigen-direction): what training cannot remove")  # fmt: skip
+    elif floor_kl is not None:
+        lines.append(f"  sampler floor     {floor_kl:.3g}   this exact model's KL through its sampler, steps and t_min "
+                     "(exact, per eigen-direction)")  # fmt: skip
+    flagged = []
+    zs = {k: get(f"samples/eigen_decile{k}/z") for k in range(10)}
+    for k, z in zs.items():
+        if z is not None and abs(z) > FLAG_Z:
+            ratio = get(f"samples/eigen_decile{k}/variance_ratio")
+            flagged.append(f"tenth {k} of the eigen-directions (0: smallest eigenvalues) is {z:+.1f} noises off, "
+                           f"variance {ratio:.3g} × the truth's")  # fmt: skip
+    frame_z = get("samples/frame_mean_z")
+    if frame_z is not None and abs(frame_z) > FLAG_Z:
+        flagged.append(f"the frame means are shifted ({frame_z:+.1f} noises, χ² over {get('samples/frame_mean_chi2'):.4g})")
+    if flagged:
+        lines.append(f"  flagged: {wrap('; '.join(flagged), 11)}")
+    if headline:
+        floor = {k: get(f"samples/{k}") for k in FLOOR_KEYS if get(f"samples/{k}") is not None}
+        said = verdict(excess, d, n, floor, exact_model, noise) if exact_truth else reference_verdict(excess, d)
+        lines.append(f"  verdict: {wrap('(eigen-direction KL) ' + said, 11)}")
+    return lines
 
 
 def _component_count(get) -> int:

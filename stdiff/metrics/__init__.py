@@ -25,6 +25,7 @@ from stdiff.metrics.reports import (
     exact_model_floor,
     random_init_copy,
     sample_report,
+    sampler_floor,
     score_error_terms,
 )
 from stdiff.metrics.tracking import SampleDistance, ScoreError
@@ -57,6 +58,7 @@ __all__ = [
     "sample_distances",
     "sample_report",
     "sample_statistics",
+    "sampler_floor",
     "score_error_terms",
     "temporal_map",
     "whiten",

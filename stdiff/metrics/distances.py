@@ -14,6 +14,8 @@ from torch import Tensor
 
 from stdiff.truth import KroneckerGP, Truth
 
+FULL_MAX_DIM = 1024  # largest d of the full-covariance KL and W2, and largest S of Σ̂'s statistics
+
 # --- Gaussians in closed form -----------------------------------------------------------------
 
 
@@ -114,14 +116,18 @@ def _inverse(evals: Tensor, evecs: Tensor) -> Tensor:
     return (evecs / evals) @ evecs.T
 
 
-def factor_covariances(gp: KroneckerGP, x: Tensor) -> tuple[Tensor, Tensor]:
+def factor_covariances(gp: KroneckerGP, x: Tensor, spatial: bool = True) -> tuple[Tensor, Tensor | None]:
     """Empirical temporal covariance Γ̂ = (1/nS) Σ_i X_i Σ⁻¹ X_iᵀ ``(T, T)`` and spatial covariance
     Σ̂ = (1/nT) Σ_i X_iᵀ Γ⁻¹ X_i ``(S, S)`` of centred samples X_i (T × S), each whitened by the
-    other true factor so that E[Γ̂] = Γ and E[Σ̂] = Σ under the truth."""
+    other true factor so that E[Γ̂] = Γ and E[Σ̂] = Σ under the truth. Γ̂ goes through Σ's eigenbasis
+    (by factors when Σ is separable), O(n·T·S·(T + S)); Σ̂, O(S²) memory and O(n·T·S²) time, only
+    when ``spatial`` (else None)."""
     xc = (x.to(torch.float64) - gp.mean.to(x.device)).reshape(len(x), gp.frames, gp.num_points)  # (n, T, S)
-    sigma_inv = _inverse(gp.sigma_evals, gp.sigma_evecs).to(x.device)
+    rotated = gp.space_to_eigenbasis(xc)  # X U_Σ: X Σ⁻¹ Xᵀ = (X U_Σ) Λ_Σ⁻¹ (X U_Σ)ᵀ
+    gamma_hat = torch.einsum("nts,nvs->tv", rotated / gp.sigma_evals.to(x.device), rotated) / (len(x) * gp.num_points)
+    if not spatial:
+        return gamma_hat, None
     gamma_inv = _inverse(gp.gamma_evals, gp.gamma_evecs).to(x.device)
-    gamma_hat = torch.einsum("nts,nvs->tv", xc @ sigma_inv, xc) / (len(x) * gp.num_points)
     sigma_hat = torch.einsum("nts,ntv->sv", gamma_inv @ xc, xc) / (len(x) * gp.frames)
     return gamma_hat, sigma_hat
 
@@ -136,27 +142,31 @@ def correlation_by_lag(cov: Tensor) -> Tensor:
 def sample_statistics(gp: KroneckerGP, x: Tensor, full_max_dim: int = 1024) -> dict[str, float]:
     """Distances of samples ``x (n, T, *space)`` to ``gp`` (see module docstring for the floors).
 
-    Always: ``whitened_norm`` (mean ‖K^{-1/2}(x − μ)‖² / d, 1 under the truth), ``ks`` (whitened
-    coordinates against N(0, 1)), ``gamma_rel_frob``/``sigma_rel_frob`` (relative Frobenius error
-    of Γ̂, Σ̂), ``gamma_kl``/``sigma_kl`` (T- and S-dimensional Gaussian KLs of Γ̂, Σ̂ to Γ, Σ) and
-    ``corr_lag_max_error`` (largest error of the correlation at any lag). When d = T·S <=
-    ``full_max_dim`` and n > 2d: the full Gaussian-fit ``kl`` and ``w2``.
+    Always, in O(n·d) memory: ``whitened_norm`` (mean ‖K^{-1/2}(x − μ)‖² / d, 1 under the truth),
+    ``ks`` (whitened coordinates against N(0, 1)), ``gamma_rel_frob`` (relative Frobenius error of
+    Γ̂), ``gamma_kl`` (T-dimensional Gaussian KL of Γ̂ to Γ) and ``corr_lag_max_error`` (largest
+    error of the correlation at any lag). When S <= ``full_max_dim``: ``sigma_rel_frob`` and
+    ``sigma_kl`` of Σ̂ (S × S). When d = T·S <= ``full_max_dim`` and n > 2d: the full
+    Gaussian-fit ``kl`` and ``w2``. The eigen-direction statistics, with exact floors at any d, are
+    ``stdiff.metrics.eigen``'s.
     """
     n, d = len(x), gp.dim
     z = whiten(gp, x)
-    gamma_hat, sigma_hat = factor_covariances(gp, x)
+    spatial = gp.num_points <= full_max_dim
+    gamma_hat, sigma_hat = factor_covariances(gp, x, spatial)
     zero_t = torch.zeros(gp.frames, dtype=torch.float64, device=x.device)
-    zero_s = torch.zeros(gp.num_points, dtype=torch.float64, device=x.device)
-    gamma, sigma = gp.gamma.to(x.device), gp.sigma.to(x.device)
+    gamma = gp.gamma.to(x.device)
     out = {
         "whitened_norm": (z**2).sum(1).mean().item() / d,
         "ks": ks_normal(z),
         "gamma_rel_frob": ((gamma_hat - gamma).norm() / gamma.norm()).item(),
-        "sigma_rel_frob": ((sigma_hat - sigma).norm() / sigma.norm()).item(),
         "gamma_kl": gaussian_kl(zero_t, gamma_hat, zero_t, gamma),
-        "sigma_kl": gaussian_kl(zero_s, sigma_hat, zero_s, sigma),
         "corr_lag_max_error": (correlation_by_lag(gamma_hat) - correlation_by_lag(gamma)).abs().max().item(),
     }
+    if spatial:
+        zero_s, sigma = torch.zeros(gp.num_points, dtype=torch.float64, device=x.device), gp.sigma.to(x.device)
+        out["sigma_rel_frob"] = ((sigma_hat - sigma).norm() / sigma.norm()).item()
+        out["sigma_kl"] = gaussian_kl(zero_s, sigma_hat, zero_s, sigma)
     if d <= full_max_dim and n > 2 * d:
         m_hat, c_hat = _moments(x)
         mean, cov = gp.mean.reshape(-1).to(m_hat), gp.covariance().to(m_hat)
@@ -168,7 +178,11 @@ def sample_statistics(gp: KroneckerGP, x: Tensor, full_max_dim: int = 1024) -> d
 def gaussian_sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_max_dim: int = 1024) -> dict[str, float]:
     """``sample_statistics`` of ``x`` with, for each, ``<name>_floor`` (the same statistic of as
     many exact samples, drawn with ``seed``) and ``<name>_excess`` (the difference; for
-    ``whitened_norm`` the excess of |value − 1|). Any truth: ``stdiff.metrics.sample_distances``."""
+    ``whitened_norm`` the excess of |value − 1|); and the eigen-direction statistics
+    (``stdiff.metrics.eigen``), whose floors and noise are exact. Any truth:
+    ``stdiff.metrics.sample_distances``."""
+    from stdiff.metrics.eigen import eigen_statistics
+
     values = sample_statistics(gp, x, full_max_dim)
     exact = gp.sample(len(x), torch.Generator().manual_seed(seed), dtype=torch.float64)
     floors = sample_statistics(gp, exact, full_max_dim)
@@ -179,6 +193,7 @@ def gaussian_sample_distances(gp: KroneckerGP, x: Tensor, seed: int = 0, full_ma
             out[f"{name}_excess"] = abs(values[name] - 1) - abs(floor - 1)
         else:
             out[f"{name}_excess"] = values[name] - floor
+    out.update(eigen_statistics(gp, gp.to_eigenbasis(x.to(torch.float64) - gp.mean.to(x.device))))
     return out
 
 
