@@ -38,6 +38,7 @@ BENCHMARKS = {
     "real_data": "residual and plain DiT on two real data sets: CRPS against training steps, beside three baselines",
     "array_memory": "peak memory of training on a large array file",
     "predict_memory": "peak memory of predict with very many samples",
+    "video_cost": "time and peak memory of a sampling validation and a training step from d = 256 to 65,536",
     "gpu_check": "everything that needs a GPU in one go: GPU tests, then the speed benchmark (a checkout)",
     "wheel_check": "a non-editable install runs the quickstart and the theory from an empty directory",
 }

@@ -164,13 +164,14 @@ def sampler_floor(truth: Truth, sampler, model, values: dict[str, float], draw, 
     from stdiff.metrics.eigen import eigen_statistics, law_eigen_kl, linear_sampler_law
 
     truth = truth.simplified()
-    exact = model if model.needs_truth else ExactDenoiser.from_gp(truth, model.schedule)
+    is_exact = isinstance(model, ExactDenoiser)  # (a ResidualDenoiser needs the truth too, but is not it)
+    exact = model if is_exact else ExactDenoiser.from_gp(truth, model.schedule)
     out: dict[str, float] = {}
     if truth.is_gaussian:
         law = linear_sampler_law(truth, sampler, exact, device)
         if law is not None:
             out["exact_model_eigen_kl"] = law_eigen_kl(truth, *law)
-    if "kl" in values and model.needs_truth:  # the exact model already: its KL is the floor
+    if "kl" in values and is_exact:  # the exact model already: its KL is the floor
         return {**out, "exact_model_kl": values["kl"], "exact_model_kl_excess": values["kl_excess"]}
     if "kl" in values:
         return {**out, **exact_model_floor(truth, draw(exact), values, seed)}
@@ -178,7 +179,7 @@ def sampler_floor(truth: Truth, sampler, model, values: dict[str, float], draw, 
         return {**out, "exact_model_kl_excess": out["exact_model_eigen_kl"]}
     if not truth.is_gaussian:  # a mixture without its KL: nothing comparable to report
         return out
-    if model.needs_truth:  # a stochastic sampler: the exact model's own eigen-KL excess
+    if is_exact:  # a stochastic sampler: the exact model's own eigen-KL excess
         return {**out, "exact_model_kl_excess": values["eigen_kl_excess"]}
     y = truth.to_eigenbasis(draw(exact).double() - truth.mean)
     return {**out, "exact_model_kl_excess": eigen_statistics(truth, y)["eigen_kl_excess"]}
