@@ -1,5 +1,5 @@
 """What the truth costs at video scale: time and peak memory of a sampling validation (the exact
-model, and a small DiT at random initialisation) and the time of a training step, from d = 256 to
+model by ``validate``, and a small DiT by a one-step ``fit``, whose last validation samples) and the time of a training step, from d = 256 to
 65,536 (16 frames of 4 × 4 to 64 × 64 grids, the video preset's separable kernel), with the
 diagnostics' share and the preflight's memory estimate beside the peak really reached.
 
@@ -37,11 +37,13 @@ def grid_args(side: int) -> list[str]:
 
 
 def validate(side: int, model: str, samples: int, root: Path) -> dict:
-    args = [sys.executable, "-m", "stdiff", "validate", "--config", str(VIDEO), *grid_args(side), *SMALL_DIT,
+    # the exact model by validate; the DiT (validate refuses untrained weights) by a fit of one step,
+    # whose last validation samples
+    command = ["validate", "--model.denoiser=ExactDenoiser"] if model == "exact" else [
+        "fit", "--trainer.max_steps=1", "--trainer.val_check_interval=1", "--trainer.num_sanity_val_steps=0"]  # fmt: skip
+    args = [sys.executable, "-m", "stdiff", command[0], "--config", str(VIDEO), *grid_args(side), *SMALL_DIT,
             f"--diagnostics.num_samples={samples}", "--data.init_args.num_val=64", "--data.init_args.batch_size=32",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"]  # fmt: skip
-    if model == "exact":
-        args.append("--model.denoiser=ExactDenoiser")
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}", *command[1:]]  # fmt: skip
     start = time.perf_counter()
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
@@ -88,6 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sides", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--dit-sides", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="grids the DiT is run on")
     p.add_argument("--out", type=Path, default=RESULTS / "video_cost")
     args = p.parse_args()
     from stdiff.estimates import diagnostics_memory
@@ -98,7 +101,7 @@ def main() -> None:
         parts, _ = diagnostics_memory(args.samples, (16, side, side))
         row = {"d": d, "grid": f"16 × {side} × {side}", "estimate_mib": round(sum(parts.values()) / 2**20, 1),
                "training_step_s": round(training_step_seconds(side), 4)}  # fmt: skip
-        for model in ("exact", "dit"):
+        for model in ("exact", "dit") if side in args.dit_sides else ("exact",):
             with tempfile.TemporaryDirectory() as tmp:
                 row[model] = validate(side, model, args.samples, Path(tmp))
             print(f"d = {d}: {model} {row[model]}", flush=True)
@@ -106,14 +109,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "video_cost.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# The truth at video scale: cost of a sampling validation ({args.samples} samples, UniPC 25 evaluations)",
-             "", f"`python -m stdiff.bench video_cost` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, CPU only). "
-             "Seconds from each run's metrics.json; peak: the validate process's VmHWM; estimate: the preflight's "
-             "(`stdiff.estimates.diagnostics_memory`) for the diagnostics alone.", "",
-             "| d | grid | model | validation s | sampling s | metrics s | figures s | diagnostics' share | peak MiB | "
-             "estimate MiB | training step s | eigen KL excess ± noise | exact model floor |",
+             "", (f"`python -m stdiff.bench video_cost` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, CPU only). "
+                  "Seconds from each run's metrics.json; peak: the validate process's VmHWM; estimate: the preflight's "
+                  "(`stdiff.estimates.diagnostics_memory`) for the diagnostics alone."), "",
+             ("| d | grid | model | validation s | sampling s | metrics s | figures s | diagnostics' share | peak MiB | "
+              "estimate MiB | training step s | eigen KL excess ± noise | exact model floor |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        for model in ("exact", "dit"):
+        for model in [m for m in ("exact", "dit") if m in r]:
             v = r[model]
             share = (v["metrics_s"] + v["figures_s"]) / max(v["validation_s"], 1e-9)
             excess = f"{v['eigen_kl_excess']:.4g} ± {v['eigen_kl_noise']:.2g}" if v["eigen_kl_excess"] is not None else ""
