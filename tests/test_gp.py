@@ -224,9 +224,9 @@ def test_separable_space_matches_the_dense_kronecker_algebra(spatial):
     """Σ held as one factor per grid axis (Γ ⊗ Σ_H ⊗ Σ_W) gives what the dense Σ gives: eigenvalues,
     log-density, score, eigenbasis round trip, samples' covariance; Σ is never formed unless asked."""
     gp = KroneckerGP(PoweredExponential(3.0), spatial, frames=5, space_shape=(4, 3), nugget=0.02)
-    assert gp.separable and ("dense space", 0) not in gp._on_device
+    assert gp.separable and not gp.space.dense_formed
     x = gp.sample(6, torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert ("dense space", 0) not in gp._on_device  # sampling and the eigenbasis work by factors
+    assert not gp.space.dense_formed  # sampling and the eigenbasis work by factors
     sigma = torch.eye(12, dtype=torch.float64) if spatial is None else spatial(gp.points())
     cov = torch.kron(gp.gamma, sigma) + 0.02 * torch.eye(60, dtype=torch.float64)
     torch.testing.assert_close(gp.covariance(), cov)
@@ -254,8 +254,8 @@ def test_a_128_by_128_separable_grid_costs_two_small_eigendecompositions():
     """S = 16,384: a dense Σ would be 2 GiB and an eigendecomposition of order 16,384; by factors
     it is two of order 128 and the eigenvalues, 16 × 16,384 of them, are exact products."""
     gp = KroneckerGP(PoweredExponential(4.0), Separable([Matern(3.0, 2.5)] * 2), frames=16, space_shape=(128, 128))
-    assert gp.num_points == 16384 and ("dense space", 0) not in gp._on_device
-    (_, ev_h, _), (_, ev_w, _) = gp._space
+    assert gp.num_points == 16384 and not gp.space.dense_formed
+    (_, ev_h, _), (_, ev_w, _) = gp.space.factors
     lam = gp.eigenvalues()
     assert lam.shape == (16, 16384)
     torch.testing.assert_close(lam[3, 5 * 128 + 7], gp.gamma_evals[3] * ev_h[5] * ev_w[7])

@@ -15,7 +15,7 @@ from stdiff._validation import check_int, check_memory
 from stdiff.data.base import SequenceDataModule
 from stdiff.kernels import Kernel
 from stdiff.truth import GPMixture, KroneckerGP
-from stdiff.truth.kronecker import factor_entries
+from stdiff.truth.factors import factor_entries
 
 
 class GPDataModule(SequenceDataModule):

@@ -10,7 +10,8 @@
 """
 
 from stdiff.truth.base import DENSE_LIMIT, Truth, flat_mask
-from stdiff.truth.kronecker import MAX_CONDITION, KroneckerGP, grid
+from stdiff.truth.factors import MAX_CONDITION, grid
+from stdiff.truth.kronecker import KroneckerGP
 from stdiff.truth.mixture import GPMixture
 
 TRUTHS: dict[str, type[Truth]] = {cls.__name__: cls for cls in (KroneckerGP, GPMixture)}

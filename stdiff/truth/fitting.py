@@ -30,7 +30,8 @@ from torch import Tensor
 from stdiff._validation import StdiffWarning
 from stdiff.kernels import Kernel, Scaled, Tabulated, check_coordinates
 from stdiff.truth.base import DENSE_LIMIT
-from stdiff.truth.kronecker import KroneckerGP, grid
+from stdiff.truth.factors import grid
+from stdiff.truth.kronecker import KroneckerGP
 
 FITTED = ("lengthscale", "scale")  # the kernel attributes fitted; others stay as given
 LOG_2PI = math.log(2 * math.pi)

@@ -3,8 +3,9 @@
 A sample ``x (T, *space_shape)`` flattened frame-major, ``vec(x) = [x_1; …; x_T]``, is
 ``N(vec μ, Γ ⊗ Σ)`` with Γ = k_time(frame i, frame j) (T × T) and Σ = k_space(point a, point b)
 (S × S). Everything goes through the eigendecompositions Γ = U_Γ Λ_Γ U_Γᵀ and Σ = U_Σ Λ_Σ U_Σᵀ,
-computed once in float64: the (T·S) × (T·S) matrix is never formed or factorised (O(T³ + S³)
-once, then O(T·S·(T + S)) per sample instead of O((T·S)³) and O((T·S)²)).
+computed once in float64 (``stdiff.truth.factors``; Σ by grid axes when its kernel is separable):
+the (T·S) × (T·S) matrix is never formed or factorised (O(T³ + S³) once, then O(T·S·(T + S)) per
+sample instead of O((T·S)³) and O((T·S)²)).
 """
 
 from __future__ import annotations
@@ -20,62 +21,7 @@ from stdiff._validation import check_int
 from stdiff.kernels import Kernel, check_coordinates
 from stdiff.truth import conditioning
 from stdiff.truth.base import Truth, per_sample_scales
-
-# Reject a factor whose smallest eigenvalue is below this fraction of its largest (condition
-# number > 1e12): its inverse, used by log_prob and by the score at small noise, would have fewer
-# than ~4 correct digits in float64.
-MAX_CONDITION = 1e12
-AUTO_MAX_SHIFT = 1e-6  # jitter: auto adds at most this fraction of the largest eigenvalue
-
-
-def grid(space_shape: Sequence[int]) -> Tensor:
-    """Integer coordinates ``(S, k)`` of a ``space_shape`` grid, in row-major (C) order."""
-    axes = [torch.arange(n, dtype=torch.float64) for n in space_shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(space_shape))
-
-
-def factor_entries(spatial: Kernel | None, space_shape: Sequence[int]) -> int:
-    """Entries of the matrices ``KroneckerGP`` factorises for Σ: Σ_a n_a² for a separable kernel on
-    a grid of several axes (or Σ = I), S² otherwise."""
-    sizes = [int(n) for n in space_shape]
-    if spatial is None or (len(sizes) > 1 and spatial.axis_kernels(len(sizes)) is not None):
-        return sum(n * n for n in sizes)
-    return math.prod(sizes) ** 2
-
-
-# jitter="auto" lifts the smallest eigenvalue to largest / AUTO_CONDITION: ten times inside the limit.
-AUTO_CONDITION = MAX_CONDITION / 10
-
-
-def _factorise(role: str, kernel: Kernel | None, matrix: Tensor, jitter: float | str, where: str):
-    """Eigendecomposition of a symmetric kernel matrix plus ``jitter`` on its diagonal, and a
-    record of what was done; a clear error when the result is not positive definite enough."""
-    matrix = 0.5 * (matrix + matrix.T)  # remove round-off asymmetry before eigh
-    evals, evecs = torch.linalg.eigh(matrix)
-    smallest, largest = evals[0].item(), evals[-1].item()
-    if jitter == "auto":
-        # Adding δI shifts every eigenvalue by δ, eigenvectors unchanged: no second eigh. Round-off only:
-        # a kernel with eigenvalues below −1e-6 of the largest is not positive definite, not jittery.
-        if smallest < -AUTO_MAX_SHIFT * largest:
-            raise ValueError(f"{role} kernel {kernel!r} is not positive definite on {where}: smallest eigenvalue "
-                             f"{smallest:.3g} (largest {largest:.3g}); jitter: auto repairs round-off only (up to "
-                             f"{AUTO_MAX_SHIFT:.0e} of the largest). Use a valid kernel, or a jitter number on purpose.")  # fmt: skip
-        added = max(0.0, largest / AUTO_CONDITION - smallest) if smallest <= largest / MAX_CONDITION else 0.0
-    else:
-        added = float(jitter)
-    if added > 0:
-        matrix = matrix + added * torch.eye(matrix.shape[0], dtype=matrix.dtype)
-        evals = evals + added
-    low, high = evals[0].item(), evals[-1].item()
-    if not (high > 0 and low > high / MAX_CONDITION):
-        raise ValueError(
-            f"{role} kernel {kernel!r} is not positive definite on {where}: smallest eigenvalue "
-            f"{low:.3e}, largest {high:.3e} (need smallest > largest / {MAX_CONDITION:.0e}). "
-            f"Use a shorter lengthscale, a rougher kernel, or set jitter > 0 (now {jitter}; jitter: auto "
-            f"adds the smallest amount that brings the condition number to {AUTO_CONDITION:.0e})."
-        )
-    record = {"jitter": added, "condition_number": high / low, "smallest_eigenvalue_without_jitter": smallest}
-    return matrix, evals, evecs, record
+from stdiff.truth.factors import SpatialFactors, factorise, grid
 
 
 class KroneckerGP(Truth):
@@ -148,39 +94,14 @@ class KroneckerGP(Truth):
         self.mean = torch.full((self.frames, *space_shape), self.mean_value, dtype=torch.float64)
 
         times = torch.arange(self.frames, dtype=torch.float64)[:, None]  # (T, 1)
-        self.gamma, self.gamma_evals, self.gamma_evecs, gamma_record = _factorise(
+        self.gamma, self.gamma_evals, self.gamma_evecs, gamma_record = factorise(
             "temporal", temporal, temporal(times), self.jitter, f"{self.frames} frames"
         )
-        # Σ as the Kronecker product of its factors (matrix, eigenvalues, eigenvectors), one per grid
-        # axis when the kernel is separable (``Kernel.axis_kernels``), one of order S otherwise, none
-        # for Σ = I: Σ itself, S × S, is formed only when asked for (``sigma``).
-        axes = spatial.axis_kernels(len(space_shape)) if spatial is not None and self.coordinates is None else None
-        self._space: list[tuple[Tensor, Tensor, Tensor]] = []
-        if spatial is None:
-            sigma_record = {"jitter": 0.0, "condition_number": 1.0, "smallest_eigenvalue_without_jitter": 1.0}
-        elif axes is not None and len(space_shape) > 1:
-            records = []
-            for a, (kernel, n) in enumerate(zip(axes, space_shape)):
-                matrix, evals, evecs, record = _factorise("spatial", kernel, kernel(torch.arange(n, dtype=torch.float64)[:, None]),
-                                                          self.jitter, f"axis {a} ({n} points) of the {space_shape} grid")  # fmt: skip
-                self._space.append((matrix, evals, evecs))
-                records.append(record)
-            sigma_record = {"jitter": max(r["jitter"] for r in records),
-                            "condition_number": math.prod(r["condition_number"] for r in records),
-                            "smallest_eigenvalue_without_jitter": math.prod(r["smallest_eigenvalue_without_jitter"] for r in records),
-                            "axes": records}  # fmt: skip
-        else:
-            matrix, evals, evecs, sigma_record = _factorise(
-                "spatial", spatial, spatial(self.points()), self.jitter,
-                f"a {space_shape} grid" if self.coordinates is None else f"{self.num_points} given coordinates",
-            )
-            self._space.append((matrix, evals, evecs))
-        self.sigma_evals = torch.ones(1 if self._space else self.num_points, dtype=torch.float64)  # Λ_Σ (S,)
-        for _, evals, _ in self._space:  # in the grid's row-major order, like U_Σ's columns
-            self.sigma_evals = torch.kron(self.sigma_evals, evals)
+        self.space = SpatialFactors(spatial, space_shape, self.points(), self.coordinates is None, self.jitter)
+        self.sigma_evals = self.space.evals  # Λ_Σ (S,), in the order of U_Σ's columns
         # Per factor: jitter added, condition number after it, smallest eigenvalue before it.
-        self.conditioning = {"temporal": gamma_record, "spatial": sigma_record}
-        # Square-root factors A = U √Λ, so that A Z Bᵀ with Z ~ N(0, I) has covariance Γ ⊗ Σ.
+        self.conditioning = {"temporal": gamma_record, "spatial": self.space.record}
+        # Square-root factor A = U √Λ, so that A Z Bᵀ with Z ~ N(0, I), B Bᵀ = Σ, has covariance Γ ⊗ Σ.
         self._sqrt_gamma = self.gamma_evecs * self.gamma_evals.sqrt()
         self._on_device: dict[tuple, tuple[Tensor, ...]] = {}  # factors per (dtype or use, device)
 
@@ -188,59 +109,25 @@ class KroneckerGP(Truth):
     def separable(self) -> bool:
         """Whether Σ is held as one factor per grid axis (``stdiff.kernels.Separable``, an RBF) or is
         the identity: nothing of order S × S is ever formed unless ``sigma`` is asked for."""
-        return len(self._space) != 1
+        return self.space.separable
 
     def sigma_factors(self) -> list[Tensor]:
         """Σ's factor matrices, Σ = ⊗ of them in grid order (one per axis when ``separable``; none for Σ = I)."""
-        return [matrix for matrix, _, _ in self._space]
-
-    def _dense_space(self, which: int) -> Tensor:
-        """Σ (``which`` 0) or its eigenvectors U_Σ (2) as a dense S × S matrix (Kronecker product of the
-        factors), made once."""
-        key = ("dense space", which)
-        if key not in self._on_device:
-            out = torch.ones(1, 1, dtype=torch.float64)
-            for factor in self._space:
-                out = torch.kron(out, factor[which])
-            self._on_device[key] = (torch.eye(self.num_points, dtype=torch.float64) if not self._space else out,)
-        return self._on_device[key][0]
+        return self.space.matrices()
 
     @property
     def sigma(self) -> Tensor:
         """Σ, S × S in float64 (formed on first use: O(S²) memory)."""
-        return self._dense_space(0)
+        return self.space.dense("matrix")
 
     @property
     def sigma_evecs(self) -> Tensor:
         """U_Σ, S × S in float64, columns in the order of ``sigma_evals`` (formed on first use)."""
-        return self._dense_space(2)
-
-    def _space_factors(self, use: str, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
-        """The factor matrices of U_Σ (``use`` "evecs") or of √Σ = U_Σ Λ_Σ^½ ("sqrt"), per factor,
-        cast and moved once per (dtype, device)."""
-        key = (use, dtype, torch.device(device))
-        if key not in self._on_device:
-            self._on_device[key] = tuple((evecs if use == "evecs" else evecs * evals.sqrt()).to(device=device, dtype=dtype)
-                                         for _, evals, evecs in self._space)  # fmt: skip
-        return list(self._on_device[key])
-
-    def _space_apply(self, y: Tensor, factors: list[Tensor], transpose: bool) -> Tensor:
-        """``y (..., S) @ M`` for M = ⊗_a M_a (or ``M ᵀ``), one grid axis at a time: O(S · Σ_a n_a)
-        per row instead of O(S²)."""
-        if not factors:
-            return y
-        if len(factors) == 1:
-            return y @ (factors[0].T if transpose else factors[0])
-        lead, k = y.shape[:-1], len(self.space_shape)
-        y = y.reshape(*lead, *self.space_shape)
-        for a, m in enumerate(factors):
-            dim = y.ndim - k + a
-            y = (y.movedim(dim, -1) @ (m.T if transpose else m)).movedim(-1, dim)
-        return y.reshape(*lead, self.num_points)
+        return self.space.dense("evecs")
 
     def space_to_eigenbasis(self, y: Tensor) -> Tensor:
         """``y (..., S) U_Σ`` in float64: spatial coordinates in Σ's eigenbasis."""
-        return self._space_apply(y.to(torch.float64), self._space_factors("evecs", torch.float64, y.device), False)
+        return self.space.apply(y.to(torch.float64), "evecs")
 
     # --- shapes and dense views (tests, small problems) --------------------------------------
 
@@ -300,11 +187,11 @@ class KroneckerGP(Truth):
         # (3x faster on CPU than n small batched products); Z is i.i.d., so the layout is free.
         z = torch.randn(t, n * s, generator=generator, dtype=dtype, device=device)
         az = (a @ z).reshape(t, n, s).transpose(0, 1)  # (n, T, S), a strided view
-        b = self._space_factors("sqrt", dtype, device)  # B with B Bᵀ = Σ, by factors
-        if len(b) == 1:
-            x = torch.matmul(az, b[0].T, out=torch.empty(n, t, s, dtype=dtype, device=device))  # (n, T, S)
+        if len(self.space.factors) == 1:  # one S × S factor B: one GEMM into a fresh (n, T, S) buffer
+            b = self.space.on("sqrt", dtype, device)[0]
+            x = torch.matmul(az, b.T, out=torch.empty(n, t, s, dtype=dtype, device=device))
         else:
-            x = self._space_apply(az.contiguous(), b, True)
+            x = self.space.apply(az.contiguous(), "sqrt", transpose=True)  # B by factors
         if self.nugget > 0:  # only then a second draw: samples without a nugget keep their seeds
             x.add_(torch.randn(n, t, s, generator=generator, dtype=dtype, device=device), alpha=self.nugget**0.5)
         return x.add_(mu).reshape(n, *self.sample_shape)
@@ -329,12 +216,12 @@ class KroneckerGP(Truth):
         sample (O(T·S·(T + Σ_a n_a)) for a separable Σ)."""
         u_gamma = self._eigen_on(x.device)[0]
         x = x.to(torch.float64).reshape(*x.shape[: x.ndim - 1 - len(self.space_shape)], self.frames, self.num_points)
-        return self._space_apply(u_gamma.T @ x, self._space_factors("evecs", torch.float64, x.device), False)
+        return self.space.apply(u_gamma.T @ x, "evecs")
 
     def from_eigenbasis(self, y: Tensor) -> Tensor:
         """Inverse of ``to_eigenbasis``: ``U_Γ y U_Σᵀ`` -> ``(..., T, *space)``."""
         u_gamma = self._eigen_on(y.device)[0]
-        y = self._space_apply(u_gamma @ y, self._space_factors("evecs", torch.float64, y.device), True)
+        y = self.space.apply(u_gamma @ y, "evecs", transpose=True)
         return y.reshape(*y.shape[:-2], *self.sample_shape)
 
     def check_sample_shape(self, x: Tensor, name: str) -> None:
