@@ -118,7 +118,7 @@ def test_every_presets_exact_model_reaches_close_through_its_own_sampler(configs
     steps and t_min is within "close" (0.01 nats per dimension) of the truth, exactly (a Gaussian
     with a deterministic sampler, ``linear_sampler_law``) or by the early-stopping KL (a mixture, a
     stochastic sampler)."""
-    from stdiff.callbacks.summary import CLOSE_PER_DIM
+    from stdiff.callbacks.verdicts import CLOSE_PER_DIM
     from stdiff.cli import StdiffCLI
     from stdiff.metrics import early_stopping_kl
 

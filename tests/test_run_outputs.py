@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import QUICKSTART
 
-from stdiff.callbacks.summary import kl_noise, verdict
+from stdiff.callbacks.verdicts import verdict
 from stdiff.cli import main
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import gaussian_fit_kl
+from stdiff.metrics.distances import kl_noise
 from stdiff.truth import KroneckerGP
 
 SHORT = ["--trainer.max_steps=7", "--trainer.log_every_n_steps=1", "--data.init_args.num_val=32",
@@ -156,7 +157,7 @@ def test_the_summary_reports_conditional_tasks_and_says_when_there_is_no_kl():
     assert ("Forecast          CRPS 1.009 × the Bayes-optimal's; the 50 % and 90 % intervals hold 47.9 % and 86.1 % of "
             "held-out values; spread 0.993") in text  # fmt: skip
     assert "verdict (Forecast): at the exact posterior: CRPS within 0.9 % of the Bayes-optimal, intervals of the right" in text
-    from stdiff.callbacks.summary import conditional_verdict
+    from stdiff.callbacks.verdicts import conditional_verdict
 
     wide = conditional_verdict({"crps_ratio": 1.3, "spread": 1.4, "coverage50": 1.0})
     assert wide.startswith("NOT at the posterior yet: CRPS 30 % above the Bayes-optimal, intervals too wide (spread 1.4")

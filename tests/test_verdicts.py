@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import QUICKSTART
 
-from stdiff.callbacks.summary import excess_noise, kl_noise, verdict, verdict_level
+from stdiff.callbacks.verdicts import verdict, verdict_level
 from stdiff.cli import ROOTS, main
 from stdiff.config_check import check_config
 from stdiff.kernels import RBF, GeneralizedCauchy, PoweredExponential
 from stdiff.metrics import early_stopping_kl, early_stopping_t_min, gaussian_fit_kl
+from stdiff.metrics.distances import excess_noise, kl_noise
 from stdiff.schedules import OrnsteinUhlenbeck
 from stdiff.truth import KroneckerGP
 

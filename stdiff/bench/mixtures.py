@@ -132,7 +132,7 @@ def report(records: list[dict]) -> str:
 
 
 def _level(r: dict) -> str:
-    from stdiff.callbacks.summary import verdict_level
+    from stdiff.callbacks.verdicts import verdict_level
 
     excess, noise = _get(r["test"], "samples/kl_excess"), _get(r["test"], "samples/kl_excess_noise", None)
     return verdict_level(excess, r["dim"], r["num_samples"], noise)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from stdiff.callbacks.summary import kl_noise
+from stdiff.metrics.distances import kl_noise
 
 KEYS = ["val/samples/kl_excess", "val/samples/whitened_norm_excess", "val/samples/gamma_kl_excess",
         "val/samples/w2_excess", "val/seconds/sampling"]  # fmt: skip

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from stdiff.callbacks.summary import verdict
+from stdiff.callbacks.verdicts import verdict
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 # (metrics.json key, label, format)

@@ -1,6 +1,6 @@
 """Time to truth: how long a configured fit takes until its samples are *close to the truth*, and
 until they are *indistinguishable* from exact samples, in the end-of-fit verdict's own terms
-(``stdiff.callbacks.summary.verdict``).
+(``stdiff.callbacks.verdicts.verdict``).
 
     python -m stdiff.bench time_to_truth --config configs/quickstart.yaml [--name quickstart]
         [--stop-at indistinguishable|close|never] [--checks 6] [--out stdiff/bench/results/time_to_truth]
@@ -32,7 +32,8 @@ from typing import Literal
 
 from lightning.pytorch.callbacks import Callback
 
-from stdiff.callbacks.summary import CLOSE_PER_DIM, excess_noise, kl_noise, verdict_level
+from stdiff.callbacks.verdicts import CLOSE_PER_DIM, verdict_level
+from stdiff.metrics.distances import excess_noise, kl_noise
 
 LEVELS = ("not", "close", "indistinguishable")
 

@@ -26,9 +26,9 @@ import time
 import torch
 
 from stdiff.bench.diffusers_kl import diffusers_draw, diffusers_settings, fmt, stdiff_draw
-from stdiff.callbacks.summary import excess_noise
 from stdiff.diffusion import ExactDenoiser
 from stdiff.metrics import gaussian_fit_kl, gaussian_fit_kl_floor
+from stdiff.metrics.distances import excess_noise
 from stdiff.paper.common import load_run
 from stdiff.sampling import DPMSolver, UniPC
 

@@ -26,8 +26,8 @@ from stdiff._validation import check_int, warn
 from stdiff.atomic import atomic_write
 from stdiff.callbacks.conditional import conditional_metrics, run_precision
 from stdiff.callbacks.reliability import stop_if_signalled
-from stdiff.callbacks.summary import CLOSE_PER_DIM
 from stdiff.callbacks.timing import Clock, FitTime, sampling_note
+from stdiff.callbacks.verdicts import CLOSE_PER_DIM
 from stdiff.kernels import Kernel
 from stdiff.metrics import (
     SampleDistance,
