@@ -71,15 +71,17 @@ def check_run(subcommand: str, trainer, model, datamodule) -> None:
 
 def diagnostics_memory(n: int, shape: tuple, gp=None) -> tuple[dict[str, float], str]:
     """What a sampling validation of ``n`` samples ``shape`` holds at once, part by part (bytes), and
-    the advice that lowers the largest part: the samples, as many exact ones (the floor) and the
-    exact model's, float64 copies and their eigen-coordinates (O(n·d)); the full-covariance KL's
+    the advice that lowers the largest part: the sampler's states and the exact model's float64
+    temporaries, the samples and as many exact ones (the floor) in float64, their eigen-coordinates,
+    whitened values and sorted copy (O(n·d): 16 × 8·n·d bytes, what ``python -m stdiff.bench
+    video_cost`` measures above a 2-sample validation at d = 16,384 and 65,536); the full-covariance KL's
     d × d matrices only where it is computed (d <= ``FULL_MAX_DIM`` and n > 2d); Σ̂ (S × S) only
     where S <= ``FULL_MAX_DIM``; Σ and its eigenvectors where ``gp`` holds Σ dense (not separable).
-    Measured against the process's peak memory by ``python -m stdiff.bench video_cost``."""
+    """
     from stdiff.metrics.distances import FULL_MAX_DIM
 
     d, s = math.prod(shape), math.prod(shape[1:])
-    parts = {"samples, their floor and their eigen-coordinates": 8 * 8 * n * d}
+    parts = {"samples, their floor, the sampler's states and eigen-coordinates": 16 * 8 * n * d}
     if d <= FULL_MAX_DIM and n > 2 * d:
         parts["their full covariances (d <= 1024)"] = 4 * 8 * d * d
     if s <= FULL_MAX_DIM:

@@ -463,7 +463,7 @@ CASES = [
     (
         "diagnostic samples beyond memory",
         ["validate", "--model.denoiser=ExactDenoiser", "--diagnostics.num_samples=100000000"],
-        "diagnostics.num_samples=100000000 of samples (32, 8) needs about 1.49 TiB of memory",
+        "diagnostics.num_samples=100000000 of samples (32, 8) needs about 2.98 TiB of memory",
     ),
     (
         "test set beyond memory",

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stdiff.bench import RESULTS
+from stdiff.bench import RESULTS, run_with_peak
 
 ROOT = Path(__file__).resolve().parents[1]  # the package: its configs/ are the presets
 
@@ -32,23 +30,15 @@ def predict(n: int, root: Path) -> dict:
             "--data.init_args.batch_size=100000", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={root}"]  # fmt: skip
     start = time.perf_counter()
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
-    peak = 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, int(Path(f"/proc/{child.pid}/status").read_text().split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.2)
-    if child.returncode != 0:
-        raise SystemExit(child.stderr.read()[-3000:])
+    done, peak = run_with_peak(args)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
     (path,) = root.glob("lightning_logs/exact_predict_*/samples.npy")
     x = np.load(path, mmap_mode="r")
     sd = float(np.asarray(x[-100000:]).std())  # the last batch was written too
     return {"samples": n, "file_gib": round(path.stat().st_size / 2**30, 3), "shape": list(x.shape),
             "last_batch_sd": round(sd, 3), "wall_s": round(time.perf_counter() - start, 1),
-            "peak_rss_mib": round(peak / 1024, 1)}  # fmt: skip
+            "peak_rss_mib": round(peak, 1)}  # fmt: skip
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ diagnostics' share and the preflight's memory estimate beside the peak really re
 Each validation is a fresh ``stdiff validate`` process (``configs/video.yaml``, 256 samples, the
 preset's UniPC with 25 evaluations): its parts (sampling, metrics, figures) come from its
 ``metrics.json``, its peak resident memory from ``/proc/<pid>/status`` (VmHWM), and the estimate
-from ``stdiff.estimates.diagnostics_memory``. The training step is timed in this process (forward
+from ``stdiff.estimates.diagnostics_memory``, beside the peak less that of the same validation
+with 2 samples (what the diagnostics' samples really add). The training step is timed in this process (forward
 and backward on a batch of 4, the fastest of five after one warm-up).
     python -m stdiff.bench video_cost [--sides 4 8 16 32 64] [--samples 256] [--out stdiff/bench/results/video_cost]
 Writes ``video_cost.json`` and ``video_cost.md`` (a table) under ``--out``.
@@ -17,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from stdiff.bench import RESULTS
+from stdiff.bench import RESULTS, run_with_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = ROOT / "configs" / "video.yaml"
@@ -45,22 +45,13 @@ def validate(side: int, model: str, samples: int, root: Path) -> dict:
             f"--diagnostics.num_samples={samples}", "--data.init_args.num_val=64", "--data.init_args.batch_size=32",
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}", *command[1:]]  # fmt: skip
     start = time.perf_counter()
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
-    peak = 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, int(Path(f"/proc/{child.pid}/status").read_text().split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.05)
-    out, err = child.communicate()
-    if child.returncode != 0:
-        raise SystemExit(f"side {side}, {model}: {err[-3000:]}")
+    done, peak = run_with_peak(args)
+    if done.returncode != 0:
+        raise SystemExit(f"side {side}, {model}: {done.stderr[-3000:]}")
     (path,) = sorted(root.glob("lightning_logs/*/metrics.json"), key=os.path.getmtime)[-1:]
     m = json.loads(path.read_text())["metrics"]
-    verdict = next((line.strip() for line in out.splitlines() if line.strip().startswith("verdict")), "")
-    return {"wall_s": round(time.perf_counter() - start, 2), "peak_rss_mib": round(peak / 1024, 1),
+    verdict = next((line.strip() for line in done.stdout.splitlines() if line.strip().startswith("verdict")), "")
+    return {"wall_s": round(time.perf_counter() - start, 2), "peak_rss_mib": round(peak, 1),
             "validation_s": round(m["val/seconds"], 3),
             **{f"{part}_s": round(m.get(f"val/seconds/{part}", 0.0), 3) for part in ("sampling", "metrics", "figures")},
             "eigen_kl_excess": m.get("val/samples/eigen_kl_excess"), "eigen_kl_noise": m.get("val/samples/eigen_kl_noise"),
@@ -105,16 +96,19 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 row[model] = validate(side, model, args.samples, Path(tmp))
             print(f"d = {d}: {model} {row[model]}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:  # the same validation with 2 samples: what the rest holds
+            row["diagnostics_mib"] = round(row["exact"]["peak_rss_mib"] - validate(side, "exact", 2, Path(tmp))["peak_rss_mib"], 1)
         rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "video_cost.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# The truth at video scale: cost of a sampling validation ({args.samples} samples, UniPC 25 evaluations)",
              "", (f"`python -m stdiff.bench video_cost` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, CPU only). "
                   "Seconds from each run's metrics.json; peak: the validate process's VmHWM; estimate: the preflight's "
-                  "(`stdiff.estimates.diagnostics_memory`) for the diagnostics alone."), "",
+                  "(`stdiff.estimates.diagnostics_memory`) for the diagnostics alone, beside what they really add: the "
+                  "exact model's peak less that of the same validation with 2 samples."), "",
              ("| d | grid | model | validation s | sampling s | metrics s | figures s | diagnostics' share | peak MiB | "
-              "estimate MiB | training step s | eigen KL excess ± noise | exact model floor |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "diagnostics MiB | estimate MiB | training step s | eigen KL excess ± noise | exact model floor |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         for model in [m for m in ("exact", "dit") if m in r]:
             v = r[model]

@@ -112,11 +112,10 @@ def linear_sampler_law(gp, sampler, model, device="cpu") -> tuple[Tensor, Tensor
     exact (linear) ``model`` of ``gp``: the sampler is then affine in its start and diagonal in the
     eigenbasis, y_out = g ⊙ y_start + c, so two one-sample draws (from 0 and from the start whose
     eigen-coordinates are all 1) give the mean ``c`` and standard deviation ``|g|·scale`` of every
-    direction ``(T, S)``, scale being the start's noise level. None for a stochastic sampler (its
-    draw from 0 depends on its generator)."""
+    direction ``(T, S)``, scale being the start's (``Sampler.initial_scale``). A third draw from 0
+    with another generator tells a stochastic sampler, for which it returns None."""
     shape = (1, *gp.sample_shape)
-    t_max = torch.tensor([model.schedule.t_max], dtype=torch.float64)
-    scale = math.sqrt((model.schedule.alpha(t_max) ** 2 + model.schedule.sigma(t_max) ** 2).item())
+    scale = sampler.initial_scale(model.schedule)
     zero = torch.zeros(shape, dtype=torch.float64, device=device)
     unit = gp.from_eigenbasis(torch.ones(1, gp.frames, gp.num_points, dtype=torch.float64, device=device))
     draws = []

@@ -143,11 +143,16 @@ class Sampler(ABC):
     @staticmethod
     def initial(schedule: NoiseSchedule, shape: Sequence[int], generator=None, device=None,
                 dtype: torch.dtype = torch.float32) -> Tensor:  # fmt: skip
-        """Noise at ``t_max``: N(0, (α(t_max)² + σ(t_max)²) I), the forward marginal of unit-variance data."""
+        """Noise at ``t_max``: N(0, s² I) with s = ``initial_scale``."""
         device = generator.device if generator is not None and device is None else device
+        return Sampler.initial_scale(schedule) * torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+
+    @staticmethod
+    def initial_scale(schedule: NoiseSchedule) -> float:
+        """The start's standard deviation, √(α(t_max)² + σ(t_max)²): the forward marginal of
+        unit-variance data (1 for variance-preserving schedules)."""
         t_max = torch.tensor([schedule.t_max], dtype=torch.float64)
-        scale = math.sqrt((schedule.alpha(t_max) ** 2 + schedule.sigma(t_max) ** 2).item())
-        return scale * torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+        return math.sqrt((schedule.alpha(t_max) ** 2 + schedule.sigma(t_max) ** 2).item())
 
     @abstractmethod
     def step(self, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, t: float, s: float, generator) -> Tensor:
