@@ -73,8 +73,8 @@ def diagnostics_memory(n: int, shape: tuple, gp=None) -> tuple[dict[str, float],
     """What a sampling validation of ``n`` samples ``shape`` holds at once, part by part (bytes), and
     the advice that lowers the largest part: the sampler's states and the exact model's float64
     temporaries, the samples and as many exact ones (the floor) in float64, their eigen-coordinates,
-    whitened values and sorted copy (O(n·d): 16 × 8·n·d bytes, what ``python -m stdiff.bench
-    video_cost`` measures above a 2-sample validation at d = 16,384 and 65,536); the full-covariance KL's
+    whitened values and sorted copy (O(n·d): 16 × 8·n·d bytes, above the 11–14 × that ``python -m
+    stdiff.bench video_cost`` measures over a 2-sample validation at d = 16,384 and 65,536); the full-covariance KL's
     d × d matrices only where it is computed (d <= ``FULL_MAX_DIM`` and n > 2d); Σ̂ (S × S) only
     where S <= ``FULL_MAX_DIM``; Σ and its eigenvectors where ``gp`` holds Σ dense (not separable).
     """

@@ -9,7 +9,7 @@ preset's UniPC with 25 evaluations): its parts (sampling, metrics, figures) come
 from ``stdiff.estimates.diagnostics_memory``, beside the peak less that of the same validation
 with 2 samples (what the diagnostics' samples really add). The training step is timed in this process (forward
 and backward on a batch of 4, the fastest of five after one warm-up).
-    python -m stdiff.bench video_cost [--sides 4 8 16 32 64] [--samples 256] [--out stdiff/bench/results/video_cost]
+    python -m stdiff.bench video_cost [--sides 4 8 16 32 64] [--dit-sides 4 8 16 32] [--samples 256] [--out stdiff/bench/results/video_cost]
 Writes ``video_cost.json`` and ``video_cost.md`` (a table) under ``--out``.
 """
 
@@ -83,11 +83,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--dit-sides", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="grids the DiT is run on")
     p.add_argument("--out", type=Path, default=RESULTS / "video_cost")
+    p.add_argument("--table", action="store_true", help="only rewrite video_cost.md from video_cost.json")
     args = p.parse_args()
     from stdiff.estimates import diagnostics_memory
 
-    rows = []
-    for side in args.sides:
+    rows = json.loads((args.out / "video_cost.json").read_text()) if args.table else []
+    for side in [] if args.table else args.sides:
         d = 16 * side * side
         parts, _ = diagnostics_memory(args.samples, (16, side, side))
         row = {"d": d, "grid": f"16 × {side} × {side}", "estimate_mib": round(sum(parts.values()) / 2**20, 1),
@@ -100,7 +101,8 @@ def main() -> None:
             row["diagnostics_mib"] = round(row["exact"]["peak_rss_mib"] - validate(side, "exact", 2, Path(tmp))["peak_rss_mib"], 1)
         rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "video_cost.json").write_text(json.dumps(rows, indent=1))
+    if not args.table:
+        (args.out / "video_cost.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# The truth at video scale: cost of a sampling validation ({args.samples} samples, UniPC 25 evaluations)",
              "", (f"`python -m stdiff.bench video_cost` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, CPU only). "
                   "Seconds from each run's metrics.json; peak: the validate process's VmHWM; estimate: the preflight's "
@@ -117,7 +119,8 @@ def main() -> None:
             floor = f"{v['exact_model_eigen_kl']:.3g}" if v["exact_model_eigen_kl"] is not None else ""
             lines.append(f"| {r['d']} | {r['grid']} | {model} | {v['validation_s']:.2f} | {v['sampling_s']:.2f} | "
                          f"{v['metrics_s']:.2f} | {v['figures_s']:.2f} | {100 * share:.0f} % | {v['peak_rss_mib']:.0f} | "
-                         f"{r['estimate_mib']:.0f} | {r['training_step_s'] if model == 'dit' else ''} | {excess} | {floor} |")  # fmt: skip
+                         f"{r['diagnostics_mib'] if model == 'exact' else ''} | {r['estimate_mib']:.0f} | "
+                         f"{r['training_step_s'] if model == 'dit' else ''} | {excess} | {floor} |")  # fmt: skip
     (args.out / "video_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
