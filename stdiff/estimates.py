@@ -61,12 +61,23 @@ def check_run(subcommand: str, trainer, model, datamodule) -> None:
         if getattr(datamodule, "task", None) is not None:  # conditional metrics: cases × samples, a posterior each
             cases, k = diagnostics.conditional_cases, diagnostics.conditional_samples
             check_memory(f"diagnostics.conditional_cases={cases} × conditional_samples={k} of samples {shape}",
-                         {"conditional samples": 3 * 4 * cases * k * d, "exact posteriors": 2 * 8 * cases * d * d},
+                         {"conditional samples": 3 * 4 * cases * k * d, "exact posteriors": posterior_memory(cases, k, d)},
                          "lower diagnostics.conditional_cases or conditional_samples")  # fmt: skip
     if subcommand == "test" and likelihood is not None:
         check_memory(f"likelihood.num_samples={likelihood.num_samples} of samples {shape}",
                      {"test samples and their ODE states": 8 * 8 * likelihood.num_samples * d},
                      "lower likelihood.num_samples")  # fmt: skip
+
+
+def posterior_memory(cases: int, k: int, d: int) -> float:
+    """Bytes of ``k`` exact posterior draws of ``cases`` cases of d values: the draws (float64) and,
+    up to ``DENSE_LIMIT``, a d × d covariance per case; beyond it (whole frames through the
+    Kronecker structure, scattered masks by conjugate gradients) ~10 vectors per draw solved at once."""
+    from stdiff.truth import DENSE_LIMIT
+    from stdiff.truth.conditioning import MATHERON_ROWS
+
+    solve = 2 * 8 * cases * d * d if d <= DENSE_LIMIT else 10 * 8 * min(cases * k, MATHERON_ROWS) * d
+    return 8 * cases * k * d + solve
 
 
 def diagnostics_memory(n: int, shape: tuple, gp=None) -> tuple[dict[str, float], str]:

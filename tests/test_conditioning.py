@@ -69,7 +69,8 @@ def test_exact_posterior_samples_sit_at_the_floor_of_every_statistic():
     x = gp.sample(40, torch.Generator().manual_seed(3))
     report = conditional_report(gp, x, mask, posterior_samples(gp, x, mask, 64, torch.Generator().manual_seed(4)))
     assert report["crps_ratio"] == pytest.approx(1.0, abs=0.03)
-    assert abs(report["kl_excess"]) < 0.5 * report["kl_exact"] and abs(report["coverage90"] - 0.9) < 0.03
+    # 64 draws' interpolated 5 % and 95 % quantiles hold (59.85 − 3.15)/65 = 0.872 of a new draw, not 0.9
+    assert abs(report["kl_excess"]) < 0.5 * report["kl_exact"] and abs(report["coverage90"] - 0.872) < 0.03
 
 
 def test_crps_from_the_sorted_ensemble_equals_all_pairs_and_each_estimator_has_its_expectation():

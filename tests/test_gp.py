@@ -212,8 +212,10 @@ def test_conditional_rejects_bad_masks():
     with pytest.raises(ValueError, match=r"got torch.int64 \(4,\)"):
         gp.conditional(x, torch.ones(4, dtype=torch.long))
     big = KroneckerGP(PoweredExponential(3.0), None, frames=64, space_shape=(65,))
+    scattered = torch.ones(64, 65, dtype=torch.bool)
+    scattered[0, 0] = False  # a frame seen in part: not whole frames
     with pytest.raises(ValueError, match=r"T·S = 4160 > 4096; observe whole frames"):
-        big.conditional(torch.zeros(64, 65), torch.ones(64, 65, dtype=torch.bool))
+        big.conditional(torch.zeros(64, 65), scattered)
     mean, cov = gp.conditional(x, torch.zeros(4, dtype=torch.bool))  # nothing observed: the prior
     torch.testing.assert_close(cov, gp.covariance().expand(2, 12, 12))
     assert torch.equal(mean, torch.zeros(2, 4, 3, dtype=torch.float64))

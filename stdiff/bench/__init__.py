@@ -39,6 +39,7 @@ BENCHMARKS = {
     "array_memory": "peak memory of training on a large array file",
     "predict_memory": "peak memory of predict with very many samples",
     "eigen_checks": "planted defects found by the eigen-direction statistics at d = 16,384, and every preset's exact-model floor",
+    "conditional_scale": "the exact conditional denoiser and posterior draws beyond the dense limit: time, CG iterations, error",
     "video_cost": "time and peak memory of a sampling validation and a training step from d = 256 to 65,536",
     "gpu_check": "everything that needs a GPU in one go: GPU tests, then the speed benchmark (a checkout)",
     "wheel_check": "a non-editable install runs the quickstart and the theory from an empty directory",

@@ -144,10 +144,11 @@ class ResidualDenoiser(Denoiser):
     The prior is the data module's ``truth`` (the GP truth or the fitted reference), received at
     ``fit`` and stored in every checkpoint (``stdiff_prior``), so a checkpoint is sampled with the
     prior it was trained with and ``predict`` fits nothing. Its cost: unconditionally a Kronecker
-    eigenbasis transform per sample (O(T·S·(T + S))); conditionally one Cholesky factor of order T·S
-    per distinct (mask, noise level) in the batch (``KroneckerGP.denoise``: a training batch of B
-    samples, B factors, O(B·(T·S)³/3) flops; k samples of a case share one per sampler step),
-    T·S <= ``stdiff.truth.DENSE_LIMIT``.
+    eigenbasis transform per sample (O(T·S·(T + S))); conditionally (``KroneckerGP.denoise``) whole
+    frames through the Kronecker structure at any size, and scattered masks one Cholesky factor of
+    order T·S per distinct (mask, noise level) in the batch up to ``stdiff.truth.DENSE_LIMIT`` (a
+    training batch of B samples, B factors, O(B·(T·S)³/3) flops; k samples of a case share one per
+    sampler step), by conjugate gradients beyond it (``stdiff.truth.structured``).
 
     Args:
         sample_shape, backbone, schedule, parameterization: as ``Denoiser``.

@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stdiff.metrics.distances import gaussian_kl, gaussian_w2
-from stdiff.truth import Truth, flat_mask
+from stdiff.metrics.distances import FULL_MAX_DIM, gaussian_kl, gaussian_w2
+from stdiff.truth import DENSE_LIMIT, Truth, flat_mask
 
 ESTIMATORS = ("biased", "fair")
 
@@ -129,6 +129,25 @@ def _scores(samples: Tensor, target: Tensor, frame_of: Tensor, case_of: Tensor, 
     }
 
 
+def _posterior_moments(truth: Truth, x: Tensor, cond: Tensor, exact: Tensor, missing: Tensor,
+                       covariance: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:  # fmt: skip
+    """The posterior's mean (None where it has no closed form), its variance ``(cases, m)`` on the
+    ``missing`` coordinates and, with ``covariance``, its covariance ``(m, m)``. Scattered masks
+    beyond the dense limit have neither in closed form: the variance of the ``exact`` draws."""
+    x = torch.nan_to_num(x)
+    if covariance:
+        mean, cov = truth.conditional(x, cond)
+        cov = cov[(0,) * (cov.ndim - 2)]
+        return mean, cov.diagonal().expand(len(x), -1), cov
+    try:
+        mean, var = truth.conditional(x, cond, variance_only=True)
+    except ValueError:
+        if truth.dim <= DENSE_LIMIT:
+            raise
+        return None, exact.double().reshape(len(x), exact.shape[1], -1)[..., missing].var(1), None
+    return mean, (var.expand(len(x), -1) if var.ndim == 1 else var), None
+
+
 def conditional_report(truth: Truth, x: Tensor, mask: Tensor, samples: Tensor, seed: int = 0,
                        estimator: str = "biased") -> dict:  # fmt: skip
     """Conditional ``samples (n, k, T, *space)`` of cases ``x (n, T, *space)`` (NaN = missing)
@@ -145,9 +164,10 @@ def conditional_report(truth: Truth, x: Tensor, mask: Tensor, samples: Tensor, s
     target, frame_of, case_of, variance, residuals = [], [], [], [], {"": [], "_exact": []}
     groups = _cases(truth, x, mask)
     for rows, observed, cond in groups:
-        mean, cov = truth.conditional(torch.nan_to_num(x[rows]), cond)
         missing = ~observed
-        var_m = cov.diagonal(dim1=-2, dim2=-1)  # (cases, m)
+        shared = len(groups) == 1 and not x.isnan().any() and truth.is_gaussian
+        fit = shared and int(missing.sum()) <= FULL_MAX_DIM and n * k > int(missing.sum()) + 1
+        mean, var_m, cov = _posterior_moments(truth, x[rows], cond, exact[rows], missing, fit)
         flat_x = x[rows].reshape(len(rows), -1)
         for j, row in enumerate(rows.tolist()):
             scored = missing & ~flat_x[j].isnan()  # hidden by the mask and really observed
@@ -159,11 +179,11 @@ def conditional_report(truth: Truth, x: Tensor, mask: Tensor, samples: Tensor, s
             variance.append(var_m[j][scored[missing]])
             for label, draws in (("", samples), ("_exact", exact)):
                 picks[label].append(draws[row].double().cpu().reshape(k, -1)[:, scored].T)  # (m, k)
-        if len(groups) == 1 and not x.isnan().any() and truth.is_gaussian:  # one Gaussian posterior: fit the residuals
+        if shared and mean is not None:  # one Gaussian posterior: fit the residuals
             for label, draws in (("", samples), ("_exact", exact)):
                 s = draws.double().cpu().reshape(n, k, -1)[..., missing]
                 residuals[label] = (s - mean.reshape(n, 1, -1)[..., missing]).reshape(n * k, -1)
-            shared_cov = cov[0]
+            shared_cov = cov
     if not target:
         raise ValueError("conditional_report: no entry is both hidden by the mask and observed in the data; "
                          "nothing to score")  # fmt: skip
@@ -176,8 +196,9 @@ def conditional_report(truth: Truth, x: Tensor, mask: Tensor, samples: Tensor, s
         res = residuals[label]
         if len(res):
             dim = res.shape[1]
-            r_mean, r_cov = res.mean(0), torch.cov(res.T)
-            if n * k > dim + 1:
+            r_mean = res.mean(0)
+            if shared_cov is not None:
+                r_cov = torch.cov(res.T)
                 zero = torch.zeros(dim, dtype=torch.float64)
                 stats["kl"] = gaussian_kl(r_mean, r_cov, zero, shared_cov)
                 stats["w2"] = gaussian_w2(r_mean, r_cov, zero, shared_cov)

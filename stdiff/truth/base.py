@@ -142,11 +142,12 @@ class Truth(ABC):
     # --- conditioning ------------------------------------------------------------------------------
 
     @abstractmethod
-    def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    def conditional(self, x: Tensor, observed: Tensor, variance_only: bool = False) -> tuple[Tensor, Tensor]:
         """The law of the unobserved coordinates of ``x (..., T, *space)`` given its observed ones,
         ``observed`` a boolean mask ``(T,)`` (whole frames) or ``(T, *space)``: its mean ``(..., T,
         *space)`` (equal to ``x`` where observed) and covariance ``(..., m, m)`` (a Gaussian's is the
-        same for every case, returned as an expanded view)."""
+        same for every case, returned as an expanded view), or with ``variance_only`` its diagonal
+        ``(..., m)`` (a Gaussian's ``(m,)``)."""
 
     @abstractmethod
     def observed_log_prob(self, x: Tensor, observed: Tensor) -> Tensor:

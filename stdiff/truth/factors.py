@@ -122,6 +122,13 @@ class SpatialFactors:
         """Whether Σ or U_Σ has been formed as an S × S matrix (``dense``)."""
         return any(key[0] == "dense" for key in self._cache)
 
+    def diagonal(self) -> Tensor:
+        """diag(Σ) ``(S,)``: the Kronecker product of the factors' diagonals (ones for Σ = I)."""
+        out = torch.ones(1, dtype=torch.float64)
+        for matrix, _, _ in self.factors:
+            out = torch.kron(out, matrix.diagonal())
+        return out.expand(self.num_points) if not self.factors else out
+
     def matrices(self) -> list[Tensor]:
         """The factor matrices, Σ = ⊗ of them in grid order (none for Σ = I)."""
         return [matrix for matrix, _, _ in self.factors]

@@ -292,9 +292,19 @@ class KroneckerGP(Truth):
         denoiser approximates, and the evidence a mixture weighs its components by.
 
         Without a mask it is diagonal in the Kronecker eigenbasis, O(T·S·(T + S)) per sample; with
-        one it is dense, in covariance form (``stdiff.truth.conditioning.masked_denoise``), one
-        Cholesky factor of order T·S per distinct (mask, noise level), ``T·S <= DENSE_LIMIT``.
-        ``alpha``, ``sigma``: scalars or ``(B,)``; ``observed``, ``mask``: ``(B, T, *space)`` or None."""
+        one, ``stdiff.truth.conditioning.masked_denoise``: exact through the Kronecker structure for
+        masks of whole frames at any size, one Cholesky factor of order T·S per distinct (mask,
+        noise level) for scattered masks up to ``DENSE_LIMIT``; beyond it ``denoise`` solves them by
+        conjugate gradients and the evidence is refused. ``alpha``, ``sigma``: scalars or ``(B,)``;
+        ``observed``, ``mask``: ``(B, T, *space)`` or None."""
+        return self._denoise(x_t, alpha, sigma, observed, mask, evidence=True)
+
+    def denoise(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, observed: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:  # fmt: skip
+        """``denoise_with_evidence`` without the evidence (so scattered masks of any size)."""
+        return self._denoise(x_t, alpha, sigma, observed, mask, evidence=False)[0]
+
+    def _denoise(self, x_t, alpha, sigma, observed, mask, evidence: bool) -> tuple[Tensor, Tensor | None]:
         self.check_sample_shape(x_t, "x_t")
         alpha, sigma = per_sample_scales(alpha, sigma, len(x_t), x_t.device)
         if mask is None:
@@ -303,10 +313,10 @@ class KroneckerGP(Truth):
             x = x_t.to(torch.float64)
             view = (len(x), *[1] * len(self.sample_shape))
             x0 = (x + sigma.reshape(view) ** 2 * self.score(x, alpha, sigma)) / alpha.reshape(view)
-            return x0, self.noised_log_prob(x, alpha, sigma)
+            return x0, (self.noised_log_prob(x, alpha, sigma) if evidence else None)
         if observed is None or tuple(mask.shape) != tuple(x_t.shape) or tuple(observed.shape) != tuple(x_t.shape):
             raise ValueError(f"observed and mask must both be given, shaped like x_t {tuple(x_t.shape)}")
-        return conditioning.masked_denoise(self, x_t, alpha, sigma, observed, mask)
+        return conditioning.masked_denoise(self, x_t, alpha, sigma, observed, mask, evidence)
 
     def dense_covariance(self, device: torch.device) -> Tensor:
         """``covariance()`` cached per device (the dense conditional algebra's)."""
@@ -317,14 +327,15 @@ class KroneckerGP(Truth):
 
     # --- conditioning (forecasting and imputation baselines) ---------------------------------
 
-    def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    def conditional(self, x: Tensor, observed: Tensor, variance_only: bool = False) -> tuple[Tensor, Tensor]:
         """The exact distribution of the unobserved coordinates of ``x (..., T, *space)`` given its
         observed ones: the Bayes-optimal forecast or imputation any model's is measured against.
         ``observed``: ``(T,)`` (whole frames: cheap, through Γ alone, since Σ factors out) or
         ``(T, *space_shape)`` (single coordinates: dense, T·S <= DENSE_LIMIT). Returns the mean
         ``(..., T, *space)``, equal to ``x`` where observed, and the covariance ``(..., m, m)`` of the
-        m unobserved coordinates in frame-major order, the same for every case (an expanded view)."""
-        return conditioning.conditional(self, x, observed)
+        m unobserved coordinates in frame-major order, the same for every case (an expanded view),
+        or with ``variance_only`` its diagonal ``(m,)``: whole frames give it at any size."""
+        return conditioning.conditional(self, x, observed, variance_only)
 
     def observed_log_prob(self, x: Tensor, observed: Tensor) -> Tensor:
         """Log-density ``(...)`` of the observed entries of ``x (..., T, *space)`` (the marginal

@@ -198,15 +198,15 @@ class GPMixture(Truth):
         joint = torch.stack([c.observed_log_prob(x, observed) for c in self.components], -1)
         return torch.logsumexp(joint + self.log_weights.to(joint.device), -1)
 
-    def conditional(self, x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    def conditional(self, x: Tensor, observed: Tensor, variance_only: bool = False) -> tuple[Tensor, Tensor]:
         """The posterior's mean ``(..., T, *space)`` (equal to ``x`` where observed) and covariance of
         the unobserved coordinates ``(..., m, m)``, Σ_k π_k (C_k + (m_k − m)(m_k − m)ᵀ) with π the
         ``posterior_weights`` (the posterior is a mixture, not a Gaussian: these are its first two
-        moments)."""
+        moments); with ``variance_only`` the diagonal of that covariance ``(..., m)``."""
         if len(self.components) == 1:
-            return self.components[0].conditional(x, observed)
+            return self.components[0].conditional(x, observed, variance_only)
         pi = self.posterior_weights(x, observed)  # (..., K)
-        parts = [c.conditional(x, observed) for c in self.components]
+        parts = [c.conditional(x, observed, variance_only) for c in self.components]
         view = (*pi.shape[:-1], *[1] * len(self.sample_shape))
         mean = sum(pi[..., k].reshape(view) * m for k, (m, _) in enumerate(parts))
         missing = ~flat_mask(self, torch.as_tensor(observed).cpu()).to(x.device)
@@ -217,7 +217,10 @@ class GPMixture(Truth):
         cov = 0
         for k, (m, c) in enumerate(parts):
             shift = m.reshape(*batch, -1)[..., missing] - centre
-            cov = cov + pi[..., k, None, None] * (c + shift[..., :, None] * shift[..., None, :])
+            if variance_only:
+                cov = cov + pi[..., k, None] * (c + shift.pow(2))
+            else:
+                cov = cov + pi[..., k, None, None] * (c + shift[..., :, None] * shift[..., None, :])
         return mean, cov
 
     def sample_conditional(self, x: Tensor, observed: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
