@@ -232,3 +232,16 @@ def test_ckpt_path_last_takes_the_latest_checkpoint_of_this_data_and_says_which_
     assert (runs / "version_0" / "validate_0" / "metrics.json").is_file() and not (runs / "version_1" / "validate_0").exists()
     assert f"--ckpt_path last: passing over {runs / 'version_1' / 'checkpoints' / 'last.ckpt'}: data.init_args.temporal: " \
         "GeneralizedCauchy(lengthscale=4.0, alpha=2.0, beta=1.0) in the checkpoint" in caplog.text
+
+
+def test_attention_figures_refill_one_figure_level_by_level():
+    from stdiff.callbacks import figures
+
+    maps = {lam: {"a": torch.full((2, 4, 4), 0.1 * (i + 1))} for i, lam in enumerate((-4.0, 0.0, 4.0))}
+    seen = []
+    for lam, fig in figures.attention_figures(maps, torch.eye(4)):
+        image = fig.axes[0].get_images()[0]
+        seen.append((lam, id(fig), float(image.get_array().max()), image.get_clim()[1], fig._suptitle.get_text()))
+    assert [s[0] for s in seen] == [-4.0, 0.0, 4.0] and len({s[1] for s in seen}) == 1  # one figure, three levels
+    assert [round(s[2], 6) for s in seen] == [0.1, 0.2, 0.3] and [round(s[3], 6) for s in seen] == [0.1, 0.2, 0.3]
+    assert seen[-1][4].endswith("log-SNR +4.0")

@@ -281,12 +281,16 @@ class GPDiagnostics(Callback):
             values, maps = attention_report(net, pl_module.schedule, x0, noise, self.gamma, self.attention_log_snr)
             out.update({f"{stage}/attention/{label}{k}": v for k, v in values.items()})
             if label == "" and self.figures and trainer.is_global_zero:
-                from stdiff.callbacks.figures import attention_figure
+                import matplotlib.pyplot as plt
+
+                from stdiff.callbacks.figures import attention_figures
 
                 with self.clock.part("figures"):
-                    for lam, by_unit in maps.items():
-                        self.save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}",
-                                          attention_figure(by_unit, self.gamma, lam))  # fmt: skip
+                    fig = None
+                    for lam, fig in attention_figures(maps, self.gamma):  # one figure, refilled level by level
+                        self.save_figure(trainer, f"{stage}_attention_logsnr{lam:+.0f}", fig, close=False)
+                    if fig is not None:
+                        plt.close(fig)
         return out
 
     def _samples(self, trainer, pl_module, stage: str) -> dict[str, float]:
@@ -350,16 +354,24 @@ class GPDiagnostics(Callback):
 
     # --- output ----------------------------------------------------------------------------------
 
-    def save_figure(self, trainer, name: str, fig) -> None:
+    def save_figure(self, trainer, name: str, fig, close: bool = True) -> None:
+        """``fig`` drawn once, at 90 dpi, into ``<run>/figures/<name>_step<N>.png`` and TensorBoard
+        (``add_figure`` would draw it a second time); closed unless ``close`` is False."""
+        import matplotlib.image
         import matplotlib.pyplot as plt
+        import numpy as np
 
         directory = os.path.join(self._dir, "figures")
         os.makedirs(directory, exist_ok=True)
-        fig.savefig(os.path.join(directory, f"{name}_step{self._step(trainer)}.png"), dpi=90)
+        fig.set_dpi(90)
+        fig.canvas.draw()
+        image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        if close:
+            plt.close(fig)
+        matplotlib.image.imsave(os.path.join(directory, f"{name}_step{self._step(trainer)}.png"), image)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(name, fig, global_step=self._step(trainer))
-        plt.close(fig)
+                logger.experiment.add_image(name, image, global_step=self._step(trainer), dataformats="HWC")
 
     def _print_summary(self, trainer, stage: str) -> None:
         run = self._run_dir(trainer)  # on every rank: it broadcasts

@@ -156,11 +156,11 @@ def _eigen_lines(get, d: int, n: int, exact_model: bool, headline: bool, exact_t
                      "(exact, per eigen-direction)")  # fmt: skip
     flagged = []
     zs = {k: get(f"samples/eigen_decile{k}/z") for k in range(10)}
-    tenths = [f"{k} ({z:+.1f} noises, variance {get(f'samples/eigen_decile{k}/variance_ratio'):.3g} × the truth's)"
+    tenths = [f"{k}: {z:+.1f} (×{get(f'samples/eigen_decile{k}/variance_ratio'):.3g})"
               for k, z in zs.items() if z is not None and abs(z) > FLAG_Z]  # fmt: skip
     if tenths:
-        flagged.append(f"tenths of the eigen-directions more than {FLAG_Z:g} noises off (0: smallest eigenvalues): "
-                       + ", ".join(tenths))  # fmt: skip
+        flagged.append(f"tenths of the eigen-directions more than {FLAG_Z:g} noises off (0: smallest eigenvalues; "
+                       "noises, and variance against the truth's): " + ", ".join(tenths))  # fmt: skip
     frame_z = get("samples/frame_mean_z")
     if frame_z is not None and abs(frame_z) > FLAG_Z:
         flagged.append(f"the frame means are shifted ({frame_z:+.1f} noises, χ² over {get('samples/frame_mean_chi2'):.4g})")
