@@ -61,8 +61,8 @@ class KroneckerGP(Truth):
     ) -> None:
         self.frames = check_int("frames", frames, 2)
         space_shape = tuple(space_shape)
-        if len(space_shape) not in (1, 2):
-            raise ValueError(f"space_shape must have 1 or 2 entries (S,) or (H, W), got {space_shape!r}")
+        if len(space_shape) not in (1, 2, 3):
+            raise ValueError(f"space_shape must have 1, 2 or 3 entries (S,), (H, W) or (D, H, W), got {space_shape!r}")
         for n in space_shape:
             check_int(f"space_shape entry (in {space_shape!r})", n, 1)
         if jitter != "auto" and not (isinstance(jitter, (int, float)) and 0 <= jitter < math.inf):
