@@ -147,10 +147,10 @@ def test_auto_jitter_adds_just_enough_and_reports_it():
     [
         ({"frames": 1}, r"frames must be an integer >= 2, got 1"),
         ({"frames": 0}, r"frames must be an integer >= 2, got 0"),
-        ({"space_shape": ()}, r"space_shape must have 1 or 2 entries"),
+        ({"space_shape": ()}, r"space_shape must have 1, 2 or 3 entries"),
         ({"space_shape": (0,)}, r"space_shape entry .* must be an integer >= 1, got 0"),
         ({"space_shape": (4, -2)}, r"space_shape entry .* got -2"),
-        ({"space_shape": (2, 2, 2)}, r"space_shape must have 1 or 2 entries"),
+        ({"space_shape": (2, 2, 2, 2)}, r"space_shape must have 1, 2 or 3 entries"),
         ({"jitter": -1.0}, r"jitter must be a finite number >= 0 or 'auto', got -1.0"),
         ({"mean": float("nan")}, r"mean must be a finite number"),
     ],
@@ -221,11 +221,15 @@ def test_conditional_rejects_bad_masks():
     assert torch.equal(mean, torch.zeros(2, 4, 3, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("spatial", [RBF(2.5), Separable([Matern(3.0, 2.5), RBF(1.5)]), None], ids=["rbf", "matern_rbf", "identity"])
-def test_separable_space_matches_the_dense_kronecker_algebra(spatial):
-    """Σ held as one factor per grid axis (Γ ⊗ Σ_H ⊗ Σ_W) gives what the dense Σ gives: eigenvalues,
-    log-density, score, eigenbasis round trip, samples' covariance; Σ is never formed unless asked."""
-    gp = KroneckerGP(PoweredExponential(3.0), spatial, frames=5, space_shape=(4, 3), nugget=0.02)
+@pytest.mark.parametrize(("spatial", "shape"), [
+    (RBF(2.5), (4, 3)), (Separable([Matern(3.0, 2.5), RBF(1.5)]), (4, 3)), (None, (4, 3)),
+    (RBF(2.5), (3, 2, 2)), (Separable([Matern(3.0, 2.5), RBF(1.5), Matern(2.0, 0.5)]), (3, 2, 2)),
+], ids=["rbf", "matern_rbf", "identity", "rbf_3d", "separable_3d"])  # fmt: skip
+def test_separable_space_matches_the_dense_kronecker_algebra(spatial, shape):
+    """Σ held as one factor per grid axis (Γ ⊗ Σ_H ⊗ Σ_W, or Γ ⊗ Σ_D ⊗ Σ_H ⊗ Σ_W on 3-D grids)
+    gives what the dense Σ gives: eigenvalues, log-density, score, eigenbasis round trip, samples'
+    covariance; Σ is never formed unless asked."""
+    gp = KroneckerGP(PoweredExponential(3.0), spatial, frames=5, space_shape=shape, nugget=0.02)
     assert gp.separable and not gp.space.dense_formed
     x = gp.sample(6, torch.Generator().manual_seed(0), dtype=torch.float64)
     assert not gp.space.dense_formed  # sampling and the eigenbasis work by factors
