@@ -479,6 +479,6 @@ CASES = [
         "conditional cases beyond memory",
         ["test", "--config", "{root}/configs/conditional/guidance.yaml", "--model.denoiser=ExactDenoiser",
          "--diagnostics.conditional_cases=100000000"],
-        "diagnostics.conditional_cases=100000000 × conditional_samples=64 of samples (32, 8) needs about 113 TiB",
+        "diagnostics.conditional_cases=100000000 × conditional_samples=64 of samples (32, 8) needs about 125 TiB",
     ),
 ]
