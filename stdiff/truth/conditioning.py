@@ -114,23 +114,7 @@ def conditional(gp, x: Tensor, observed: Tensor, variance_only: bool = False) ->
     gp.check_sample_shape(x, "x")
     observed, frames_only = _frame_or_coordinates(gp, observed, x.device)
     batch = x.shape[: x.ndim - len(gp.sample_shape)]
-    mu = gp.mean_value
-    if frames_only:  # x_m | x_o = μ + (Γ_mo Γ_oo⁻¹ ⊗ I)(x_o − μ), covariance (Γ_mm − Γ_mo Γ_oo⁻¹ Γ_om) ⊗ Σ
-        k, flat = gp.gamma.to(x.device), x.to(torch.float64).reshape(*batch, gp.frames, gp.num_points)
-        mask = observed
-    else:
-        _check_dense(gp, "conditioning on single coordinates")
-        k, flat = gp.dense_covariance(x.device), x.to(torch.float64).reshape(*batch, gp.dim, 1)
-        mask = observed.reshape(-1)
-    o, m = mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
-    weights = torch.zeros(len(m), len(o), dtype=torch.float64, device=x.device)
-    if len(o) and len(m):  # K_mo K_oo⁻¹, through the Cholesky factor of K_oo
-        chol = torch.linalg.cholesky(k[o][:, o])
-        weights = torch.cholesky_solve(k[o][:, m], chol).T
-    mean = flat.clone()
-    mean[..., m, :] = mu + weights @ (flat[..., o, :] - mu)
-    schur = k[m][:, m] - weights @ k[o][:, m]
-    mean = mean.reshape(*batch, *gp.sample_shape)
+    mean, schur, m = _posterior(gp, x, observed, frames_only)
     if variance_only:
         if not frames_only:
             return mean, schur.diagonal()
@@ -142,6 +126,27 @@ def conditional(gp, x: Tensor, observed: Tensor, variance_only: bool = False) ->
                              "(sample_conditional), both exact at any size")  # fmt: skip
         schur = torch.kron(schur, gp.sigma.to(x.device))
     return mean, schur.expand(*batch, *schur.shape)
+
+
+def _posterior(gp, x: Tensor, mask: Tensor, frames_only: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The conditional mean ``(..., T, *space)``, the Schur complement K_mm − K_mo K_oo⁻¹ K_om and
+    the unobserved indices m: of frames (K = Γ; the covariance is that ⊗ Σ) or of coordinates
+    (K = Γ ⊗ Σ + τ² I, dense)."""
+    batch = x.shape[: x.ndim - len(gp.sample_shape)]
+    if frames_only:  # x_m | x_o = μ + (Γ_mo Γ_oo⁻¹ ⊗ I)(x_o − μ), covariance (Γ_mm − Γ_mo Γ_oo⁻¹ Γ_om) ⊗ Σ
+        k, flat = gp.gamma.to(x.device), x.to(torch.float64).reshape(*batch, gp.frames, gp.num_points)
+    else:
+        _check_dense(gp, "conditioning on single coordinates")
+        k, flat = gp.dense_covariance(x.device), x.to(torch.float64).reshape(*batch, gp.dim, 1)
+        mask = mask.reshape(-1)
+    o, m = mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
+    weights = torch.zeros(len(m), len(o), dtype=torch.float64, device=x.device)
+    if len(o) and len(m):  # K_mo K_oo⁻¹, through the Cholesky factor of K_oo
+        chol = torch.linalg.cholesky(k[o][:, o])
+        weights = torch.cholesky_solve(k[o][:, m], chol).T
+    mean = flat.clone()
+    mean[..., m, :] = gp.mean_value + weights @ (flat[..., o, :] - gp.mean_value)
+    return mean.reshape(*batch, *gp.sample_shape), k[m][:, m] - weights @ k[o][:, m], m
 
 
 def _frame_or_coordinates(gp, observed: Tensor, device) -> tuple[Tensor, bool]:
@@ -187,11 +192,7 @@ def sample_conditional(gp, x: Tensor, observed: Tensor, k: int, generator: torch
     x, observed = x.double().cpu(), observed.cpu()
     mask, frames_only = _frame_or_coordinates(gp, observed, "cpu")
     if frames_only:
-        mean, _ = conditional(gp, x, mask, variance_only=True)
-        m = (~mask).nonzero().squeeze(1)
-        o = mask.nonzero().squeeze(1)
-        gamma = gp.gamma
-        schur = gamma[m][:, m] - gamma[m][:, o] @ torch.cholesky_solve(gamma[o][:, m], torch.linalg.cholesky(gamma[o][:, o]))
+        mean, schur, m = _posterior(gp, x, mask, True)
         chol = torch.linalg.cholesky(schur + 1e-12 * schur.diagonal().mean() * torch.eye(len(m), dtype=schur.dtype))
         z = torch.randn(len(x), k, len(m), gp.num_points, generator=generator, dtype=torch.float64)
         flat = mean.reshape(len(x), 1, gp.frames, gp.num_points).repeat(1, k, 1, 1)
