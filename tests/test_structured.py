@@ -172,3 +172,30 @@ def test_conditional_memory_estimate_counts_what_the_structured_paths_allocate()
     assert posterior_memory(32, 64, d) < 2**31  # was 2 × 8 × 32 × d² = 1 PiB
     assert posterior_memory(32, 64, 1024) >= 2 * 8 * 32 * 1024**2
     assert math.isclose(posterior_memory(1, 1, d), 8 * d + 80 * d)
+
+
+def test_a_nearly_singular_gamma_keeps_whole_frames_on_the_dense_path():
+    """Regression (the long truth-contract profile's shrunk failure): at a Γ of condition 3e10 the
+    Kronecker path's conditional evidence was 1.3e-6 to 4e-4 nats off the 40-digit one; below the
+    dense limit such a K now takes the dense solve (3e-7 off), a well-conditioned one the Kronecker path."""
+    import math
+
+    import truth_reference as ref
+
+    from stdiff.kernels import RBF, PoweredExponential, Scaled
+
+    bad = KroneckerGP(Scaled(RBF(3.8395286570328317), 7.951386717277986), RBF(2.2755711223123667), 10, (2, 3))
+    good = KroneckerGP(PoweredExponential(2.7773114079367702, 0.5), None, 10, (2, 3))
+    assert not structured.frames_pay(bad) and structured.frames_pay(good)
+    assert structured.frames_pay(KroneckerGP(*VIDEO_KERNELS, 16, (64, 64)))  # beyond the dense limit: always
+    a, s = math.exp(-0.5), math.sqrt(1 - math.exp(-1))
+    for gp in (bad, good):
+        g = torch.Generator().manual_seed(2745)
+        x0 = gp.sample(1, g, dtype=torch.float64)
+        xt = a * x0 + s * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        mask = torch.zeros(x0.shape, dtype=torch.bool)
+        mask[:, :7] = True
+        _, evidence = conditioning.masked_denoise(gp, xt, torch.tensor([a], dtype=torch.float64),
+                                                  torch.tensor([s], dtype=torch.float64), x0, mask)  # fmt: skip
+        exact = ref.mp_component_evidence(gp, xt.reshape(-1).numpy(), a, s, x0.reshape(-1).numpy(), mask.reshape(-1).numpy())
+        assert abs(evidence.item() - float(exact[0])) < 1e-6

@@ -58,7 +58,7 @@ def masked_denoise(gp, x_t: Tensor, alpha: Tensor, sigma: Tensor, observed: Tens
     v = torch.where(seen, y, z) - mu  # what is conditioned on, centred
     kw = torch.empty_like(v)
     quad, logdet = (torch.zeros(b, dtype=torch.float64, device=v.device) for _ in range(2))
-    frames = structured.whole_frames(seen)
+    frames = structured.whole_frames(seen) & structured.frames_pay(gp)
     if frames.any():
         rows = frames.nonzero().squeeze(1)
         kw[rows], quad[rows], logdet[rows] = structured.frame_solve(gp, v[rows], seen[rows].all(-1), s[rows])
@@ -157,7 +157,8 @@ def _frame_or_coordinates(gp, observed: Tensor, device) -> tuple[Tensor, bool]:
     if observed.dtype != torch.bool or not (frames_only or tuple(observed.shape) == gp.sample_shape):
         raise ValueError(f"observed must be a boolean mask of shape ({gp.frames},) (frames) or {gp.sample_shape} "
                          f"(coordinates), got {observed.dtype} {tuple(observed.shape)}")  # fmt: skip
-    if not frames_only and gp.nugget == 0 and bool(structured.whole_frames(observed.reshape(1, gp.frames, -1))):
+    whole = not frames_only and bool(structured.whole_frames(observed.reshape(1, gp.frames, -1)))
+    if whole and gp.nugget == 0 and structured.frames_pay(gp):
         return observed.reshape(gp.frames, -1).all(-1), True  # a coordinate mask of whole frames
     if frames_only and gp.nugget > 0:
         return observed[:, None].expand(gp.frames, gp.num_points).reshape(gp.sample_shape), False

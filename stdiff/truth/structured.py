@@ -1,6 +1,6 @@
 """The conditional denoiser of a ``KroneckerGP`` without any (T·S)² matrix: what
-``stdiff.truth.conditioning.masked_denoise`` uses for whole-frame masks at every size, and for
-scattered masks beyond ``DENSE_LIMIT``.
+``stdiff.truth.conditioning.masked_denoise`` uses for whole-frame masks beyond ``DENSE_LIMIT`` (and
+below it where K is well-conditioned enough, ``frames_pay``), and for scattered masks beyond it.
 
 Both solve C w = v − μ, C = K + s·diag(unobserved), K = Γ ⊗ Σ + τ² I, s = σ²/α² (the covariance
 form of ``masked_denoise``):
@@ -14,8 +14,8 @@ form of ``masked_denoise``):
   (GPyTorch's structured matrix–vector products, Gardner et al. 2018), preconditioned by the
   unobserved block of (Q + I/s')⁻¹ = K (K + s' I)⁻¹ s', s' = min(s, K's mean eigenvalue). It stops
   at a relative residual of ``PCG_TOLERANCE`` (measured against the dense Cholesky path: a few
-  1e-6 relative error in x̂₀, ``tests/test_structured.py``); its error grows with K's condition number, so a K
-  above ``PCG_MAX_CONDITION`` (a smooth kernel without a nugget, held up only by jitter) is refused
+  1e-6 relative error in x̂₀, ``tests/test_structured.py``); its error grows with K's condition
+  number, so a K above ``PCG_MAX_CONDITION`` (a smooth kernel without a nugget, held up only by jitter) is refused
   rather than solved wrongly. It gives x̂₀, not the evidence (a log-determinant of order T·S).
 """
 
@@ -24,11 +24,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from stdiff.truth.base import DENSE_LIMIT
+
+FRAME_MAX_CONDITION = 1e7  # below the dense limit, whole frames go the Kronecker way only this well-conditioned
 PCG_TOLERANCE = 1e-6  # relative residual ‖b − A x‖ / ‖b‖ at which conjugate gradients stop
 PCG_MAX_ITERATIONS = 3000
 # Above this λ_max/λ_min of K the precision form's solution keeps fewer than ~4 correct digits at
 # PCG_TOLERANCE (measured: an RBF grid at auto jitter, condition ~1e13, converged to 70 % error).
 PCG_MAX_CONDITION = 1e9
+
+
+def frames_pay(gp) -> bool:
+    """Whether whole-frame masks go through the Kronecker structure: always beyond ``DENSE_LIMIT``
+    (nothing else can), and below it when K's condition number is at most ``FRAME_MAX_CONDITION``.
+    Σ's eigenbasis holds Σ to ~1e-16·‖Σ‖, which a nearly singular K amplifies past the dense
+    solve's error: at a Γ of condition 3e10 a conditional evidence came out 1.3e-6 to 4e-4 nats off
+    the 40-digit one (``tests/test_truth_contract.py``), the dense solve 3e-7."""
+    if gp.dim > DENSE_LIMIT:
+        return True
+    lam = gp.eigenvalues()
+    return (lam.max() / lam.min()).item() <= FRAME_MAX_CONDITION
 
 
 def whole_frames(seen: Tensor) -> Tensor:
