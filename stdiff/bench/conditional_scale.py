@@ -61,8 +61,9 @@ def denoise_row(gp, kind: str, batch: str, seed: int) -> dict:
     one = torch.ones(ROWS, dtype=torch.float64)
     got, seconds = timed(lambda: gp.denoise(xt, one, s.sqrt(), x0, mask))
     dense = gp.dim <= DENSE_LIMIT and kind == "imputation"
+    frames = "Kronecker" if structured.frames_pay(gp) else "dense"
     row = {"d": gp.dim, "mask": kind, "batch": batch, "path": "dense" if dense else
-           ("Kronecker" if kind == "forecast" else "CG"), "seconds": seconds, "iterations": None, "cg_seconds": None,
+           (frames if kind == "forecast" else "CG"), "seconds": seconds, "iterations": None, "cg_seconds": None,
            "error": None}  # fmt: skip
     shape = (ROWS, gp.frames, gp.num_points)
     v = (torch.where(mask, x0, xt) - gp.mean_value).reshape(shape)
