@@ -355,23 +355,11 @@ class GPDiagnostics(Callback):
     # --- output ----------------------------------------------------------------------------------
 
     def save_figure(self, trainer, name: str, fig, close: bool = True) -> None:
-        """``fig`` drawn once, at 90 dpi, into ``<run>/figures/<name>_step<N>.png`` and TensorBoard
-        (``add_figure`` would draw it a second time); closed unless ``close`` is False."""
-        import matplotlib.image
-        import matplotlib.pyplot as plt
-        import numpy as np
+        """``fig`` into ``<run>/figures/<name>_step<N>.png`` and TensorBoard (``figures.write``)."""
+        from stdiff.callbacks.figures import write
 
-        directory = os.path.join(self._dir, "figures")
-        os.makedirs(directory, exist_ok=True)
-        fig.set_dpi(90)
-        fig.canvas.draw()
-        image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-        if close:
-            plt.close(fig)
-        matplotlib.image.imsave(os.path.join(directory, f"{name}_step{self._step(trainer)}.png"), image)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(name, image, global_step=self._step(trainer), dataformats="HWC")
+        tensorboard = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        write(fig, os.path.join(self._dir, "figures"), name, self._step(trainer), tensorboard, close)
 
     def _print_summary(self, trainer, stage: str) -> None:
         run = self._run_dir(trainer)  # on every rank: it broadcasts

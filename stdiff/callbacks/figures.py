@@ -10,6 +10,26 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 
+def write(fig: Figure, directory: str, name: str, step: int, writers: list, close: bool = True) -> None:
+    """``fig`` drawn once, at 90 dpi, into ``<directory>/<name>_step<step>.png`` and into each
+    TensorBoard ``SummaryWriter`` of ``writers`` (``add_figure`` would draw it a second time);
+    closed unless ``close`` is False (a figure refilled and written again)."""
+    import os
+
+    import matplotlib.image
+    import numpy as np
+
+    os.makedirs(directory, exist_ok=True)
+    fig.set_dpi(90)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if close:
+        plt.close(fig)
+    matplotlib.image.imsave(os.path.join(directory, f"{name}_step{step}.png"), image)
+    for writer in writers:
+        writer.add_image(name, image, global_step=step, dataformats="HWC")
+
+
 def _heatmap(ax, m: Tensor, title: str, vmin=None, vmax=None, axes: tuple[str, str] = ("", "")) -> None:
     """``m`` as an image titled ``title``, rows labelled ``axes[0]`` and columns ``axes[1]``."""
     im = ax.imshow(m.detach().cpu().float().numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
