@@ -19,6 +19,7 @@ from stdiff.diffusion import (
     Denoiser,
     NoiseModel,
     Shared,
+    data_moments,
     denoising_loss,
     diffuse,
     times_from_uniform,
@@ -101,6 +102,9 @@ class DiffusionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
         self._missing = getattr(data, "missing_values", False)  # NaN in the data: left out of the loss
+        truth = getattr(data, "truth", None) if getattr(data, "truth_is_exact", False) else None
+        if truth is not None and self.denoiser.data_moments is None:
+            self.denoiser.data_moments = data_moments(truth)  # where sampling starts (Sampler.start_state)
         if self.denoiser.needs_truth:
             # predict may never need it (a checkpoint carries a ResidualDenoiser's prior): fetched
             # when first used, so a fitted reference is not fitted for nothing
@@ -264,6 +268,9 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.data_settings is not None:
             checkpoint["stdiff_data"] = self.data_settings
+        if self.denoiser.data_moments is not None:
+            mean, variance = self.denoiser.data_moments
+            checkpoint["stdiff_moments"] = {"mean": mean, "variance": variance}
         if hasattr(self.denoiser, "prior_state"):  # a ResidualDenoiser: the prior it was trained with
             checkpoint["stdiff_prior"] = self.denoiser.prior_state()
 
@@ -274,6 +281,8 @@ class DiffusionModule(L.LightningModule):
                 f"the checkpoint was trained on samples of shape {tuple(stored)} (T, *space_shape), but the "
                 f"data gives {self.sample_shape}: use the data settings the checkpoint was trained with"
             )
+        if "stdiff_moments" in checkpoint:
+            self.denoiser.data_moments = (checkpoint["stdiff_moments"]["mean"], checkpoint["stdiff_moments"]["variance"])
         if "stdiff_prior" in checkpoint and hasattr(self.denoiser, "load_prior_state"):
             self.denoiser.load_prior_state(checkpoint["stdiff_prior"])
 

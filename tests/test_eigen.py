@@ -73,8 +73,7 @@ def test_the_exact_models_law_from_two_draws_is_the_pushforward_kl(sampler, sepa
     schedule = OrnsteinUhlenbeck(t_min=1e-3, t_max=12.0)
     exact = ExactDenoiser.from_gp(gp, schedule)
     law = linear_sampler_law(gp, sampler, exact)
-    scale = sampler.initial_scale(schedule)
-    dense = pushforward_kl(lambda z: sampler.sample(exact, z.shape, dtype=torch.float64, start=scale * z), gp)
+    dense = pushforward_kl(lambda z: sampler.sample(exact, z.shape, dtype=torch.float64, noise=z), gp)
     assert law_eigen_kl(gp, *law) == pytest.approx(dense, rel=1e-8, abs=1e-10)
 
 
@@ -113,7 +112,7 @@ def test_every_presets_exact_model_reaches_close_through_its_own_sampler(configs
     stochastic sampler)."""
     from stdiff.callbacks.verdicts import CLOSE_PER_DIM
     from stdiff.cli import StdiffCLI
-    from stdiff.metrics import early_stopping_kl
+    from stdiff.metrics import early_stopping_kl, planned_endpoint
 
     cli = StdiffCLI(args=[a for c in configs for a in ("--config", str(c))] + ON_CPU_IF_GPU(configs), run=False)
     truth, model = cli.datamodule.truth, cli.model
@@ -126,7 +125,8 @@ def test_every_presets_exact_model_reaches_close_through_its_own_sampler(configs
         kl = law_eigen_kl(truth, *law)
     else:  # a mixture, or a stochastic sampler: what stopping at t_min costs
         t0 = torch.tensor(model.schedule.t_min, dtype=torch.float64)
-        kl = early_stopping_kl(truth, model.schedule.alpha(t0).item(), model.schedule.sigma(t0).item(), model.sampler.endpoint)
+        kl = early_stopping_kl(truth, model.schedule.alpha(t0).item(), model.schedule.sigma(t0).item(),
+                               planned_endpoint(model.sampler, truth, model.schedule))
     assert kl <= close, f"{configs[-1].name}: the exact model is {kl:.3g} nats from the truth, above close ({close:.3g})"
 
 

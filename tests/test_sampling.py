@@ -10,6 +10,7 @@ from stdiff.diffusion import ExactDenoiser
 from stdiff.kernels import RBF, PoweredExponential
 from stdiff.metrics import early_stopping_kl, gaussian_fit_kl, gaussian_fit_kl_floor, pushforward_kl
 from stdiff.sampling import DDIM, SAMPLERS, Ancestral, DPMSolver, EulerMaruyama, Heun, UniPC, time_grid
+from stdiff.sampling.base import PROBE_ROWS
 from stdiff.schedules import SCHEDULES, OrnsteinUhlenbeck
 from stdiff.truth import KroneckerGP
 
@@ -69,14 +70,17 @@ def test_evaluations_count_network_calls(problem):
             self.schedule = schedule
 
         def forward(self, x, t):
-            calls.append(1)
+            calls.append(len(x))
             return exact(x, t)
 
     for sampler in (Heun(steps=4), DPMSolver(steps=7, order=3), DDIM(steps=5, endpoint="denoise"), Ancestral(3),
-                    UniPC(steps=6), UniPC(steps=9), DDIM(steps=4, endpoint="ode")):
+                    UniPC(steps=6), UniPC(steps=9), DDIM(steps=4, endpoint="ode"), DDIM(steps=4, endpoint="root"),
+                    UniPC(steps=9, endpoint="root")):  # fmt: skip
         calls.clear()
-        sampler.sample(Counted(), (4, 8, 4), torch.Generator().manual_seed(0))
-        assert len(calls) == sampler.evaluations, repr(sampler)
+        sampler.sample(Counted(), (3, 8, 4), torch.Generator().manual_seed(0))
+        probes = sum(rows == PROBE_ROWS for rows in calls)  # UniPC's auto endpoint: one call on its probe rows
+        assert len(calls) - probes == sampler.evaluations, repr(sampler)
+        assert probes == (sampler.endpoint == "auto"), repr(sampler)
 
 
 def test_endpoints_are_the_posterior_mean_and_the_ode_step_of_the_last_state(problem):
@@ -196,11 +200,11 @@ def test_time_grids(schedule, spacing):
         (lambda: Heun(rho=0.0), r"Heun.rho must be a finite number > 0"),
         (lambda: DPMSolver(order=4), r"DPMSolver.order must be 1, 2 or 3, got 4"),
         (lambda: DPMSolver(order=3, stochastic=True), r"DPMSolver.order must be 1 or 2 with stochastic=true, got 3"),
-        (lambda: DDIM(endpoint="yes"), r"DDIM.endpoint must be one of t_min, denoise, ode, got 'yes'"),
+        (lambda: DDIM(endpoint="yes"), r"DDIM.endpoint must be one of t_min, denoise, ode, root, got 'yes'"),
         (lambda: UniPC(steps=0), r"UniPC.steps must be an integer >= 1, got 0"),
-        (lambda: UniPC(steps=1, endpoint="ode"), r"UniPC.steps must be >= 2 with endpoint 'ode' \(its last evaluation"),
+        (lambda: UniPC(steps=1, endpoint="ode"), r"UniPC.steps=1 with endpoint 'ode' leaves 0 step\(s\)"),
         (lambda: UniPC(order=4), r"UniPC.order must be 1, 2, 3 or null \(auto\), got 4"),
-        (lambda: UniPC(endpoint="end"), r"UniPC.endpoint must be one of auto, t_min, denoise, ode, got 'end'"),
+        (lambda: UniPC(endpoint="end"), r"UniPC.endpoint must be one of auto, t_min, denoise, ode, root, got 'end'"),
         (lambda: UniPC(skew=0), r"UniPC.skew must be a finite number > 0"),
         (lambda: UniPC(lambda_start=float("nan")), r"UniPC.lambda_start must be a finite number or null"),
     ],

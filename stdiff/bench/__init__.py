@@ -29,6 +29,8 @@ BENCHMARKS = {
     "mixture_sampler_kl": "sampler error with the exact model of a mixture of GPs: true KL by network evaluations",
     "mixtures": "the DiT on the three mixture presets at the quickstart's budget: score error, true KL, weights, components, attention",
     "diffusers_kl": "stdiff's samplers against diffusers' schedulers run on the same problem: exact KL by evaluations",
+    "sampler_tuning": "UniPC's automatic settings chosen on the tuning half of 64 seeded Gaussian sampling problems",
+    "sampler_heldout": "stdiff's default sampler against diffusers' best and defaults on the 32 held-out problems",
     "trained_sampler_kl": "the same comparison on a trained model: Gaussian-fit KL excess by evaluations, with its noise",
     "sampling_path": "where along the sampling path a trained model's samples leave the exact law",
     "recipe_ablation": "what each part of the quickstart's training recipe does to its samples",

@@ -68,6 +68,7 @@ STDIFF_SETTINGS: dict[str, Callable[[int], Sampler]] = {
     "UniPC, order 3": lambda n: UniPC(steps=n, order=3),
     "UniPC, endpoint t_min": lambda n: UniPC(steps=n, endpoint="t_min"),
     "UniPC, endpoint ode": lambda n: UniPC(steps=n, endpoint="ode"),
+    "UniPC, endpoint root (denoise below 5)": lambda n: UniPC(steps=n, endpoint="root") if n >= 5 else UniPC(steps=n, endpoint="denoise"),
     "DPMSolver 2M (stdiff's default before)": lambda n: DPMSolver(steps=n),
     "DPMSolver 2M, endpoint ode": lambda n: DPMSolver(steps=n - 1, endpoint="ode"),
     "DPMSolver 3M, endpoint ode": lambda n: DPMSolver(steps=n - 1, order=3, endpoint="ode"),
@@ -76,7 +77,7 @@ STDIFF_DEFAULT = "UniPC (stdiff default)"
 
 
 def stdiff_draw(sampler: Sampler, model) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda z: sampler.sample(model, z.shape, dtype=z.dtype, start=z)
+    return lambda z: sampler.sample(model, z.shape, dtype=z.dtype, noise=z)
 
 
 # --- diffusers' side -------------------------------------------------------------------------
@@ -211,7 +212,10 @@ def fmt(v: float) -> str:
 
 
 def markdown(rows: list[dict], n: int, budgets: list[int]) -> str:
-    intro = (f"{__doc__.split(chr(10) * 2)[0]}\n\n`python -m stdiff.bench diffusers_kl`; every setting's exact KL at "
+    from importlib.metadata import version
+
+    made = f"diffusers {version('diffusers')}, torch {torch.__version__}" if any(r["library"] == "diffusers" for r in rows) else ""
+    intro = (f"{__doc__.split(chr(10) * 2)[0]}\n\n`python -m stdiff.bench diffusers_kl` ({made}); every setting's exact KL at "
              "every budget is in `diffusers_kl.csv`. Columns: network evaluations. Exact KL in nats (floor 0); in "
              f"italics the Monte Carlo estimate from {n} samples (Gaussian-fit KL in excess of {n} exact samples').\n")  # fmt: skip
     titles = {"quickstart": "The quickstart's GP (d = 256)", "sampler_kl": "sampler_kl.md's GP (d = 32)",

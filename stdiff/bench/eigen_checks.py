@@ -71,7 +71,7 @@ def preset_floor(configs: list[Path], on_cpu: list[str] = ()) -> tuple[float, fl
     from stdiff.callbacks.verdicts import CLOSE_PER_DIM
     from stdiff.cli import StdiffCLI
     from stdiff.diffusion import ExactDenoiser
-    from stdiff.metrics import early_stopping_kl
+    from stdiff.metrics import early_stopping_kl, planned_endpoint
     from stdiff.metrics.eigen import law_eigen_kl, linear_sampler_law
 
     cli = StdiffCLI(args=[a for c in configs for a in ("--config", str(c))] + list(on_cpu), run=False)
@@ -80,7 +80,8 @@ def preset_floor(configs: list[Path], on_cpu: list[str] = ()) -> tuple[float, fl
     if law is not None:
         return law_eigen_kl(truth, *law), CLOSE_PER_DIM * truth.dim, "exact"
     t0 = torch.tensor(model.schedule.t_min, dtype=torch.float64)
-    kl = early_stopping_kl(truth, model.schedule.alpha(t0).item(), model.schedule.sigma(t0).item(), model.sampler.endpoint)
+    kl = early_stopping_kl(truth, model.schedule.alpha(t0).item(), model.schedule.sigma(t0).item(),
+                               planned_endpoint(model.sampler, truth, model.schedule))
     return kl, CLOSE_PER_DIM * truth.dim, "early stopping"
 
 

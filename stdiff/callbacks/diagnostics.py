@@ -36,6 +36,7 @@ from stdiff.metrics import (
     attention_report,
     early_stopping_report,
     missing_kl_note,  # fmt: skip
+    planned_endpoint,
     random_init_copy,
     score_error_terms,
 )
@@ -121,7 +122,7 @@ class GPDiagnostics(Callback):
         self.score = ScoreError(torch.linspace(ends[0].item(), ends[1].item(), self.score_bins + 1))
         self.gamma = self.truth.gamma
         self._stopping = early_stopping_report(self.truth, schedule, CLOSE_PER_DIM * self.truth.dim / 10,
-                                               getattr(pl_module.sampler, "endpoint", "t_min"))
+                                               planned_endpoint(pl_module.sampler, self.truth, schedule))
         if self.reference_kernel is not None:
             self.gamma = self.reference_kernel(torch.arange(self.truth.frames, dtype=torch.float64)[:, None])
 
@@ -317,7 +318,7 @@ class GPDiagnostics(Callback):
         if bar is not None:
             bar.close()
         floor_seed = derive_seed(self.seed, DIAGNOSTICS, *floor_key)
-        endpoint = getattr(pl_module.sampler, "endpoint", "t_min")
+        endpoint = planned_endpoint(pl_module.sampler, self.truth, pl_module.schedule)
         metric = SampleDistance(self.truth, pl_module.schedule, floor_seed, endpoint=endpoint).to(pl_module.device)
         metric.update(x)
         values = metric.compute()

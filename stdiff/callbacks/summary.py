@@ -15,7 +15,7 @@ from stdiff.metrics.distances import excess_noise
 
 # what the diagnostics record of the part of the KL no training removes (``stdiff.metrics.exact_model_floor``)
 FLOOR_KEYS = ("exact_model_kl_excess", "early_stopping_kl", "t_min_for_early_stopping", "smallest_eigenvalue",
-              "condition_number", "early_stopping_kl_ode")  # fmt: skip
+              "condition_number", "early_stopping_kl_ode", "early_stopping_kl_root")  # fmt: skip
 
 
 def wrap(text: str, indent: int, width: int = 110) -> str:

@@ -90,9 +90,10 @@ def _sampler_verdict(kl_excess: float, exact_excess: float, d: int, n: int, floo
         t_min, lam, cond = (floor.get(k) for k in ("t_min_for_early_stopping", "smallest_eigenvalue", "condition_number"))
         out += f". Stopping at t_min alone costs {early:.3g}: lower model.denoiser.init_args.schedule.init_args.t_min"
         out += f" (to {t_min:.2g} for {close / 10:.3g} nats)" if t_min is not None else ""
-        ode = floor.get("early_stopping_kl_ode")
-        if ode is not None and ode < 0.9 * early:  # the sampler does not end on the ODE step, and it would help
-            out += f", end on the ODE step to σ = 0 (model.sampler.init_args.endpoint=ode: {ode:.3g})"
+        ends = {e: floor[f"early_stopping_kl_{e}"] for e in ("ode", "root") if f"early_stopping_kl_{e}" in floor}
+        if ends and min(ends.values()) < 0.9 * early:  # the sampler does not end on the best step to σ = 0, and it would help
+            best = min(ends, key=ends.get)
+            out += f", end on the flow to σ = 0 (model.sampler.init_args.endpoint={best}: {ends[best]:.3g})"
         if lam is not None and cond is not None:
             out += (f", or choose a better-conditioned kernel (Γ ⊗ Σ's smallest eigenvalue is {lam:.2g}, its condition "
                     f"number {cond:.2g}: a smoother or longer-range kernel needs a smaller t_min)")  # fmt: skip

@@ -15,6 +15,7 @@ from stdiff.diffusion.denoisers import (
     NoiseModel,
     ResidualDenoiser,
     Shared,
+    data_moments,
     exact_noise,
 )
 from stdiff.diffusion.process import (
@@ -53,6 +54,7 @@ __all__ = [
     "Shared",
     "VelocityPrediction",
     "convert",
+    "data_moments",
     "denoising_loss",
     "denoising_loss_floor",
     "diffuse",

@@ -36,6 +36,9 @@ class NoiseModel(nn.Module, ABC):
         super().__init__()
         schedule.validate()
         self.sample_shape, self.schedule = tuple(sample_shape), schedule
+        # (mean (T, *space) or None, per-coordinate variance) of the data, where samplers start
+        # (``Sampler.start_state``); None: zero mean, unit variance. Checkpoints carry it.
+        self.data_moments: tuple[Tensor | None, float] | None = None
 
     @abstractmethod
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
@@ -113,6 +116,7 @@ class ExactDenoiser(NoiseModel):
 
     def attach_truth(self, truth) -> None:
         self.gp = _check_truth(type(self).__name__, truth() if callable(truth) else truth, self.sample_shape)
+        self.data_moments = data_moments(self.gp)
 
     def divergence(self, t: float, x_t: Tensor) -> Tensor:
         """∇ₓ·ε̂ ``(B,)`` at time ``t`` and ``x_t (B, T, *space)`` (a control variate for Hutchinson's
@@ -237,6 +241,16 @@ def exact_noise(gp: Truth, schedule: NoiseSchedule, x_t: Tensor, t: Tensor, obse
     x0 = gp.denoise(x_t, alpha, sigma, observed, mask)
     a, s = per_sample(alpha.double(), x0), per_sample(sigma.double(), x0)
     return (x_t.double() - a * x0) / s
+
+
+def data_moments(truth: Truth) -> tuple[Tensor, float]:
+    """The mean ``(T, *space)`` and the per-coordinate variance, averaged over coordinates, of a
+    truth (a mixture's: its components' variances plus the spread of their means)."""
+    weights = truth.weights.tolist()
+    mean = sum(w * c.mean for w, c in zip(weights, truth.components, strict=True))
+    variance = sum(w * (c.eigenvalues().mean().item() + (c.mean - mean).pow(2).mean().item())
+                   for w, c in zip(weights, truth.components, strict=True))  # fmt: skip
+    return mean, variance
 
 
 def _check_truth(name: str, truth: Truth | None, sample_shape: tuple[int, ...]) -> Truth:

@@ -5,6 +5,7 @@ from stdiff.metrics.attention import attention_alignment, frame_attention, tempo
 from stdiff.metrics.conditional import conditional_report, crps, energy_score, posterior_samples
 from stdiff.metrics.distances import (
     correlation_by_lag,
+    early_stopping_floor,
     early_stopping_kl,
     early_stopping_t_min,
     factor_covariances,
@@ -23,6 +24,7 @@ from stdiff.metrics.reports import (
     attention_report,
     early_stopping_report,
     exact_model_floor,
+    planned_endpoint,
     random_init_copy,
     sample_report,
     sampler_floor,
@@ -39,6 +41,7 @@ __all__ = [
     "conditional_report",
     "correlation_by_lag",
     "crps",
+    "early_stopping_floor",
     "early_stopping_kl",
     "early_stopping_report",
     "early_stopping_t_min",
@@ -52,6 +55,7 @@ __all__ = [
     "gaussian_w2",
     "ks_normal",
     "missing_kl_note",
+    "planned_endpoint",
     "posterior_samples",
     "pushforward_kl",
     "random_init_copy",

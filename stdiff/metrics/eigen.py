@@ -109,24 +109,23 @@ def frame_mean_test(gp, y_bar: Tensor, n: int) -> dict[str, float]:
 
 def linear_sampler_law(gp, sampler, model, device="cpu") -> tuple[Tensor, Tensor] | None:
     """The exact law, per eigen-direction, of what a deterministic ``sampler`` returns with the
-    exact (linear) ``model`` of ``gp``: the sampler is then affine in its start and diagonal in the
-    eigenbasis, y_out = g ⊙ y_start + c, so two one-sample draws (from 0 and from the start whose
-    eigen-coordinates are all 1) give the mean ``c`` and standard deviation ``|g|·scale`` of every
-    direction ``(T, S)``, scale being the start's (``Sampler.initial_scale``). A third draw from 0
-    with another generator tells a stochastic sampler, for which it returns None."""
+    exact (linear) ``model`` of ``gp``: the sampler is then affine in its white starting noise and
+    diagonal in the eigenbasis, y_out = g ⊙ z + c, so two one-sample draws (from z = 0 and from the
+    z whose eigen-coordinates are all 1) give the mean ``c`` and standard deviation ``|g|`` of every
+    direction ``(T, S)``. A third draw from 0 with another generator tells a stochastic sampler,
+    for which it returns None."""
     shape = (1, *gp.sample_shape)
-    scale = sampler.initial_scale(model.schedule)
     zero = torch.zeros(shape, dtype=torch.float64, device=device)
     unit = gp.from_eigenbasis(torch.ones(1, gp.frames, gp.num_points, dtype=torch.float64, device=device))
     draws = []
-    for start, seed in ((zero, 0), (zero, 1), (unit, 0)):
+    for noise, seed in ((zero, 0), (zero, 1), (unit, 0)):
         g = torch.Generator(device=device).manual_seed(seed)
-        draws.append(sampler.sample(model, shape, g, device, torch.float64, start=start))
+        draws.append(sampler.sample(model, shape, g, device, torch.float64, noise=noise))
     if not torch.equal(draws[0], draws[1]):
         return None
     mean = gp.to_eigenbasis(draws[0] - gp.mean.to(device))[0]
     gain = gp.to_eigenbasis(draws[2] - draws[0])[0]
-    return mean, gain.abs() * scale
+    return mean, gain.abs()
 
 
 def law_eigen_kl(gp, mean: Tensor, std: Tensor) -> float:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from stdiff.diffusion import ExactDenoiser, diffuse, per_sample
 from stdiff.metrics.attention import attention_alignment, frame_attention
-from stdiff.metrics.distances import early_stopping_kl, early_stopping_t_min, gaussian_fit_kl
+from stdiff.metrics.distances import early_stopping_floor, early_stopping_kl, early_stopping_t_min, gaussian_fit_kl
 from stdiff.metrics.mixture import mixture_distances, sample_distances
 from stdiff.schedules import NoiseSchedule
 from stdiff.truth import KroneckerGP, Truth
@@ -118,19 +118,29 @@ def sample_report(truth: Truth, samples: Tensor, schedule: NoiseSchedule, seed: 
     return values
 
 
+def planned_endpoint(sampler, truth: Truth, schedule: NoiseSchedule) -> str:
+    """The endpoint ``sampler`` ends on with the exact model of ``truth``: ``Sampler.endpoint_for`` the
+    early-stopping floor that a perfect model's probe reads (``early_stopping_floor``)."""
+    if not hasattr(sampler, "endpoint_for"):
+        return getattr(sampler, "endpoint", "t_min")
+    t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
+    return sampler.endpoint_for(early_stopping_floor(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item()))
+
+
 def early_stopping_report(truth: Truth, schedule: NoiseSchedule, target: float,
                           endpoint: str = "t_min") -> dict[str, float]:  # fmt: skip
     """What the verdict needs to say what to change when stopping at ``t_min`` keeps samples from
     the truth: Γ ⊗ Σ's ``smallest_eigenvalue`` and ``condition_number``, and
     ``t_min_for_early_stopping``, the largest t_min whose early-stopping KL (after the sampler's
-    ``endpoint``) is ``target`` nats; ``early_stopping_kl_ode``, that KL with the ODE endpoint."""
+    ``endpoint``) is ``target`` nats; ``early_stopping_kl_ode`` and ``early_stopping_kl_root``,
+    that KL with the ``ode`` and ``root`` endpoints."""
     eigen = [c.eigenvalues().reshape(-1) for c in truth.components]
     lam = torch.cat(eigen)  # a mixture's: every component's (the worst conditioned decides)
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
-    ode = early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item(), "ode")
+    ode, root = (early_stopping_kl(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item(), e) for e in ("ode", "root"))
     return {"smallest_eigenvalue": lam.min().item(), "condition_number": max((e.max() / e.min()).item() for e in eigen),
             "t_min_for_early_stopping": early_stopping_t_min(truth, schedule, target, endpoint),
-            "early_stopping_kl_ode": ode}  # fmt: skip
+            "early_stopping_kl_ode": ode, "early_stopping_kl_root": root}  # fmt: skip
 
 
 def exact_model_floor(truth: Truth, exact_samples: Tensor, values: dict[str, float], seed: int = 0) -> dict[str, float]:

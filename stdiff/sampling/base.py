@@ -17,14 +17,22 @@ from stdiff.diffusion import NoiseModel
 from stdiff.schedules import NoiseSchedule
 
 Spacing = Literal["uniform", "log_snr", "karras"]
-Endpoint = Literal["t_min", "denoise", "ode"]
+DataMoments = tuple[Tensor | None, float]  # (mean (T, *space) or None for zero, per-coordinate variance)
+Endpoint = Literal["t_min", "denoise", "ode", "root"]
 ENDPOINTS = {
     "t_min": "the state at t_min: a draw of the data noised to t_min, off by the early-stopping KL",
     "denoise": "E[x0 | x_t_min] (Tweedie): as far off as t_min to second order, on the other side",
     "ode": "the probability-flow ODE from t_min to sigma = 0 in one Euler step in the noise variance s^2 = "
            "sigma^2/alpha^2, where its rate is smooth: y0 = y - (s/2) eps, i.e. (x/alpha + x0)/2; "
-           "exact to first order in s^2 (Gaussian data: the bias falls from O(s^4) to O(s^8))",
+           "exact to first order in s^2 (Gaussian data: the bias falls from O(s^4) to O(s^8)), but only in "
+           "directions whose variance is far above s^2: in the others it leaves half the noise, worse than denoise",
+    "root": "the probability-flow ODE from t_min to sigma = 0 in every direction: for a linear denoiser of gain g "
+            "(x0 = g y in an eigen-direction, y = x/alpha) the flow's end is sqrt(g) y, approximated by "
+            "x0 + p(G)(y - x0) with p(g) = g - g^2/2 (exact as g -> 1, p(0) = 0), G applied by two more "
+            "evaluations at t_min; never worse than t_min or denoise in any direction",
 }  # fmt: skip
+ROOT_POLYNOMIAL = {"root": (1.0, -0.5)}  # p(g) = Σ_k c_k g^k: the endpoint's G-polynomial, one evaluation a term
+ENDPOINT_EVALUATIONS = {"t_min": 0, "denoise": 1, "ode": 1, **{k: 1 + len(v) for k, v in ROOT_POLYNOMIAL.items()}}
 
 
 def time_grid(schedule: NoiseSchedule, steps: int, spacing: Spacing = "log_snr", rho: float = 7.0) -> Tensor:
@@ -89,7 +97,7 @@ class Sampler(ABC):
     @property
     def evaluations(self) -> int:
         """Network evaluations per sample: the cost of a sampler, whatever its order."""
-        return self.intervals * self.evaluations_per_step + int(self.endpoint != "t_min")
+        return self.intervals * self.evaluations_per_step + ENDPOINT_EVALUATIONS[self.endpoint]
 
     @torch.no_grad()
     def sample(
@@ -102,30 +110,47 @@ class Sampler(ABC):
         progress: Callable[[int, int], None] | None = None,
         cond: dict[str, Tensor] | None = None,
         start: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Draw samples of ``shape = (n, T, *space)`` at time ``t_min`` of ``model.schedule``.
 
-        Starts from ``start`` if given, else from N(0, (α(t_max)² + σ(t_max)²) I), the forward
-        marginal of unit-variance data (N(0, I) for variance-preserving schedules).
-        ``progress(i, steps)`` is called after each step (``intervals`` of them); ``cond`` goes to
-        every model call. A deterministic sampler is a function of ``start`` alone: with a linear
-        model (the exact model of Gaussian data) an affine one, whose push-forward of N(0, I) is
-        exact (``stdiff.metrics.pushforward_kl``).
+        Starts from the state ``start`` at the grid's first time if given, else from the forward
+        marginal there of data with the model's ``data_moments`` (mean m, per-coordinate variance
+        v; zero and one unless the model says otherwise), made white: x = α m + √(α² v + σ²) z,
+        z = ``noise`` or N(0, I) (``start_state``). ``progress(i, steps)`` is called after each
+        step (``intervals`` of them); ``cond`` goes to every model call. A deterministic sampler is
+        a function of z alone: with a linear model (the exact model of Gaussian data) an affine
+        one, whose push-forward of N(0, I) is exact (``stdiff.metrics.pushforward_kl``).
         """
         schedule = model.schedule
+        moments = getattr(model, "data_moments", None)
+        self.prepare(model, tuple(shape[1:]), moments, device, dtype, cond)
         if cond:
             model = functools.partial(model, **cond)
-        times = self.times(schedule)
+        times = self.times(schedule, 1.0 if moments is None else moments[1])
         if start is not None:
             x = start.to(device=device or start.device, dtype=dtype).clone()
         else:
-            x = self.initial(schedule, shape, generator, device, dtype)
+            if noise is None:
+                device = generator.device if generator is not None and device is None else device
+                noise = torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+            x = self.start_state(schedule, times[0].item(), noise.to(device=device or noise.device, dtype=dtype), moments)
         self.begin()
         for i in range(self.intervals):
             x = self.step(model, schedule, x, times[i].item(), times[i + 1].item(), generator)
             if progress is not None:
                 progress(i + 1, self.intervals)
         return self.finish(model, schedule, x)
+
+    def prepare(self, model: NoiseModel, sample_shape: tuple[int, ...], moments: DataMoments | None, device,
+                dtype: torch.dtype, cond: dict[str, Tensor] | None) -> None:  # fmt: skip
+        """Called at the start of every ``sample``, before the grid is made (``UniPC`` probes the model
+        there to choose its endpoint)."""
+
+    def endpoint_for(self, floor: float) -> str:
+        """The endpoint this sampler ends on where stopping at t_min would leave ``floor`` nats
+        (``early_stopping_floor``): its own, unless it chooses by the floor (``UniPC``'s auto)."""
+        return self.endpoint
 
     def begin(self) -> None:
         """Called before the first step of every draw (multistep samplers forget their history)."""
@@ -134,10 +159,21 @@ class Sampler(ABC):
         """The sample from the state ``x`` at ``t_min``, by ``endpoint``."""
         if self.endpoint == "t_min":
             return x
-        return _endpoint(self.endpoint, schedule, x, _x0(model, schedule, x, schedule.t_min))
+        return _endpoint(self.endpoint, model, schedule, x, _x0(model, schedule, x, schedule.t_min))
 
-    def times(self, schedule: NoiseSchedule) -> Tensor:
-        """The ``intervals + 1`` decreasing times of this sampler's grid."""
+    @staticmethod
+    def start_state(schedule: NoiseSchedule, t: float, noise: Tensor, moments: DataMoments | None = None) -> Tensor:
+        """The state at time ``t`` from white ``noise``: α m + √(α² v + σ²) z, the forward marginal at
+        ``t`` of data with mean m and per-coordinate variance v (``moments``; 0 and 1 if None), its
+        correlations left out (they are what the sampler recovers)."""
+        a, s = alpha_sigma(schedule, t)
+        mean, variance = (None, 1.0) if moments is None else moments
+        x = math.sqrt(a**2 * variance + s**2) * noise
+        return x if mean is None else x + a * mean.to(device=x.device, dtype=x.dtype)
+
+    def times(self, schedule: NoiseSchedule, variance: float = 1.0) -> Tensor:
+        """The ``intervals + 1`` decreasing times of this sampler's grid, for data of per-coordinate
+        ``variance`` (a grid that starts later than ``t_max`` starts later for smaller data)."""
         return time_grid(schedule, self.steps, self.spacing, self.rho)
 
     @staticmethod
@@ -187,12 +223,42 @@ def _check_endpoint(owner: str, endpoint, allowed: tuple[str, ...] = tuple(ENDPO
     return endpoint
 
 
-def _endpoint(endpoint: str, schedule: NoiseSchedule, x: Tensor, x0: Tensor) -> Tensor:
+def _endpoint(endpoint: str, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, x0: Tensor) -> Tensor:
     """The sample from the state ``x`` at ``t_min`` and its data prediction ``x0`` (see ``ENDPOINTS``)."""
     if endpoint == "denoise":
         return x0
     a = alpha_sigma(schedule, schedule.t_min)[0]
-    return 0.5 * (x / a + x0)  # "ode"
+    if endpoint == "ode":
+        return 0.5 * (x / a + x0)
+    # "root": x̂₀ + p(G) w, w = x/α − x̂₀, G the denoiser's gain at t_min: G v = x̂₀(x) − x̂₀(x − α v)
+    out, power = x0, x / a - x0
+    for c in ROOT_POLYNOMIAL[endpoint]:
+        power = x0 - _x0(model, schedule, x - a * power, schedule.t_min)
+        out = out + c * power
+    return out
+
+
+PROBE_ROWS, PROBE_SEED = 8, 0
+
+
+def early_stopping_floor(model: NoiseModel, sample_shape: tuple[int, ...], moments: DataMoments | None, device,
+                         dtype: torch.dtype, cond: dict[str, Tensor] | None = None) -> float:  # fmt: skip
+    """The KL (nats) that stopping at ``t_min`` leaves, to second order: Σ (1 − g)²/4 over the
+    eigen-directions of the model's denoiser there, g the gain of x̂₀ in each (1 where the data's
+    variance is far above the noise's, 0 where it is far below, and then the term is a lower
+    bound). One model call on ``PROBE_ROWS`` rows of pure noise about the data's mean, from a seed
+    of its own (the draw's own randomness is untouched): there y − x̂₀ = (I − G) s z, s the
+    noise-to-signal ratio at t_min, so E‖y − x̂₀‖² = s² tr (I − G)²."""
+    schedule = model.schedule
+    a, s = alpha_sigma(schedule, schedule.t_min)
+    z = torch.randn(PROBE_ROWS, *sample_shape, generator=torch.Generator().manual_seed(PROBE_SEED), dtype=torch.float64)
+    z = z.to(device=device, dtype=dtype)
+    mean = None if moments is None else moments[0]
+    base = torch.zeros_like(z) if mean is None else mean.to(device=z.device, dtype=dtype).expand_as(z)
+    cond = {k: v[:1].expand(PROBE_ROWS, *v.shape[1:]) for k, v in (cond or {}).items()}
+    x = a * base + s * z
+    residual = x / a - _x0(functools.partial(model, **cond) if cond else model, schedule, x, schedule.t_min)
+    return (residual.double().pow(2).sum() / PROBE_ROWS / (s / a) ** 2 / 4).item()
 
 
 def _noise(x: Tensor, generator) -> Tensor:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from stdiff._validation import check_int, check_positive
 from stdiff.sampling.base import (
+    ENDPOINT_EVALUATIONS,
     Endpoint,
     Sampler,
     Spacing,
@@ -18,6 +19,7 @@ from stdiff.sampling.base import (
     _noise,
     _x0,
     alpha_sigma,
+    early_stopping_floor,
 )
 from stdiff.schedules import NoiseSchedule
 
@@ -118,6 +120,25 @@ def _unipc_weights(ratios: list[float], h: float) -> tuple[list[float], float]:
     return torch.linalg.solve(matrix, torch.tensor(rhs, dtype=torch.float64)).tolist(), phi
 
 
+# UniPC's auto settings, chosen on the tuning half of ``stdiff.bench.sampling_problems`` only
+# (``python -m stdiff.bench sampler_tuning``); ``sampler_heldout.md`` scores them on the other half.
+ORDER3_FROM = 15  # order 2 below this budget, 3 from it
+LAMBDA_START = {2: -2.0, 3: -1.5}  # the grid's start, half log-SNR c − ln n − ½ ln v, by order
+FLOOR_LOW, FLOOR_HIGH = 0.1, 3.0  # early-stopping floors (nats) that separate the three endpoint rules
+
+
+def auto_endpoint(steps: int, floor: float) -> str:
+    """UniPC's endpoint for a budget of ``steps`` evaluations and the KL ``floor`` (nats) that stopping
+    at t_min would leave, as the model's probe there reads it (``early_stopping_floor``): stop at
+    t_min where the floor is far below what the evaluations buy, else spend one on ``ode``, or three
+    on ``root`` where the noise at t_min hides much of the data."""
+    if floor >= FLOOR_HIGH:
+        return "denoise" if steps <= 4 else "root"
+    if floor >= FLOOR_LOW:
+        return "t_min" if steps <= 4 else ("ode" if steps <= 15 else "root")
+    return "t_min" if steps <= 8 else "ode"
+
+
 class UniPC(Sampler):
     """UniPC (Zhao et al. 2023, arXiv 2302.04867), stdiff's default: a multistep predictor (UniP)
     and corrector (UniC) on the probability-flow ODE in half log-SNR λ = log(α/σ), data
@@ -125,30 +146,33 @@ class UniPC(Sampler):
     so it raises the order by one at no cost.
 
     ``steps`` is the budget in network evaluations, all included, and every other option defaults
-    to the setting that is best for that budget (``auto``), chosen on the error of the exact model
-    of Gaussian data over eigenvalues 10^-2.5 … 10^2 of unit-variance data and checked on three GPs
-    against every setting of diffusers' multistep schedulers (``stdiff/bench/results/diffusers_kl.md``):
+    to a setting chosen for that budget (``auto``), on the tuning half of 64 seeded Gaussian
+    problems (``stdiff.bench.sampler_tuning``) and scored on the other half against every setting
+    of diffusers' multistep schedulers (``stdiff/bench/results/sampler_heldout.md``):
 
-    ========= ===== =========== ============ ===========================
-    steps     order endpoint    λ grid start grid
-    ========= ===== =========== ============ ===========================
-    ≤ 7       2     ``t_min``   −1.5 − ln n  denser towards t_min (0.6 + n/6)
-    8 … 13    2     ``ode``     −1.5 − ln n  denser towards t_min (0.6 + n/6)
-    ≥ 14      3     ``ode``     −1.5 − ln n  1.25
-    ========= ===== =========== ============ ===========================
+    - up to 14 evaluations: order 2, a grid denser near t_min (skew 0.6 + n/6), starting at
+      half log-SNR −2.0 − ln n − ½ ln v (v the data's per-coordinate variance);
+    - from 15: order 3, a grid uniform in λ, starting at −1.5 − ln n − ½ ln v.
+
+    The endpoint is chosen per call from a probe of the model at t_min (one call on a few rows of
+    noise, ``early_stopping_floor``), which reads F, the KL that stopping at t_min would leave:
+    F < 0.1 nats: ``t_min`` up to 8 evaluations, ``ode`` above; 0.1 ≤ F < 3: ``t_min`` up to 4,
+    ``ode`` up to 15, ``root`` above; F ≥ 3 (the noise at t_min hides much of the data):
+    ``denoise`` at 4, ``root`` above.
 
     The grid starts at the half log-SNR ``lambda_start`` (or ``t_max``, whichever is later), where
-    data of unit variance is all but forgotten, from N(0, I); below it steps would be spent where
-    nothing happens. It is uniform in ``u ∈ [0, 1]`` mapped by λ = λ₀ + (λ₁ − λ₀)(1 − (1 − u)^skew),
-    ``skew`` > 1 putting the steps where the data prediction still changes, near t_min.
+    the data is all but forgotten, from the forward marginal of data with the model's mean and
+    variance (``Sampler.start_state``): a mean or a scale costs nothing. It is uniform in
+    ``u ∈ [0, 1]`` mapped by λ = λ₀ + (λ₁ − λ₀)(1 − (1 − u)^skew), ``skew`` > 1 putting the steps
+    where the data prediction still changes, near t_min.
 
     Args:
-        steps: network evaluations, >= 1 (>= 2 with an endpoint other than ``t_min``: the last one
-            is spent at t_min on the corrector and the endpoint).
+        steps: network evaluations, >= 1 (an explicit endpoint needs room for two steps besides
+            its own evaluations: ``denoise`` and ``ode`` take one, ``root`` three).
         order: 1, 2 or 3, or None for auto; the first steps use lower orders until enough evaluations exist.
-        endpoint: ``auto``, ``t_min``, ``denoise`` or ``ode`` (see ``Sampler``).
-        lambda_start: half log-SNR where the grid starts, or None for auto (−1.5 − ln steps); the
-            schedule's ``t_max`` if that is later.
+        endpoint: ``auto``, ``t_min``, ``denoise``, ``ode`` or ``root`` (see ``Sampler``).
+        lambda_start: half log-SNR where the grid starts, or None for auto (c − ln steps − ½ ln v,
+            v the data's variance, ``NoiseModel.data_moments``); the schedule's ``t_max`` if that is later.
         skew: the grid's exponent (1: uniform in λ), > 0, or None for auto.
         corrector: apply UniC after every predictor step.
     """
@@ -157,13 +181,13 @@ class UniPC(Sampler):
         self,
         steps: int = 20,
         order: int | None = None,
-        endpoint: Literal["auto", "t_min", "denoise", "ode"] = "auto",
+        endpoint: Literal["auto", "t_min", "denoise", "ode", "root"] = "auto",
         lambda_start: float | None = None,
         skew: float | None = None,
         corrector: bool = True,
     ) -> None:
         check_int("UniPC.steps", steps, 1)
-        endpoint = _check_endpoint("UniPC", endpoint, ("auto", "t_min", "denoise", "ode"))
+        endpoint = _check_endpoint("UniPC", endpoint, ("auto", "t_min", "denoise", "ode", "root"))
         if order is not None and order not in (1, 2, 3):
             raise ValueError(f"UniPC.order must be 1, 2, 3 or null (auto), got {order!r}")
         if lambda_start is not None and not (isinstance(lambda_start, int | float) and math.isfinite(lambda_start)):
@@ -172,25 +196,40 @@ class UniPC(Sampler):
             check_positive("UniPC.skew", skew)
         if not isinstance(corrector, bool):
             raise ValueError(f"UniPC.corrector must be true or false, got {corrector!r}")  # noqa: TRY004
-        self.order = order if order is not None else (2 if steps <= 13 else 3)
-        auto_endpoint = "t_min" if steps <= 7 else "ode"
-        super().__init__(steps, "log_snr", 7.0, auto_endpoint if endpoint == "auto" else endpoint)
-        if self.intervals < 1:
-            raise ValueError(f"UniPC.steps must be >= 2 with endpoint {self.endpoint!r} (its last evaluation goes to "
-                             f"the endpoint), got {steps}")  # fmt: skip
-        self.lambda_start = lambda_start if lambda_start is not None else -1.5 - math.log(steps)
-        self.skew = skew if skew is not None else (0.6 + steps / 6 if self.order <= 2 else 1.25)
+        self.order = order if order is not None else (2 if steps < ORDER3_FROM else 3)
+        super().__init__(steps, "log_snr", 7.0, "t_min")
+        self.endpoint = endpoint
+        self.resolved = endpoint if endpoint != "auto" else auto_endpoint(steps, 0.0)  # until a probe says otherwise
+        if endpoint != "auto" and self.intervals < 2 and endpoint != "t_min":
+            raise ValueError(f"UniPC.steps={steps} with endpoint {endpoint!r} leaves {self.intervals} step(s) from the "
+                             f"start to t_min (the endpoint takes {ENDPOINT_EVALUATIONS[endpoint]} evaluations): use "
+                             f"steps >= {ENDPOINT_EVALUATIONS[endpoint] + 2}, or endpoint auto")  # fmt: skip
+        self.auto_start = lambda_start is None
+        self.lambda_start = lambda_start if lambda_start is not None else LAMBDA_START[max(self.order, 2)] - math.log(steps)
+        self.skew = skew if skew is not None else (0.6 + steps / 6 if self.order <= 2 else 1.0)
         self.corrector = corrector
         self.begin()
 
     @property
     def intervals(self) -> int:
-        return self.steps - int(self.endpoint != "t_min")
+        return self.steps - ENDPOINT_EVALUATIONS[self.resolved]
 
-    def times(self, schedule: NoiseSchedule) -> Tensor:
+    @property
+    def evaluations(self) -> int:
+        return self.steps  # the budget, whichever endpoint takes its share
+
+    def prepare(self, model, sample_shape, moments, device, dtype, cond) -> None:
+        if self.endpoint == "auto":
+            self.resolved = auto_endpoint(self.steps, early_stopping_floor(model, sample_shape, moments, device, dtype, cond))
+
+    def endpoint_for(self, floor: float) -> str:
+        return self.endpoint if self.endpoint != "auto" else auto_endpoint(self.steps, floor)
+
+    def times(self, schedule: NoiseSchedule, variance: float = 1.0) -> Tensor:
         ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
         lam_end, lam_hi = (schedule.log_snr(ends) / 2).tolist()  # half log-SNR
-        lam_lo = max(lam_end, min(self.lambda_start, lam_hi - 1.0))
+        start = self.lambda_start - (0.5 * math.log(variance) if self.auto_start else 0.0)  # the data's own SNR
+        lam_lo = max(lam_end, min(start, lam_hi - 1.0))
         u = torch.linspace(0, 1, self.intervals + 1, dtype=torch.float64)
         lam = lam_lo + (lam_hi - lam_lo) * (1 - (1 - u) ** self.skew)
         times = schedule.time_at_log_snr(2 * lam)
@@ -234,10 +273,10 @@ class UniPC(Sampler):
         return out
 
     def finish(self, model, schedule, x):
-        if self.endpoint == "t_min":
+        if self.resolved == "t_min":
             return x
         x, _ = self._evaluate(model, schedule, x, schedule.t_min)
-        return _endpoint(self.endpoint, schedule, x, self._history[-1][1])
+        return _endpoint(self.resolved, model, schedule, x, self._history[-1][1])
 
     def __repr__(self) -> str:
         # the settings in use, whether chosen for the budget or given

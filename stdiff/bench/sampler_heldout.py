@@ -1,0 +1,258 @@
+"""stdiff's default sampler against diffusers' on Gaussian problems it was not tuned on.
+
+    pip install -e ".[bench]"     # diffusers
+    python -m stdiff.bench sampler_heldout [--split held_out] [--jobs 2] [--out stdiff/bench/results]
+
+The problems are ``sampling_problems.generate()``: 64 seeded Gaussian problems, the even-numbered
+32 for tuning stdiff's defaults, the odd-numbered 32 held out and run only to report. On each, at
+every budget of ``BUDGETS`` network evaluations, the exact KL (``sampling_problems.eigen_kl``, floor
+0) of stdiff's default ``UniPC(steps=b)`` with the model that carries the data's mean and scale,
+and of every diffusers setting of ``diffusers_kl.DIFFUSERS_SETTINGS`` (DPM-Solver++ 2M/3M, UniPC
+bh1/bh2, DEIS; every time grid; final sigma; lower-order final) under two conventions for calling
+a continuous-time model from diffusers' discrete scheduler: ``timestep``, at the time of the
+integer timestep diffusers passes (as ``diffusers_kl`` does), and ``sigma``, at the time whose
+noise level is the scheduler's own σ for that step. "diffusers' best" is the best of all of them
+at each (problem, budget), chosen after the fact (an oracle no user has). diffusers' rows are
+cached in ``sampler_heldout_diffusers.csv.gz`` (they take ~30 CPU minutes); ``--rerun-diffusers``
+recomputes them.
+
+Writes ``sampler_heldout.md`` (the distribution of stdiff / diffusers-best over (problem, budget)
+pairs: median, 90th percentile, worst and the problems behind the worst; monotonicity in the
+budget) and ``sampler_heldout.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import math
+import pathlib
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from stdiff.bench.diffusers_kl import BUDGETS, TRAIN_TIMESTEPS, diffusers_settings, diffusers_table
+from stdiff.bench.sampling_problems import EigenModel, Problem, eigen_kl, generate, problem
+from stdiff.sampling import UniPC
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+CONVENTIONS = ("timestep", "sigma")
+
+
+def safe_kl(draw, p: Problem) -> float:
+    try:
+        return eigen_kl(draw, p)
+    except (ValueError, RuntimeError):  # a singular solve inside a scheduler, or a diverged law
+        return math.inf
+
+
+def stdiff_kl(p: Problem, budget: int, make=lambda b: UniPC(steps=b)) -> float:
+    model, sampler = EigenModel(p), make(budget)
+    return safe_kl(lambda z: sampler.sample(model, z.shape, dtype=z.dtype, noise=z), p)
+
+
+# --- diffusers -----------------------------------------------------------------------------------
+
+
+def diffusers_draw(cls_name: str, options: dict, budget: int, model, convention: str, counter: list[int]):
+    """A draw(z) running diffusers' scheduler with ``budget`` steps; the model is called at the time
+    of the integer timestep (``timestep``) or of the scheduler's own σ for the step (``sigma``)."""
+    import diffusers
+
+    sched = model.schedule
+    scheduler = getattr(diffusers, cls_name)(num_train_timesteps=TRAIN_TIMESTEPS, trained_betas=diffusers_table(sched),
+                                             prediction_type="epsilon", **options)  # fmt: skip
+    ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
+    log_ratio = 0.5 * np.log((1 - ac) / ac)  # log σ/α of each training timestep
+
+    def eps(x: torch.Tensor, timestep, i: int) -> torch.Tensor:
+        counter[0] += 1
+        if convention == "timestep":
+            lr = np.interp(float(timestep), np.arange(TRAIN_TIMESTEPS), log_ratio)
+        else:
+            lr = math.log(float(scheduler.sigmas[i]))  # diffusers' σ is σ/α
+        t = sched.time_at_log_snr(torch.tensor(-2 * lr, dtype=torch.float64)).clamp(sched.t_min, sched.t_max)
+        return model(x, t.expand(len(x)).to(x.dtype))
+
+    def draw(z: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():  # DEIS's NumPy 2 deprecations, not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scheduler.set_timesteps(budget)
+            x = z * scheduler.init_noise_sigma
+            for i, timestep in enumerate(scheduler.timesteps):
+                x = scheduler.step(eps(scheduler.scale_model_input(x, timestep), timestep, i), timestep, x).prev_sample
+        return x
+
+    return draw
+
+
+def diffusers_rows(number: int) -> list[dict]:
+    """Every diffusers setting, convention and budget on problem ``number``."""
+    import diffusers
+
+    torch.set_num_threads(1)
+    p = problem(number)
+    model, rows = EigenModel(p), []
+    for name, (cls_name, options) in diffusers_settings().items():
+        for convention in CONVENTIONS:
+            for b in BUDGETS:
+                counter = [0]
+                kl = safe_kl(diffusers_draw(cls_name, options, b, model, convention, counter), p)
+                rows.append({"problem": number, "setting": name, "convention": convention, "budget": b,
+                             "evaluations": counter[0], "exact_kl": kl, "diffusers": diffusers.__version__})  # fmt: skip
+    return rows
+
+
+def load_diffusers(path: pathlib.Path, numbers: list[int], jobs: int, rerun: bool) -> list[dict]:
+    """diffusers' rows for ``numbers``, from the cache where it has them."""
+    cached = []
+    if not rerun and path.exists():
+        with gzip.open(path, "rt") as f:
+            cached = list(csv.DictReader(f))
+    have = {int(r["problem"]) for r in cached}
+    missing = [n for n in numbers if n not in have]
+    if missing:
+        import diffusers
+
+        print(f"diffusers {diffusers.__version__}: {len(missing)} problems × {len(diffusers_settings())} settings × "
+              f"{len(CONVENTIONS)} conventions × {len(BUDGETS)} budgets", flush=True)  # fmt: skip
+        start = time.perf_counter()
+        with ProcessPoolExecutor(jobs) as pool:
+            for k, rows in enumerate(pool.map(diffusers_rows, missing), 1):
+                cached += [{key: str(v) for key, v in r.items()} for r in rows]
+                print(f"  {k}/{len(missing)} problems, {time.perf_counter() - start:.0f} s", flush=True)
+        cached.sort(key=lambda r: int(r["problem"]))
+        with gzip.open(path, "wt", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(cached[0]))
+            writer.writeheader()
+            writer.writerows(cached)
+    return [{**r, "problem": int(r["problem"]), "budget": int(r["budget"]), "evaluations": int(r["evaluations"]),
+             "exact_kl": float(r["exact_kl"])} for r in cached if int(r["problem"]) in numbers]  # fmt: skip
+
+
+def diffusers_best(rows: list[dict]) -> dict[tuple[int, int], dict]:
+    """(problem, budget) -> the best diffusers row using at most that many evaluations."""
+    best: dict[tuple[int, int], dict] = {}
+    for r in rows:
+        key = (r["problem"], r["budget"])
+        if r["evaluations"] <= r["budget"] and r["exact_kl"] < best.get(key, {"exact_kl": math.inf})["exact_kl"]:
+            best[key] = r
+    return best
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+ENDPOINT_CHECKS = ("t_min", "denoise")  # the auto endpoint is compared with these at the same budget
+DEFAULTS = ("DPMSolverMultistep (defaults)", "UniPCMultistep (defaults)")
+
+
+def stdiff_rows(problems: list[Problem], diffusers: list[dict]) -> list[dict]:
+    """One row per (problem, budget): stdiff's default and its fixed-endpoint variants, diffusers'
+    best (either convention) and defaults (integer-timestep convention, as diffusers calls a model)."""
+    best = diffusers_best(diffusers)
+    defaults = {(r["problem"], r["budget"], r["setting"]): r["exact_kl"] for r in diffusers
+                if r["setting"] in DEFAULTS and r["convention"] == "timestep"}  # fmt: skip
+    rows = []
+    for p in problems:
+        for b in BUDGETS:
+            row = {"problem": p.number, "split": p.split, "budget": b, "stdiff": stdiff_kl(p, b)}
+            for end in ENDPOINT_CHECKS:
+                row[f"stdiff_{end}"] = stdiff_kl(p, b, lambda n, end=end: UniPC(steps=n, endpoint=end))
+            if (p.number, b) in best:
+                theirs = best[(p.number, b)]
+                row.update(diffusers_best=theirs["exact_kl"], diffusers_setting=theirs["setting"],
+                           diffusers_convention=theirs["convention"])  # fmt: skip
+                for name in DEFAULTS:
+                    row[name] = defaults[(p.number, b, name)]
+            rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """The distribution of stdiff / diffusers-best over (problem, budget) pairs, and the checks."""
+    ratios = np.array([r["stdiff"] / r["diffusers_best"] for r in rows])
+    order = np.argsort(-ratios)
+    by_problem: dict[int, list[float]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem"], []).append(r["stdiff"])
+    rising = {n: [(BUDGETS[i], BUDGETS[i + 1], v[i + 1] / v[i]) for i in range(len(v) - 1) if v[i + 1] > 1.01 * v[i]]
+              for n, v in by_problem.items()}  # fmt: skip
+    end_worse = [r for r in rows if r["stdiff"] > 1.01 * min(r[f"stdiff_{e}"] for e in ENDPOINT_CHECKS)]
+    return {"pairs": len(rows), "at_most_1": float(np.mean(ratios <= 1)), "above_1_5": int(np.sum(ratios > 1.5)),
+            "median": float(np.median(ratios)), "p90": float(np.quantile(ratios, 0.9)), "worst": float(ratios.max()),
+            "worst_pairs": [(rows[i]["problem"], rows[i]["budget"], float(ratios[i])) for i in order[:5]],
+            "rising": {n: v for n, v in rising.items() if v}, "endpoint_worse": end_worse,
+            "endpoint_worse_than_both": [r for r in end_worse if r["stdiff"] > 1.01 * max(r[f"stdiff_{e}"] for e in ENDPOINT_CHECKS)],
+            "defaults": {name: np.array([r["stdiff"] / r[name] for r in rows]) for name in DEFAULTS}}  # fmt: skip
+
+
+def fmt(v: float) -> str:
+    return "diverged" if not math.isfinite(v) else (f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def markdown(rows: list[dict], versions: str) -> str:
+    out = [__doc__.split("\n\n")[0], "", (f"`python -m stdiff.bench sampler_heldout`; {versions}. Every row is in "
+           "`sampler_heldout.csv`; every diffusers setting, convention and budget in `sampler_heldout_diffusers.csv.gz`."), ""]  # fmt: skip
+    for split in ("held_out", "tuning"):
+        mine = [r for r in rows if r["split"] == split and "diffusers_best" in r]
+        if not mine:
+            continue
+        s = summary(mine)
+        title = "Held out (never looked at while choosing)" if split == "held_out" else "Tuning half (the defaults were chosen here)"
+        out += [f"## {title}: {len({r['problem'] for r in mine})} problems × {len(BUDGETS)} budgets", "",
+                f"stdiff's default / diffusers' best: **median {s['median']:.3g}, 90th percentile {s['p90']:.3g}, worst "
+                f"{s['worst']:.3g}**; at most 1 on {100 * s['at_most_1']:.0f} % of the {s['pairs']} pairs, above 1.5 on "
+                f"{s['above_1_5']}. Against diffusers' defaults (DPM-Solver++ 2M, UniPC): median "
+                + ", ".join(f"{np.median(v):.2g}" for v in s["defaults"].values()) + ", worst "
+                + ", ".join(f"{v.max():.2g}" for v in s["defaults"].values()) + ".", "",
+                "| evaluations | " + " | ".join(map(str, BUDGETS)) + " |", "|---" * (len(BUDGETS) + 1) + "|"]  # fmt: skip
+        for label, q in (("median", 0.5), ("90th percentile", 0.9), ("worst", 1.0)):
+            cells = [np.quantile([r["stdiff"] / r["diffusers_best"] for r in mine if r["budget"] == b], q) for b in BUDGETS]
+            out.append(f"| ratio, {label} | " + " | ".join(f"{c:.2g}" for c in cells) + " |")
+        share = [np.mean([r["stdiff"] <= r["diffusers_best"] for r in mine if r["budget"] == b]) for b in BUDGETS]
+        out += ["| share ≤ 1 | " + " | ".join(f"{100 * c:.0f} %" for c in share) + " |", "",
+                "The worst pairs (problem, evaluations, ratio; stdiff's KL against diffusers' best and its setting):", ""]  # fmt: skip
+        labels = {p.number: p.label() for p in generate(split)}
+        for n, b, ratio in s["worst_pairs"]:
+            r = next(r for r in mine if r["problem"] == n and r["budget"] == b)
+            out.append(f"- {labels[n]}: at {b}, {ratio:.3g} ({fmt(r['stdiff'])} against {fmt(r['diffusers_best'])}, "
+                       f"{r['diffusers_setting']}, {r['diffusers_convention']} convention)")  # fmt: skip
+        rising = s["rising"]
+        out += ["", f"Monotone in the budget (within 1 %) on {len(mine) // len(BUDGETS) - len(rising)} of "
+                f"{len(mine) // len(BUDGETS)} problems" + (": rises at " + "; ".join(
+                    f"#{n} " + ", ".join(f"{a}→{b} ×{x:.2g}" for a, b, x in v) for n, v in rising.items()) if rising else "")
+                + f". The automatic endpoint is above the better of `t_min` and `denoise` (same budget) on "
+                f"{len(s['endpoint_worse'])} of {s['pairs']} pairs, above both on {len(s['endpoint_worse_than_both'])}.", ""]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--split", choices=["held_out", "tuning", "all"], default="all")
+    p.add_argument("--jobs", type=int, default=2, help="processes for diffusers' sweep")
+    p.add_argument("--rerun-diffusers", action="store_true")
+    p.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    args = p.parse_args()
+    problems = generate(None if args.split == "all" else args.split)
+    diffusers = load_diffusers(args.out / "sampler_heldout_diffusers.csv.gz", [q.number for q in problems], args.jobs,
+                               args.rerun_diffusers)  # fmt: skip
+    made_by = sorted({r["diffusers"] for r in diffusers})  # the version each cached row was made with
+    versions = f"diffusers {', '.join(made_by)}, torch {torch.__version__}"
+    rows = stdiff_rows(problems, diffusers)
+    table = markdown(rows, versions)
+    print(table)
+    if args.split == "all":
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "sampler_heldout.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) + [k for k in rows[-1] if k not in rows[0]])
+            writer.writeheader()
+            writer.writerows(rows)
+        (args.out / "sampler_heldout.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The committed held-out comparison (``stdiff/bench/results/sampler_heldout.{md,csv}``, written by
+``python -m stdiff.bench sampler_heldout``) holds: stdiff's default reproduces its exact KLs on every
+held-out problem and budget, the summary in the table, the README and the guide is the one the rows
+give, and diffusers' cached sweep is complete; with diffusers installed, its rows reproduce too."""
+
+import csv
+import gzip
+import importlib.util
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from stdiff.bench import RESULTS
+from stdiff.bench.diffusers_kl import BUDGETS, diffusers_settings
+from stdiff.bench.sampler_heldout import CONVENTIONS, diffusers_draw, safe_kl, stdiff_kl, summary
+from stdiff.bench.sampling_problems import EigenModel, generate, problem
+
+with open(RESULTS / "sampler_heldout.csv") as _f:
+    ROWS = [{k: (v if k in ("split", "diffusers_setting", "diffusers_convention") else float(v)) for k, v in r.items()}
+            for r in csv.DictReader(_f)]  # fmt: skip
+for _r in ROWS:
+    _r["problem"], _r["budget"] = int(_r["problem"]), int(_r["budget"])
+HELD_OUT = [r for r in ROWS if r["split"] == "held_out"]
+
+
+def test_the_table_covers_both_halves_at_every_budget():
+    for split in ("held_out", "tuning"):
+        numbers = {p.number for p in generate(split)}
+        assert {(r["problem"], r["budget"]) for r in ROWS if r["split"] == split} == {(n, b) for n in numbers for b in BUDGETS}
+
+
+@pytest.mark.parametrize("number", sorted({r["problem"] for r in HELD_OUT}))
+def test_the_default_sampler_reproduces_the_held_out_rows(number):
+    p = problem(number)
+    for r in (r for r in HELD_OUT if r["problem"] == number):
+        assert stdiff_kl(p, r["budget"]) == pytest.approx(r["stdiff"], rel=1e-6, abs=1e-12), (number, r["budget"])
+
+
+def test_the_summary_is_the_one_the_rows_give_and_the_pages_quote_it():
+    s = summary(HELD_OUT)
+    md = (RESULTS / "sampler_heldout.md").read_text()
+    quoted = (f"median {s['median']:.3g}, 90th percentile {s['p90']:.3g}, worst {s['worst']:.3g}",
+              f"at most 1 on {100 * s['at_most_1']:.0f} % of the {s['pairs']} pairs, above 1.5 on {s['above_1_5']}")
+    assert all(q in md for q in quoted), quoted
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    guide = " ".join((ROOT / "stdiff" / "guide" / "models.md").read_text().split())
+    for page in (readme, guide):
+        assert f"{s['median']:.2g}" in page and f"{100 * s['at_most_1']:.0f} %" in page and f"{s['worst']:.0f}" in page
+    assert f"more than 1.5× on {s['above_1_5']} of them" in guide
+    default = np.median(s["defaults"]["DPMSolverMultistep (defaults)"])
+    assert f"median {default:.2g} ×" in readme
+    rising = len(s["rising"])
+    assert f"rises with the budget somewhere on {rising} of the 32 held-out problems" in guide
+    assert f"above the better of `t_min` and `denoise` on {len(s['endpoint_worse'])} of 320 pairs" in guide
+
+
+def test_diffusers_sweep_is_complete_and_names_its_version():
+    with gzip.open(RESULTS / "sampler_heldout_diffusers.csv.gz", "rt") as f:
+        rows = list(csv.DictReader(f))
+    settings = diffusers_settings()
+    assert len(rows) == len(generate()) * len(settings) * len(CONVENTIONS) * len(BUDGETS)
+    assert {r["diffusers"] for r in rows} == {"0.42.1"}
+    assert all(int(r["evaluations"]) == int(r["budget"]) for r in rows)  # network calls counted by the wrapper
+    assert re.search(r"diffusers 0\.42\.1, torch \d", (RESULTS / "sampler_heldout.md").read_text())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed (pip install -e '.[bench]')")
+def test_diffusers_best_rows_reproduce():
+    for r in [r for r in HELD_OUT if r["budget"] in (5, 15)][:8]:
+        p = problem(r["problem"])
+        counter = [0]
+        got = safe_kl(diffusers_draw(*diffusers_settings()[r["diffusers_setting"]], r["budget"], EigenModel(p),
+                                     r["diffusers_convention"], counter), p)  # fmt: skip
+        assert counter[0] == r["budget"] and got == pytest.approx(r["diffusers_best"], rel=1e-6), r
+        assert math.isfinite(got)
+
+
+def test_the_benchmark_runs_by_name_on_the_held_out_half():
+    done = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out"],
+                          check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Held out (never looked at while choosing): 32 problems × 10 budgets" in done.stdout
+    assert "Tuning half" not in done.stdout

@@ -1,0 +1,195 @@
+"""The held-out sampling problems (``stdiff.bench.sampling_problems``) and what the default sampler
+does on them: the eigenbasis KL is the dense push-forward KL, the probe reads the early-stopping
+floor, the ``root`` endpoint is never worse than ``t_min`` or ``denoise`` in any direction, and the
+start carries the data's mean and scale."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stdiff.bench.sampling_problems import COUNT, EigenModel, eigen_kl, generate, problem
+from stdiff.diffusion import ExactDenoiser, data_moments
+from stdiff.kernels import RBF, Matern
+from stdiff.metrics import pushforward_kl
+from stdiff.sampling import DDIM, UniPC
+from stdiff.sampling.base import Sampler, alpha_sigma, early_stopping_floor
+from stdiff.schedules import OrnsteinUhlenbeck
+from stdiff.truth import GPMixture, KroneckerGP
+
+
+class DenseModel(torch.nn.Module):
+    """The exact ε-model of N(m, K) in the original coordinates, with the problem's moments."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.schedule, self.cov, self.mean = p.schedule, p.covariance(), p.mean_field.reshape(-1)
+        self.data_moments = (p.mean_field, p.evals.mean().item())
+
+    def forward(self, x, t):
+        a, s = alpha_sigma(self.schedule, t[0].item())
+        flat = x.reshape(len(x), -1).to(torch.float64)
+        eye = torch.eye(len(self.mean), dtype=torch.float64)
+        eps = s * torch.linalg.solve(a**2 * self.cov + s**2 * eye, (flat - a * self.mean).T).T
+        return eps.reshape(x.shape).to(x.dtype)
+
+
+class Law:
+    """What ``pushforward_kl`` needs of a Gaussian: its shape, mean and covariance."""
+
+    def __init__(self, p):
+        self.sample_shape, self.dim = tuple(p.mean_field.shape), p.dim
+        self.mean, self._cov = p.mean_field, p.covariance()
+
+    def covariance(self):
+        return self._cov
+
+
+def small(split_from: int = 0, most: int = 200) -> list:
+    return [p for p in generate() if p.dim <= most][split_from:][:4]
+
+
+def test_the_split_is_fixed_and_the_problems_cover_what_was_asked():
+    problems = generate()
+    assert len(problems) == COUNT and len(generate("held_out")) >= 30 and len(generate("tuning")) >= 30
+    assert all(p.split == ("held_out" if p.number % 2 else "tuning") for p in problems)
+    assert problem(11).evals.tolist() == problems[11].evals.tolist()  # seeded by number
+    evals = torch.cat([p.evals for p in problems])
+    assert evals.min() <= 1.1e-7 and evals.max() >= 100
+    assert {p.dim for p in problems} and min(p.dim for p in problems) >= 16 and max(p.dim for p in problems) <= 1024
+    kinds = {p.info["mean"].split(" (")[0] for p in problems}
+    assert kinds == {"zero", "constant", "trend", "per location"}
+    assert {type(p.schedule).__name__ for p in problems} >= {"OrnsteinUhlenbeck", "SigmoidLogSNR", "LinearBeta"}
+    assert any(p.scale != 1 for p in problems) and any(p.nugget > 0 for p in problems)
+    families = {p.info["temporal"] for p in problems} | {p.info["spatial"] for p in problems}
+    assert families >= {"RBF", "Matern", "Sum", "Product", "Scaled", "Tabulated", "Separable", "White", "Periodic"}
+    t_min = [p.schedule.t_min for p in problems]
+    assert min(t_min) < 2e-4 and max(t_min) > 5e-3
+
+
+@pytest.mark.parametrize("number", [p.number for p in small()])
+@pytest.mark.parametrize("endpoint", ["ode", "root", "t_min"])
+def test_the_eigenbasis_kl_is_the_dense_pushforward_kl(number, endpoint):
+    p = problem(number)
+    sampler = UniPC(steps=8, endpoint=endpoint)
+    eigen = eigen_kl(lambda z: sampler.sample(EigenModel(p), z.shape, dtype=z.dtype, noise=z), p)
+    dense = pushforward_kl(lambda z: sampler.sample(DenseModel(p), z.shape, dtype=z.dtype, noise=z), Law(p))
+    assert eigen == pytest.approx(dense, rel=1e-6, abs=1e-9)
+
+
+def test_the_probe_reads_the_early_stopping_floor():
+    for p in generate("tuning")[:12]:
+        model = EigenModel(p)
+        a, s = alpha_sigma(p.schedule, p.schedule.t_min)
+        gain = p.evals / (p.evals + (s / a) ** 2)
+        want = ((1 - gain) ** 2).sum().item() / 4
+        got = early_stopping_floor(model, (p.dim,), model.data_moments, None, torch.float64)
+        assert got == pytest.approx(want, rel=0.25, abs=1e-12), p.label()
+
+
+def _direction_kl(c, g):
+    r = c**2 / g
+    return 0.5 * (r - 1 - math.log(r))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(1e-9, 1 - 1e-9))
+def test_the_root_endpoint_is_never_worse_than_t_min_or_denoise_in_any_direction(g):
+    """From an exact state at t_min the flow's end in a direction of denoiser gain g is √g y; the
+    endpoints return c y with c = 1 (t_min), g (denoise), (1 + g)/2 (ode), g + (1 − g) p(g)
+    (root, p(g) = g − g²/2)."""
+    root = g + (1 - g) * (g - g * g / 2)
+    assert _direction_kl(root, g) <= min(_direction_kl(1.0, g), _direction_kl(g, g)) + 1e-15
+
+
+def test_the_root_endpoint_on_an_ill_conditioned_problem():
+    """Where the noise at t_min hides most directions (RBF of lengthscale 3 and a nugget of 1e-7),
+    ``ode`` is worse than ``denoise``, and ``root`` is better than both and than ``t_min``."""
+    gp = KroneckerGP(RBF(3.0), Matern(1.0, nu=2.5), frames=12, space_shape=(4,), nugget=1e-7)
+    model = ExactDenoiser.from_gp(gp, OrnsteinUhlenbeck(t_min=1e-3))
+    kl = {end: pushforward_kl(lambda z, end=end: UniPC(steps=25, endpoint=end).sample(model, z.shape, dtype=z.dtype,
+                                                                                       noise=z), gp)
+          for end in ("t_min", "denoise", "ode", "root")}  # fmt: skip
+    assert kl["root"] < kl["denoise"] < kl["ode"] < kl["t_min"], kl
+    auto = pushforward_kl(lambda z: UniPC(steps=25).sample(model, z.shape, dtype=z.dtype, noise=z), gp)
+    assert auto == pytest.approx(kl["root"], rel=1e-9)  # the probe sees the hidden directions
+
+
+def test_the_start_carries_the_data_mean_and_scale():
+    sched = OrnsteinUhlenbeck(t_max=3.0)
+    noise = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean = torch.arange(15, dtype=torch.float64).reshape(5, 3)
+    a, s = alpha_sigma(sched, 3.0)
+    got = Sampler.start_state(sched, 3.0, noise, (mean, 9.0))
+    assert torch.allclose(got, a * mean + math.sqrt(9 * a**2 + s**2) * noise)
+    assert torch.equal(Sampler.start_state(sched, 3.0, noise), math.sqrt(a**2 + s**2) * noise)
+
+
+def test_a_trend_costs_nothing_once_the_start_knows_it():
+    """The same GP with zero mean and with a strong linear trend: the same exact KL at every budget."""
+    sched = OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0)
+    flat = KroneckerGP(Matern(3.0, nu=1.5), RBF(1.0), frames=16, space_shape=(4,))
+    trend = KroneckerGP(Matern(3.0, nu=1.5), RBF(1.0), frames=16, space_shape=(4,))
+    trend.mean = trend.mean + 0.5 * torch.arange(16, dtype=torch.float64)[:, None] - 3
+    for budget in (5, 8, 15):
+        kls = []
+        for gp in (flat, trend):
+            model = ExactDenoiser.from_gp(gp, sched)
+            kls.append(pushforward_kl(lambda z, m=model, b=budget: UniPC(b).sample(m, z.shape, dtype=z.dtype, noise=z), gp))
+        assert kls[1] == pytest.approx(kls[0], rel=1e-6), (budget, kls)
+
+
+def test_data_moments_of_a_mixture_include_the_spread_of_its_means():
+    a = KroneckerGP(RBF(1.0), None, frames=4, space_shape=(2,), mean=-2.0)
+    b = KroneckerGP(RBF(1.0), None, frames=4, space_shape=(2,), mean=4.0)
+    mean, variance = data_moments(GPMixture([a, b], [0.5, 0.5]))
+    assert torch.allclose(mean, torch.full((4, 2), 1.0, dtype=torch.float64))
+    assert variance == pytest.approx(1.0 + 9.0)
+    x = GPMixture([a, b], [0.5, 0.5]).sample(40_000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert x.var(0).mean().item() == pytest.approx(variance, rel=0.03)
+
+
+def test_explicit_endpoints_need_room_for_steps():
+    with pytest.raises(ValueError, match=r"UniPC.steps=2 with endpoint 'ode' leaves 1 step\(s\) from the start to "
+                                         r"t_min \(the endpoint takes 1 evaluations\): use steps >= 3, or endpoint auto"):
+        UniPC(steps=2, endpoint="ode")
+    with pytest.raises(ValueError, match=r"steps >= 5"):
+        UniPC(steps=4, endpoint="root")
+    assert UniPC(steps=2).evaluations == 2 and UniPC(steps=1).evaluations == 1
+
+
+def test_every_sampler_takes_the_root_endpoint():
+    gp = KroneckerGP(RBF(3.0), None, frames=8, space_shape=(2,), nugget=1e-6)
+    model = ExactDenoiser.from_gp(gp, OrnsteinUhlenbeck())
+    kl = {end: pushforward_kl(lambda z, end=end: DDIM(steps=100, endpoint=end).sample(model, z.shape, dtype=z.dtype,
+                                                                                      noise=z), gp)
+          for end in ("t_min", "denoise", "root")}  # fmt: skip
+    assert DDIM(steps=10, endpoint="root").evaluations == 13
+    assert kl["root"] < min(kl["t_min"], kl["denoise"]), kl
+
+
+def test_a_rare_modes_weight_needs_no_hand_set_start():
+    """The rare preset's mixture (means ±1.5, weights 0.9 / 0.1, t_max = 20) through UniPC(25) with
+    the automatic start, which knows the mixture's mean and variance: the rare mode keeps its weight
+    (it was 0.12 from N(0, I) at half log-SNR −1.5 − ln 25, before ``lambda_start: -10`` was set)."""
+    from stdiff.kernels import PoweredExponential
+
+    mix = GPMixture([KroneckerGP(PoweredExponential(4.0, 1.0), RBF(1.0), 16, (8,), m) for m in (1.5, -1.5)], [0.9, 0.1])
+    model, n = ExactDenoiser.from_gp(mix, OrnsteinUhlenbeck(1e-3, 20.0)), 16_000
+    x = UniPC(25).sample(model, (n, 16, 8), torch.Generator().manual_seed(0), dtype=torch.float64)
+    rare = mix.responsibilities(x)[:, 1].mean().item()
+    assert abs(rare - 0.1) < 2 * math.sqrt(0.09 / n), rare
+
+
+def test_the_shipped_settings_are_the_ones_the_tuning_names():
+    from stdiff.bench.sampler_tuning import SHIPPED
+    from stdiff.sampling import multistep
+
+    o3, c2, c3, low, high, t1, t2, t3, t4 = SHIPPED
+    assert (multistep.ORDER3_FROM, multistep.LAMBDA_START, multistep.FLOOR_LOW, multistep.FLOOR_HIGH) == (o3, {2: c2, 3: c3}, low, high)
+    for steps in range(4, 51):
+        assert multistep.auto_endpoint(steps, 10 * high) == ("denoise" if steps <= t4 else "root")
+        assert multistep.auto_endpoint(steps, (low + high) / 2) == ("t_min" if steps <= t2 else "ode" if steps <= t3 else "root")
+        assert multistep.auto_endpoint(steps, low / 10) == ("t_min" if steps <= t1 else "ode")
