@@ -214,16 +214,24 @@ def test_bad_sampler_options(make, match):
         make()
 
 
-def test_unipc_chooses_its_settings_from_the_budget_and_starts_where_the_data_is_forgotten():
+def test_unipc_chooses_its_settings_from_the_budget_and_starts_where_the_data_is_forgotten(problem):
     schedule = OrnsteinUhlenbeck(t_min=1e-3, t_max=10.0)
     few, many = UniPC(steps=6), UniPC(steps=50)
-    assert (few.order, few.endpoint, few.intervals, few.evaluations) == (2, "t_min", 6, 6)
-    assert (many.order, many.endpoint, many.intervals, many.evaluations) == (3, "ode", 49, 50)
+    assert (few.order, few.endpoint, few.resolved, few.intervals, few.evaluations) == (2, "auto", "t_min", 6, 6)
+    assert (many.order, many.endpoint, many.evaluations) == (3, "auto", 50)
     half_log_snr = (schedule.log_snr(few.times(schedule)[:1]) / 2).item()
-    assert half_log_snr == pytest.approx(-1.5 - math.log(6), abs=1e-9)  # not t_max: nothing happens before
+    assert half_log_snr == pytest.approx(-2.0 - math.log(6), abs=1e-9)  # not t_max: nothing happens before
+    big = (schedule.log_snr(few.times(schedule, variance=4.0)[:1]) / 2).item()
+    assert big == pytest.approx(-2.0 - math.log(6) - math.log(2), abs=1e-9)  # larger data is forgotten later
     assert many.times(schedule)[0].item() == schedule.t_max  # −1.5 − ln 50 is below the schedule's start
     assert UniPC(steps=9, endpoint="t_min", order=3).endpoint == "t_min"
-    assert "endpoint='ode'" in repr(UniPC(steps=12)) and "order=2" in repr(UniPC(steps=12))
+    assert "order=2" in repr(UniPC(steps=12))
+    gp, schedule, _ = problem  # a well-conditioned GP: ode from 9 evaluations, its one evaluation taken from the steps
+    model = ExactDenoiser.from_gp(gp, schedule)
+    for steps, end in ((8, "t_min"), (9, "ode"), (25, "ode")):
+        sampler = UniPC(steps=steps)
+        sampler.sample(model, (2, *gp.sample_shape), torch.Generator().manual_seed(0))
+        assert (sampler.resolved, sampler.intervals) == (end, steps - (end == "ode")), steps
 
 
 def test_unipc_under_replacement_keeps_the_observations_and_follows_the_posterior(problem):

@@ -193,3 +193,21 @@ def test_the_shipped_settings_are_the_ones_the_tuning_names():
         assert multistep.auto_endpoint(steps, 10 * high) == ("denoise" if steps <= t4 else "root")
         assert multistep.auto_endpoint(steps, (low + high) / 2) == ("t_min" if steps <= t2 else "ode" if steps <= t3 else "root")
         assert multistep.auto_endpoint(steps, low / 10) == ("t_min" if steps <= t1 else "ode")
+
+
+def test_a_checkpoint_carries_the_data_moments():
+    """A trained model keeps where its sampler starts: the data's mean and variance go into the
+    checkpoint and come back on loading (a model that never saw them starts from zero and one)."""
+    from functools import partial
+
+    from stdiff.module import DiffusionModule
+
+    make = partial(DiffusionModule, (4, 2), denoiser=lambda shape: ExactDenoiser(shape))
+    saved, checkpoint = make(), {}
+    saved.denoiser.data_moments = (torch.full((4, 2), 3.0, dtype=torch.float64), 7.5)
+    saved.on_save_checkpoint(checkpoint)
+    loaded = make()
+    assert loaded.denoiser.data_moments is None
+    loaded.on_load_checkpoint(checkpoint)
+    mean, variance = loaded.denoiser.data_moments
+    assert torch.equal(mean, torch.full((4, 2), 3.0, dtype=torch.float64)) and variance == 7.5
