@@ -29,6 +29,7 @@ BENCHMARKS = {
     "mixture_sampler_kl": "sampler error with the exact model of a mixture of GPs: true KL by network evaluations",
     "mixtures": "the DiT on the three mixture presets at the quickstart's budget: score error, true KL, weights, components, attention",
     "diffusers_kl": "stdiff's samplers against diffusers' schedulers run on the same problem: exact KL by evaluations",
+    "sampling_problems": "the 64 seeded Gaussian sampling problems and their fixed split into tuning and held-out halves",
     "sampler_tuning": "UniPC's automatic settings chosen on the tuning half of 64 seeded Gaussian sampling problems",
     "sampler_heldout": "stdiff's default sampler against diffusers' best and defaults on the 32 held-out problems",
     "trained_sampler_kl": "the same comparison on a trained model: Gaussian-fit KL excess by evaluations, with its noise",

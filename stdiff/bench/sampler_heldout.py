@@ -12,7 +12,9 @@ bh1/bh2, DEIS; every time grid; final sigma; lower-order final) under two conven
 a continuous-time model from diffusers' discrete scheduler: ``timestep``, at the time of the
 integer timestep diffusers passes (as ``diffusers_kl`` does), and ``sigma``, at the time whose
 noise level is the scheduler's own σ for that step. "diffusers' best" is the best of all of them
-at each (problem, budget), chosen after the fact (an oracle no user has). diffusers' rows are
+at each (problem, budget), chosen after the fact (an oracle no user has). Budgets count network
+evaluations per sample; UniPC's automatic endpoint adds one call on 8 probe rows per ``sample``
+call, whatever the batch (``stdiff.sampling.base.early_stopping_floor``). diffusers' rows are
 cached in ``sampler_heldout_diffusers.csv.gz`` (they take ~30 CPU minutes); ``--rerun-diffusers``
 recomputes them.
 
@@ -196,7 +198,11 @@ def fmt(v: float) -> str:
 
 def markdown(rows: list[dict], versions: str) -> str:
     out = [__doc__.split("\n\n")[0], "", (f"`python -m stdiff.bench sampler_heldout`; {versions}. Every row is in "
-           "`sampler_heldout.csv`; every diffusers setting, convention and budget in `sampler_heldout_diffusers.csv.gz`."), ""]  # fmt: skip
+           "`sampler_heldout.csv`; every diffusers setting, convention and budget in `sampler_heldout_diffusers.csv.gz`. "
+           "Exact KL of each sampler's law with the exact model (no sampling noise); budgets count network evaluations "
+           "per sample (UniPC's automatic endpoint adds one call on 8 probe rows per `sample` call). The tuning half "
+           "chose stdiff's settings (`python -m stdiff.bench sampler_tuning`); the held-out half was scored once, "
+           "after they were fixed."), ""]  # fmt: skip
     for split in ("held_out", "tuning"):
         mine = [r for r in rows if r["split"] == split and "diffusers_best" in r]
         if not mine:

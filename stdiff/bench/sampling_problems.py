@@ -1,5 +1,7 @@
 """Seeded Gaussian sampling problems, and the exact KL of any deterministic sampler on them.
 
+    python -m stdiff.bench sampling_problems [--split tuning|held_out]   # lists them
+
 A problem is N(m, K) with K = Γ ⊗ Σ (+ τ² I), sampled through a noise schedule with the exact
 ε-model. ``generate`` draws them over every registered kernel family in time and space (compositions
 included), lengthscales from well- to ill-conditioned (eigenvalues of K from ~1e-7 to ~1e2), 1-D
@@ -186,3 +188,17 @@ def generate(split: str | None = None, count: int = COUNT) -> list[Problem]:
     """The problems (both halves, or the ``tuning`` or ``held_out`` half)."""
     out = [problem(i) for i in range(count)]
     return out if split is None else [p for p in out if p.split == split]
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--split", choices=["tuning", "held_out"], default=None, help="one half (default: both)")
+    args = p.parse_args()
+    for q in generate(args.split):
+        print(f"{q.split:8s} d = {q.dim:4d}  {q.label()}")
+
+
+if __name__ == "__main__":
+    main()

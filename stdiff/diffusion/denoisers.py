@@ -186,6 +186,7 @@ class ResidualDenoiser(Denoiser):
         prior = self._prior.value
         if prior["gp"] is None and prior["pending"] is not None:
             prior["gp"] = _gaussian_prior(_check_truth(type(self).__name__, prior["pending"](), self.sample_shape))
+            self.data_moments = self.data_moments or data_moments(prior["gp"])
         if prior["gp"] is None:
             raise RuntimeError("ResidualDenoiser has no prior yet: attach_truth(gp), or load a checkpoint of one")
         return prior["gp"]
@@ -196,6 +197,7 @@ class ResidualDenoiser(Denoiser):
         else:
             self._prior.value.update(gp=_gaussian_prior(_check_truth(type(self).__name__, truth, self.sample_shape)),
                                      pending=None)  # fmt: skip
+            self.data_moments = data_moments(self._prior.value["gp"])  # the prior's: where sampling starts
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         return self.forward_parts(x_t, t, **cond)[0]

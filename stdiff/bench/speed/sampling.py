@@ -16,13 +16,14 @@ COLUMNS = ["sampler", "steps", "model", "evaluations", "samples_per_s"]
 
 
 class _Counted:
-    """A noise model that counts its evaluations (to report evaluations per sample)."""
+    """A noise model that counts its evaluations of the whole batch (to report evaluations per sample;
+    UniPC's probe of a few rows per draw is not one)."""
 
-    def __init__(self, model, schedule) -> None:
-        self.model, self.schedule, self.calls = model, schedule, 0
+    def __init__(self, model, schedule, batch: int) -> None:
+        self.model, self.schedule, self.batch, self.calls = model, schedule, batch, 0
 
     def __call__(self, x_t, t):
-        self.calls += 1
+        self.calls += len(x_t) == self.batch
         return self.model(x_t, t)
 
 
@@ -52,7 +53,7 @@ def throughput(configs: list[str], overrides: list[str], steps_list: list[int], 
         for steps in steps_list:
             sampler = cls(steps=steps)
             for which, model in models.items():
-                counted = _Counted(model, network.schedule)
+                counted = _Counted(model, network.schedule, batch)
                 seconds = []
                 for r in range(repeats):
                     generator = torch.Generator(device=device).manual_seed(r)
