@@ -189,6 +189,7 @@ def test_the_shipped_settings_are_the_ones_the_tuning_names():
 
     o3, c2, c3, low, high, t1, t2, t3, t4 = SHIPPED
     assert (multistep.ORDER3_FROM, multistep.LAMBDA_START, multistep.FLOOR_LOW, multistep.FLOOR_HIGH) == (o3, {2: c2, 3: c3}, low, high)
+    assert multistep.auto_endpoint(1, 10 * high) == "t_min"  # nothing to spare
     for steps in range(4, 51):
         assert multistep.auto_endpoint(steps, 10 * high) == ("denoise" if steps <= t4 else "root")
         assert multistep.auto_endpoint(steps, (low + high) / 2) == ("t_min" if steps <= t2 else "ode" if steps <= t3 else "root")

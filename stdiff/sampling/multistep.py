@@ -132,6 +132,8 @@ def auto_endpoint(steps: int, floor: float) -> str:
     at t_min would leave, as the model's probe there reads it (``early_stopping_floor``): stop at
     t_min where the floor is far below what the evaluations buy, else spend one on ``ode``, or three
     on ``root`` where the noise at t_min hides much of the data."""
+    if steps < 2:
+        return "t_min"  # no evaluation to spare
     if floor >= FLOOR_HIGH:
         return "denoise" if steps <= 4 else "root"
     if floor >= FLOOR_LOW:
