@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT
 
 from stdiff.bench import RESULTS
-from stdiff.bench.diffusers_kl import BUDGETS, diffusers_settings
-from stdiff.bench.sampler_heldout import CONVENTIONS, diffusers_draw, safe_kl, stdiff_kl, summary
+from stdiff.bench.diffusers_kl import BUDGETS, diffusers_draw, diffusers_settings
+from stdiff.bench.sampler_heldout import CONVENTIONS, safe_kl, stdiff_kl, summary
 from stdiff.bench.sampling_problems import EigenModel, generate, problem
 
 with open(RESULTS / "sampler_heldout.csv") as _f:
@@ -75,7 +75,7 @@ def test_diffusers_best_rows_reproduce():
         p = problem(r["problem"])
         counter = [0]
         got = safe_kl(diffusers_draw(*diffusers_settings()[r["diffusers_setting"]], r["budget"], EigenModel(p),
-                                     r["diffusers_convention"], counter), p)  # fmt: skip
+                                     p.schedule, counter, r["diffusers_convention"]), p)  # fmt: skip
         assert counter[0] == r["budget"] and got == pytest.approx(r["diffusers_best"], rel=1e-6), r
         assert math.isfinite(got)
 

@@ -212,3 +212,21 @@ def test_a_checkpoint_carries_the_data_moments():
     loaded.on_load_checkpoint(checkpoint)
     mean, variance = loaded.denoiser.data_moments
     assert torch.equal(mean, torch.full((4, 2), 3.0, dtype=torch.float64)) and variance == 7.5
+
+
+@pytest.mark.parametrize("lengthscale", [1.0, 3.0])
+def test_the_planned_endpoint_is_the_one_the_exact_models_probe_picks(lengthscale):
+    """The diagnostics compute the early-stopping KL for the endpoint UniPC will take with the exact
+    model (``planned_endpoint``, in closed form); the probe of a draw picks the same one."""
+    from stdiff.metrics import exact_early_stopping_floor, planned_endpoint
+
+    gp = KroneckerGP(RBF(lengthscale), Matern(1.0, nu=2.5), frames=12, space_shape=(4,), nugget=1e-7)
+    sched = OrnsteinUhlenbeck(t_min=1e-3)
+    model = ExactDenoiser.from_gp(gp, sched)
+    a, s = alpha_sigma(sched, sched.t_min)
+    probed = early_stopping_floor(model, gp.sample_shape, model.data_moments, None, torch.float64)
+    assert probed == pytest.approx(exact_early_stopping_floor(gp, a, s), rel=0.5)  # 8 probe rows, d = 48
+    for steps in (4, 6, 12, 25):
+        sampler = UniPC(steps)
+        sampler.sample(model, (2, *gp.sample_shape), torch.Generator().manual_seed(0), dtype=torch.float64)
+        assert planned_endpoint(sampler, gp, sched) == sampler.resolved, (lengthscale, steps)

@@ -114,9 +114,12 @@ def diffusers_table(sched: NoiseSchedule) -> np.ndarray:
     return (1 - torch.cat([a2[:1], a2[1:] / a2[:-1]])).numpy()
 
 
-def diffusers_draw(cls_name: str, options: dict, budget: int, model, sched: NoiseSchedule, counter: list[int]):
+def diffusers_draw(cls_name: str, options: dict, budget: int, model, sched: NoiseSchedule, counter: list[int],
+                   convention: str = "timestep"):  # fmt: skip
     """A draw(z) running diffusers' scheduler with ``budget`` network evaluations; ``counter``
-    receives the model calls made."""
+    receives the model calls made. The model is called at the time of diffusers' integer timestep
+    (``timestep``, as diffusers calls a model) or at the time of the scheduler's own σ for the step
+    (``sigma``, as a continuous-time model is more naturally called)."""
     import diffusers
 
     scheduler = getattr(diffusers, cls_name)(num_train_timesteps=TRAIN_TIMESTEPS, trained_betas=diffusers_table(sched),
@@ -124,10 +127,13 @@ def diffusers_draw(cls_name: str, options: dict, budget: int, model, sched: Nois
     ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
     log_ratio = 0.5 * np.log((1 - ac) / ac)  # log σ/α of each training timestep
 
-    def eps(x: torch.Tensor, timestep) -> torch.Tensor:
+    def eps(x: torch.Tensor, timestep, i: int) -> torch.Tensor:
         counter[0] += 1
-        lr = np.interp(float(timestep), np.arange(TRAIN_TIMESTEPS), log_ratio)
-        t = sched.time_at_log_snr(torch.tensor(-2 * lr, dtype=torch.float64))
+        if convention == "timestep":
+            lr = np.interp(float(timestep), np.arange(TRAIN_TIMESTEPS), log_ratio)
+        else:
+            lr = math.log(float(scheduler.sigmas[i]))  # diffusers' σ is σ/α
+        t = sched.time_at_log_snr(torch.tensor(-2 * lr, dtype=torch.float64)).clamp(sched.t_min, sched.t_max)
         return model(x, t.expand(len(x)).to(x.dtype))
 
     def draw(z: torch.Tensor) -> torch.Tensor:
@@ -135,8 +141,8 @@ def diffusers_draw(cls_name: str, options: dict, budget: int, model, sched: Nois
             warnings.simplefilter("ignore", DeprecationWarning)
             scheduler.set_timesteps(budget)
             x = z * scheduler.init_noise_sigma
-            for timestep in scheduler.timesteps:
-                x = scheduler.step(eps(scheduler.scale_model_input(x, timestep), timestep), timestep, x).prev_sample
+            for i, timestep in enumerate(scheduler.timesteps):
+                x = scheduler.step(eps(scheduler.scale_model_input(x, timestep), timestep, i), timestep, x).prev_sample
         return x
 
     return draw

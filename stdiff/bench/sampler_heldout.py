@@ -31,13 +31,12 @@ import gzip
 import math
 import pathlib
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 
-from stdiff.bench.diffusers_kl import BUDGETS, TRAIN_TIMESTEPS, diffusers_settings, diffusers_table
+from stdiff.bench.diffusers_kl import BUDGETS, diffusers_draw, diffusers_settings
 from stdiff.bench.sampling_problems import EigenModel, Problem, eigen_kl, generate, problem
 from stdiff.sampling import UniPC
 
@@ -60,38 +59,6 @@ def stdiff_kl(p: Problem, budget: int, make=lambda b: UniPC(steps=b)) -> float:
 # --- diffusers -----------------------------------------------------------------------------------
 
 
-def diffusers_draw(cls_name: str, options: dict, budget: int, model, convention: str, counter: list[int]):
-    """A draw(z) running diffusers' scheduler with ``budget`` steps; the model is called at the time
-    of the integer timestep (``timestep``) or of the scheduler's own σ for the step (``sigma``)."""
-    import diffusers
-
-    sched = model.schedule
-    scheduler = getattr(diffusers, cls_name)(num_train_timesteps=TRAIN_TIMESTEPS, trained_betas=diffusers_table(sched),
-                                             prediction_type="epsilon", **options)  # fmt: skip
-    ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
-    log_ratio = 0.5 * np.log((1 - ac) / ac)  # log σ/α of each training timestep
-
-    def eps(x: torch.Tensor, timestep, i: int) -> torch.Tensor:
-        counter[0] += 1
-        if convention == "timestep":
-            lr = np.interp(float(timestep), np.arange(TRAIN_TIMESTEPS), log_ratio)
-        else:
-            lr = math.log(float(scheduler.sigmas[i]))  # diffusers' σ is σ/α
-        t = sched.time_at_log_snr(torch.tensor(-2 * lr, dtype=torch.float64)).clamp(sched.t_min, sched.t_max)
-        return model(x, t.expand(len(x)).to(x.dtype))
-
-    def draw(z: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():  # DEIS's NumPy 2 deprecations, not ours to fix
-            warnings.simplefilter("ignore", DeprecationWarning)
-            scheduler.set_timesteps(budget)
-            x = z * scheduler.init_noise_sigma
-            for i, timestep in enumerate(scheduler.timesteps):
-                x = scheduler.step(eps(scheduler.scale_model_input(x, timestep), timestep, i), timestep, x).prev_sample
-        return x
-
-    return draw
-
-
 def diffusers_rows(number: int) -> list[dict]:
     """Every diffusers setting, convention and budget on problem ``number``."""
     import diffusers
@@ -103,7 +70,7 @@ def diffusers_rows(number: int) -> list[dict]:
         for convention in CONVENTIONS:
             for b in BUDGETS:
                 counter = [0]
-                kl = safe_kl(diffusers_draw(cls_name, options, b, model, convention, counter), p)
+                kl = safe_kl(diffusers_draw(cls_name, options, b, model, p.schedule, counter, convention), p)
                 rows.append({"problem": number, "setting": name, "convention": convention, "budget": b,
                              "evaluations": counter[0], "exact_kl": kl, "diffusers": diffusers.__version__})  # fmt: skip
     return rows

@@ -5,9 +5,9 @@ from stdiff.metrics.attention import attention_alignment, frame_attention, tempo
 from stdiff.metrics.conditional import conditional_report, crps, energy_score, posterior_samples
 from stdiff.metrics.distances import (
     correlation_by_lag,
-    early_stopping_floor,
     early_stopping_kl,
     early_stopping_t_min,
+    exact_early_stopping_floor,
     factor_covariances,
     gaussian_fit_kl,
     gaussian_fit_kl_floor,
@@ -41,11 +41,11 @@ __all__ = [
     "conditional_report",
     "correlation_by_lag",
     "crps",
-    "early_stopping_floor",
     "early_stopping_kl",
     "early_stopping_report",
     "early_stopping_t_min",
     "energy_score",
+    "exact_early_stopping_floor",
     "exact_model_floor",
     "factor_covariances",
     "frame_attention",

@@ -267,9 +267,9 @@ def _gaussian_early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, end
     return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * shift * (mu**2 / lam).sum()).item()
 
 
-def early_stopping_floor(truth: Truth, alpha: float, sigma: float) -> float:
+def exact_early_stopping_floor(truth: Truth, alpha: float, sigma: float) -> float:
     """Σ (1 − g)²/4 over the eigen-directions (a mixture's averaged over components), g = α²λ/(α²λ + σ²)
-    the exact denoiser's gain at the early-stopping time: what ``stdiff.sampling.early_stopping_floor``
+    the exact denoiser's gain at the early-stopping time: what ``stdiff.sampling.base.early_stopping_floor``
     reads off a perfect model, and so the endpoint ``UniPC``'s ``auto`` takes with the exact model."""
     out = 0.0
     for w, c in zip(truth.weights.tolist(), truth.components):

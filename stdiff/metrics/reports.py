@@ -11,7 +11,12 @@ from torch import Tensor
 
 from stdiff.diffusion import ExactDenoiser, diffuse, per_sample
 from stdiff.metrics.attention import attention_alignment, frame_attention
-from stdiff.metrics.distances import early_stopping_floor, early_stopping_kl, early_stopping_t_min, gaussian_fit_kl
+from stdiff.metrics.distances import (
+    early_stopping_kl,
+    early_stopping_t_min,
+    exact_early_stopping_floor,
+    gaussian_fit_kl,
+)
 from stdiff.metrics.mixture import mixture_distances, sample_distances
 from stdiff.schedules import NoiseSchedule
 from stdiff.truth import KroneckerGP, Truth
@@ -120,11 +125,11 @@ def sample_report(truth: Truth, samples: Tensor, schedule: NoiseSchedule, seed: 
 
 def planned_endpoint(sampler, truth: Truth, schedule: NoiseSchedule) -> str:
     """The endpoint ``sampler`` ends on with the exact model of ``truth``: ``Sampler.endpoint_for`` the
-    early-stopping floor that a perfect model's probe reads (``early_stopping_floor``)."""
+    early-stopping floor that a perfect model's probe reads (``exact_early_stopping_floor``)."""
     if not hasattr(sampler, "endpoint_for"):
         return getattr(sampler, "endpoint", "t_min")
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
-    return sampler.endpoint_for(early_stopping_floor(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item()))
+    return sampler.endpoint_for(exact_early_stopping_floor(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item()))
 
 
 def early_stopping_report(truth: Truth, schedule: NoiseSchedule, target: float,
