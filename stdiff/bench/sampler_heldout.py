@@ -7,7 +7,7 @@ The problems are ``sampling_problems.generate()``: 64 seeded Gaussian problems, 
 32 for tuning stdiff's defaults, the odd-numbered 32 held out and run only to report. On each, at
 every budget of ``BUDGETS`` network evaluations, the exact KL (``sampling_problems.eigen_kl``, floor
 0) of stdiff's default ``UniPC(steps=b)`` with the model that carries the data's mean and scale,
-and of every diffusers setting of ``diffusers_kl.DIFFUSERS_SETTINGS`` (DPM-Solver++ 2M/3M, UniPC
+and of every diffusers setting of ``diffusers_kl.diffusers_settings()`` (DPM-Solver++ 2M/3M, UniPC
 bh1/bh2, DEIS; every time grid; final sigma; lower-order final) under two conventions for calling
 a continuous-time model from diffusers' discrete scheduler: ``timestep``, at the time of the
 integer timestep diffusers passes (as ``diffusers_kl`` does), and ``sigma``, at the time whose
@@ -15,7 +15,7 @@ noise level is the scheduler's own σ for that step. "diffusers' best" is the be
 at each (problem, budget), chosen after the fact (an oracle no user has). Budgets count network
 evaluations per sample; UniPC's automatic endpoint adds one call on 8 probe rows per ``sample``
 call, whatever the batch (``stdiff.sampling.base.early_stopping_floor``). diffusers' rows are
-cached in ``sampler_heldout_diffusers.csv.gz`` (they take ~30 CPU minutes); ``--rerun-diffusers``
+cached in ``sampler_heldout_diffusers.csv.gz`` (27 minutes on 2 cores); ``--rerun-diffusers``
 recomputes them.
 
 Writes ``sampler_heldout.md`` (the distribution of stdiff / diffusers-best over (problem, budget)

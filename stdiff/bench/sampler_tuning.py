@@ -26,8 +26,6 @@ pair at or below diffusers' best (274 against 275 of 320), both with 30 pairs ab
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import itertools
 import math
 
@@ -35,7 +33,7 @@ import numpy as np
 import torch
 
 from stdiff.bench.diffusers_kl import BUDGETS
-from stdiff.bench.sampler_heldout import RESULTS, diffusers_best
+from stdiff.bench.sampler_heldout import RESULTS, diffusers_best, load_diffusers
 from stdiff.bench.sampling_problems import EigenModel, eigen_kl, generate
 from stdiff.sampling import UniPC
 from stdiff.sampling.base import early_stopping_floor
@@ -103,9 +101,7 @@ def main() -> None:
     args = p.parse_args()
     problems = generate("tuning")
     numbers = {q.number for q in problems}
-    with gzip.open(RESULTS / "sampler_heldout_diffusers.csv.gz", "rt") as f:
-        rows = [{**r, "problem": int(r["problem"]), "budget": int(r["budget"]), "evaluations": int(r["evaluations"]),
-                 "exact_kl": float(r["exact_kl"])} for r in csv.DictReader(f) if int(r["problem"]) in numbers]  # fmt: skip
+    rows = load_diffusers(RESULTS / "sampler_heldout_diffusers.csv.gz", sorted(numbers), jobs=2, rerun=False)
     best = {k: r["exact_kl"] for k, r in diffusers_best(rows).items()}
     print(f"exact KL of {len(problems)} tuning problems × {len(BUDGETS)} budgets × {len(ENDPOINTS)} endpoints × 2 orders "
           f"× {len(STARTS)} starts", flush=True)  # fmt: skip
