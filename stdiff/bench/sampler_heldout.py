@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import importlib
 import math
 import pathlib
 import time
@@ -47,7 +48,7 @@ CONVENTIONS = ("timestep", "sigma")
 def safe_kl(draw, p: Problem) -> float:
     try:
         return eigen_kl(draw, p)
-    except (ValueError, RuntimeError):  # a singular solve inside a scheduler, or a diverged law
+    except (ValueError, RuntimeError, IndexError):  # a singular solve or a step past its table inside a scheduler
         return math.inf
 
 
@@ -90,17 +91,25 @@ def load_diffusers(path: pathlib.Path, numbers: list[int], jobs: int, rerun: boo
         print(f"diffusers {diffusers.__version__}: {len(missing)} problems × {len(diffusers_settings())} settings × "
               f"{len(CONVENTIONS)} conventions × {len(BUDGETS)} budgets", flush=True)  # fmt: skip
         start = time.perf_counter()
+        work = importlib.import_module("stdiff.bench.sampler_heldout").diffusers_rows  # by its module's name: run as __main__, workers could not find it
+
         with ProcessPoolExecutor(jobs) as pool:
-            for k, rows in enumerate(pool.map(diffusers_rows, missing), 1):
+            for k, rows in enumerate(pool.map(work, missing), 1):
                 cached += [{key: str(v) for key, v in r.items()} for r in rows]
+                _write_cache(path, cached)  # after every problem: an interrupted sweep resumes where it stopped
                 print(f"  {k}/{len(missing)} problems, {time.perf_counter() - start:.0f} s", flush=True)
-        cached.sort(key=lambda r: int(r["problem"]))
-        with gzip.open(path, "wt", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(cached[0]))
-            writer.writeheader()
-            writer.writerows(cached)
     return [{**r, "problem": int(r["problem"]), "budget": int(r["budget"]), "evaluations": int(r["evaluations"]),
              "exact_kl": float(r["exact_kl"])} for r in cached if int(r["problem"]) in numbers]  # fmt: skip
+
+
+def _write_cache(path: pathlib.Path, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: int(r["problem"]))
+    partial = path.with_name(path.name + ".partial")
+    with gzip.open(partial, "wt", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
 
 
 def diffusers_best(rows: list[dict]) -> dict[tuple[int, int], dict]:

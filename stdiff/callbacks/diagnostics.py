@@ -318,7 +318,8 @@ class GPDiagnostics(Callback):
         if bar is not None:
             bar.close()
         floor_seed = derive_seed(self.seed, DIAGNOSTICS, *floor_key)
-        endpoint = planned_endpoint(pl_module.sampler, self.truth, pl_module.schedule)
+        endpoint = getattr(pl_module.sampler, "resolved", None) or planned_endpoint(pl_module.sampler, self.truth,
+                                                                                   pl_module.schedule)  # what it ended on
         metric = SampleDistance(self.truth, pl_module.schedule, floor_seed, endpoint=endpoint).to(pl_module.device)
         metric.update(x)
         values = metric.compute()

@@ -239,11 +239,12 @@ def flow_kl(draw, truth, z: Tensor, scale: float) -> tuple[float, float]:
     return gap.mean().item(), (gap.std() / math.sqrt(n)).item()
 
 
-def early_stopping_kl(truth: Truth, alpha: float, sigma: float, endpoint: str = "t_min") -> float:
+def early_stopping_kl(truth: Truth, alpha: float, sigma: float, endpoint: str | tuple[float, ...] = "t_min") -> float:
     """The KL to N(μ, K), K = Γ ⊗ Σ, of what a sampler returns from exact draws of the data noised
     to the early-stopping time, x ~ N(αμ, α²K + σ²I), in closed form: the bias left when sampling
-    stops at t₀ > 0, after the sampler's ``endpoint`` (``stdiff.sampling.ENDPOINTS``): ``t_min``, x
-    itself; ``denoise``, E[x₀ | x]; ``ode``, (x/α + E[x₀ | x])/2; ``root``, x̂₀ + p(G)(x/α − x̂₀).
+    stops at t₀ > 0, after the sampler's ``endpoint`` (``stdiff.sampling.ENDPOINTS``, or the
+    coefficients (c₀, c₁, …) of a fitted one, x̂₀ + p(G)(x/α − x̂₀)): ``t_min``, x itself;
+    ``denoise``, E[x₀ | x]; ``ode``, (x/α + E[x₀ | x])/2; ``root``, p(g) = g − g²/2.
 
     For ``t_min`` it is KL(p_t₀ ‖ p_0), to second order ``¼·σ⁴·Σᵢ(1/λᵢ − 1)²`` over the eigenvalues
     λᵢ of K (α² = 1 − σ², as for variance-preserving schedules): a problem of higher dimension or
@@ -255,27 +256,21 @@ def early_stopping_kl(truth: Truth, alpha: float, sigma: float, endpoint: str = 
                for w, c in zip(truth.weights.tolist(), truth.components))  # fmt: skip
 
 
-def _gaussian_early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint: str) -> float:
+def _gaussian_early_stopping_kl(gp: KroneckerGP, alpha: float, sigma: float, endpoint) -> float:
+    from stdiff.sampling.base import POLYNOMIALS
+
     lam = gp.eigenvalues(torch.device("cpu")).reshape(-1)
     noised = alpha**2 * lam + sigma**2
     g = alpha**2 * lam / noised  # the denoiser's gain on x/α in each eigen-direction
-    gain = {"t_min": torch.ones_like(lam), "denoise": g / alpha, "ode": 0.5 * (1 + g) / alpha,
-            "root": (g + (1 - g) * (g - g**2 / 2)) / alpha}[endpoint]  # fmt: skip
+    coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else tuple(endpoint)
+    if coefficients is None:
+        gain = torch.ones_like(lam)
+    else:
+        gain = (g + (1 - g) * sum(c * g**k for k, c in enumerate(coefficients))) / alpha
     ratio = gain**2 * noised / lam
     mu = gp.to_eigenbasis(gp.mean[None])[0].reshape(-1)
-    shift = (1 - alpha) ** 2 if endpoint == "t_min" else 0.0  # the other endpoints are unbiased in the mean
+    shift = (1 - alpha) ** 2 if coefficients is None else 0.0  # the other endpoints are unbiased in the mean
     return (0.5 * (ratio - 1 - ratio.log()).sum() + 0.5 * shift * (mu**2 / lam).sum()).item()
-
-
-def exact_early_stopping_floor(truth: Truth, alpha: float, sigma: float) -> float:
-    """Σ (1 − g)²/4 over the eigen-directions (a mixture's averaged over components), g = α²λ/(α²λ + σ²)
-    the exact denoiser's gain at the early-stopping time: what ``stdiff.sampling.base.early_stopping_floor``
-    reads off a perfect model, and so the endpoint ``UniPC``'s ``auto`` takes with the exact model."""
-    out = 0.0
-    for w, c in zip(truth.weights.tolist(), truth.components):
-        lam = c.eigenvalues(torch.device("cpu")).reshape(-1)
-        out += w * (sigma**2 / (alpha**2 * lam + sigma**2)).pow(2).sum().item() / 4
-    return out
 
 
 def early_stopping_t_min(gp: KroneckerGP, schedule, target: float, endpoint: str = "t_min") -> float:

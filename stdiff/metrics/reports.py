@@ -14,7 +14,6 @@ from stdiff.metrics.attention import attention_alignment, frame_attention
 from stdiff.metrics.distances import (
     early_stopping_kl,
     early_stopping_t_min,
-    exact_early_stopping_floor,
     gaussian_fit_kl,
 )
 from stdiff.metrics.mixture import mixture_distances, sample_distances
@@ -123,13 +122,21 @@ def sample_report(truth: Truth, samples: Tensor, schedule: NoiseSchedule, seed: 
     return values
 
 
-def planned_endpoint(sampler, truth: Truth, schedule: NoiseSchedule) -> str:
-    """The endpoint ``sampler`` ends on with the exact model of ``truth``: ``Sampler.endpoint_for`` the
-    early-stopping floor that a perfect model's probe reads (``exact_early_stopping_floor``)."""
+def planned_endpoint(sampler, truth: Truth, schedule: NoiseSchedule) -> str | tuple[float, ...]:
+    """The endpoint ``sampler`` ends on with the exact model of ``truth``: ``Sampler.endpoint_for``
+    the spectrum of the exact denoiser's gain at t_min (every component's, weighted, for a mixture),
+    which a perfect model's probe estimates (``stdiff.sampling.probe``)."""
     if not hasattr(sampler, "endpoint_for"):
         return getattr(sampler, "endpoint", "t_min")
+    from stdiff.diffusion import data_moments
+    from stdiff.sampling.probe import exact_spectrum
+
     t0 = torch.tensor(schedule.t_min, dtype=torch.float64)
-    return sampler.endpoint_for(exact_early_stopping_floor(truth, schedule.alpha(t0).item(), schedule.sigma(t0).item()))
+    a, s = schedule.alpha(t0).item(), schedule.sigma(t0).item()
+    spectra = [exact_spectrum(c.eigenvalues(torch.device("cpu")), a, s) for c in truth.components]
+    nodes = torch.cat([g for g, _ in spectra])
+    weights = torch.cat([w * ones for w, (_, ones) in zip(truth.weights.tolist(), spectra, strict=True)])
+    return sampler.endpoint_for(nodes, weights, schedule, data_moments(truth)[1])
 
 
 def early_stopping_report(truth: Truth, schedule: NoiseSchedule, target: float,

@@ -31,8 +31,19 @@ ENDPOINTS = {
             "x0 + p(G)(y - x0) with p(g) = g - g^2/2 (exact as g -> 1, p(0) = 0), G applied by two more "
             "evaluations at t_min; never worse than t_min or denoise in any direction",
 }  # fmt: skip
-ROOT_POLYNOMIAL = {"root": (1.0, -0.5)}  # p(g) = Σ_k c_k g^k: the endpoint's G-polynomial, one evaluation a term
-ENDPOINT_EVALUATIONS = {"t_min": 0, "denoise": 1, "ode": 1, **{k: 1 + len(v) for k, v in ROOT_POLYNOMIAL.items()}}
+# Every endpoint but t_min is a polynomial in the denoiser's gain G at t_min: x̂₀ + p(G) w, w = x/α − x̂₀,
+# p(g) = Σ_k c_k g^k, one evaluation for x̂₀ and one more for each power of G (``_endpoint``).
+POLYNOMIALS = {"t_min": None, "denoise": (0.0,), "ode": (0.5,), "root": (0.0, 1.0, -0.5)}
+Polynomial = tuple[float, ...]  # (c_0, c_1, …): an endpoint fitted to the model (``stdiff.sampling.probe``)
+
+
+def endpoint_evaluations(endpoint: str | Polynomial | None) -> int:
+    """Network evaluations an endpoint (a name of ``ENDPOINTS`` or a polynomial's coefficients) costs."""
+    coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
+    return 0 if coefficients is None else len(coefficients)
+
+
+ENDPOINT_EVALUATIONS = {name: endpoint_evaluations(name) for name in POLYNOMIALS}
 
 
 def time_grid(schedule: NoiseSchedule, steps: int, spacing: Spacing = "log_snr", rho: float = 7.0) -> Tensor:
@@ -147,9 +158,10 @@ class Sampler(ABC):
         """Called at the start of every ``sample``, before the grid is made (``UniPC`` probes the model
         there to choose its endpoint)."""
 
-    def endpoint_for(self, floor: float) -> str:
-        """The endpoint this sampler ends on where stopping at t_min would leave ``floor`` nats
-        (``early_stopping_floor``): its own, unless it chooses by the floor (``UniPC``'s auto)."""
+    def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0):
+        """The endpoint this sampler ends on for a model whose denoiser's gain at t_min has the spectrum
+        (``nodes``, ``weights``; ``stdiff.sampling.probe``): its own, unless it plans by the spectrum
+        (``UniPC``'s auto)."""
         return self.endpoint
 
     def begin(self) -> None:
@@ -223,42 +235,22 @@ def _check_endpoint(owner: str, endpoint, allowed: tuple[str, ...] = tuple(ENDPO
     return endpoint
 
 
-def _endpoint(endpoint: str, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, x0: Tensor) -> Tensor:
-    """The sample from the state ``x`` at ``t_min`` and its data prediction ``x0`` (see ``ENDPOINTS``)."""
-    if endpoint == "denoise":
-        return x0
+def _endpoint(endpoint: str | Polynomial, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, x0: Tensor) -> Tensor:
+    """The sample from the state ``x`` at ``t_min`` and its data prediction ``x0``: x̂₀ + p(G) w,
+    w = x/α − x̂₀, ``endpoint`` a name of ``ENDPOINTS`` or p's coefficients (c_0, c_1, …), each power
+    of the gain G applied by one more evaluation: G v = x̂₀(x) − x̂₀(x − α v)."""
+    coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
+    if coefficients is None:
+        return x
+    if coefficients == (0.0,):
+        return x0  # denoise
     a = alpha_sigma(schedule, schedule.t_min)[0]
-    if endpoint == "ode":
-        return 0.5 * (x / a + x0)
-    # "root": x̂₀ + p(G) w, w = x/α − x̂₀, G the denoiser's gain at t_min: G v = x̂₀(x) − x̂₀(x − α v)
-    out, power = x0, x / a - x0
-    for c in ROOT_POLYNOMIAL[endpoint]:
+    power = x / a - x0
+    out = x0 + coefficients[0] * power
+    for c in coefficients[1:]:
         power = x0 - _x0(model, schedule, x - a * power, schedule.t_min)
         out = out + c * power
     return out
-
-
-PROBE_ROWS, PROBE_SEED = 8, 0
-
-
-def early_stopping_floor(model: NoiseModel, sample_shape: tuple[int, ...], moments: DataMoments | None, device,
-                         dtype: torch.dtype, cond: dict[str, Tensor] | None = None) -> float:  # fmt: skip
-    """The KL (nats) that stopping at ``t_min`` leaves, to second order: Σ (1 − g)²/4 over the
-    eigen-directions of the model's denoiser there, g the gain of x̂₀ in each (1 where the data's
-    variance is far above the noise's, 0 where it is far below, and then the term is a lower
-    bound). One model call on ``PROBE_ROWS`` rows of pure noise about the data's mean, from a seed
-    of its own (the draw's own randomness is untouched): there y − x̂₀ = (I − G) s z, s the
-    noise-to-signal ratio at t_min, so E‖y − x̂₀‖² = s² tr (I − G)²."""
-    schedule = model.schedule
-    a, s = alpha_sigma(schedule, schedule.t_min)
-    z = torch.randn(PROBE_ROWS, *sample_shape, generator=torch.Generator().manual_seed(PROBE_SEED), dtype=torch.float64)
-    z = z.to(device=device, dtype=dtype)
-    mean = None if moments is None else moments[0]
-    base = torch.zeros_like(z) if mean is None else mean.to(device=z.device, dtype=dtype).expand_as(z)
-    cond = {k: v[:1].expand(PROBE_ROWS, *v.shape[1:]) for k, v in (cond or {}).items()}
-    x = a * base + s * z
-    residual = x / a - _x0(functools.partial(model, **cond) if cond else model, schedule, x, schedule.t_min)
-    return (residual.double().pow(2).sum() / PROBE_ROWS / (s / a) ** 2 / 4).item()
 
 
 def _noise(x: Tensor, generator) -> Tensor:

@@ -11,7 +11,9 @@ from torch import Tensor
 from stdiff._validation import check_int, check_positive
 from stdiff.sampling.base import (
     ENDPOINT_EVALUATIONS,
+    POLYNOMIALS,
     Endpoint,
+    Polynomial,
     Sampler,
     Spacing,
     _check_endpoint,
@@ -19,8 +21,9 @@ from stdiff.sampling.base import (
     _noise,
     _x0,
     alpha_sigma,
-    early_stopping_floor,
+    endpoint_evaluations,
 )
+from stdiff.sampling.probe import GaussianSurrogate, fit_endpoints, gain_spectrum, surrogate_kl
 from stdiff.schedules import NoiseSchedule
 
 
@@ -116,29 +119,37 @@ def _unipc_weights(ratios: list[float], h: float) -> tuple[list[float], float]:
         g = g / -h - 1 / factorial
     if not ratios:
         return [], phi
-    matrix = torch.tensor([[r ** (i - 1) for r in ratios] for i in range(1, len(ratios) + 1)], dtype=torch.float64)
-    return torch.linalg.solve(matrix, torch.tensor(rhs, dtype=torch.float64)).tolist(), phi
+    return _solve([[r ** (i - 1) for r in ratios] for i in range(1, len(ratios) + 1)], rhs), phi
 
 
-# UniPC's auto settings, chosen on the tuning half of ``stdiff.bench.sampling_problems`` only
-# (``python -m stdiff.bench sampler_tuning``); ``sampler_heldout.md`` scores them on the other half.
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting, for the few unknowns of a multistep weight (in
+    float64 like torch's solve, and without its per-call cost)."""
+    n = len(rhs)
+    rows = [list(row) + [b] for row, b in zip(matrix, rhs, strict=True)]
+    for i in range(n):
+        pivot = max(range(i, n), key=lambda r: abs(rows[r][i]))
+        rows[i], rows[pivot] = rows[pivot], rows[i]
+        if rows[i][i] == 0:
+            raise ZeroDivisionError("coincident points in a multistep weight")
+        for r in range(i + 1, n):
+            f = rows[r][i] / rows[i][i]
+            rows[r] = [a - f * b for a, b in zip(rows[r], rows[i], strict=True)]
+    out = [0.0] * n
+    for i in reversed(range(n)):
+        out[i] = (rows[i][n] - sum(rows[i][j] * out[j] for j in range(i + 1, n))) / rows[i][i]
+    return out
+
+# UniPC's settings before a probe (an explicit ``order``, ``lambda_start`` or ``skew`` is used as given)
 ORDER3_FROM = 15  # order 2 below this budget, 3 from it
 LAMBDA_START = {2: -2.0, 3: -1.5}  # the grid's start, half log-SNR c − ln n − ½ ln v, by order
-FLOOR_LOW, FLOOR_HIGH = 0.1, 3.0  # early-stopping floors (nats) that separate the three endpoint rules
-
-
-def auto_endpoint(steps: int, floor: float) -> str:
-    """UniPC's endpoint for a budget of ``steps`` evaluations and the KL ``floor`` (nats) that stopping
-    at t_min would leave, as the model's probe there reads it (``early_stopping_floor``): stop at
-    t_min where the floor is far below what the evaluations buy, else spend one on ``ode``, or three
-    on ``root`` where the noise at t_min hides much of the data."""
-    if steps < 2:
-        return "t_min"  # no evaluation to spare
-    if floor >= FLOOR_HIGH:
-        return "denoise" if steps <= 4 else "root"
-    if floor >= FLOOR_LOW:
-        return "t_min" if steps <= 4 else ("ode" if steps <= 15 else "root")
-    return "t_min" if steps <= 8 else "ode"
+# What the probe's plan chooses from (``UniPC.plan``): every grid (order, c, skew), started at c − ln k − ½ ln v
+# for k steps, with k from the budget n down to n − FEWER_STEPS (so a larger budget can always do what a smaller
+# one would), and an endpoint of e <= MOST_ENDPOINT_EVALUATIONS evaluations, k + e <= n.
+GRIDS = [(3, -1.0, 1.0), (2, -1.0, 1.5), (2, -1.0, 2.0), (2, -1.5, 2.5), (3, -2.0, 1.0), (3, -1.5, 3.0),
+         (2, -1.5, 1.5), (3, -2.0, 1.5), (2, -1.0, 1.0)]  # chosen greedily from 36 on problems 0-63 (``sampler_tuning``)
+FEWER_STEPS = 8
+MOST_ENDPOINT_EVALUATIONS = 4
 
 
 class UniPC(Sampler):
@@ -147,20 +158,26 @@ class UniPC(Sampler):
     prediction, linear part exact. The corrector reuses the evaluation that starts the next step,
     so it raises the order by one at no cost.
 
-    ``steps`` is the budget in network evaluations, all included, and every other option defaults
-    to a setting chosen for that budget (``auto``), on the tuning half of 64 seeded Gaussian
-    problems (``stdiff.bench.sampler_tuning``) and scored on the other half against every setting
-    of diffusers' multistep schedulers (``stdiff/bench/results/sampler_heldout.md``):
+    ``steps`` is the budget in network evaluations, all included, and every option left to ``auto``
+    (None) is planned for the model at hand before each draw (``plan``):
 
-    - up to 14 evaluations: order 2, a grid denser near t_min (skew 0.6 + n/6), starting at
-      half log-SNR −2.0 − ln n − ½ ln v (v the data's per-coordinate variance);
-    - from 15: order 3, a grid uniform in λ, starting at −1.5 − ln n − ½ ln v.
+    - a probe reads the spectrum of the denoiser's gain at t_min: ``PROBE_STEPS`` + 1 model calls on
+      ``PROBE_ROWS`` rows of noise, whatever the batch, not counted in ``evaluations``
+      (``stdiff.sampling.probe.gain_spectrum``);
+    - that spectrum describes a Gaussian (``GaussianSurrogate``) on which every candidate runs in
+      microseconds, with no model call: each grid of ``GRIDS`` (order, start c, skew), with k steps
+      from the budget down to ``FEWER_STEPS`` fewer, and each endpoint of e evaluations, k + e <= steps
+      (``t_min``, or x̂₀ + p(G)(x/α − x̂₀) with p of e coefficients fitted to the spectrum,
+      ``stdiff.sampling.probe.fit_endpoint``);
+    - the candidate that leaves the least KL there is used (``planned`` holds it and the KL it
+      expects); the same spectrum again reuses the plan.
 
-    The endpoint is chosen per call from a probe of the model at t_min (one call on a few rows of
-    noise, ``early_stopping_floor``), which reads F, the KL that stopping at t_min would leave:
-    F < 0.1 nats: ``t_min`` up to 8 evaluations, ``ode`` above; 0.1 ≤ F < 3: ``t_min`` up to 4,
-    ``ode`` up to 15, ``root`` above; F ≥ 3 (the noise at t_min hides much of the data):
-    ``denoise`` at 4, ``root`` above.
+    Where the data are Gaussian the surrogate is the model itself, up to the quadrature, so the plan's
+    KL is the draw's. The candidates were chosen on 64 seeded Gaussian problems
+    (``stdiff.bench.sampler_tuning``) and scored on 64 others against every setting of diffusers'
+    multistep schedulers (``stdiff/bench/results/sampler_heldout.md``). With nothing left to ``auto``,
+    no probe runs; before the first probe the settings are order 2 below 15 evaluations (skew
+    0.6 + n/6, start −2.0 − ln n − ½ ln v) and 3 from 15 (uniform in λ, start −1.5 − ln n − ½ ln v).
 
     The grid starts at the half log-SNR ``lambda_start`` (or ``t_max``, whichever is later), where
     the data is all but forgotten, from the forward marginal of data with the model's mean and
@@ -172,7 +189,7 @@ class UniPC(Sampler):
         steps: network evaluations, >= 1 (an explicit endpoint needs room for two steps besides
             its own evaluations: ``denoise`` and ``ode`` take one, ``root`` three).
         order: 1, 2 or 3, or None for auto; the first steps use lower orders until enough evaluations exist.
-        endpoint: ``auto``, ``t_min``, ``denoise``, ``ode`` or ``root`` (see ``Sampler``).
+        endpoint: ``auto`` (planned), ``t_min``, ``denoise``, ``ode`` or ``root`` (see ``Sampler``).
         lambda_start: half log-SNR where the grid starts, or None for auto (c − ln steps − ½ ln v,
             v the data's variance, ``NoiseModel.data_moments``); the schedule's ``t_max`` if that is later.
         skew: the grid's exponent (1: uniform in λ), > 0, or None for auto.
@@ -198,10 +215,12 @@ class UniPC(Sampler):
             check_positive("UniPC.skew", skew)
         if not isinstance(corrector, bool):
             raise ValueError(f"UniPC.corrector must be true or false, got {corrector!r}")  # noqa: TRY004
+        self.given = {"order": order, "lambda_start": lambda_start, "skew": skew}  # None: chosen by the plan
         self.order = order if order is not None else (2 if steps < ORDER3_FROM else 3)
         super().__init__(steps, "log_snr", 7.0, "t_min")
         self.endpoint = endpoint
-        self.resolved = endpoint if endpoint != "auto" else auto_endpoint(steps, 0.0)  # until a probe says otherwise
+        self.resolved: str | Polynomial = endpoint if endpoint != "auto" else "t_min"  # until a probe says otherwise
+        self._steps: int | None = None  # the grid's steps, where a plan chose fewer than the budget allows
         if endpoint != "auto" and self.intervals < 2 and endpoint != "t_min":
             raise ValueError(f"UniPC.steps={steps} with endpoint {endpoint!r} leaves {self.intervals} step(s) from the "
                              f"start to t_min (the endpoint takes {ENDPOINT_EVALUATIONS[endpoint]} evaluations): use "
@@ -210,22 +229,96 @@ class UniPC(Sampler):
         self.lambda_start = lambda_start if lambda_start is not None else LAMBDA_START[max(self.order, 2)] - math.log(steps)
         self.skew = skew if skew is not None else (0.6 + steps / 6 if self.order <= 2 else 1.0)
         self.corrector = corrector
+        self.planned: dict | None = None  # the last plan: its settings and the KL it expects
+        self._plans: dict[tuple, dict] = {}  # the last few plans, by the spectrum they were made for
         self.begin()
 
     @property
     def intervals(self) -> int:
-        return self.steps - ENDPOINT_EVALUATIONS[self.resolved]
+        return self._steps if self._steps is not None else self.steps - endpoint_evaluations(self.resolved)
 
     @property
     def evaluations(self) -> int:
-        return self.steps  # the budget, whichever endpoint takes its share
+        """Network evaluations per sample: the budget ``steps``, or fewer where the plan found them better."""
+        return self.intervals + endpoint_evaluations(self.resolved)
+
+    @property
+    def automatic(self) -> bool:
+        """Whether anything is left to the probe's plan (the endpoint or a grid setting)."""
+        return self.endpoint == "auto" or any(v is None for v in self.given.values())
 
     def prepare(self, model, sample_shape, moments, device, dtype, cond) -> None:
-        if self.endpoint == "auto":
-            self.resolved = auto_endpoint(self.steps, early_stopping_floor(model, sample_shape, moments, device, dtype, cond))
+        if self.automatic and self.steps >= 2:
+            nodes, weights = gain_spectrum(model, sample_shape, moments, device, dtype, cond)
+            variance = 1.0 if moments is None else moments[1]
+            key = (repr(model.schedule), variance, nodes.numpy().tobytes(), weights.numpy().tobytes())
+            if key not in self._plans:  # the same spectrum again (the same model): the same plan
+                self._plans = {**dict(list(self._plans.items())[-7:]), key: self.plan(model.schedule, nodes, weights, variance)}
+            self.use(self._plans[key])
 
-    def endpoint_for(self, floor: float) -> str:
-        return self.endpoint if self.endpoint != "auto" else auto_endpoint(self.steps, floor)
+    def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0) -> str | Polynomial:
+        """The endpoint this sampler ends on for a model whose gain at t_min has the spectrum
+        (``nodes``, ``weights``): the plan's where the endpoint is ``auto``."""
+        if not self.automatic or self.steps < 2:
+            return self.resolved
+        return self.plan(schedule, nodes, weights, variance)["endpoint"]
+
+    def plan(self, schedule: NoiseSchedule, nodes: Tensor, weights: Tensor, variance: float = 1.0) -> dict:
+        """The settings, among those left to choose (``GRIDS`` for order, start and skew; the grid's
+        steps k from the budget n down to n − ``FEWER_STEPS``; an endpoint of e evaluations, a
+        polynomial fitted to the spectrum, ``stdiff.sampling.probe.fit_endpoint``, k + e <= n), that
+        leave the least KL on the Gaussian the gain's spectrum (``nodes``, ``weights``) describes
+        (``GaussianSurrogate``): every candidate run there, where it costs no model call. Returns
+        order, lambda_start, skew, steps, endpoint and kl (what the surrogate expects)."""
+        surrogate = GaussianSurrogate(schedule, nodes, variance)
+        weights = weights.double()
+        given = self.given  # an order, start or skew given is used as given
+        grids = list(dict.fromkeys((o if given["order"] is None else given["order"], c if given["lambda_start"] is None else None,
+                                    sk if given["skew"] is None else given["skew"]) for o, c, sk in GRIDS))  # fmt: skip
+        if self.endpoint == "auto":
+            fits = [("t_min", None)] + fit_endpoints(nodes, weights, MOST_ENDPOINT_EVALUATIONS)
+        else:
+            fits = [(self.endpoint, None)]
+        a = alpha_sigma(schedule, schedule.t_min)[0]
+        ones = torch.ones(1, len(nodes), dtype=torch.float64)
+        lowest = 1 if self.steps < 3 else 2
+        window = range(self.steps, max(lowest, self.steps - FEWER_STEPS) - 1, -1)
+        found: dict[tuple, dict] = {}  # (grid, k) -> the best plan with that grid and k steps
+
+        def run(grid: tuple, k: int) -> None:
+            order, c, skew = grid
+            start = given["lambda_start"] if c is None else c - math.log(k)
+            sampler = UniPC(k, order=order, endpoint="t_min", lambda_start=start, skew=skew, corrector=self.corrector)
+            sampler.auto_start = c is not None
+            try:
+                x = sampler.sample(surrogate, ones.shape, dtype=torch.float64, noise=ones)
+                corrected, _ = sampler._evaluate(surrogate, schedule, x, schedule.t_min)
+            except (ZeroDivisionError, RuntimeError, ValueError):  # a grid of coincident steps
+                return
+            x0 = sampler._history[-1][1]
+            for endpoint, _ in fits:
+                if endpoint_evaluations(endpoint) + k > self.steps:
+                    continue
+                coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
+                out = x if coefficients is None else x0 + _polynomial(coefficients, surrogate.gain) * (corrected / a - x0)
+                kl = surrogate_kl(out[0], surrogate, weights)
+                if kl < found.get((grid, k), {"kl": math.inf})["kl"]:
+                    found[(grid, k)] = {"order": order, "lambda_start": start, "auto_start": c is not None, "skew": skew,
+                                        "steps": k, "endpoint": endpoint, "kl": kl}  # fmt: skip
+
+        for grid in grids:
+            for k in window:
+                run(grid, k)
+        return min(found.values(), key=lambda v: v["kl"], default={"kl": math.inf})
+
+    def use(self, plan: dict) -> None:
+        """Take a ``plan``'s settings for the next draws."""
+        if not math.isfinite(plan.get("kl", math.inf)):
+            return  # nothing ran on the surrogate: keep the settings as they are
+        self.order, self.lambda_start, self.auto_start, self.skew = (plan[k] for k in ("order", "lambda_start", "auto_start", "skew"))
+        self.resolved = plan["endpoint"]
+        self._steps = plan["steps"]
+        self.planned = plan
 
     def times(self, schedule: NoiseSchedule, variance: float = 1.0) -> Tensor:
         ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
@@ -243,10 +336,16 @@ class UniPC(Sampler):
     def begin(self) -> None:
         self._history: list[tuple[float, Tensor]] = []  # (λ, x̂₀) of the last evaluations
         self._pending = None  # what the corrector needs at the point the last step predicted
+        self._coefficients: dict[float, tuple[float, float]] = {}  # (α, σ) at the draw's times
+
+    def _alpha_sigma(self, schedule: NoiseSchedule, t: float) -> tuple[float, float]:
+        if t not in self._coefficients:
+            self._coefficients[t] = alpha_sigma(schedule, t)
+        return self._coefficients[t]
 
     def _evaluate(self, model, schedule, x: Tensor, t: float) -> tuple[Tensor, float]:
         """Evaluate x̂₀ at (x, t), apply the corrector to x with it, and record it: (x, λ)."""
-        a_t, s_t = alpha_sigma(schedule, t)
+        a_t, s_t = self._alpha_sigma(schedule, t)
         lam_t = math.log(a_t / s_t)
         x0 = _x0(model, schedule, x, t)
         pending, self._pending = self._pending, None
@@ -262,7 +361,7 @@ class UniPC(Sampler):
 
     def step(self, model, schedule, x, t, s, generator):
         x, lam_t = self._evaluate(model, schedule, x, t)
-        s_t, (a_s, s_s) = alpha_sigma(schedule, t)[1], alpha_sigma(schedule, s)
+        s_t, (a_s, s_s) = self._alpha_sigma(schedule, t)[1], self._alpha_sigma(schedule, s)
         h = math.log(a_s / s_s) - lam_t
         x0 = self._history[-1][1]
         older = self._history[:-1][::-1]  # newest first
@@ -284,3 +383,8 @@ class UniPC(Sampler):
         # the settings in use, whether chosen for the budget or given
         return (f"UniPC(steps={self.steps}, order={self.order}, endpoint={self.endpoint!r}, "
                 f"lambda_start={self.lambda_start:.4g}, skew={self.skew:.4g}, corrector={self.corrector})")
+
+
+
+def _polynomial(coefficients: Polynomial, g: Tensor) -> Tensor:
+    return sum(c * g**k for k, c in enumerate(coefficients))

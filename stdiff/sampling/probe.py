@@ -1,0 +1,200 @@
+"""What a sampler can read off the model at t_min before it samples: the spectrum of the denoiser's
+gain there, and the polynomial endpoint that spectrum says leaves the least KL.
+
+Where the data's law is Gaussian the denoiser is linear, x̂₀ = m + G (y − m) with y = x/α, and in
+each eigen-direction of its gain G (eigenvalue g = λ/(λ + σ²/α²), λ the data's variance there) the
+probability-flow ODE carries y from t_min to σ = 0 by the factor √g. An endpoint x̂₀ + p(G)(y − x̂₀)
+scales that direction by s(g) = g + (1 − g) p(g) instead, and leaves ½ (ρ − 1 − ln ρ) nats in it,
+ρ = s²/g: ``t_min`` is s = 1, ``denoise`` s = g; ρ → 0 costs ln ρ, ρ → ∞ costs ρ itself, so an
+endpoint that overshoots a direction of small g is far worse than one that stops short.
+
+``gain_spectrum`` estimates the distribution of g over the d directions by Lanczos quadrature
+(stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS`` products with G, on
+``PROBE_ROWS`` rows of noise, from a seed of their own (the draw's randomness is untouched), give
+nodes and weights that integrate polynomials in g of degree below 2·``PROBE_STEPS`` exactly.
+``fit_endpoint`` then chooses p's coefficients to minimise the quadrature's KL (Newton's method), and
+``endpoint_kl`` says what an endpoint leaves. The probe costs ``PROBE_STEPS + 1`` model calls on
+``PROBE_ROWS`` rows per ``sample`` call, whatever the batch; a sampler's ``evaluations`` do not count it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from stdiff.sampling.base import POLYNOMIALS, DataMoments, Polynomial, _x0, alpha_sigma
+
+PROBE_ROWS, PROBE_SEED = 32, 0  # rows the probe reads G on (at most; d where d is smaller), and their seed
+PROBE_STEPS = 16  # products with G per probe row: Gauss quadrature with 16 nodes a row
+SMALLEST_GAIN = 1e-12  # nodes are clamped to [SMALLEST_GAIN, 1], the range of a linear denoiser's gain
+
+
+def gain_spectrum(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
+                  cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Nodes g_j in [``SMALLEST_GAIN``, 1] and weights w_j (summing to d) of a quadrature of the
+    spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G).
+
+    G is read as a secant about noisy points x = α m + σ z (m the data's mean of ``moments``), over
+    a step of a typical noise's length: G v = (x̂₀(x) − x̂₀(x − α c v))/c, c = √d σ/α. Lanczos with
+    full reorthogonalisation, ``min(steps, d)`` products per row, on ``min(d, PROBE_ROWS)`` rows
+    started on random orthonormal vectors (Hutchinson's estimate of tr f(G), exact where d <=
+    ``PROBE_ROWS``)."""
+    schedule = model.schedule
+    a, s = alpha_sigma(schedule, schedule.t_min)
+    d = math.prod(sample_shape)
+    rows = min(d, PROBE_ROWS)
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    z = torch.randn(rows, *sample_shape, generator=generator, dtype=torch.float64)
+    # random orthonormal start vectors: (d/rows) Σ_i q_iᵀ f(G) q_i estimates tr f(G), exactly where rows = d
+    starts = torch.linalg.qr(torch.randn(d, rows, generator=generator, dtype=torch.float64))[0].T
+    mean = None if moments is None else moments[0]
+    base = s * z.to(device=device, dtype=dtype)
+    if mean is not None:
+        base = base + a * mean.to(device=base.device, dtype=dtype)
+    cond = {k: v[:1].expand(rows, *v.shape[1:]) for k, v in (cond or {}).items()}
+    f = functools.partial(model, **cond) if cond else model
+    x0 = _x0(f, schedule, base, schedule.t_min)
+    scale = math.sqrt(d) * s / a
+
+    def gain(v: Tensor) -> Tensor:
+        step = (a * scale * v).reshape(z.shape).to(device=base.device, dtype=dtype)
+        return (x0 - _x0(f, schedule, base - step, schedule.t_min)).double().cpu().reshape(rows, d) / scale
+
+    q = starts / starts.norm(dim=1, keepdim=True)
+    basis, diagonal, off = [q], [], []
+    for j in range(min(steps, d)):
+        w = gain(basis[-1])
+        diagonal.append((w * basis[-1]).sum(1))
+        for v in basis:  # full reorthogonalisation (twice is enough, Parlett)
+            w = w - (w * v).sum(1, keepdim=True) * v
+        for v in basis:
+            w = w - (w * v).sum(1, keepdim=True) * v
+        if j == min(steps, d) - 1:
+            break
+        norm = w.norm(dim=1)
+        off.append(norm)
+        basis.append(torch.where(norm[:, None] > 1e-12, w / norm.clamp_min(1e-300)[:, None], torch.zeros_like(w)))
+    k = len(diagonal)
+    tri = torch.diag_embed(torch.stack(diagonal, 1))
+    if k > 1:
+        tri = tri + torch.diag_embed(torch.stack(off, 1), 1) + torch.diag_embed(torch.stack(off, 1), -1)
+    nodes, vectors = torch.linalg.eigh(tri)  # a Gauss rule per row: nodes, first components squared
+    weights = vectors[:, 0, :] ** 2 * d / rows
+    keep = weights.reshape(-1) > 0
+    return nodes.reshape(-1)[keep].clamp(SMALLEST_GAIN, 1.0), weights.reshape(-1)[keep]
+
+
+def exact_spectrum(eigenvalues: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+    """The gain's spectrum of the exact denoiser of data with covariance ``eigenvalues`` at (α, σ):
+    the quadrature ``gain_spectrum`` estimates, exactly (every weight 1)."""
+    lam = eigenvalues.reshape(-1).double().cpu()
+    g = (alpha**2 * lam / (alpha**2 * lam + sigma**2)).clamp(SMALLEST_GAIN, 1.0)
+    return g, torch.ones_like(g)
+
+
+def _kl(coefficients: Tensor | None, nodes: Tensor, weights: Tensor) -> Tensor:
+    if coefficients is None:  # t_min: s = 1
+        ratio = 1 / nodes
+    else:
+        p = sum(c * nodes**k for k, c in enumerate(coefficients))
+        ratio = (nodes + (1 - nodes) * p) ** 2 / nodes
+    return (weights * 0.5 * (ratio - 1 - ratio.log())).sum()
+
+
+def endpoint_kl(endpoint: str | Polynomial | None, nodes: Tensor, weights: Tensor) -> float:
+    """The KL (nats) an endpoint (a name or p's coefficients) leaves from exact draws at t_min, by the
+    quadrature (``nodes``, ``weights``) of the gain's spectrum (the mean's share of ``t_min`` aside)."""
+    coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
+    c = None if coefficients is None else torch.tensor(coefficients, dtype=torch.float64)
+    value = _kl(c, nodes, weights).item()
+    return value if math.isfinite(value) else math.inf
+
+
+def fit_endpoint(nodes: Tensor, weights: Tensor, evaluations: int,
+                 previous: Polynomial | None = None) -> tuple[Polynomial, float]:  # fmt: skip
+    """The coefficients (c_0 … c_{e−1}), e = ``evaluations`` >= 1, of the endpoint x̂₀ + p(G)(y − x̂₀)
+    that leaves the least KL by the quadrature, and that KL. Newton's method with a backtracking line
+    search, from ``denoise``, ``ode``, ``root`` (where e allows) and the best of e − 1 evaluations
+    (``previous``, or fitted again), so the fit is never worse (by the quadrature) than any of them."""
+    starts = [torch.zeros(evaluations, dtype=torch.float64)]
+    for name in ("ode", "root"):
+        if len(POLYNOMIALS[name]) <= evaluations:
+            starts.append(torch.tensor(POLYNOMIALS[name] + (0.0,) * (evaluations - len(POLYNOMIALS[name])), dtype=torch.float64))
+    if evaluations > 1:
+        fewer = previous if previous is not None else fit_endpoint(nodes, weights, evaluations - 1)[0]
+        starts.append(torch.tensor(fewer + (0.0,), dtype=torch.float64))
+    best_c, best = starts[0], math.inf
+    for c in starts:
+        value = _kl(c, nodes, weights).item()
+        for _ in range(60):
+            if not math.isfinite(value):
+                break
+            grad, hess = _derivatives(c, nodes, weights)
+            scale = hess.diagonal().abs().max().clamp_min(1e-300)
+            step = torch.linalg.lstsq(hess + 1e-12 * scale * torch.eye(len(c), dtype=c.dtype), -grad[:, None]).solution[:, 0]
+            t, new = 1.0, math.inf
+            while t > 1e-8:
+                new = _kl(c + t * step, nodes, weights).item()
+                if math.isfinite(new) and new < value:
+                    break
+                t /= 2
+            if not (math.isfinite(new) and new < value):
+                break
+            c, done = c + t * step, value - new <= 1e-12 * max(1.0, value)
+            value = new
+            if done:
+                break
+        if value < best:
+            best_c, best = c, value
+    return tuple(float(v) for v in best_c), best
+
+
+def _derivatives(c: Tensor, nodes: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient and Hessian of the quadrature's KL in the coefficients, in closed form: with
+    u = s/√g, KL = Σ w (u² − 1 − 2 ln u)/2 and s linear in c (∂s/∂c_k = (1 − g) g^k)."""
+    powers = torch.stack([nodes**k for k in range(len(c))], 1)  # (n, e)
+    ds = (1 - nodes)[:, None] * powers
+    s = nodes + ds @ c
+    # d/ds of (s²/g − 1 − ln(s²/g))/2 = s/g − 1/s; second derivative 1/g + 1/s²
+    first, second = weights * (s / nodes - 1 / s), weights * (1 / nodes + 1 / s**2)
+    return ds.T @ first, ds.T @ (second[:, None] * ds)
+
+
+def fit_endpoints(nodes: Tensor, weights: Tensor, most: int) -> list[tuple[Polynomial, float]]:
+    """``fit_endpoint`` for 1 … ``most`` evaluations (each fit starting from the one before)."""
+    out: list[tuple[Polynomial, float]] = []
+    for e in range(1, most + 1):
+        out.append(fit_endpoint(nodes, weights, e, out[-1][0] if out else None))
+    return out
+
+
+class GaussianSurrogate(torch.nn.Module):
+    """The Gaussian the probe's spectrum describes, as an ε-model: one coordinate per quadrature node,
+    zero mean, variance λ_j = (σ/α)² g_j/(1 − g_j) at t_min (the variance a linear denoiser of gain g_j
+    implies), ε̂ = σ x/(α²λ + σ²). A sampler run on it (one row of ones: every sampler is linear in
+    its noise here) gives each direction's gain, and ``surrogate_kl`` the KL, in microseconds."""
+
+    def __init__(self, schedule, nodes: Tensor, variance: float) -> None:
+        super().__init__()
+        a, s = alpha_sigma(schedule, schedule.t_min)
+        g = nodes.double().clamp(SMALLEST_GAIN, 1 - 1e-12)
+        self.schedule, self.gain, self.eigenvalues = schedule, g, (s / a) ** 2 * g / (1 - g)
+        self.data_moments = (None, variance)
+        self._factor: dict[float, Tensor] = {}
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        key = float(t[0])
+        if key not in self._factor:
+            a, s = alpha_sigma(self.schedule, key)
+            self._factor[key] = s / (a**2 * self.eigenvalues + s**2)
+        return x * self._factor[key]
+
+
+def surrogate_kl(out: Tensor, surrogate: GaussianSurrogate, weights: Tensor) -> float:
+    """The KL of a sampler's output ``out`` (its gain per node, from noise of ones) on ``surrogate``."""
+    ratio = out.double() ** 2 / surrogate.eigenvalues
+    value = (weights * 0.5 * (ratio - 1 - ratio.log())).sum().item()
+    return value if math.isfinite(value) else math.inf
