@@ -45,8 +45,8 @@ def test_the_default_sampler_reproduces_the_table_and_is_ahead_of_diffusers_best
     model = ExactDenoiser.from_gp(gp, schedule())
     for budget in BUDGETS:
         sampler = UniPC(steps=budget)  # what a user gets: nothing but the budget chosen
-        assert sampler.evaluations == budget
         got = exact_kl(stdiff_draw(sampler, model), gp)
+        assert sampler.evaluations <= budget
         assert got == pytest.approx(committed(problem, "stdiff", STDIFF_DEFAULT, budget), rel=1e-6, abs=1e-12)
         theirs = diffusers_best(problem, budget)
         assert got < float(theirs["exact_kl"]), (problem, budget, got, theirs["setting"], theirs["exact_kl"])

@@ -63,8 +63,11 @@ class Replacement(Conditioning):
     @torch.no_grad()
     def sample(self, sampler, model, observed, mask, generator=None, device=None, progress=None):
         schedule = model.schedule
+        device = device or observed.device
+        sampler.prepare(model, tuple(observed.shape[1:]), getattr(model, "data_moments", None), device, observed.dtype,
+                        None)  # UniPC plans its grid and endpoint on the model, as in a draw of its own  # fmt: skip
         times = sampler.times(schedule)
-        x = sampler.initial(schedule, observed.shape, generator, device or observed.device, observed.dtype)
+        x = sampler.initial(schedule, observed.shape, generator, device, observed.dtype)
         sampler.begin()
 
         def noise():

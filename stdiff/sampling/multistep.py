@@ -231,6 +231,7 @@ class UniPC(Sampler):
         self.corrector = corrector
         self.planned: dict | None = None  # the last plan: its settings and the KL it expects
         self._plans: dict[tuple, dict] = {}  # the last few plans, by the spectrum they were made for
+        self._kept = False  # a plan given to ``use`` to keep: no probe
         self.begin()
 
     @property
@@ -248,7 +249,7 @@ class UniPC(Sampler):
         return self.endpoint == "auto" or any(v is None for v in self.given.values())
 
     def prepare(self, model, sample_shape, moments, device, dtype, cond) -> None:
-        if self.automatic and self.steps >= 2:
+        if self.automatic and self.steps >= 2 and not self._kept:
             nodes, weights = gain_spectrum(model, sample_shape, moments, device, dtype, cond)
             variance = 1.0 if moments is None else moments[1]
             key = (repr(model.schedule), variance, nodes.numpy().tobytes(), weights.numpy().tobytes())
@@ -311,8 +312,9 @@ class UniPC(Sampler):
                 run(grid, k)
         return min(found.values(), key=lambda v: v["kl"], default={"kl": math.inf})
 
-    def use(self, plan: dict) -> None:
-        """Take a ``plan``'s settings for the next draws."""
+    def use(self, plan: dict, keep: bool = False) -> None:
+        """Take a ``plan``'s settings for the next draw (every later draw with ``keep``, no probe)."""
+        self._kept = keep
         if not math.isfinite(plan.get("kl", math.inf)):
             return  # nothing ran on the surrogate: keep the settings as they are
         self.order, self.lambda_start, self.auto_start, self.skew = (plan[k] for k in ("order", "lambda_start", "auto_start", "skew"))

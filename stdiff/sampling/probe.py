@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,22 +96,25 @@ def exact_spectrum(eigenvalues: Tensor, alpha: float, sigma: float) -> tuple[Ten
     return g, torch.ones_like(g)
 
 
-def _kl(coefficients: Tensor | None, nodes: Tensor, weights: Tensor) -> Tensor:
+def _kl(coefficients, nodes: np.ndarray, weights: np.ndarray) -> float:
     if coefficients is None:  # t_min: s = 1
         ratio = 1 / nodes
     else:
-        p = sum(c * nodes**k for k, c in enumerate(coefficients))
-        ratio = (nodes + (1 - nodes) * p) ** 2 / nodes
-    return (weights * 0.5 * (ratio - 1 - ratio.log())).sum()
+        ratio = (nodes + (1 - nodes) * np.polynomial.polynomial.polyval(nodes, coefficients)) ** 2 / nodes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float((weights * 0.5 * (ratio - 1 - np.log(ratio))).sum())
+    return value if math.isfinite(value) else math.inf
 
 
 def endpoint_kl(endpoint: str | Polynomial | None, nodes: Tensor, weights: Tensor) -> float:
     """The KL (nats) an endpoint (a name or p's coefficients) leaves from exact draws at t_min, by the
     quadrature (``nodes``, ``weights``) of the gain's spectrum (the mean's share of ``t_min`` aside)."""
     coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
-    c = None if coefficients is None else torch.tensor(coefficients, dtype=torch.float64)
-    value = _kl(c, nodes, weights).item()
-    return value if math.isfinite(value) else math.inf
+    return _kl(None if coefficients is None else np.asarray(coefficients, dtype=np.float64), _np(nodes), _np(weights))
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().double().cpu().numpy()
 
 
 def fit_endpoint(nodes: Tensor, weights: Tensor, evaluations: int,
@@ -119,48 +123,41 @@ def fit_endpoint(nodes: Tensor, weights: Tensor, evaluations: int,
     that leaves the least KL by the quadrature, and that KL. Newton's method with a backtracking line
     search, from ``denoise``, ``ode``, ``root`` (where e allows) and the best of e − 1 evaluations
     (``previous``, or fitted again), so the fit is never worse (by the quadrature) than any of them."""
-    starts = [torch.zeros(evaluations, dtype=torch.float64)]
+    g, w = _np(nodes), _np(weights)
+    starts = [np.zeros(evaluations)]
     for name in ("ode", "root"):
         if len(POLYNOMIALS[name]) <= evaluations:
-            starts.append(torch.tensor(POLYNOMIALS[name] + (0.0,) * (evaluations - len(POLYNOMIALS[name])), dtype=torch.float64))
+            starts.append(np.array(POLYNOMIALS[name] + (0.0,) * (evaluations - len(POLYNOMIALS[name]))))
     if evaluations > 1:
         fewer = previous if previous is not None else fit_endpoint(nodes, weights, evaluations - 1)[0]
-        starts.append(torch.tensor(fewer + (0.0,), dtype=torch.float64))
+        starts.append(np.array(fewer + (0.0,)))
+    ds = (1 - g)[:, None] * np.stack([g**k for k in range(evaluations)], 1)  # ∂s/∂c_k = (1 − g) g^k, (n, e)
     best_c, best = starts[0], math.inf
     for c in starts:
-        value = _kl(c, nodes, weights).item()
-        for _ in range(60):
+        value = _kl(c, g, w)
+        for _ in range(40):
             if not math.isfinite(value):
                 break
-            grad, hess = _derivatives(c, nodes, weights)
-            scale = hess.diagonal().abs().max().clamp_min(1e-300)
-            step = torch.linalg.lstsq(hess + 1e-12 * scale * torch.eye(len(c), dtype=c.dtype), -grad[:, None]).solution[:, 0]
+            # with s = g + ds·c: d/ds of (s²/g − 1 − ln(s²/g))/2 is s/g − 1/s, the second derivative 1/g + 1/s²
+            s = g + ds @ c
+            grad = ds.T @ (w * (s / g - 1 / s))
+            hess = ds.T @ ((w * (1 / g + 1 / s**2))[:, None] * ds)
+            hess += 1e-12 * max(float(np.abs(np.diag(hess)).max()), 1e-300) * np.eye(evaluations)
+            step = np.linalg.lstsq(hess, -grad, rcond=None)[0]
+            if not -float(grad @ step) > 1e-12 * max(1.0, value):  # the Newton decrement: nothing left to gain
+                break
             t, new = 1.0, math.inf
             while t > 1e-8:
-                new = _kl(c + t * step, nodes, weights).item()
-                if math.isfinite(new) and new < value:
+                new = _kl(c + t * step, g, w)
+                if new < value:
                     break
                 t /= 2
-            if not (math.isfinite(new) and new < value):
+            if not new < value:
                 break
-            c, done = c + t * step, value - new <= 1e-12 * max(1.0, value)
-            value = new
-            if done:
-                break
+            c, value = c + t * step, new
         if value < best:
             best_c, best = c, value
     return tuple(float(v) for v in best_c), best
-
-
-def _derivatives(c: Tensor, nodes: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradient and Hessian of the quadrature's KL in the coefficients, in closed form: with
-    u = s/√g, KL = Σ w (u² − 1 − 2 ln u)/2 and s linear in c (∂s/∂c_k = (1 − g) g^k)."""
-    powers = torch.stack([nodes**k for k in range(len(c))], 1)  # (n, e)
-    ds = (1 - nodes)[:, None] * powers
-    s = nodes + ds @ c
-    # d/ds of (s²/g − 1 − ln(s²/g))/2 = s/g − 1/s; second derivative 1/g + 1/s²
-    first, second = weights * (s / nodes - 1 / s), weights * (1 / nodes + 1 / s**2)
-    return ds.T @ first, ds.T @ (second[:, None] * ds)
 
 
 def fit_endpoints(nodes: Tensor, weights: Tensor, most: int) -> list[tuple[Polynomial, float]]:

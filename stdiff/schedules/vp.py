@@ -64,6 +64,12 @@ class LinearBeta(VPSchedule):
     def log_alpha(self, t: Tensor) -> Tensor:
         return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
 
+    def time_at_log_snr(self, lam: Tensor) -> Tensor:
+        # β_min t + ½ (β_max − β_min) t² = −2 log α = softplus(−λ): the positive root, in its stable form
+        c = F.softplus(-lam.to(torch.float64))
+        t = 2 * c / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * (self.beta_max - self.beta_min) * c))
+        return t.clamp(self.t_min, self.t_max)
+
 
 class Cosine(VPSchedule):
     """Cosine schedule (Nichol & Dhariwal 2021): α(t) = cos(π/2 · (t + s)/(1 + s)) / cos(π/2 · s/(1 + s))
@@ -86,6 +92,12 @@ class Cosine(VPSchedule):
     def log_alpha(self, t: Tensor) -> Tensor:
         s = self.offset
         return torch.log(torch.cos(0.5 * math.pi * (t + s) / (1 + s))) - math.log(math.cos(0.5 * math.pi * s / (1 + s)))
+
+    def time_at_log_snr(self, lam: Tensor) -> Tensor:
+        # cos(π/2 · (t + s)/(1 + s)) = α cos(π/2 · s/(1 + s)), α = exp(−½ softplus(−λ))
+        s = self.offset
+        a = torch.exp(-0.5 * F.softplus(-lam.to(torch.float64))) * math.cos(0.5 * math.pi * s / (1 + s))
+        return ((1 + s) * torch.arccos(a.clamp(-1.0, 1.0)) / (0.5 * math.pi) - s).clamp(self.t_min, self.t_max)
 
 
 class SigmoidLogSNR(VPSchedule):
