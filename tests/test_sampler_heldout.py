@@ -20,12 +20,13 @@ from stdiff.bench.diffusers_kl import BUDGETS, diffusers_draw, diffusers_setting
 from stdiff.bench.sampler_heldout import CONVENTIONS, safe_kl, stdiff_kl, summary
 from stdiff.bench.sampling_problems import EigenModel, generate, problem
 
+TEXT = ("split", "diffusers_setting", "diffusers_convention", "endpoint")
 with open(RESULTS / "sampler_heldout.csv") as _f:
-    ROWS = [{k: (v if k in ("split", "diffusers_setting", "diffusers_convention") else float(v)) for k, v in r.items()}
-            for r in csv.DictReader(_f)]  # fmt: skip
+    ROWS = [{k: (v if k in TEXT else float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(_f)]
 for _r in ROWS:
     _r["problem"], _r["budget"] = int(_r["problem"]), int(_r["budget"])
 HELD_OUT = [r for r in ROWS if r["split"] == "held_out"]
+QUICK = sorted({r["problem"] for r in HELD_OUT})[::8]  # every 8th held-out problem; all of them with -m slow
 
 
 def test_the_table_covers_both_halves_at_every_budget():
@@ -34,7 +35,8 @@ def test_the_table_covers_both_halves_at_every_budget():
         assert {(r["problem"], r["budget"]) for r in ROWS if r["split"] == split} == {(n, b) for n in numbers for b in BUDGETS}
 
 
-@pytest.mark.parametrize("number", sorted({r["problem"] for r in HELD_OUT}))
+@pytest.mark.parametrize("number", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow)
+                                    for n in sorted({r["problem"] for r in HELD_OUT})])  # fmt: skip
 def test_the_default_sampler_reproduces_the_held_out_rows(number):
     p = problem(number)
     for r in (r for r in HELD_OUT if r["problem"] == number):
@@ -54,9 +56,9 @@ def test_the_summary_is_the_one_the_rows_give_and_the_pages_quote_it():
     assert f"more than 1.5× on {s['above_1_5']} of them" in guide
     default = np.median(s["defaults"]["DPMSolverMultistep (defaults)"])
     assert f"median {default:.2g} ×" in readme
-    rising = len(s["rising"])
-    assert f"rises with the budget somewhere on {rising} of the 32 held-out problems" in guide
-    assert f"above the better of `t_min` and `denoise` on {len(s['endpoint_worse'])} of 320 pairs" in guide
+    problems = len({r["problem"] for r in HELD_OUT})
+    assert f"rises with the budget somewhere on {len(s['rising'])} of the {problems} held-out problems" in guide
+    assert f"above the better of `t_min` and `denoise` on {len(s['endpoint_worse'])} of {s['pairs']} pairs" in guide
 
 
 def test_diffusers_sweep_is_complete_and_names_its_version():
@@ -65,7 +67,8 @@ def test_diffusers_sweep_is_complete_and_names_its_version():
     settings = diffusers_settings()
     assert len(rows) == len(generate()) * len(settings) * len(CONVENTIONS) * len(BUDGETS)
     assert {r["diffusers"] for r in rows} == {"0.42.1"}
-    assert all(int(r["evaluations"]) == int(r["budget"]) for r in rows)  # network calls counted by the wrapper
+    # network calls counted by the wrapper; a setting that failed inside diffusers stopped early and scores inf
+    assert all(int(r["evaluations"]) == int(r["budget"]) or float(r["exact_kl"]) == math.inf for r in rows)
     assert re.search(r"diffusers 0\.42\.1, torch \d", (RESULTS / "sampler_heldout.md").read_text())
 
 
@@ -80,9 +83,12 @@ def test_diffusers_best_rows_reproduce():
         assert math.isfinite(got)
 
 
-def test_the_benchmark_runs_by_name_on_the_held_out_half():
-    done = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out"],
-                          check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+def test_the_benchmark_runs_by_name_on_held_out_problems():
+    done = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out", "--numbers",
+                           "64", "71", "--jobs", "1"], check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Held out (never looked at while choosing): 32 problems × 10 budgets" in done.stdout
-    assert "Tuning half" not in done.stdout
+    assert "Held out (never looked at while choosing): 2 problems × 10 budgets" in done.stdout
+    assert "Tuning problems" not in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out", "--numbers", "3"],
+                         check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert bad.returncode == 2 and "--numbers: no problem [3] in split held_out" in bad.stderr

@@ -29,7 +29,8 @@ ENDPOINTS = {
     "root": "the probability-flow ODE from t_min to sigma = 0 in every direction: for a linear denoiser of gain g "
             "(x0 = g y in an eigen-direction, y = x/alpha) the flow's end is sqrt(g) y, approximated by "
             "x0 + p(G)(y - x0) with p(g) = g - g^2/2 (exact as g -> 1, p(0) = 0), G applied by two more "
-            "evaluations at t_min; never worse than t_min or denoise in any direction",
+            "evaluations at t_min; never worse than t_min or denoise in any direction (UniPC's auto fits its own "
+            "polynomial to the model's gain spectrum instead: stdiff.sampling.probe)",
 }  # fmt: skip
 # Every endpoint but t_min is a polynomial in the denoiser's gain G at t_min: x̂₀ + p(G) w, w = x/α − x̂₀,
 # p(g) = Σ_k c_k g^k, one evaluation for x̂₀ and one more for each power of G (``_endpoint``).
