@@ -1,6 +1,6 @@
 """The committed sampler comparison (``stdiff/bench/results/diffusers_kl.csv``, written by
-``python -m stdiff.bench diffusers_kl``) holds: stdiff's default reproduces its exact KLs, and is
-ahead of diffusers' best setting at every budget on every problem; with diffusers installed,
+``python -m stdiff.bench diffusers_kl``) holds: stdiff's default reproduces its exact KLs, and the
+table says where it is ahead of diffusers' best setting and where not; with diffusers installed,
 diffusers' own rows reproduce too."""
 
 import csv
@@ -48,8 +48,10 @@ def test_the_default_sampler_reproduces_the_table_and_is_ahead_of_diffusers_best
         got = exact_kl(stdiff_draw(sampler, model), gp)
         assert sampler.evaluations <= budget
         assert got == pytest.approx(committed(problem, "stdiff", STDIFF_DEFAULT, budget), rel=1e-6, abs=1e-12)
-        theirs = diffusers_best(problem, budget)
-        assert got < float(theirs["exact_kl"]), (problem, budget, got, theirs["setting"], theirs["exact_kl"])
+    ratios = [committed(problem, "stdiff", STDIFF_DEFAULT, b) / float(diffusers_best(problem, b)["exact_kl"]) for b in BUDGETS]
+    said = "ahead of" if max(ratios) < 1 else "NOT ahead of"
+    assert (f"stdiff's default is {said} diffusers' best setting at every budget here (largest ratio {max(ratios):.2g})"
+            in (RESULTS / "diffusers_kl.md").read_text()), (problem, ratios)
 
 
 def test_the_table_covers_every_diffusers_setting_at_every_budget():
@@ -59,7 +61,9 @@ def test_the_table_covers_every_diffusers_setting_at_every_budget():
             have = {r["setting"] for r in ROWS if r["problem"] == problem and r["library"] == "diffusers"
                     and int(r["budget"]) == budget}  # fmt: skip
             assert have == set(settings), (problem, budget, set(settings) ^ have)
-    wrong = [r for r in ROWS if int(r["evaluations"]) != int(r["budget"])]  # network calls counted by the wrapper
+    # diffusers' network calls counted by the wrapper; UniPC's plan may spend fewer than its budget, never more
+    wrong = [r for r in ROWS if int(r["evaluations"]) != int(r["budget"]) and not (
+        r["library"] == "stdiff" and r["setting"].startswith("UniPC") and int(r["evaluations"]) < int(r["budget"]))]  # fmt: skip
     assert not wrong, wrong[:3]
 
 
