@@ -9,9 +9,11 @@ scales that direction by s(g) = g + (1 − g) p(g) instead, and leaves ½ (ρ �
 endpoint that overshoots a direction of small g is far worse than one that stops short.
 
 ``gain_spectrum`` estimates the distribution of g over the d directions by Lanczos quadrature
-(stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS`` products with G, on
-``PROBE_ROWS`` rows of noise, from a seed of their own (the draw's randomness is untouched), give
-nodes and weights that integrate polynomials in g of degree below 2·``PROBE_STEPS`` exactly.
+(stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS`` products with G on each
+of ``PROBE_ROWS`` rows (d where d is smaller) started on random orthonormal vectors, from a seed of
+their own (the draw's randomness is untouched), give nodes and weights that integrate polynomials
+in g of degree below 2·``PROBE_STEPS`` exactly on those vectors: tr f(G) itself where they span the
+space, else Hutchinson's estimate of it, which can miss a few directions of very small g.
 ``fit_endpoint`` then chooses p's coefficients to minimise the quadrature's KL (Newton's method), and
 ``endpoint_kl`` says what an endpoint leaves. The probe costs ``PROBE_STEPS + 1`` model calls on
 ``PROBE_ROWS`` rows per ``sample`` call, whatever the batch; a sampler's ``evaluations`` do not count it.
