@@ -149,6 +149,7 @@ LAMBDA_START = {2: -2.0, 3: -1.5}  # the grid's start, half log-SNR c âˆ’ ln n â
 GRIDS = [(3, -1.0, 1.0), (2, -1.5, 1.5), (2, -1.0, 2.0), (2, -1.5, 2.5), (2, -1.0, 1.5), (3, -1.5, 1.0),
          (2, -2.0, 1.5), (3, -1.5, 3.0), (3, -2.0, 1.5)]  # the first 9 of 36, added greedily on problems 0-63 (sampler_tuning)
 FEWER_STEPS = 8
+_PLANS: dict[tuple, dict] = {}  # the last plans made, by the sampler's settings and the spectrum they were made for
 MOST_ENDPOINT_EVALUATIONS = 4
 
 
@@ -230,7 +231,6 @@ class UniPC(Sampler):
         self.skew = skew if skew is not None else (0.6 + steps / 6 if self.order <= 2 else 1.0)
         self.corrector = corrector
         self.planned: dict | None = None  # the last plan: its settings and the KL it expects
-        self._plans: dict[tuple, dict] = {}  # the last few plans, by the spectrum they were made for
         self._kept = False  # a plan given to ``use`` to keep: no probe
         self.begin()
 
@@ -252,10 +252,13 @@ class UniPC(Sampler):
         if self.automatic and self.steps >= 2 and not self._kept:
             nodes, weights = gain_spectrum(model, sample_shape, moments, device, dtype, cond)
             variance = 1.0 if moments is None else moments[1]
-            key = (repr(model.schedule), variance, nodes.numpy().tobytes(), weights.numpy().tobytes())
-            if key not in self._plans:  # the same spectrum again (the same model): the same plan
-                self._plans = {**dict(list(self._plans.items())[-7:]), key: self.plan(model.schedule, nodes, weights, variance)}
-            self.use(self._plans[key])
+            key = (self.steps, self.endpoint, self.corrector, tuple(self.given.items()), tuple(GRIDS), repr(model.schedule), variance,
+                   nodes.numpy().tobytes(), weights.numpy().tobytes())  # fmt: skip
+            if key not in _PLANS:  # the same settings and spectrum again (the same model): the same plan
+                while len(_PLANS) >= 64:
+                    _PLANS.pop(next(iter(_PLANS)))
+                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance)
+            self.use(_PLANS[key])
 
     def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0) -> str | Polynomial:
         """The endpoint this sampler ends on for a model whose gain at t_min has the spectrum
@@ -320,7 +323,7 @@ class UniPC(Sampler):
         self.order, self.lambda_start, self.auto_start, self.skew = (plan[k] for k in ("order", "lambda_start", "auto_start", "skew"))
         self.resolved = plan["endpoint"]
         self._steps = plan["steps"]
-        self.planned = plan
+        self.planned = dict(plan)
 
     def times(self, schedule: NoiseSchedule, variance: float = 1.0) -> Tensor:
         ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
