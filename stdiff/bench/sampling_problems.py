@@ -34,8 +34,8 @@ from stdiff.kernels import KERNELS, Kernel, Scaled, Separable, Tabulated
 from stdiff.schedules import Cosine, LinearBeta, NoiseSchedule, OrnsteinUhlenbeck, SigmoidLogSNR
 from stdiff.truth import KroneckerGP
 
-COUNT = 128  # problems
-TUNING = 64  # numbers below this tune, the others are held out
+COUNT = 192  # problems
+TUNING = 128  # numbers below this tune, the others are held out
 SMALLEST_EIGENVALUE = 1e-7  # a nugget lifts K's spectrum to at least this
 STATIONARY = [name for name, cls in KERNELS.items() if name not in ("Sum", "Product", "Scaled", "Separable", "Tabulated")]
 

@@ -236,10 +236,13 @@ def _check_endpoint(owner: str, endpoint, allowed: tuple[str, ...] = tuple(ENDPO
     return endpoint
 
 
-def _endpoint(endpoint: str | Polynomial, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, x0: Tensor) -> Tensor:
-    """The sample from the state ``x`` at ``t_min`` and its data prediction ``x0``: x̂₀ + p(G) w,
-    w = x/α − x̂₀, ``endpoint`` a name of ``ENDPOINTS`` or p's coefficients (c_0, c_1, …), each power
-    of the gain G applied by one more evaluation: G v = x̂₀(x) − x̂₀(x − α v)."""
+def _endpoint(endpoint: str | Polynomial, model: NoiseModel, schedule: NoiseSchedule, x: Tensor, x0: Tensor,
+              at: Tensor | None = None) -> Tensor:  # fmt: skip
+    """The sample from the state ``x`` at ``t_min`` and the data prediction ``x0`` evaluated at
+    ``at`` (``x`` itself, or the point a corrector then moved to ``x``): x̂₀ + p(G) w, w = x/α − x̂₀,
+    ``endpoint`` a name of ``ENDPOINTS`` or p's coefficients (c_0, c_1, …), each power of the gain G
+    applied by one more evaluation: G v = x̂₀(at) − x̂₀(at − α v), a secant about the point where
+    ``x0`` was evaluated (about ``x`` it would add G's image of the corrector's move to every power)."""
     coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
     if coefficients is None:
         return x
@@ -249,7 +252,7 @@ def _endpoint(endpoint: str | Polynomial, model: NoiseModel, schedule: NoiseSche
     power = x / a - x0
     out = x0 + coefficients[0] * power
     for c in coefficients[1:]:
-        power = x0 - _x0(model, schedule, x - a * power, schedule.t_min)
+        power = x0 - _x0(model, schedule, (x if at is None else at) - a * power, schedule.t_min)
         out = out + c * power
     return out
 

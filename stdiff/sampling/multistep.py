@@ -381,8 +381,9 @@ class UniPC(Sampler):
     def finish(self, model, schedule, x):
         if self.resolved == "t_min":
             return x
+        at = x  # x̂₀ is evaluated here, before the corrector moves x
         x, _ = self._evaluate(model, schedule, x, schedule.t_min)
-        return _endpoint(self.resolved, model, schedule, x, self._history[-1][1])
+        return _endpoint(self.resolved, model, schedule, x, self._history[-1][1], at)
 
     def __repr__(self) -> str:
         # the settings in use, whether chosen for the budget or given
