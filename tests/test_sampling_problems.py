@@ -16,7 +16,16 @@ from stdiff.kernels import RBF, Matern
 from stdiff.metrics import pushforward_kl
 from stdiff.sampling import DDIM, UniPC
 from stdiff.sampling.base import Sampler, alpha_sigma
-from stdiff.sampling.probe import PROBE_ROWS, PROBE_SEED, endpoint_kl, exact_spectrum, fit_endpoint, gain_spectrum
+from stdiff.sampling.probe import (
+    PROBE_SEED,
+    SPANNED,
+    endpoint_kl,
+    exact_spectrum,
+    fit_endpoint,
+    fit_endpoints,
+    gain_spectrum,
+    probe_rows,
+)
 from stdiff.schedules import OrnsteinUhlenbeck
 from stdiff.truth import GPMixture, KroneckerGP
 
@@ -55,7 +64,7 @@ def small(split_from: int = 0, most: int = 200) -> list:
 def test_the_split_is_fixed_and_the_problems_cover_what_was_asked():
     problems = generate()
     assert len(problems) == COUNT and len(generate("held_out")) >= 30 and len(generate("tuning")) >= 30
-    assert all(p.split == ("tuning" if p.number < 64 else "held_out") for p in problems)
+    assert all(p.split == ("tuning" if p.number < 128 else "held_out") for p in problems)  # round three: 128-191 fresh
     assert problem(11).evals.tolist() == problems[11].evals.tolist()  # seeded by number
     evals = torch.cat([p.evals for p in problems])
     assert evals.min() <= 1.1e-7 and evals.max() >= 100
@@ -82,19 +91,19 @@ def test_the_eigenbasis_kl_is_the_dense_pushforward_kl(number, endpoint):
 
 def test_the_probe_reads_the_gain_spectrum():
     """Lanczos quadrature: the nodes and weights integrate g^j exactly on the probe's own start vectors
-    (j < 2 × 16): tr G^j itself where d <= ``PROBE_ROWS`` (an orthonormal basis), else Hutchinson's
+    (j < 2 × ``PROBE_STEPS``): tr G^j itself where d <= ``SPANNED`` (an orthonormal basis), else Hutchinson's
     estimate of it; and the early-stopping floor Σ (1 − g)²/4 within that estimate's noise."""
-    for p in generate("tuning")[:12] + [q for q in generate("tuning") if q.dim <= PROBE_ROWS][:3]:
+    for p in generate("tuning")[:12] + [q for q in generate("tuning") if q.dim <= SPANNED][:3]:
         model = EigenModel(p)
         a, s = alpha_sigma(p.schedule, p.schedule.t_min)
         gain = p.evals / (p.evals + (s / a) ** 2)
         nodes, weights = gain_spectrum(model, (p.dim,), model.data_moments, None, torch.float64)
         assert weights.sum().item() == pytest.approx(p.dim, rel=1e-9)
-        rows = min(p.dim, PROBE_ROWS)
+        rows = probe_rows(p.dim)
         generator = torch.Generator().manual_seed(PROBE_SEED)
-        torch.randn(rows, p.dim, generator=generator, dtype=torch.float64)  # the base points' noise
+        torch.randn(rows + 1, p.dim, generator=generator, dtype=torch.float64)  # the base points' noise (and the mean's row)
         q = torch.linalg.qr(torch.randn(p.dim, rows, generator=generator, dtype=torch.float64))[0].T
-        for j in (1, 3, 7):
+        for j in (1, 3, 7, 33):  # 33: beyond 16 products a row
             want = (q**2 * gain**j).sum().item() * p.dim / rows
             assert (weights * nodes**j).sum().item() == pytest.approx(want, rel=1e-6), (p.label(), j)
             if rows == p.dim:
@@ -102,6 +111,19 @@ def test_the_probe_reads_the_gain_spectrum():
         floor = ((1 - gain) ** 2).sum().item() / 4
         got = (weights * (1 - nodes) ** 2).sum().item() / 4
         assert got == pytest.approx(floor, rel=1e-6 if rows == p.dim else 0.5, abs=1e-12), p.label()
+
+
+def test_the_probe_resolves_a_cluster_of_small_gains():
+    """Tuning problem 45 (d = 525) has 153 directions of gain 7e-5 … 1.5e-4 at t_min. Sixteen products
+    on 32 rows saw them as one node above the cluster, and the endpoints fitted to that left 1.9-4.2 ×
+    the KL of those fitted to the exact spectrum; the probe's longer runs on fewer rows leave at most 1.4 ×."""
+    p = problem(45)
+    model = EigenModel(p)
+    a, s = alpha_sigma(p.schedule, p.schedule.t_min)
+    exact = exact_spectrum(p.evals, a, s)
+    best = [kl for _, kl in fit_endpoints(*exact, 4)]
+    probed = [endpoint_kl(c, *exact) for c, _ in fit_endpoints(*gain_spectrum(model, (p.dim,), model.data_moments, None, torch.float64), 4)]
+    assert all(got <= 1.4 * want for got, want in zip(probed, best, strict=True)), (probed, best)
 
 
 def _direction_kl(c, g):
@@ -218,19 +240,17 @@ def test_a_rare_modes_weight_needs_no_hand_set_start():
 
 def test_the_plan_expects_what_the_draw_gets():
     """On the exact model of a Gaussian the surrogate is the model up to the quadrature: where the
-    probe's rows span the space (d <= ``PROBE_ROWS``) the plan's KL is the draw's; above, the
+    probe's rows span the space (d <= ``SPANNED``) the plan's KL is the draw's; above, the
     quadrature is an estimate, and the candidate it likes best is often one it under-estimates
     (within a factor of 4 here)."""
-    from stdiff.sampling.multistep import FEWER_STEPS
-
-    spanned = [p for p in generate("tuning") if p.dim <= PROBE_ROWS][:3]
+    spanned = [p for p in generate("tuning") if p.dim <= SPANNED][:3]
     for p in spanned + small(0, 120)[:2]:
         model = EigenModel(p)
         for steps in (4, 6, 10):
             sampler = UniPC(steps)
             kl = eigen_kl(lambda z, s=sampler, m=model: s.sample(m, z.shape, dtype=z.dtype, noise=z), p)
-            assert steps - FEWER_STEPS <= sampler.evaluations <= steps
-            if p.dim <= PROBE_ROWS:
+            assert 1 <= sampler.evaluations <= steps
+            if p.dim <= SPANNED:
                 assert sampler.planned["kl"] == pytest.approx(kl, rel=0.05, abs=1e-12), (p.label(), steps)
             else:
                 assert kl / 4 <= sampler.planned["kl"] <= 4 * kl + 1e-12, (p.label(), steps, sampler.planned["kl"], kl)

@@ -1,10 +1,10 @@
 """stdiff's default sampler against diffusers' on Gaussian problems it was not tuned on.
 
     pip install -e ".[bench]"     # diffusers
-    python -m stdiff.bench sampler_heldout [--split held_out] [--numbers 64 65] [--jobs 2] [--out stdiff/bench/results]
+    python -m stdiff.bench sampler_heldout [--split held_out] [--numbers 128 129] [--jobs 2] [--out stdiff/bench/results]
 
-The problems are ``sampling_problems.generate()``: 128 seeded Gaussian problems, 0-63 for tuning
-stdiff's defaults, 64-127 held out and run only to report. On each, at
+The problems are ``sampling_problems.generate()``: 192 seeded Gaussian problems, 0-127 for tuning
+stdiff's defaults, 128-191 held out and run only to report. On each, at
 every budget of ``BUDGETS`` network evaluations, the exact KL (``sampling_problems.eigen_kl``, floor
 0) of stdiff's default ``UniPC(steps=b)`` with the model that carries the data's mean and scale,
 and of every diffusers setting of ``diffusers_kl.diffusers_settings()`` (DPM-Solver++ 2M/3M, UniPC
@@ -13,9 +13,9 @@ a continuous-time model from diffusers' discrete scheduler: ``timestep``, at the
 integer timestep diffusers passes (as ``diffusers_kl`` does), and ``sigma``, at the time whose
 noise level is the scheduler's own σ for that step. "diffusers' best" is the best of all of them
 at each (problem, budget), chosen after the fact (an oracle no user has). Budgets count network
-evaluations per sample; UniPC's plan adds 17 calls on 32 probe rows per ``sample`` call, whatever
-the batch (``stdiff.sampling.probe.gain_spectrum``), and may spend fewer evaluations than the
-budget. diffusers' rows are cached in ``sampler_heldout_diffusers.csv.gz`` (about 27 minutes per 64
+evaluations per sample; UniPC's plan adds 33 calls on 16 or 17 probe rows (2 calls where d <= 32)
+per ``sample`` call, whatever the batch (``stdiff.sampling.probe.probe``), and may spend fewer
+evaluations than the budget. diffusers' rows are cached in ``sampler_heldout_diffusers.csv.gz`` (about 27 minutes per 64
 problems on 2 cores, written after every problem); ``--rerun-diffusers`` recomputes them.
 
 Writes ``sampler_heldout.md`` (the distribution of stdiff / diffusers-best over (problem, budget)
@@ -199,9 +199,10 @@ def markdown(rows: list[dict], versions: str) -> str:
     out = [__doc__.split("\n\n")[0], "", (f"`python -m stdiff.bench sampler_heldout`; {versions}. Every row is in "
            "`sampler_heldout.csv`; every diffusers setting, convention and budget in `sampler_heldout_diffusers.csv.gz`. "
            "Exact KL of each sampler's law with the exact model (no sampling noise); budgets count network evaluations "
-           "per sample (UniPC's plan adds 17 calls on 32 probe rows per `sample` call, and may spend fewer than the "
-           "budget). Problems 0-63 chose stdiff's settings (`python -m stdiff.bench sampler_tuning`); problems "
-           "64-127 were fixed, and diffusers run on them, before stdiff was scored there, once."), ""]  # fmt: skip
+           "per sample (UniPC's plan adds 33 calls on 16 or 17 probe rows, 2 where d <= 32, per `sample` call, and may "
+           "spend fewer than the budget). Problems 0-127 chose stdiff's settings (`python -m stdiff.bench "
+           "sampler_tuning`, and the fixes of round three); problems 128-191 were fixed, and diffusers run on them, "
+           "before stdiff was scored there, once."), ""]  # fmt: skip
     for split in ("held_out", "tuning"):
         mine = [r for r in rows if r["split"] == split and "diffusers_best" in r]
         if not mine:

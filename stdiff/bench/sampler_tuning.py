@@ -5,14 +5,14 @@
 UniPC plans every draw on the Gaussian its probe reads off the model (``UniPC.plan``): it runs each
 grid of ``GRIDS`` (order, start c, skew) with every number of steps k in its window and every fitted
 endpoint there, and keeps the one that leaves the least KL. ``GRIDS`` is the part chosen by hand,
-and this is how: for every tuning problem (``sampling_problems.generate("tuning")``, numbers 0-63),
+and this is how: for every tuning problem (``sampling_problems.generate("tuning")``; 0-63 when ``GRIDS`` was chosen),
 budget of ``BUDGETS`` and each of the 36 grids of ``CANDIDATES`` (orders 2 and 3 × c ∈ {-1, -1.5,
 -2} × skew ∈ {1, 1.5, 2, 2.5, 3, 4}), the plan made with that grid alone: the KL the surrogate
 expects and the exact KL of the draw (``sampling_problems.eigen_kl``). A set of grids then gives, at
 each (problem, budget), the draw of the grid whose plan expects least, as ``UniPC`` would choose;
 grids are added greedily by (fewest pairs above 1.5 × diffusers' best, then most pairs at or below
 it, then the mean log ratio), diffusers' best from the cached sweep of ``sampler_heldout``
-(``sampler_heldout_diffusers.csv.gz``, tuning problems only). The held-out problems (64-127) are
+(``sampler_heldout_diffusers.csv.gz``, tuning problems only). The held-out problems (128-191) are
 never read here.
 """
 

@@ -7,10 +7,10 @@ A problem is N(m, K) with K = Γ ⊗ Σ (+ τ² I), sampled through a noise sche
 included), lengthscales from well- to ill-conditioned (eigenvalues of K from ~1e-7 to ~1e2), 1-D
 and 2-D space, nuggets, zero and non-zero means (constant, trend in time, per location) and scales
 ≠ 1, t_min 1e-4 … 1e-2 and t_max 5 … 20 (``OrnsteinUhlenbeck``) or the other VP schedules, d from
-16 to 1,024. ``TUNING`` fixes which problems tune and which are held out: numbers 0-63 tune, 64-127
-are never looked at while choosing a default. (In the first round the odd numbers of 0-63 were held
-out; they were scored once, and so became tuning problems for the second, whose held-out problems
-64-127 were fixed, and diffusers run on them, before stdiff's new defaults were scored there.)
+16 to 1,024. ``TUNING`` fixes which problems tune and which are held out: numbers 0-127 tune,
+128-191 are never looked at while choosing a default. Each round's held-out problems, once scored,
+become tuning problems for the next: the odd numbers of 0-63 in the first round, 64-127 in the
+second, 128-191 in the third (fixed, and diffusers run on them, before stdiff was scored there).
 
 The exact ε-model of N(m, K) is linear in (x, m) and diagonal in K's eigenbasis, and so is every
 deterministic sampler that uses it (stdiff's and diffusers' alike: their steps combine states and

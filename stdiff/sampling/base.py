@@ -263,3 +263,22 @@ def _noise(x: Tensor, generator) -> Tensor:
 
 def _coefficient(fn: Callable[[Tensor], Tensor], t: float) -> float:
     return fn(torch.tensor([t], dtype=torch.float64)).item()
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting, for the few unknowns of a multistep weight (in
+    float64 like torch's solve, and without its per-call cost)."""
+    n = len(rhs)
+    rows = [list(row) + [b] for row, b in zip(matrix, rhs, strict=True)]
+    for i in range(n):
+        pivot = max(range(i, n), key=lambda r: abs(rows[r][i]))
+        rows[i], rows[pivot] = rows[pivot], rows[i]
+        if rows[i][i] == 0:
+            raise ZeroDivisionError("coincident points in a multistep weight")
+        for r in range(i + 1, n):
+            f = rows[r][i] / rows[i][i]
+            rows[r] = [a - f * b for a, b in zip(rows[r], rows[i], strict=True)]
+    out = [0.0] * n
+    for i in reversed(range(n)):
+        out[i] = (rows[i][n] - sum(rows[i][j] * out[j] for j in range(i + 1, n))) / rows[i][i]
+    return out

@@ -19,11 +19,12 @@ from stdiff.sampling.base import (
     _check_endpoint,
     _endpoint,
     _noise,
+    _solve,
     _x0,
     alpha_sigma,
     endpoint_evaluations,
 )
-from stdiff.sampling.probe import GaussianSurrogate, fit_endpoints, gain_spectrum, surrogate_kl
+from stdiff.sampling.probe import GaussianSurrogate, fit_endpoints, probe, surrogate_kl
 from stdiff.schedules import NoiseSchedule
 
 
@@ -122,33 +123,16 @@ def _unipc_weights(ratios: list[float], h: float) -> tuple[list[float], float]:
     return _solve([[r ** (i - 1) for r in ratios] for i in range(1, len(ratios) + 1)], rhs), phi
 
 
-def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
-    """Gaussian elimination with partial pivoting, for the few unknowns of a multistep weight (in
-    float64 like torch's solve, and without its per-call cost)."""
-    n = len(rhs)
-    rows = [list(row) + [b] for row, b in zip(matrix, rhs, strict=True)]
-    for i in range(n):
-        pivot = max(range(i, n), key=lambda r: abs(rows[r][i]))
-        rows[i], rows[pivot] = rows[pivot], rows[i]
-        if rows[i][i] == 0:
-            raise ZeroDivisionError("coincident points in a multistep weight")
-        for r in range(i + 1, n):
-            f = rows[r][i] / rows[i][i]
-            rows[r] = [a - f * b for a, b in zip(rows[r], rows[i], strict=True)]
-    out = [0.0] * n
-    for i in reversed(range(n)):
-        out[i] = (rows[i][n] - sum(rows[i][j] * out[j] for j in range(i + 1, n))) / rows[i][i]
-    return out
-
 # UniPC's settings before a probe (an explicit ``order``, ``lambda_start`` or ``skew`` is used as given)
 ORDER3_FROM = 15  # order 2 below this budget, 3 from it
 LAMBDA_START = {2: -2.0, 3: -1.5}  # the grid's start, half log-SNR c − ln n − ½ ln v, by order
 # What the probe's plan chooses from (``UniPC.plan``): every grid (order, c, skew), started at c − ln k − ½ ln v
-# for k steps, with k from the budget n down to n − FEWER_STEPS (so a larger budget can always do what a smaller
-# one would), and an endpoint of e <= MOST_ENDPOINT_EVALUATIONS evaluations, k + e <= n.
+# for k steps, with k every number up to EVERY_STEPS, and from n down to n − FEWER_STEPS for the budget n, n // 2,
+# n // 4, … above it (so a budget holds every choice of half of it: up to 25 every k), and an endpoint of e <=
+# MOST_ENDPOINT_EVALUATIONS evaluations, k + e <= n.
 GRIDS = [(3, -1.0, 1.0), (2, -1.5, 1.5), (2, -1.0, 2.0), (2, -1.5, 2.5), (2, -1.0, 1.5), (3, -1.5, 1.0),
          (2, -2.0, 1.5), (3, -1.5, 3.0), (3, -2.0, 1.5)]  # the first 9 of 36, added greedily on problems 0-63 (sampler_tuning)
-FEWER_STEPS = 8
+FEWER_STEPS, EVERY_STEPS = 8, 16
 _PLANS: dict[tuple, dict] = {}  # the last plans made, by the sampler's settings and the spectrum they were made for
 MOST_ENDPOINT_EVALUATIONS = 4
 
@@ -163,11 +147,11 @@ class UniPC(Sampler):
     (None) is planned for the model at hand before each draw (``plan``):
 
     - a probe reads the spectrum of the denoiser's gain at t_min: ``PROBE_STEPS`` + 1 model calls on
-      ``PROBE_ROWS`` rows of noise, whatever the batch, not counted in ``evaluations``
-      (``stdiff.sampling.probe.gain_spectrum``);
+      ``PROBE_ROWS`` rows of noise (2 calls on d rows where d <= 32), whatever the batch, not counted in ``evaluations``
+      (``stdiff.sampling.probe.probe``);
     - that spectrum describes a Gaussian (``GaussianSurrogate``) on which every candidate runs in
       microseconds, with no model call: each grid of ``GRIDS`` (order, start c, skew), with k steps
-      from the budget down to ``FEWER_STEPS`` fewer, and each endpoint of e evaluations, k + e <= steps
+      (every k up to ``EVERY_STEPS``, and ``FEWER_STEPS`` below the budget, its half, its quarter, …), and each endpoint of e evaluations, k + e <= steps
       (``t_min``, or x̂₀ + p(G)(x/α − x̂₀) with p of e coefficients fitted to the spectrum,
       ``stdiff.sampling.probe.fit_endpoint``);
     - the candidate that leaves the least KL there is used (``planned`` holds it and the KL it
@@ -250,14 +234,14 @@ class UniPC(Sampler):
 
     def prepare(self, model, sample_shape, moments, device, dtype, cond) -> None:
         if self.automatic and self.steps >= 2 and not self._kept:
-            nodes, weights = gain_spectrum(model, sample_shape, moments, device, dtype, cond)
+            nodes, weights, mean_precision = probe(model, sample_shape, moments, device, dtype, cond)
             variance = 1.0 if moments is None else moments[1]
             key = (self.steps, self.endpoint, self.corrector, tuple(self.given.items()), tuple(GRIDS), repr(model.schedule), variance,
-                   nodes.numpy().tobytes(), weights.numpy().tobytes())  # fmt: skip
+                   nodes.numpy().tobytes(), weights.numpy().tobytes(), mean_precision)  # fmt: skip
             if key not in _PLANS:  # the same settings and spectrum again (the same model): the same plan
                 while len(_PLANS) >= 64:
                     _PLANS.pop(next(iter(_PLANS)))
-                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance)
+                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance, mean_precision)
             self.use(_PLANS[key])
 
     def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0) -> str | Polynomial:
@@ -267,12 +251,14 @@ class UniPC(Sampler):
             return self.resolved
         return self.plan(schedule, nodes, weights, variance)["endpoint"]
 
-    def plan(self, schedule: NoiseSchedule, nodes: Tensor, weights: Tensor, variance: float = 1.0) -> dict:
+    def plan(self, schedule: NoiseSchedule, nodes: Tensor, weights: Tensor, variance: float = 1.0,
+             mean_precision: float = 0.0) -> dict:  # fmt: skip
         """The settings, among those left to choose (``GRIDS`` for order, start and skew; the grid's
-        steps k from the budget n down to n − ``FEWER_STEPS``; an endpoint of e evaluations, a
+        steps k of ``steps_window``; an endpoint of e evaluations, a
         polynomial fitted to the spectrum, ``stdiff.sampling.probe.fit_endpoint``, k + e <= n), that
         leave the least KL on the Gaussian the gain's spectrum (``nodes``, ``weights``) describes
-        (``GaussianSurrogate``): every candidate run there, where it costs no model call. Returns
+        (``GaussianSurrogate``): every candidate run there, where it costs no model call; stopping at
+        t_min also costs ½ (1 − α)² ``mean_precision`` (mᵀK⁻¹m: the mean shrunk to α m). Returns
         order, lambda_start, skew, steps, endpoint and kl (what the surrogate expects)."""
         surrogate = GaussianSurrogate(schedule, nodes, variance)
         weights = weights.double()
@@ -284,9 +270,10 @@ class UniPC(Sampler):
         else:
             fits = [(self.endpoint, None)]
         a = alpha_sigma(schedule, schedule.t_min)[0]
+        shrunk = 0.5 * (1 - a) ** 2 * mean_precision  # the mean's share of stopping at t_min: α m for m
         ones = torch.ones(1, len(nodes), dtype=torch.float64)
         lowest = 1 if self.steps < 3 else 2
-        window = range(self.steps, max(lowest, self.steps - FEWER_STEPS) - 1, -1)
+        window = steps_window(self.steps, lowest)
         found: dict[tuple, dict] = {}  # (grid, k) -> the best plan with that grid and k steps
 
         def run(grid: tuple, k: int) -> None:
@@ -305,7 +292,7 @@ class UniPC(Sampler):
                     continue
                 coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
                 out = x if coefficients is None else x0 + _polynomial(coefficients, surrogate.gain) * (corrected / a - x0)
-                kl = surrogate_kl(out[0], surrogate, weights)
+                kl = surrogate_kl(out[0], surrogate, weights) + (shrunk if coefficients is None else 0.0)
                 if kl < found.get((grid, k), {"kl": math.inf})["kl"]:
                     found[(grid, k)] = {"order": order, "lambda_start": start, "auto_start": c is not None, "skew": skew,
                                         "steps": k, "endpoint": endpoint, "kl": kl}  # fmt: skip
@@ -390,6 +377,17 @@ class UniPC(Sampler):
         return (f"UniPC(steps={self.steps}, order={self.order}, endpoint={self.endpoint!r}, "
                 f"lambda_start={self.lambda_start:.4g}, skew={self.skew:.4g}, corrector={self.corrector})")
 
+
+
+def steps_window(n: int, lowest: int = 2) -> list[int]:
+    """The grid's step counts a plan for a budget of n evaluations tries: every k from ``lowest`` up to
+    ``EVERY_STEPS``, and from m − ``FEWER_STEPS`` to m for m = n, n // 2, n // 4, … above it, so a budget
+    holds every choice of half of it."""
+    window = set(range(lowest, min(n, EVERY_STEPS) + 1))
+    while n > EVERY_STEPS:
+        window |= set(range(max(lowest, n - FEWER_STEPS), n + 1))
+        n //= 2
+    return sorted(window)
 
 
 def _polynomial(coefficients: Polynomial, g: Tensor) -> Tensor:

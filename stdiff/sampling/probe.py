@@ -10,19 +10,24 @@ endpoint that overshoots a direction of small g is far worse than one that stops
 
 ``gain_spectrum`` estimates the distribution of g over the d directions by Lanczos quadrature
 (stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS`` products with G on each
-of ``PROBE_ROWS`` rows (d where d is smaller) started on random orthonormal vectors, from a seed of
-their own (the draw's randomness is untouched), give nodes and weights that integrate polynomials
-in g of degree below 2·``PROBE_STEPS`` exactly on those vectors: tr f(G) itself where they span the
-space, else Hutchinson's estimate of it, which can miss a few directions of very small g.
+of ``probe_rows(d)`` rows started on random orthonormal vectors, from a seed of their own (the
+draw's randomness is untouched), give nodes and weights that integrate polynomials in g of degree
+below 2·``PROBE_STEPS`` exactly on those vectors: Hutchinson's estimate of tr f(G) (where d <=
+``SPANNED``, G's own eigenvalues instead, from one call on d orthonormal rows). Long runs on few rows resolve the low end of the
+spectrum, where the KL of an endpoint lives, better than short runs on many rows at the same cost:
+on tuning problem 45, 16 products on 32 rows saw a cluster of 153 directions of very small g as one
+node above it, and the endpoint fitted to that left 4.2 × the KL of one fitted to the exact spectrum;
+32 products on 16 rows leave 1.34 × (``tests/test_sampling_problems.py``).
 ``fit_endpoint`` then chooses p's coefficients to minimise the quadrature's KL (Newton's method), and
-``endpoint_kl`` says what an endpoint leaves. The probe costs ``PROBE_STEPS + 1`` model calls on
-``PROBE_ROWS`` rows per ``sample`` call, whatever the batch; a sampler's ``evaluations`` do not count it.
+``endpoint_kl`` says what an endpoint leaves. The probe costs ``PROBE_STEPS + 1`` model calls on ``PROBE_ROWS`` rows (2
+calls on d rows where d <= ``SPANNED``) per ``sample`` call, whatever the batch; a sampler's ``evaluations`` do not count it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,43 +35,78 @@ from torch import Tensor
 
 from stdiff.sampling.base import POLYNOMIALS, DataMoments, Polynomial, _x0, alpha_sigma
 
-PROBE_ROWS, PROBE_SEED = 32, 0  # rows the probe reads G on (at most; d where d is smaller), and their seed
-PROBE_STEPS = 16  # products with G per probe row: Gauss quadrature with 16 nodes a row
+PROBE_ROWS, PROBE_SEED = 16, 0  # rows the probe reads G on where d > SPANNED, and their seed
+SPANNED = 32  # up to this d the probe reads G on d orthonormal rows: the spectrum exactly
+PROBE_STEPS = 32  # products with G per probe row (at most d): Gauss quadrature with 32 nodes a row
 SMALLEST_GAIN = 1e-12  # nodes are clamped to [SMALLEST_GAIN, 1], the range of a linear denoiser's gain
+
+
+class Probe(NamedTuple):
+    """What ``probe`` reads off a model at t_min: a quadrature (``nodes``, ``weights``) of its gain's
+    spectrum, and mᵀK⁻¹m, the data's mean m in the data's precision (0 without a mean)."""
+
+    nodes: Tensor
+    weights: Tensor
+    mean_precision: float
 
 
 def gain_spectrum(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
                   cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``probe``'s nodes and weights."""
+    found = probe(model, sample_shape, moments, device, dtype, cond, steps)
+    return found.nodes, found.weights
+
+
+def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
+          cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> Probe:  # fmt: skip
     """Nodes g_j in [``SMALLEST_GAIN``, 1] and weights w_j (summing to d) of a quadrature of the
-    spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G).
+    spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G); and
+    mᵀK⁻¹m = mᵀ(G⁻¹ − I)m/r, r = σ²/α², the precision of the data's mean m, which stopping at t_min
+    shrinks to α m (a KL of ½ (1 − α)² mᵀK⁻¹m).
 
     G is read as a secant about noisy points x = α m + σ z (m the data's mean of ``moments``), over
-    a step of a typical noise's length: G v = (x̂₀(x) − x̂₀(x − α c v))/c, c = √d σ/α. Lanczos with
-    full reorthogonalisation, ``min(steps, d)`` products per row, on ``min(d, PROBE_ROWS)`` rows
-    started on random orthonormal vectors (Hutchinson's estimate of tr f(G), exact where d <=
-    ``PROBE_ROWS``)."""
+    a step of a typical noise's length: G v = (x̂₀(x) − x̂₀(x − α c v))/c, c = √d σ/α. Where d <=
+    ``SPANNED``, G on an orthonormal basis in one call, and its eigen-decomposition (every weight 1);
+    above, Lanczos with full reorthogonalisation, ``min(steps, d)`` products per row, on
+    ``PROBE_ROWS`` rows started on random orthonormal vectors (Hutchinson's estimate of tr f(G)),
+    and one more row started on m (Gauss quadrature of mᵀf(G)m, which under-estimates mᵀK⁻¹m)."""
     schedule = model.schedule
     a, s = alpha_sigma(schedule, schedule.t_min)
     d = math.prod(sample_shape)
-    rows = min(d, PROBE_ROWS)
+    rows = probe_rows(d)
     generator = torch.Generator().manual_seed(PROBE_SEED)
-    z = torch.randn(rows, *sample_shape, generator=generator, dtype=torch.float64)
+    z = torch.randn(rows + 1, *sample_shape, generator=generator, dtype=torch.float64)
     # random orthonormal start vectors: (d/rows) Σ_i q_iᵀ f(G) q_i estimates tr f(G), exactly where rows = d
     starts = torch.linalg.qr(torch.randn(d, rows, generator=generator, dtype=torch.float64))[0].T
-    mean = None if moments is None else moments[0]
+    mean = None if moments is None or moments[0] is None else moments[0].double().cpu().reshape(-1)
+    if mean is not None and (rows == d or not mean.norm() > 0):
+        pass  # the rows span the space (the mean's precision from G's eigenvectors), or no mean to read
+    elif mean is not None:
+        starts = torch.cat([starts, (mean / mean.norm())[None]])  # one more row, started on the mean
+    z = z[: len(starts)]
     base = s * z.to(device=device, dtype=dtype)
     if mean is not None:
-        base = base + a * mean.to(device=base.device, dtype=dtype)
-    cond = {k: v[:1].expand(rows, *v.shape[1:]) for k, v in (cond or {}).items()}
+        base = base + a * mean.reshape(sample_shape).to(device=base.device, dtype=dtype)
+    cond = {k: v[:1].expand(len(starts), *v.shape[1:]) for k, v in (cond or {}).items()}
     f = functools.partial(model, **cond) if cond else model
     x0 = _x0(f, schedule, base, schedule.t_min)
     scale = math.sqrt(d) * s / a
+    r = (s / a) ** 2
 
     def gain(v: Tensor) -> Tensor:
         step = (a * scale * v).reshape(z.shape).to(device=base.device, dtype=dtype)
-        return (x0 - _x0(f, schedule, base - step, schedule.t_min)).double().cpu().reshape(rows, d) / scale
+        return (x0 - _x0(f, schedule, base - step, schedule.t_min)).double().cpu().reshape(len(v), d) / scale
+
+    def precision(g: Tensor) -> Tensor:  # 1/λ in a direction of gain g
+        return (1 / g - 1) / r
 
     q = starts / starts.norm(dim=1, keepdim=True)
+    if rows == d:  # the rows span the space: G itself in one call, in the basis q (symmetrised), and its eigenvalues
+        matrix = gain(q) @ q.T
+        nodes, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+        nodes = nodes.clamp(SMALLEST_GAIN, 1.0)
+        along = 0.0 if mean is None else float(((vectors.T @ (q @ mean)) ** 2 * precision(nodes)).sum())
+        return Probe(nodes, torch.ones_like(nodes), along)
     basis, diagonal, off = [q], [], []
     for j in range(min(steps, d)):
         w = gain(basis[-1])
@@ -85,9 +125,19 @@ def gain_spectrum(model, sample_shape: tuple[int, ...], moments: DataMoments | N
     if k > 1:
         tri = tri + torch.diag_embed(torch.stack(off, 1), 1) + torch.diag_embed(torch.stack(off, 1), -1)
     nodes, vectors = torch.linalg.eigh(tri)  # a Gauss rule per row: nodes, first components squared
-    weights = vectors[:, 0, :] ** 2 * d / rows
+    nodes, weights = nodes.clamp(SMALLEST_GAIN, 1.0), vectors[:, 0, :] ** 2
+    along = 0.0
+    if len(starts) > rows:  # the row started on the mean
+        along = float(mean.norm() ** 2 * (weights[rows] * precision(nodes[rows])).sum())
+        nodes, weights = nodes[:rows], weights[:rows]
+    weights = weights * d / rows
     keep = weights.reshape(-1) > 0
-    return nodes.reshape(-1)[keep].clamp(SMALLEST_GAIN, 1.0), weights.reshape(-1)[keep]
+    return Probe(nodes.reshape(-1)[keep], weights.reshape(-1)[keep], along)
+
+
+def probe_rows(d: int) -> int:
+    """The rows the probe reads the gain on for samples of d values: d up to ``SPANNED``, else ``PROBE_ROWS``."""
+    return d if d <= SPANNED else PROBE_ROWS
 
 
 def exact_spectrum(eigenvalues: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
