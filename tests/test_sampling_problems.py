@@ -24,6 +24,7 @@ from stdiff.sampling.probe import (
     fit_endpoint,
     fit_endpoints,
     gain_spectrum,
+    probe,
     probe_rows,
 )
 from stdiff.schedules import OrnsteinUhlenbeck
@@ -254,6 +255,32 @@ def test_the_plan_expects_what_the_draw_gets():
                 assert sampler.planned["kl"] == pytest.approx(kl, rel=0.05, abs=1e-12), (p.label(), steps)
             else:
                 assert kl / 4 <= sampler.planned["kl"] <= 4 * kl + 1e-12, (p.label(), steps, sampler.planned["kl"], kl)
+
+
+def test_fitted_endpoints_apply_the_gain_about_the_point_where_the_prediction_was_made():
+    """Regression: after UniPC's corrector moves x at t_min, G v must be read about the point where
+    x̂₀ was evaluated. Read about the corrected x, every power of G carried G's image of the move:
+    on tuning problem 86 (an RBF spectrum down to the nugget) at 8 evaluations the plan expected
+    34.6 nats and the draw gave 231."""
+    p = problem(86)
+    model, sampler = EigenModel(p), UniPC(8)
+    kl = eigen_kl(lambda z: sampler.sample(model, z.shape, dtype=z.dtype, noise=z), p)
+    assert not isinstance(sampler.resolved, str) and len(sampler.resolved) >= 2  # a fitted endpoint, G applied
+    assert kl == pytest.approx(sampler.planned["kl"], rel=0.05) and kl < 40, (kl, sampler.planned)
+
+
+def test_stopping_at_t_min_is_charged_for_the_mean_it_shrinks():
+    """The probe reads mᵀK⁻¹m (a row started on the mean, or G's eigenvectors where d <= 32), and the
+    plan adds ½ (1 − α)² mᵀK⁻¹m to stopping at t_min: with it, the plan's KL is the draw's, mean
+    included (tuning problem 21, a trend, 5 evaluations: 0.137 of its 0.138 nats are the mean's)."""
+    for number, steps in ((21, 5), (105, 20)):
+        p = problem(number)
+        model = EigenModel(p)
+        found = probe(model, (p.dim,), model.data_moments, None, torch.float64)
+        assert found.mean_precision == pytest.approx(float((p.mean**2 / p.evals).sum()), rel=1e-3)
+        sampler = UniPC(steps)
+        kl = eigen_kl(lambda z, s=sampler, m=model: s.sample(m, z.shape, dtype=z.dtype, noise=z), p)
+        assert kl == pytest.approx(sampler.planned["kl"], rel=0.05), (number, kl, sampler.planned)
 
 
 def test_given_settings_are_kept_by_the_plan():
