@@ -65,7 +65,7 @@ class Replacement(Conditioning):
         schedule = model.schedule
         device = device or observed.device
         sampler.prepare(model, tuple(observed.shape[1:]), getattr(model, "data_moments", None), device, observed.dtype,
-                        None)  # UniPC plans its grid and endpoint on the model, as in a draw of its own  # fmt: skip
+                        None, conditional=True)  # UniPC plans its grid and endpoint on the model  # fmt: skip
         times = sampler.times(schedule)
         x = sampler.initial(schedule, observed.shape, generator, device, observed.dtype)
         sampler.begin()

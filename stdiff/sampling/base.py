@@ -155,9 +155,10 @@ class Sampler(ABC):
         return self.finish(model, schedule, x)
 
     def prepare(self, model: NoiseModel, sample_shape: tuple[int, ...], moments: DataMoments | None, device,
-                dtype: torch.dtype, cond: dict[str, Tensor] | None) -> None:  # fmt: skip
+                dtype: torch.dtype, cond: dict[str, Tensor] | None, conditional: bool | None = None) -> None:  # fmt: skip
         """Called at the start of every ``sample``, before the grid is made (``UniPC`` probes the model
-        there to choose its endpoint)."""
+        there to choose its endpoint); ``conditional`` (default: whether ``cond`` is given) says the
+        draw completes observed values."""
 
     def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0):
         """The endpoint this sampler ends on for a model whose denoiser's gain at t_min has the spectrum

@@ -232,16 +232,16 @@ class UniPC(Sampler):
         """Whether anything is left to the probe's plan (the endpoint or a grid setting)."""
         return self.endpoint == "auto" or any(v is None for v in self.given.values())
 
-    def prepare(self, model, sample_shape, moments, device, dtype, cond) -> None:
+    def prepare(self, model, sample_shape, moments, device, dtype, cond, conditional=None) -> None:
         if self.automatic and self.steps >= 2 and not self._kept:
             nodes, weights, mean_precision = probe(model, sample_shape, moments, device, dtype, cond)
             variance = 1.0 if moments is None else moments[1]
             key = (self.steps, self.endpoint, self.corrector, tuple(self.given.items()), tuple(GRIDS), repr(model.schedule), variance,
-                   nodes.numpy().tobytes(), weights.numpy().tobytes(), mean_precision)  # fmt: skip
+                   nodes.numpy().tobytes(), weights.numpy().tobytes(), mean_precision, bool(cond) if conditional is None else conditional)  # fmt: skip
             if key not in _PLANS:  # the same settings and spectrum again (the same model): the same plan
                 while len(_PLANS) >= 64:
                     _PLANS.pop(next(iter(_PLANS)))
-                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance, mean_precision)
+                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance, mean_precision, conditional=bool(cond) if conditional is None else conditional)
             self.use(_PLANS[key])
 
     def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0) -> str | Polynomial:
@@ -252,13 +252,16 @@ class UniPC(Sampler):
         return self.plan(schedule, nodes, weights, variance)["endpoint"]
 
     def plan(self, schedule: NoiseSchedule, nodes: Tensor, weights: Tensor, variance: float = 1.0,
-             mean_precision: float = 0.0) -> dict:  # fmt: skip
+             mean_precision: float = 0.0, conditional: bool = False) -> dict:  # fmt: skip
         """The settings, among those left to choose (``GRIDS`` for order, start and skew; the grid's
         steps k of ``steps_window``; an endpoint of e evaluations, a
         polynomial fitted to the spectrum, ``stdiff.sampling.probe.fit_endpoint``, k + e <= n), that
         leave the least KL on the Gaussian the gain's spectrum (``nodes``, ``weights``) describes
         (``GaussianSurrogate``): every candidate run there, where it costs no model call; stopping at
-        t_min also costs ½ (1 − α)² ``mean_precision`` (mᵀK⁻¹m: the mean shrunk to α m). Returns
+        t_min also costs ½ (1 − α)² ``mean_precision`` (mᵀK⁻¹m: the mean shrunk to α m). A
+        ``conditional`` draw keeps k >= n − ``FEWER_STEPS``: its mean is the observed values' posterior
+        mean, which the zero-mean surrogate cannot see, and fewer steps start later, where the start's
+        mean α m misses it (a forecast's CRPS 1.06 × the exact posterior's at k = 7, 1.046 from 17). Returns
         order, lambda_start, skew, steps, endpoint and kl (what the surrogate expects)."""
         surrogate = GaussianSurrogate(schedule, nodes, variance)
         weights = weights.double()
@@ -273,7 +276,7 @@ class UniPC(Sampler):
         shrunk = 0.5 * (1 - a) ** 2 * mean_precision  # the mean's share of stopping at t_min: α m for m
         ones = torch.ones(1, len(nodes), dtype=torch.float64)
         lowest = 1 if self.steps < 3 else 2
-        window = steps_window(self.steps, lowest)
+        window = steps_window(self.steps, lowest) if not conditional else range(max(lowest, self.steps - FEWER_STEPS), self.steps + 1)
         found: dict[tuple, dict] = {}  # (grid, k) -> the best plan with that grid and k steps
 
         def run(grid: tuple, k: int) -> None:

@@ -39,6 +39,7 @@ PROBE_ROWS, PROBE_SEED = 16, 0  # rows the probe reads G on where d > SPANNED, a
 SPANNED = 32  # up to this d the probe reads G on d orthonormal rows: the spectrum exactly
 PROBE_STEPS = 32  # products with G per probe row (at most d): Gauss quadrature with 32 nodes a row
 SMALLEST_GAIN = 1e-12  # nodes are clamped to [SMALLEST_GAIN, 1], the range of a linear denoiser's gain
+ZERO_GAIN = 1e-9  # below this the denoiser ignores x (a conditional model's observed entries): no KL to keep, dropped
 
 
 class Probe(NamedTuple):
@@ -60,7 +61,8 @@ def gain_spectrum(model, sample_shape: tuple[int, ...], moments: DataMoments | N
 def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
           cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> Probe:  # fmt: skip
     """Nodes g_j in [``SMALLEST_GAIN``, 1] and weights w_j (summing to d) of a quadrature of the
-    spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G); and
+    spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G), less the
+    directions where g < ``ZERO_GAIN`` (x is ignored there: a conditional model's observed values); and
     mᵀK⁻¹m = mᵀ(G⁻¹ − I)m/r, r = σ²/α², the precision of the data's mean m, which stopping at t_min
     shrinks to α m (a KL of ½ (1 − α)² mᵀK⁻¹m).
 
@@ -104,8 +106,9 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
     if rows == d:  # the rows span the space: G itself in one call, in the basis q (symmetrised), and its eigenvalues
         matrix = gain(q) @ q.T
         nodes, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-        nodes = nodes.clamp(SMALLEST_GAIN, 1.0)
-        along = 0.0 if mean is None else float(((vectors.T @ (q @ mean)) ** 2 * precision(nodes)).sum())
+        free = nodes > ZERO_GAIN
+        nodes = nodes[free].clamp(SMALLEST_GAIN, 1.0)
+        along = 0.0 if mean is None else float(((vectors.T @ (q @ mean))[free] ** 2 * precision(nodes)).sum())
         return Probe(nodes, torch.ones_like(nodes), along)
     basis, diagonal, off = [q], [], []
     for j in range(min(steps, d)):
@@ -125,7 +128,8 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
     if k > 1:
         tri = tri + torch.diag_embed(torch.stack(off, 1), 1) + torch.diag_embed(torch.stack(off, 1), -1)
     nodes, vectors = torch.linalg.eigh(tri)  # a Gauss rule per row: nodes, first components squared
-    nodes, weights = nodes.clamp(SMALLEST_GAIN, 1.0), vectors[:, 0, :] ** 2
+    weights = vectors[:, 0, :] ** 2 * (nodes > ZERO_GAIN)
+    nodes = nodes.clamp(SMALLEST_GAIN, 1.0)
     along = 0.0
     if len(starts) > rows:  # the row started on the mean
         along = float(mean.norm() ** 2 * (weights[rows] * precision(nodes[rows])).sum())
