@@ -234,14 +234,15 @@ class UniPC(Sampler):
 
     def prepare(self, model, sample_shape, moments, device, dtype, cond, conditional=None) -> None:
         if self.automatic and self.steps >= 2 and not self._kept:
+            conditional = bool(cond) if conditional is None else conditional
             nodes, weights, mean_precision = probe(model, sample_shape, moments, device, dtype, cond)
             variance = 1.0 if moments is None else moments[1]
             key = (self.steps, self.endpoint, self.corrector, tuple(self.given.items()), tuple(GRIDS), repr(model.schedule), variance,
-                   nodes.numpy().tobytes(), weights.numpy().tobytes(), mean_precision, bool(cond) if conditional is None else conditional)  # fmt: skip
+                   nodes.numpy().tobytes(), weights.numpy().tobytes(), mean_precision, conditional)  # fmt: skip
             if key not in _PLANS:  # the same settings and spectrum again (the same model): the same plan
                 while len(_PLANS) >= 64:
                     _PLANS.pop(next(iter(_PLANS)))
-                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance, mean_precision, conditional=bool(cond) if conditional is None else conditional)
+                _PLANS[key] = self.plan(model.schedule, nodes, weights, variance, mean_precision, conditional)
             self.use(_PLANS[key])
 
     def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0) -> str | Polynomial:
