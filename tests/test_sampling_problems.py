@@ -23,7 +23,6 @@ from stdiff.sampling.probe import (
     exact_spectrum,
     fit_endpoint,
     fit_endpoints,
-    gain_spectrum,
     probe,
     probe_rows,
 )
@@ -98,7 +97,7 @@ def test_the_probe_reads_the_gain_spectrum():
         model = EigenModel(p)
         a, s = alpha_sigma(p.schedule, p.schedule.t_min)
         gain = p.evals / (p.evals + (s / a) ** 2)
-        nodes, weights = gain_spectrum(model, (p.dim,), model.data_moments, None, torch.float64)
+        nodes, weights, _ = probe(model, (p.dim,), model.data_moments, None, torch.float64)
         assert weights.sum().item() == pytest.approx(p.dim, rel=1e-9)
         rows = probe_rows(p.dim)
         generator = torch.Generator().manual_seed(PROBE_SEED)
@@ -123,7 +122,7 @@ def test_the_probe_resolves_a_cluster_of_small_gains():
     a, s = alpha_sigma(p.schedule, p.schedule.t_min)
     exact = exact_spectrum(p.evals, a, s)
     best = [kl for _, kl in fit_endpoints(*exact, 4)]
-    probed = [endpoint_kl(c, *exact) for c, _ in fit_endpoints(*gain_spectrum(model, (p.dim,), model.data_moments, None, torch.float64), 4)]
+    probed = [endpoint_kl(c, *exact) for c, _ in fit_endpoints(*probe(model, (p.dim,), model.data_moments, None, torch.float64)[:2], 4)]
     assert all(got <= 1.4 * want for got, want in zip(probed, best, strict=True)), (probed, best)
 
 
@@ -323,7 +322,7 @@ def test_the_planned_endpoint_is_close_to_the_one_the_exact_models_probe_picks(l
     sched = OrnsteinUhlenbeck(t_min=1e-3)
     model = ExactDenoiser.from_gp(gp, sched)
     a, s = alpha_sigma(sched, sched.t_min)
-    nodes, weights = gain_spectrum(model, gp.sample_shape, model.data_moments, None, torch.float64)
+    nodes, weights, _ = probe(model, gp.sample_shape, model.data_moments, None, torch.float64)
     exact = exact_spectrum(gp.eigenvalues().reshape(-1), a, s)
     assert (weights * (1 - nodes) ** 2).sum().item() == pytest.approx(((1 - exact[0]) ** 2).sum().item(), rel=0.5)
     for steps in (4, 6, 12, 25):

@@ -30,7 +30,7 @@ from stdiff.bench.diffusers_kl import BUDGETS
 from stdiff.bench.sampler_heldout import RESULTS, diffusers_best, load_diffusers
 from stdiff.bench.sampling_problems import EigenModel, eigen_kl, generate, problem
 from stdiff.sampling import UniPC, multistep
-from stdiff.sampling.probe import gain_spectrum
+from stdiff.sampling.probe import probe
 
 CANDIDATES = list(itertools.product((2, 3), (-1.0, -1.5, -2.0), (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)))
 
@@ -40,12 +40,12 @@ def plans(number: int) -> dict[tuple, tuple[float, float]]:
     torch.set_num_threads(1)
     p = problem(number)
     model, out = EigenModel(p), {}
-    nodes, weights = gain_spectrum(model, (p.dim,), model.data_moments, None, torch.float64)  # as UniPC's probe
+    nodes, weights, mean_precision = probe(model, (p.dim,), model.data_moments, None, torch.float64)  # as UniPC's
     for grid in CANDIDATES:
         multistep.GRIDS = [grid]  # this process only
         for b in BUDGETS:
             sampler = UniPC(b)
-            plan = sampler.plan(p.schedule, nodes, weights, model.data_moments[1])
+            plan = sampler.plan(p.schedule, nodes, weights, model.data_moments[1], mean_precision)
             sampler.use(plan, keep=True)
             kl = eigen_kl(lambda z, s=sampler: s.sample(model, z.shape, dtype=z.dtype, noise=z), p)
             out[(b, grid)] = (plan["kl"], kl)

@@ -8,13 +8,13 @@ scales that direction by s(g) = g + (1 − g) p(g) instead, and leaves ½ (ρ �
 ρ = s²/g: ``t_min`` is s = 1, ``denoise`` s = g; ρ → 0 costs ln ρ, ρ → ∞ costs ρ itself, so an
 endpoint that overshoots a direction of small g is far worse than one that stops short.
 
-``gain_spectrum`` estimates the distribution of g over the d directions by Lanczos quadrature
+``probe`` estimates the distribution of g over the d directions by Lanczos quadrature
 (stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS`` products with G on each
 of ``probe_rows(d)`` rows started on random orthonormal vectors, from a seed of their own (the
 draw's randomness is untouched), give nodes and weights that integrate polynomials in g of degree
 below 2·``PROBE_STEPS`` exactly on those vectors: Hutchinson's estimate of tr f(G) (where d <=
-``SPANNED``, G's own eigenvalues instead, from one call on d orthonormal rows). Long runs on few rows resolve the low end of the
-spectrum, where the KL of an endpoint lives, better than short runs on many rows at the same cost:
+``SPANNED``, G's own eigenvalues instead, from one call on d orthonormal rows). Long runs on few
+rows resolve the low end of the spectrum, where the KL of an endpoint lives, better than short runs on many rows at the same cost:
 on tuning problem 45, 16 products on 32 rows saw a cluster of 153 directions of very small g as one
 node above it, and the endpoint fitted to that left 4.2 × the KL of one fitted to the exact spectrum;
 32 products on 16 rows leave 1.34 × (``tests/test_sampling_problems.py``).
@@ -51,13 +51,6 @@ class Probe(NamedTuple):
     mean_precision: float
 
 
-def gain_spectrum(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
-                  cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``probe``'s nodes and weights."""
-    found = probe(model, sample_shape, moments, device, dtype, cond, steps)
-    return found.nodes, found.weights
-
-
 def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
           cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> Probe:  # fmt: skip
     """Nodes g_j in [``SMALLEST_GAIN``, 1] and weights w_j (summing to d) of a quadrature of the
@@ -81,9 +74,7 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
     # random orthonormal start vectors: (d/rows) Σ_i q_iᵀ f(G) q_i estimates tr f(G), exactly where rows = d
     starts = torch.linalg.qr(torch.randn(d, rows, generator=generator, dtype=torch.float64))[0].T
     mean = None if moments is None or moments[0] is None else moments[0].double().cpu().reshape(-1)
-    if mean is not None and (rows == d or not mean.norm() > 0):
-        pass  # the rows span the space (the mean's precision from G's eigenvectors), or no mean to read
-    elif mean is not None:
+    if mean is not None and rows < d and mean.norm() > 0:  # (where rows = d, G's eigenvectors give mᵀK⁻¹m)
         starts = torch.cat([starts, (mean / mean.norm())[None]])  # one more row, started on the mean
     z = z[: len(starts)]
     base = s * z.to(device=device, dtype=dtype)
@@ -146,7 +137,7 @@ def probe_rows(d: int) -> int:
 
 def exact_spectrum(eigenvalues: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
     """The gain's spectrum of the exact denoiser of data with covariance ``eigenvalues`` at (α, σ):
-    the quadrature ``gain_spectrum`` estimates, exactly (every weight 1)."""
+    the quadrature ``probe`` estimates, exactly (every weight 1)."""
     lam = eigenvalues.reshape(-1).double().cpu()
     g = (alpha**2 * lam / (alpha**2 * lam + sigma**2)).clamp(SMALLEST_GAIN, 1.0)
     return g, torch.ones_like(g)
