@@ -79,9 +79,9 @@ def test_evaluations_count_network_calls(problem):
                     UniPC(steps=9, endpoint="root")):  # fmt: skip
         calls.clear()
         sampler.sample(Counted(), (3, 8, 4), torch.Generator().manual_seed(0))
-        probes = sum(rows == probe_rows(32) for rows in calls)  # UniPC's plan: its probe's calls on its own rows
+        probes = sum(rows in (1, probe_rows(32)) for rows in calls)  # UniPC's plan: its probe's calls on its own rows
         assert len(calls) - probes == sampler.evaluations, repr(sampler)
-        assert probes == 2 * getattr(sampler, "automatic", False), repr(sampler)  # d = 32: G on a basis in one call
+        assert probes == 2 * getattr(sampler, "automatic", False), repr(sampler)  # d = 32: G on a basis about one point
 
 
 def test_endpoints_are_the_posterior_mean_and_the_ode_step_of_the_last_state(problem):

@@ -3,6 +3,7 @@ does on them: the eigenbasis KL is the dense push-forward KL, the probe reads th
 the fitted endpoint is never worse than ``t_min``, ``denoise``, ``ode`` or ``root`` by it, the plan
 expects what the draw gets, and the start carries the data's mean and scale."""
 
+import itertools
 import math
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stdiff.bench.diffusers_kl import BUDGETS
+from stdiff.bench.sampler_heldout import stdiff_kl
 from stdiff.bench.sampling_problems import COUNT, EigenModel, eigen_kl, generate, problem
 from stdiff.diffusion import ExactDenoiser, data_moments
 from stdiff.kernels import RBF, Matern
@@ -64,7 +67,7 @@ def small(split_from: int = 0, most: int = 200) -> list:
 def test_the_split_is_fixed_and_the_problems_cover_what_was_asked():
     problems = generate()
     assert len(problems) == COUNT and len(generate("held_out")) >= 30 and len(generate("tuning")) >= 30
-    assert all(p.split == ("tuning" if p.number < 128 else "held_out") for p in problems)  # round three: 128-191 fresh
+    assert all(p.split == ("tuning" if p.number < 192 else "held_out") for p in problems)  # round four: 192-255 fresh
     assert problem(11).evals.tolist() == problems[11].evals.tolist()  # seeded by number
     evals = torch.cat([p.evals for p in problems])
     assert evals.min() <= 1.1e-7 and evals.max() >= 100
@@ -93,7 +96,8 @@ def test_the_probe_reads_the_gain_spectrum():
     """Lanczos quadrature: the nodes and weights integrate g^j exactly on the probe's own start vectors
     (j < 2 × ``PROBE_STEPS``): tr G^j itself where d <= ``SPANNED`` (an orthonormal basis), else Hutchinson's
     estimate of it; and the early-stopping floor Σ (1 − g)²/4 within that estimate's noise."""
-    for p in generate("tuning")[:12] + [q for q in generate("tuning") if q.dim <= SPANNED][:3]:
+    tuning = generate("tuning")
+    for p in [q for q in tuning if q.dim > SPANNED][:6] + [q for q in tuning if q.dim <= SPANNED][:3] + [q for q in tuning if 400 < q.dim <= SPANNED][:1]:
         model = EigenModel(p)
         a, s = alpha_sigma(p.schedule, p.schedule.t_min)
         gain = p.evals / (p.evals + (s / a) ** 2)
@@ -122,7 +126,8 @@ def test_the_probe_resolves_a_cluster_of_small_gains():
     a, s = alpha_sigma(p.schedule, p.schedule.t_min)
     exact = exact_spectrum(p.evals, a, s)
     best = [kl for _, kl in fit_endpoints(*exact, 4)]
-    probed = [endpoint_kl(c, *exact) for c, _ in fit_endpoints(*probe(model, (p.dim,), model.data_moments, None, torch.float64)[:2], 4)]
+    lanczos = probe(model, (p.dim,), model.data_moments, None, torch.float64, spanned=0)  # d = 525 <= SPANNED: forced
+    probed = [endpoint_kl(c, *exact) for c, _ in fit_endpoints(*lanczos[:2], 4)]
     assert all(got <= 1.4 * want for got, want in zip(probed, best, strict=True)), (probed, best)
 
 
@@ -241,10 +246,10 @@ def test_a_rare_modes_weight_needs_no_hand_set_start():
 def test_the_plan_expects_what_the_draw_gets():
     """On the exact model of a Gaussian the surrogate is the model up to the quadrature: where the
     probe's rows span the space (d <= ``SPANNED``) the plan's KL is the draw's; above, the
-    quadrature is an estimate, and the candidate it likes best is often one it under-estimates
-    (within a factor of 4 here)."""
+    quadrature is an estimate, its high end read where σ²/α² is the data's variance (read at t_min
+    alone, the plan expected 0.067 nats on tuning problem 3 at 6 evaluations and the draw gave 0.61)."""
     spanned = [p for p in generate("tuning") if p.dim <= SPANNED][:3]
-    for p in spanned + small(0, 120)[:2]:
+    for p in spanned + [q for q in generate("tuning") if q.dim > SPANNED][:2] + [problem(3)]:
         model = EigenModel(p)
         for steps in (4, 6, 10):
             sampler = UniPC(steps)
@@ -253,7 +258,7 @@ def test_the_plan_expects_what_the_draw_gets():
             if p.dim <= SPANNED:
                 assert sampler.planned["kl"] == pytest.approx(kl, rel=0.05, abs=1e-12), (p.label(), steps)
             else:
-                assert kl / 4 <= sampler.planned["kl"] <= 4 * kl + 1e-12, (p.label(), steps, sampler.planned["kl"], kl)
+                assert sampler.planned["kl"] == pytest.approx(kl, rel=0.15), (p.label(), steps, sampler.planned["kl"], kl)
 
 
 def test_fitted_endpoints_apply_the_gain_about_the_point_where_the_prediction_was_made():
@@ -269,7 +274,7 @@ def test_fitted_endpoints_apply_the_gain_about_the_point_where_the_prediction_wa
 
 
 def test_stopping_at_t_min_is_charged_for_the_mean_it_shrinks():
-    """The probe reads mᵀK⁻¹m (a row started on the mean, or G's eigenvectors where d <= 32), and the
+    """The probe reads mᵀK⁻¹m (a row started on the mean, or G's eigenvectors where d <= ``SPANNED``), and the
     plan adds ½ (1 − α)² mᵀK⁻¹m to stopping at t_min: with it, the plan's KL is the draw's, mean
     included (tuning problem 21, a trend, 5 evaluations: 0.137 of its 0.138 nats are the mean's)."""
     for number, steps in ((21, 5), (105, 20)):
@@ -331,3 +336,15 @@ def test_the_planned_endpoint_is_close_to_the_one_the_exact_models_probe_picks(l
         planned = planned_endpoint(sampler, gp, sched)
         left = [early_stopping_kl(gp, a, s, e) for e in (planned, sampler.resolved)]
         assert left[1] / 3 - 1e-6 <= left[0] <= 3 * left[1] + 1e-6, (lengthscale, steps, planned, sampler.resolved)
+
+
+@pytest.mark.parametrize("number,budgets", [(160, (8, 10, 12))] + [pytest.param(n, BUDGETS, marks=pytest.mark.slow)
+                                                                    for n in (128, 160, 189, 3, 11)])  # fmt: skip
+def test_a_larger_budget_never_draws_worse(number, budgets):
+    """Round three's rises (problems 128-191 were then held out: #160 0.091 → 0.22 nats from 8 to 10
+    evaluations, #189 0.94 → 1.47 from 10 to 12; #11, d = 672, 6.45 → 6.87): every budget's candidates
+    include every smaller budget's (``steps_window``), so where the surrogate is the model (d <= ``SPANNED``)
+    the draw's KL cannot rise; above, the two reads of the probe keep it within 1 % here."""
+    p = problem(number)
+    kls = [stdiff_kl(p, b) for b in budgets]
+    assert all(b <= 1.01 * a + 1e-12 for a, b in itertools.pairwise(kls)), (p.label(), dict(zip(budgets, kls, strict=True)))

@@ -68,7 +68,8 @@ def stdiff_problem(number: int) -> list[dict]:
                "stdiff": safe_kl(lambda z, s=sampler: s.sample(model, z.shape, dtype=z.dtype, noise=z), p)}  # fmt: skip
         plan = sampler.planned or {}
         row.update(expected=plan.get("kl", math.nan), spent=sampler.evaluations, grid_steps=plan.get("steps"),
-                   order=plan.get("order"), skew=plan.get("skew"), endpoint=_endpoint_label(sampler.resolved))  # fmt: skip
+                   method=plan.get("method"), order=plan.get("order"), skew=plan.get("skew"), rho=plan.get("rho"),
+                   endpoint=_endpoint_label(sampler.resolved))  # fmt: skip
         for end in ENDPOINT_CHECKS:
             row[f"stdiff_{end}"] = stdiff_kl(p, b, lambda n, end=end: UniPC(steps=n, endpoint=end))
         rows.append(row)

@@ -136,7 +136,11 @@ def planned_endpoint(sampler, truth: Truth, schedule: NoiseSchedule) -> str | tu
     spectra = [exact_spectrum(c.eigenvalues(torch.device("cpu")), a, s) for c in truth.components]
     nodes = torch.cat([g for g, _ in spectra])
     weights = torch.cat([w * ones for w, (_, ones) in zip(truth.weights.tolist(), spectra, strict=True)])
-    return sampler.endpoint_for(nodes, weights, schedule, data_moments(truth)[1])
+    mean_precision = 0.0  # mᵀK⁻¹m, what stopping at t_min is charged for shrinking the mean (one Gaussian's)
+    if len(truth.components) == 1:
+        gp = truth.components[0]
+        mean_precision = float((gp.to_eigenbasis(gp.mean[None]).reshape(-1) ** 2 / gp.eigenvalues().reshape(-1)).sum())
+    return sampler.endpoint_for(nodes, weights, schedule, data_moments(truth)[1], mean_precision)
 
 
 def early_stopping_report(truth: Truth, schedule: NoiseSchedule, target: float,

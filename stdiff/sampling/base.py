@@ -160,7 +160,8 @@ class Sampler(ABC):
         there to choose its endpoint); ``conditional`` (default: whether ``cond`` is given) says the
         draw completes observed values."""
 
-    def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0):
+    def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0,
+                     mean_precision: float = 0.0):  # fmt: skip
         """The endpoint this sampler ends on for a model whose denoiser's gain at t_min has the spectrum
         (``nodes``, ``weights``; ``stdiff.sampling.probe``): its own, unless it plans by the spectrum
         (``UniPC``'s auto)."""

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from stdiff._validation import check_int, check_positive
+from stdiff.sampling import plan as planning
 from stdiff.sampling.base import (
     ENDPOINT_EVALUATIONS,
-    POLYNOMIALS,
     Endpoint,
     Polynomial,
     Sampler,
@@ -24,7 +24,9 @@ from stdiff.sampling.base import (
     alpha_sigma,
     endpoint_evaluations,
 )
-from stdiff.sampling.probe import GaussianSurrogate, fit_endpoints, probe, surrogate_kl
+from stdiff.sampling.deis import DEIS, ratio_grid, start_lambda
+from stdiff.sampling.plan import FEWER_STEPS, make_plan, steps_window
+from stdiff.sampling.probe import probe
 from stdiff.schedules import NoiseSchedule
 
 
@@ -126,15 +128,7 @@ def _unipc_weights(ratios: list[float], h: float) -> tuple[list[float], float]:
 # UniPC's settings before a probe (an explicit ``order``, ``lambda_start`` or ``skew`` is used as given)
 ORDER3_FROM = 15  # order 2 below this budget, 3 from it
 LAMBDA_START = {2: -2.0, 3: -1.5}  # the grid's start, half log-SNR c − ln n − ½ ln v, by order
-# What the probe's plan chooses from (``UniPC.plan``): every grid (order, c, skew), started at c − ln k − ½ ln v
-# for k steps, with k every number up to EVERY_STEPS, and from n down to n − FEWER_STEPS for the budget n, n // 2,
-# n // 4, … above it (so a budget holds every choice of half of it: up to 25 every k), and an endpoint of e <=
-# MOST_ENDPOINT_EVALUATIONS evaluations, k + e <= n.
-GRIDS = [(3, -1.0, 1.0), (2, -1.5, 1.5), (2, -1.0, 2.0), (2, -1.5, 2.5), (2, -1.0, 1.5), (3, -1.5, 1.0),
-         (2, -2.0, 1.5), (3, -1.5, 3.0), (3, -2.0, 1.5)]  # the first 9 of 36, added greedily on problems 0-63 (sampler_tuning)
-FEWER_STEPS, EVERY_STEPS = 8, 16
 _PLANS: dict[tuple, dict] = {}  # the last plans made, by the sampler's settings and the spectrum they were made for
-MOST_ENDPOINT_EVALUATIONS = 4
 
 
 class UniPC(Sampler):
@@ -150,17 +144,20 @@ class UniPC(Sampler):
       ``PROBE_ROWS`` rows of noise (2 calls on d rows where d <= 32), whatever the batch, not counted in ``evaluations``
       (``stdiff.sampling.probe.probe``);
     - that spectrum describes a Gaussian (``GaussianSurrogate``) on which every candidate runs in
-      microseconds, with no model call: each grid of ``GRIDS`` (order, start c, skew), with k steps
-      (every k up to ``EVERY_STEPS``, and ``FEWER_STEPS`` below the budget, its half, its quarter, …), and each endpoint of e evaluations, k + e <= steps
-      (``t_min``, or x̂₀ + p(G)(x/α − x̂₀) with p of e coefficients fitted to the spectrum,
-      ``stdiff.sampling.probe.fit_endpoint``);
+      microseconds, with no model call (``stdiff.sampling.plan``): each method and grid of ``GRIDS``
+      (UniPC's steps with an order, start c and skew, or DEIS's ε-polynomial steps in ln σ/α,
+      ``stdiff.sampling.deis``, with an order, start c and grid exponent rho), with k steps (every k
+      up to ``EVERY_STEPS``, then 8 % apart: the same k for every budget, ``steps_window``), and each
+      endpoint of e evaluations, k + e <= steps (``t_min``, or x̂₀ + p(G)(x/α − x̂₀) with p of e
+      coefficients fitted to the spectrum, ``stdiff.sampling.probe.fit_endpoint``);
     - the candidate that leaves the least KL there is used (``planned`` holds it and the KL it
       expects); the same spectrum again reuses the plan.
 
     Where the data are Gaussian the surrogate is the model itself, up to the quadrature, so the plan's
-    KL is the draw's. The candidates were chosen on 64 seeded Gaussian problems
+    KL is the draw's. The candidates were chosen on seeded Gaussian problems
     (``stdiff.bench.sampler_tuning``) and scored on 64 others against every setting of diffusers'
-    multistep schedulers (``stdiff/bench/results/sampler_heldout.md``). With nothing left to ``auto``,
+    multistep schedulers (``stdiff/bench/results/sampler_heldout.md``). So ``UniPC`` names the
+    default, and its own steps are one of the methods its plan may choose (``repr`` says which). With nothing left to ``auto``,
     no probe runs; before the first probe the settings are order 2 below 15 evaluations (skew
     0.6 + n/6, start −2.0 − ln n − ½ ln v) and 3 from 15 (uniform in λ, start −1.5 − ln n − ½ ln v).
 
@@ -214,6 +211,7 @@ class UniPC(Sampler):
         self.lambda_start = lambda_start if lambda_start is not None else LAMBDA_START[max(self.order, 2)] - math.log(steps)
         self.skew = skew if skew is not None else (0.6 + steps / 6 if self.order <= 2 else 1.0)
         self.corrector = corrector
+        self.method = "unipc"  # or "deis", where a plan chose DEIS's steps (``stdiff.sampling.deis``) on its grid of exponent rho
         self.planned: dict | None = None  # the last plan: its settings and the KL it expects
         self._kept = False  # a plan given to ``use`` to keep: no probe
         self.begin()
@@ -237,7 +235,7 @@ class UniPC(Sampler):
             conditional = bool(cond) if conditional is None else conditional
             nodes, weights, mean_precision = probe(model, sample_shape, moments, device, dtype, cond)
             variance = 1.0 if moments is None else moments[1]
-            key = (self.steps, self.endpoint, self.corrector, tuple(self.given.items()), tuple(GRIDS), repr(model.schedule), variance,
+            key = (self.steps, self.endpoint, self.corrector, tuple(self.given.items()), tuple(planning.GRIDS), repr(model.schedule), variance,
                    nodes.numpy().tobytes(), weights.numpy().tobytes(), mean_precision, conditional)  # fmt: skip
             if key not in _PLANS:  # the same settings and spectrum again (the same model): the same plan
                 while len(_PLANS) >= 64:
@@ -245,16 +243,18 @@ class UniPC(Sampler):
                 _PLANS[key] = self.plan(model.schedule, nodes, weights, variance, mean_precision, conditional)
             self.use(_PLANS[key])
 
-    def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0) -> str | Polynomial:
+    def endpoint_for(self, nodes: Tensor, weights: Tensor, schedule: NoiseSchedule, variance: float = 1.0,
+                     mean_precision: float = 0.0) -> str | Polynomial:  # fmt: skip
         """The endpoint this sampler ends on for a model whose gain at t_min has the spectrum
-        (``nodes``, ``weights``): the plan's where the endpoint is ``auto``."""
+        (``nodes``, ``weights``), and whose data's mean has the precision ``mean_precision`` (mᵀK⁻¹m):
+        the plan's where the endpoint is ``auto``."""
         if not self.automatic or self.steps < 2:
             return self.resolved
-        return self.plan(schedule, nodes, weights, variance)["endpoint"]
+        return self.plan(schedule, nodes, weights, variance, mean_precision)["endpoint"]
 
     def plan(self, schedule: NoiseSchedule, nodes: Tensor, weights: Tensor, variance: float = 1.0,
              mean_precision: float = 0.0, conditional: bool = False) -> dict:  # fmt: skip
-        """The settings, among those left to choose (``GRIDS`` for order, start and skew; the grid's
+        """The settings, among those left to choose (``GRIDS`` for method, order, start and skew or rho; the grid's
         steps k of ``steps_window``; an endpoint of e evaluations, a
         polynomial fitted to the spectrum, ``stdiff.sampling.probe.fit_endpoint``, k + e <= n), that
         leave the least KL on the Gaussian the gain's spectrum (``nodes``, ``weights``) describes
@@ -263,48 +263,10 @@ class UniPC(Sampler):
         ``conditional`` draw keeps k >= n − ``FEWER_STEPS``: its mean is the observed values' posterior
         mean, which the zero-mean surrogate cannot see, and fewer steps start later, where the start's
         mean α m misses it (a forecast's CRPS 1.06 × the exact posterior's at k = 7, 1.046 from 17). Returns
-        order, lambda_start, skew, steps, endpoint and kl (what the surrogate expects)."""
-        surrogate = GaussianSurrogate(schedule, nodes, variance)
-        weights = weights.double()
-        given = self.given  # an order, start or skew given is used as given
-        grids = list(dict.fromkeys((o if given["order"] is None else given["order"], c if given["lambda_start"] is None else None,
-                                    sk if given["skew"] is None else given["skew"]) for o, c, sk in GRIDS))  # fmt: skip
-        if self.endpoint == "auto":
-            fits = [("t_min", None)] + fit_endpoints(nodes, weights, MOST_ENDPOINT_EVALUATIONS)
-        else:
-            fits = [(self.endpoint, None)]
-        a = alpha_sigma(schedule, schedule.t_min)[0]
-        shrunk = 0.5 * (1 - a) ** 2 * mean_precision  # the mean's share of stopping at t_min: α m for m
-        ones = torch.ones(1, len(nodes), dtype=torch.float64)
+        method, order, lambda_start, skew, rho, steps, endpoint and kl (what the surrogate expects)."""
         lowest = 1 if self.steps < 3 else 2
         window = steps_window(self.steps, lowest) if not conditional else range(max(lowest, self.steps - FEWER_STEPS), self.steps + 1)
-        found: dict[tuple, dict] = {}  # (grid, k) -> the best plan with that grid and k steps
-
-        def run(grid: tuple, k: int) -> None:
-            order, c, skew = grid
-            start = given["lambda_start"] if c is None else c - math.log(k)
-            sampler = UniPC(k, order=order, endpoint="t_min", lambda_start=start, skew=skew, corrector=self.corrector)
-            sampler.auto_start = c is not None
-            try:
-                x = sampler.sample(surrogate, ones.shape, dtype=torch.float64, noise=ones)
-                corrected, _ = sampler._evaluate(surrogate, schedule, x, schedule.t_min)
-            except (ZeroDivisionError, RuntimeError, ValueError):  # a grid of coincident steps
-                return
-            x0 = sampler._history[-1][1]
-            for endpoint, _ in fits:
-                if endpoint_evaluations(endpoint) + k > self.steps:
-                    continue
-                coefficients = POLYNOMIALS[endpoint] if isinstance(endpoint, str) else endpoint
-                out = x if coefficients is None else x0 + _polynomial(coefficients, surrogate.gain) * (corrected / a - x0)
-                kl = surrogate_kl(out[0], surrogate, weights) + (shrunk if coefficients is None else 0.0)
-                if kl < found.get((grid, k), {"kl": math.inf})["kl"]:
-                    found[(grid, k)] = {"order": order, "lambda_start": start, "auto_start": c is not None, "skew": skew,
-                                        "steps": k, "endpoint": endpoint, "kl": kl}  # fmt: skip
-
-        for grid in grids:
-            for k in window:
-                run(grid, k)
-        return min(found.values(), key=lambda v: v["kl"], default={"kl": math.inf})
+        return make_plan(self, schedule, nodes, weights, variance, mean_precision, conditional, list(window))
 
     def use(self, plan: dict, keep: bool = False) -> None:
         """Take a ``plan``'s settings for the next draw (every later draw with ``keep``, no probe)."""
@@ -312,15 +274,16 @@ class UniPC(Sampler):
         if not math.isfinite(plan.get("kl", math.inf)):
             return  # nothing ran on the surrogate: keep the settings as they are
         self.order, self.lambda_start, self.auto_start, self.skew = (plan[k] for k in ("order", "lambda_start", "auto_start", "skew"))
+        self.method, self.rho = plan.get("method", "unipc"), plan.get("rho", 7.0)
         self.resolved = plan["endpoint"]
         self._steps = plan["steps"]
         self.planned = dict(plan)
 
     def times(self, schedule: NoiseSchedule, variance: float = 1.0) -> Tensor:
-        ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
-        lam_end, lam_hi = (schedule.log_snr(ends) / 2).tolist()  # half log-SNR
         start = self.lambda_start - (0.5 * math.log(variance) if self.auto_start else 0.0)  # the data's own SNR
-        lam_lo = max(lam_end, min(start, lam_hi - 1.0))
+        if self.method == "deis":
+            return ratio_grid(schedule, self.intervals, self.rho, start)
+        lam_lo, lam_end, lam_hi = start_lambda(schedule, start)  # half log-SNR
         u = torch.linspace(0, 1, self.intervals + 1, dtype=torch.float64)
         lam = lam_lo + (lam_hi - lam_lo) * (1 - (1 - u) ** self.skew)
         times = schedule.time_at_log_snr(2 * lam)
@@ -333,6 +296,7 @@ class UniPC(Sampler):
         self._history: list[tuple[float, Tensor]] = []  # (λ, x̂₀) of the last evaluations
         self._pending = None  # what the corrector needs at the point the last step predicted
         self._coefficients: dict[float, tuple[float, float]] = {}  # (α, σ) at the draw's times
+        self._deis = DEIS(self.intervals, self.order) if self.method == "deis" else None  # its steps, where the plan chose DEIS
 
     def _alpha_sigma(self, schedule: NoiseSchedule, t: float) -> tuple[float, float]:
         if t not in self._coefficients:
@@ -356,6 +320,8 @@ class UniPC(Sampler):
         return x, lam_t
 
     def step(self, model, schedule, x, t, s, generator):
+        if self._deis is not None:
+            return self._deis.step(model, schedule, x, t, s, generator)
         x, lam_t = self._evaluate(model, schedule, x, t)
         s_t, (a_s, s_s) = self._alpha_sigma(schedule, t)[1], self._alpha_sigma(schedule, s)
         h = math.log(a_s / s_s) - lam_t
@@ -378,21 +344,6 @@ class UniPC(Sampler):
 
     def __repr__(self) -> str:
         # the settings in use, whether chosen for the budget or given
+        grid = f"skew={self.skew:.4g}" if self.method == "unipc" else f"DEIS steps, rho={self.rho:.4g}"
         return (f"UniPC(steps={self.steps}, order={self.order}, endpoint={self.endpoint!r}, "
-                f"lambda_start={self.lambda_start:.4g}, skew={self.skew:.4g}, corrector={self.corrector})")
-
-
-
-def steps_window(n: int, lowest: int = 2) -> list[int]:
-    """The grid's step counts a plan for a budget of n evaluations tries: every k from ``lowest`` up to
-    ``EVERY_STEPS``, and from m − ``FEWER_STEPS`` to m for m = n, n // 2, n // 4, … above it, so a budget
-    holds every choice of half of it."""
-    window = set(range(lowest, min(n, EVERY_STEPS) + 1))
-    while n > EVERY_STEPS:
-        window |= set(range(max(lowest, n - FEWER_STEPS), n + 1))
-        n //= 2
-    return sorted(window)
-
-
-def _polynomial(coefficients: Polynomial, g: Tensor) -> Tensor:
-    return sum(c * g**k for k, c in enumerate(coefficients))
+                f"lambda_start={self.lambda_start:.4g}, {grid}, corrector={self.corrector})")

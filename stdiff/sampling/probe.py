@@ -8,19 +8,23 @@ scales that direction by s(g) = g + (1 − g) p(g) instead, and leaves ½ (ρ �
 ρ = s²/g: ``t_min`` is s = 1, ``denoise`` s = g; ρ → 0 costs ln ρ, ρ → ∞ costs ρ itself, so an
 endpoint that overshoots a direction of small g is far worse than one that stops short.
 
-``probe`` estimates the distribution of g over the d directions by Lanczos quadrature
-(stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS`` products with G on each
-of ``probe_rows(d)`` rows started on random orthonormal vectors, from a seed of their own (the
-draw's randomness is untouched), give nodes and weights that integrate polynomials in g of degree
-below 2·``PROBE_STEPS`` exactly on those vectors: Hutchinson's estimate of tr f(G) (where d <=
-``SPANNED``, G's own eigenvalues instead, from one call on d orthonormal rows). Long runs on few
-rows resolve the low end of the spectrum, where the KL of an endpoint lives, better than short runs on many rows at the same cost:
-on tuning problem 45, 16 products on 32 rows saw a cluster of 153 directions of very small g as one
-node above it, and the endpoint fitted to that left 4.2 × the KL of one fitted to the exact spectrum;
-32 products on 16 rows leave 1.34 × (``tests/test_sampling_problems.py``).
-``fit_endpoint`` then chooses p's coefficients to minimise the quadrature's KL (Newton's method), and
-``endpoint_kl`` says what an endpoint leaves. The probe costs ``PROBE_STEPS + 1`` model calls on ``PROBE_ROWS`` rows (2
-calls on d rows where d <= ``SPANNED``) per ``sample`` call, whatever the batch; a sampler's ``evaluations`` do not count it.
+``probe`` reads that spectrum. Where d <= ``SPANNED`` (560) it reads G on d orthonormal rows, in
+d + 1 row evaluations, and takes G's own eigenvalues: the spectrum exactly, so for Gaussian data
+the plan's KL is the draw's, and a larger budget, whose candidates include every smaller budget's,
+never plans a worse draw. Above, it estimates the distribution of g over the d directions by
+Lanczos quadrature (stochastic Lanczos quadrature, Ubaru, Chen & Saad 2017): ``PROBE_STEPS``
+products with G on each of ``PROBE_ROWS`` rows started on random orthonormal vectors, from a seed
+of their own (the draw's randomness is untouched), give nodes and weights that integrate
+polynomials in g of degree below 2·``PROBE_STEPS`` exactly on those vectors: Hutchinson's estimate
+of tr f(G). Long runs on few rows resolve the low end of the spectrum, where the KL of an endpoint
+lives, better than short runs on many rows at the same cost: on tuning problem 45, 16 products on
+32 rows saw a cluster of 153 directions of very small g as one node above it, and the endpoint
+fitted to that left 4.2 × the KL of one fitted to the exact spectrum; 32 products on 16 rows leave
+1.34 × (``tests/test_sampling_problems.py``). ``fit_endpoint`` then chooses p's coefficients to
+minimise the quadrature's KL (Newton's method), and ``endpoint_kl`` says what an endpoint leaves.
+The probe costs ``PROBE_STEPS + 1`` model calls on ``PROBE_ROWS`` + 1 rows (2 calls, on 1 row and
+on d, where d <= ``SPANNED``) per ``sample`` call, whatever the batch; a sampler's ``evaluations``
+do not count it.
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ from torch import Tensor
 from stdiff.sampling.base import POLYNOMIALS, DataMoments, Polynomial, _x0, alpha_sigma
 
 PROBE_ROWS, PROBE_SEED = 16, 0  # rows the probe reads G on where d > SPANNED, and their seed
-SPANNED = 32  # up to this d the probe reads G on d orthonormal rows: the spectrum exactly
 PROBE_STEPS = 32  # products with G per probe row (at most d): Gauss quadrature with 32 nodes a row
+# up to this d the probe reads G on d orthonormal rows, the spectrum exactly, in d + 1 row evaluations: no more than
+# Lanczos takes, (PROBE_STEPS + 1)(PROBE_ROWS + 1)
+SPANNED = (PROBE_STEPS + 1) * (PROBE_ROWS + 1) - 1
 SMALLEST_GAIN = 1e-12  # nodes are clamped to [SMALLEST_GAIN, 1], the range of a linear denoiser's gain
+HIGH_END = 0.01  # above this share of the data's variance, eigenvalues come from a second read where σ²/α² = variance
 ZERO_GAIN = 1e-9  # below this the denoiser ignores x (a conditional model's observed entries): no KL to keep, dropped
 
 
@@ -52,7 +59,7 @@ class Probe(NamedTuple):
 
 
 def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
-          cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS) -> Probe:  # fmt: skip
+          cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS, spanned: int = SPANNED) -> Probe:  # fmt: skip
     """Nodes g_j in [``SMALLEST_GAIN``, 1] and weights w_j (summing to d) of a quadrature of the
     spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G), less the
     directions where g < ``ZERO_GAIN`` (x is ignored there: a conditional model's observed values); and
@@ -61,14 +68,14 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
 
     G is read as a secant about noisy points x = α m + σ z (m the data's mean of ``moments``), over
     a step of a typical noise's length: G v = (x̂₀(x) − x̂₀(x − α c v))/c, c = √d σ/α. Where d <=
-    ``SPANNED``, G on an orthonormal basis in one call, and its eigen-decomposition (every weight 1);
-    above, Lanczos with full reorthogonalisation, ``min(steps, d)`` products per row, on
+    ``spanned``, G on an orthonormal basis about one point, in a call on 1 row and one on d, and its
+    eigen-decomposition (every weight 1): d + 1 row evaluations, no more than Lanczos takes; above, Lanczos with full reorthogonalisation, ``min(steps, d)`` products per row, on
     ``PROBE_ROWS`` rows started on random orthonormal vectors (Hutchinson's estimate of tr f(G)),
     and one more row started on m (Gauss quadrature of mᵀf(G)m, which under-estimates mᵀK⁻¹m)."""
     schedule = model.schedule
     a, s = alpha_sigma(schedule, schedule.t_min)
     d = math.prod(sample_shape)
-    rows = probe_rows(d)
+    rows = probe_rows(d, spanned)
     generator = torch.Generator().manual_seed(PROBE_SEED)
     z = torch.randn(rows + 1, *sample_shape, generator=generator, dtype=torch.float64)
     # random orthonormal start vectors: (d/rows) Σ_i q_iᵀ f(G) q_i estimates tr f(G), exactly where rows = d
@@ -76,63 +83,86 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
     mean = None if moments is None or moments[0] is None else moments[0].double().cpu().reshape(-1)
     if mean is not None and rows < d and mean.norm() > 0:  # (where rows = d, G's eigenvectors give mᵀK⁻¹m)
         starts = torch.cat([starts, (mean / mean.norm())[None]])  # one more row, started on the mean
-    z = z[: len(starts)]
-    base = s * z.to(device=device, dtype=dtype)
-    if mean is not None:
-        base = base + a * mean.reshape(sample_shape).to(device=base.device, dtype=dtype)
-    cond = {k: v[:1].expand(len(starts), *v.shape[1:]) for k, v in (cond or {}).items()}
-    f = functools.partial(model, **cond) if cond else model
-    x0 = _x0(f, schedule, base, schedule.t_min)
-    scale = math.sqrt(d) * s / a
-    r = (s / a) ** 2
+    z = z[: 1 if rows == d else len(starts)]  # the rows span the space: G on them about one point, d + 1 row evaluations
 
-    def gain(v: Tensor) -> Tensor:
-        step = (a * scale * v).reshape(z.shape).to(device=base.device, dtype=dtype)
-        return (x0 - _x0(f, schedule, base - step, schedule.t_min)).double().cpu().reshape(len(v), d) / scale
+    def given(n: int):  # the model with ``cond`` for n rows
+        return functools.partial(model, **{k: v[:1].expand(n, *v.shape[1:]) for k, v in cond.items()}) if cond else model
+
+    def reader(t: float, n: int):  # v (n, d) -> G v at time t, about the first n (or the one) base points
+        a_t, s_t = alpha_sigma(schedule, t)
+        base = s_t * z[: min(n, len(z))].to(device=device, dtype=dtype)
+        if mean is not None:
+            base = base + a_t * mean.reshape(sample_shape).to(device=base.device, dtype=dtype)
+        x0, f, scale = _x0(given(len(base)), schedule, base, t), given(n), math.sqrt(d) * s_t / a_t
+
+        def gain(v: Tensor) -> Tensor:
+            step = (a_t * scale * v).reshape(len(v), *sample_shape).to(device=base.device, dtype=dtype)
+            return (x0 - _x0(f, schedule, base - step, t)).double().cpu().reshape(len(v), d) / scale
+
+        return gain
+
+    r = (s / a) ** 2
 
     def precision(g: Tensor) -> Tensor:  # 1/λ in a direction of gain g
         return (1 / g - 1) / r
 
     q = starts / starts.norm(dim=1, keepdim=True)
     if rows == d:  # the rows span the space: G itself in one call, in the basis q (symmetrised), and its eigenvalues
-        matrix = gain(q) @ q.T
+        matrix = reader(schedule.t_min, d)(q) @ q.T
         nodes, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
         free = nodes > ZERO_GAIN
         nodes = nodes[free].clamp(SMALLEST_GAIN, 1.0)
         along = 0.0 if mean is None else float(((vectors.T @ (q @ mean))[free] ** 2 * precision(nodes)).sum())
         return Probe(nodes, torch.ones_like(nodes), along)
+    nodes, weights = _lanczos(reader(schedule.t_min, len(q)), q, min(steps, d))
+    along = 0.0
+    if len(starts) > rows:  # the row started on the mean
+        along = float(mean.norm() ** 2 * (weights[rows] * precision(nodes[rows])).sum())
+        nodes, weights = nodes[:rows], weights[:rows]
+    # the high end: at t_min every direction of variance λ >> r = σ²/α² has g = 1 − r/λ, which the
+    # quadrature cannot resolve; read there at the time where σ²/α² is the data's variance v instead
+    variance = 1.0 if moments is None else float(moments[1])
+    mid = schedule.time_at_log_snr(torch.tensor([-math.log(variance)], dtype=torch.float64)).item()
+    mid = min(max(mid, schedule.t_min), schedule.t_max)
+    a_m, s_m = alpha_sigma(schedule, mid)
+    r_mid, cut = (s_m / a_m) ** 2, HIGH_END * variance
+    if r_mid > 100 * r:  # (data far smaller than the noise at t_min: the first read resolves it all)
+        high, high_weights = _lanczos(reader(mid, rows), q[:rows], min(steps, d))
+        low_lam, high_lam = r * nodes / (1 - nodes).clamp_min(1e-300), r_mid * high / (1 - high).clamp_min(1e-12)
+        nodes = torch.cat([nodes, (high_lam / (high_lam + r)).clamp(SMALLEST_GAIN, 1.0)], 1)
+        weights = torch.cat([weights * (low_lam < cut), high_weights * (high_lam >= cut)], 1)
+    weights = weights * d / rows
+    keep = weights.reshape(-1) > 0
+    return Probe(nodes.reshape(-1)[keep], weights.reshape(-1)[keep], along)
+
+
+def _lanczos(gain, q: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """Lanczos with full reorthogonalisation from the rows of ``q`` (orthonormal), ``steps`` products with
+    ``gain`` each: a Gauss rule per row, nodes (rows, steps) in [``SMALLEST_GAIN``, 1] and weights (the
+    first components squared, summing to 1 a row; 0 where the node is below ``ZERO_GAIN``)."""
     basis, diagonal, off = [q], [], []
-    for j in range(min(steps, d)):
+    for j in range(steps):
         w = gain(basis[-1])
         diagonal.append((w * basis[-1]).sum(1))
         for v in basis:  # full reorthogonalisation (twice is enough, Parlett)
             w = w - (w * v).sum(1, keepdim=True) * v
         for v in basis:
             w = w - (w * v).sum(1, keepdim=True) * v
-        if j == min(steps, d) - 1:
+        if j == steps - 1:
             break
         norm = w.norm(dim=1)
         off.append(norm)
         basis.append(torch.where(norm[:, None] > 1e-12, w / norm.clamp_min(1e-300)[:, None], torch.zeros_like(w)))
-    k = len(diagonal)
     tri = torch.diag_embed(torch.stack(diagonal, 1))
-    if k > 1:
+    if len(diagonal) > 1:
         tri = tri + torch.diag_embed(torch.stack(off, 1), 1) + torch.diag_embed(torch.stack(off, 1), -1)
     nodes, vectors = torch.linalg.eigh(tri)  # a Gauss rule per row: nodes, first components squared
-    weights = vectors[:, 0, :] ** 2 * (nodes > ZERO_GAIN)
-    nodes = nodes.clamp(SMALLEST_GAIN, 1.0)
-    along = 0.0
-    if len(starts) > rows:  # the row started on the mean
-        along = float(mean.norm() ** 2 * (weights[rows] * precision(nodes[rows])).sum())
-        nodes, weights = nodes[:rows], weights[:rows]
-    weights = weights * d / rows
-    keep = weights.reshape(-1) > 0
-    return Probe(nodes.reshape(-1)[keep], weights.reshape(-1)[keep], along)
+    return nodes.clamp(SMALLEST_GAIN, 1.0), vectors[:, 0, :] ** 2 * (nodes > ZERO_GAIN)
 
 
-def probe_rows(d: int) -> int:
-    """The rows the probe reads the gain on for samples of d values: d up to ``SPANNED``, else ``PROBE_ROWS``."""
-    return d if d <= SPANNED else PROBE_ROWS
+def probe_rows(d: int, spanned: int = SPANNED) -> int:
+    """The rows the probe reads the gain on for samples of d values: d up to ``spanned``, else ``PROBE_ROWS``."""
+    return d if d <= spanned else PROBE_ROWS
 
 
 def exact_spectrum(eigenvalues: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
