@@ -17,14 +17,10 @@ from conftest import ROOT
 
 from stdiff.bench import RESULTS
 from stdiff.bench.diffusers_kl import BUDGETS, diffusers_draw, diffusers_settings
-from stdiff.bench.sampler_heldout import CONVENTIONS, safe_kl, stdiff_kl, summary
+from stdiff.bench.sampler_heldout import CONVENTIONS, read_rows, safe_kl, stdiff_kl, summary
 from stdiff.bench.sampling_problems import EigenModel, generate, problem
 
-TEXT = ("split", "diffusers_setting", "diffusers_convention", "endpoint")
-with open(RESULTS / "sampler_heldout.csv") as _f:
-    ROWS = [{k: (v if k in TEXT else float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(_f)]
-for _r in ROWS:
-    _r["problem"], _r["budget"] = int(_r["problem"]), int(_r["budget"])
+ROWS = read_rows(RESULTS / "sampler_heldout.csv")
 HELD_OUT = [r for r in ROWS if r["split"] == "held_out"]
 QUICK = sorted({r["problem"] for r in HELD_OUT})[::8]  # every 8th held-out problem; all of them with -m slow
 
@@ -94,3 +90,12 @@ def test_the_benchmark_runs_by_name_on_held_out_problems():
     bad = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out", "--numbers", "3"],
                          check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
     assert bad.returncode == 2 and "--numbers: no problem [3] in split held_out" in bad.stderr
+
+
+def test_the_table_is_the_one_its_rows_render(tmp_path):
+    for name in ("sampler_heldout.csv", "sampler_heldout_diffusers.csv.gz"):
+        (tmp_path / name).write_bytes((RESULTS / name).read_bytes())
+    done = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--render", "--out", str(tmp_path)],
+                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "sampler_heldout.md").read_text() == (RESULTS / "sampler_heldout.md").read_text()

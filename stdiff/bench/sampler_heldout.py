@@ -1,10 +1,10 @@
 """stdiff's default sampler against diffusers' on Gaussian problems it was not tuned on.
 
     pip install -e ".[bench]"     # diffusers
-    python -m stdiff.bench sampler_heldout [--split held_out] [--numbers 128 129] [--jobs 2] [--out stdiff/bench/results]
+    python -m stdiff.bench sampler_heldout [--split held_out] [--numbers 192 193] [--jobs 2] [--out stdiff/bench/results]
 
-The problems are ``sampling_problems.generate()``: 192 seeded Gaussian problems, 0-127 for tuning
-stdiff's defaults, 128-191 held out and run only to report. On each, at
+The problems are ``sampling_problems.generate()``: 256 seeded Gaussian problems, 0-191 for tuning
+stdiff's defaults, 192-255 held out and run only to report. On each, at
 every budget of ``BUDGETS`` network evaluations, the exact KL (``sampling_problems.eigen_kl``, floor
 0) of stdiff's default ``UniPC(steps=b)`` with the model that carries the data's mean and scale,
 and of every diffusers setting of ``diffusers_kl.diffusers_settings()`` (DPM-Solver++ 2M/3M, UniPC
@@ -13,8 +13,8 @@ a continuous-time model from diffusers' discrete scheduler: ``timestep``, at the
 integer timestep diffusers passes (as ``diffusers_kl`` does), and ``sigma``, at the time whose
 noise level is the scheduler's own σ for that step. "diffusers' best" is the best of all of them
 at each (problem, budget), chosen after the fact (an oracle no user has). Budgets count network
-evaluations per sample; UniPC's plan adds 33 calls on 16 or 17 probe rows (2 calls where d <= 32)
-per ``sample`` call, whatever the batch (``stdiff.sampling.probe.probe``), and may spend fewer
+evaluations per sample; UniPC's plan adds a probe of 2 calls (on 1 row and d) where d <= 560, else 66
+calls on 16 or 17 rows, per ``sample`` call, whatever the batch (``stdiff.sampling.probe.probe``), and may spend fewer
 evaluations than the budget. diffusers' rows are cached in ``sampler_heldout_diffusers.csv.gz`` (about 27 minutes per 64
 problems on 2 cores, written after every problem); ``--rerun-diffusers`` recomputes them.
 
@@ -200,10 +200,10 @@ def markdown(rows: list[dict], versions: str) -> str:
     out = [__doc__.split("\n\n")[0], "", (f"`python -m stdiff.bench sampler_heldout`; {versions}. Every row is in "
            "`sampler_heldout.csv`; every diffusers setting, convention and budget in `sampler_heldout_diffusers.csv.gz`. "
            "Exact KL of each sampler's law with the exact model (no sampling noise); budgets count network evaluations "
-           "per sample (UniPC's plan adds 33 calls on 16 or 17 probe rows, 2 where d <= 32, per `sample` call, and may "
-           "spend fewer than the budget). Problems 0-127 chose stdiff's settings (`python -m stdiff.bench "
-           "sampler_tuning`, and the fixes of round three); problems 128-191 were fixed, and diffusers run on them, "
-           "before stdiff was scored there, once."), ""]  # fmt: skip
+           "per sample (UniPC's plan adds a probe, 2 calls on 1 and d rows where d <= 560, else 66 calls on 16 or 17 "
+           "rows, per `sample` call, and may spend fewer than the budget). Problems 0-191 chose stdiff's settings "
+           "(`python -m stdiff.bench sampler_tuning`, and the fixes of rounds three and four); problems 192-255 were "
+           "fixed, and diffusers run on them, before stdiff was scored there, once."), ""]  # fmt: skip
     for split in ("held_out", "tuning"):
         mine = [r for r in rows if r["split"] == split and "diffusers_best" in r]
         if not mine:
@@ -242,6 +242,16 @@ def markdown(rows: list[dict], versions: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def read_rows(path: pathlib.Path) -> list[dict]:
+    """The rows of a written ``sampler_heldout.csv``, numbers as numbers."""
+    text = {"split", "diffusers_setting", "diffusers_convention", "endpoint", "method"}
+    with open(path) as f:
+        rows = [{k: (v if k in text else float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        r["problem"], r["budget"], r["spent"] = int(r["problem"]), int(r["budget"]), int(r["spent"])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["held_out", "tuning", "all"], default="all")
@@ -249,7 +259,13 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="processes")
     p.add_argument("--rerun-diffusers", action="store_true")
     p.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    p.add_argument("--render", action="store_true", help="rewrite sampler_heldout.md from sampler_heldout.csv, running nothing")
     args = p.parse_args()
+    if args.render:
+        rows = read_rows(args.out / "sampler_heldout.csv")
+        made_by = sorted({r["diffusers"] for r in load_diffusers(args.out / "sampler_heldout_diffusers.csv.gz", [rows[0]["problem"]], 1, False)})
+        (args.out / "sampler_heldout.md").write_text(markdown(rows, f"diffusers {', '.join(made_by)}, torch {torch.__version__}"))
+        return
     problems = generate(None if args.split == "all" else args.split)
     if args.numbers is not None:
         unknown = sorted(set(args.numbers) - {q.number for q in problems})

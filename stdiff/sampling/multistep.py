@@ -140,9 +140,9 @@ class UniPC(Sampler):
     ``steps`` is the budget in network evaluations, all included, and every option left to ``auto``
     (None) is planned for the model at hand before each draw (``plan``):
 
-    - a probe reads the spectrum of the denoiser's gain at t_min: ``PROBE_STEPS`` + 1 model calls on
-      ``PROBE_ROWS`` rows of noise (2 calls on d rows where d <= 32), whatever the batch, not counted in ``evaluations``
-      (``stdiff.sampling.probe.probe``);
+    - a probe reads the spectrum of the denoiser's gain at t_min: exactly where d <= ``SPANNED`` (2 calls,
+      on 1 row and d), else by Lanczos, 2 (``PROBE_STEPS`` + 1) model calls on ``PROBE_ROWS`` + 1 rows,
+      whatever the batch, not counted in ``evaluations`` (``stdiff.sampling.probe.probe``);
     - that spectrum describes a Gaussian (``GaussianSurrogate``) on which every candidate runs in
       microseconds, with no model call (``stdiff.sampling.plan``): each method and grid of ``GRIDS``
       (UniPC's steps with an order, start c and skew, or DEIS's ε-polynomial steps in ln σ/α,
@@ -266,7 +266,7 @@ class UniPC(Sampler):
         method, order, lambda_start, skew, rho, steps, endpoint and kl (what the surrogate expects)."""
         lowest = 1 if self.steps < 3 else 2
         window = steps_window(self.steps, lowest) if not conditional else range(max(lowest, self.steps - FEWER_STEPS), self.steps + 1)
-        return make_plan(self, schedule, nodes, weights, variance, mean_precision, conditional, list(window))
+        return make_plan(self, schedule, nodes, weights, variance, mean_precision, list(window))
 
     def use(self, plan: dict, keep: bool = False) -> None:
         """Take a ``plan``'s settings for the next draw (every later draw with ``keep``, no probe)."""

@@ -61,7 +61,7 @@ def candidates(given: dict) -> list[tuple]:
 
 
 def make_plan(sampler: UniPC, schedule: NoiseSchedule, nodes: Tensor, weights: Tensor, variance: float,
-              mean_precision: float, conditional: bool, window: list[int]) -> dict:  # fmt: skip
+              mean_precision: float, window: list[int]) -> dict:  # fmt: skip
     """The candidate (``candidates`` × k in ``window`` × endpoints) that leaves the least KL on the
     surrogate; stopping at t_min also costs ½ (1 − α)² ``mean_precision``. See ``UniPC.plan``."""
     from stdiff.sampling.multistep import UniPC
