@@ -26,7 +26,7 @@ def test_bench_prints_and_writes_every_section(tmp_path, capsys):
     assert result["data"]["samples_per_s"]["median"] > 0
     rows = result["sampling"]
     assert {(r["sampler"], r["model"]) for r in rows} == {
-        (s, m) for s in ("EulerMaruyama", "Ancestral", "DDIM", "Heun", "DPMSolver", "UniPC") for m in ("network", "oracle")
+        (s, m) for s in ("EulerMaruyama", "Ancestral", "DDIM", "Heun", "DPMSolver", "DEIS", "UniPC") for m in ("network", "oracle")
     }
     assert all(r["evaluations"] == (4 if r["sampler"] == "Heun" else 2) for r in rows)  # Heun: 2 per step
     attention = result["attention"]

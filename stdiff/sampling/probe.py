@@ -59,7 +59,8 @@ class Probe(NamedTuple):
 
 
 def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, device, dtype: torch.dtype,
-          cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS, spanned: int = SPANNED) -> Probe:  # fmt: skip
+          cond: dict[str, Tensor] | None = None, steps: int = PROBE_STEPS, spanned: int = SPANNED,
+          high_end: bool = True) -> Probe:  # fmt: skip
     """Nodes g_j in [``SMALLEST_GAIN``, 1] and weights w_j (summing to d) of a quadrature of the
     spectrum of the denoiser's gain G at ``t_min`` (float64, CPU): Σ_j w_j f(g_j) ≈ tr f(G), less the
     directions where g < ``ZERO_GAIN`` (x is ignored there: a conditional model's observed values); and
@@ -71,7 +72,10 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
     ``spanned``, G on an orthonormal basis about one point, in a call on 1 row and one on d, and its
     eigen-decomposition (every weight 1): d + 1 row evaluations, no more than Lanczos takes; above, Lanczos with full reorthogonalisation, ``min(steps, d)`` products per row, on
     ``PROBE_ROWS`` rows started on random orthonormal vectors (Hutchinson's estimate of tr f(G)),
-    and one more row started on m (Gauss quadrature of mᵀf(G)m, which under-estimates mᵀK⁻¹m)."""
+    and one more row started on m (Gauss quadrature of mᵀf(G)m, which under-estimates mᵀK⁻¹m); with
+    ``high_end``, the same rows read again where σ²/α² is the data's variance give the nodes of
+    variance above ``HIGH_END`` times it (the two rules overlap near the cut, so the weights sum to d
+    only to within a few per cent)."""
     schedule = model.schedule
     a, s = alpha_sigma(schedule, schedule.t_min)
     d = math.prod(sample_shape)
@@ -126,7 +130,7 @@ def probe(model, sample_shape: tuple[int, ...], moments: DataMoments | None, dev
     mid = min(max(mid, schedule.t_min), schedule.t_max)
     a_m, s_m = alpha_sigma(schedule, mid)
     r_mid, cut = (s_m / a_m) ** 2, HIGH_END * variance
-    if r_mid > 100 * r:  # (data far smaller than the noise at t_min: the first read resolves it all)
+    if high_end and r_mid > 100 * r:  # (data far smaller than the noise at t_min: the first read resolves it all)
         high, high_weights = _lanczos(reader(mid, rows), q[:rows], min(steps, d))
         low_lam, high_lam = r * nodes / (1 - nodes).clamp_min(1e-300), r_mid * high / (1 - high).clamp_min(1e-12)
         nodes = torch.cat([nodes, (high_lam / (high_lam + r)).clamp(SMALLEST_GAIN, 1.0)], 1)
