@@ -83,9 +83,9 @@ def test_diffusers_best_rows_reproduce():
 
 def test_the_benchmark_runs_by_name_on_held_out_problems():
     done = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out", "--numbers",
-                           "192", "199", "--jobs", "1"], check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+                           "192", "--jobs", "1"], check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Held out (never looked at while choosing): 2 problems × 10 budgets" in done.stdout
+    assert "Held out (never looked at while choosing): 1 problems × 10 budgets" in done.stdout
     assert "Tuning problems" not in done.stdout
     bad = subprocess.run([sys.executable, "-m", "stdiff.bench", "sampler_heldout", "--split", "held_out", "--numbers", "3"],
                          check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
