@@ -28,7 +28,6 @@ GRIDS = [("unipc", 3, -1.0, 1.0), ("unipc", 2, -1.5, 1.5), ("unipc", 2, -1.0, 2.
          ("unipc", 3, -2.0, 1.5),  # round two's 9 of 36, added greedily on problems 0-63
          ("deis", 3, -1.0, 7.0), ("deis", 3, -30.0, 7.0), ("deis", 3, -1.0, 4.0), ("deis", 3, -2.0, 12.0),
          ("deis", 3, -1.0, 12.0)]  # round four's first 5 of 18, added greedily to them on problems 0-191 (c = -30: t_max)  # fmt: skip
-METHODS = ("unipc", "deis")
 # k is every number up to EVERY_STEPS, then grows by 8 % a step (25, 27, 29, 31, 33, 36, 39, 42, 45, 49, 53, …): the
 # same numbers for every budget, so a budget's candidates include every smaller budget's and, where the surrogate is
 # the model, a larger budget never plans a worse draw; an endpoint takes at most MOST_ENDPOINT_EVALUATIONS evaluations.

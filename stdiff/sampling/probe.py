@@ -22,9 +22,11 @@ lives, better than short runs on many rows at the same cost: on tuning problem 4
 fitted to that left 4.2 × the KL of one fitted to the exact spectrum; 32 products on 16 rows leave
 1.34 × (``tests/test_sampling_problems.py``). ``fit_endpoint`` then chooses p's coefficients to
 minimise the quadrature's KL (Newton's method), and ``endpoint_kl`` says what an endpoint leaves.
-The probe costs ``PROBE_STEPS + 1`` model calls on ``PROBE_ROWS`` + 1 rows (2 calls, on 1 row and
-on d, where d <= ``SPANNED``) per ``sample`` call, whatever the batch; a sampler's ``evaluations``
-do not count it.
+Above ``SPANNED`` the rows are read twice, at t_min and where σ²/α² is the data's variance, whose
+nodes give the spectrum's high end (at t_min all large variances have g within a hair of 1). The
+probe costs 2 (``PROBE_STEPS`` + 1) model calls on at most ``PROBE_ROWS`` + 1 rows (2 calls, on 1
+row and on d, where d <= ``SPANNED``) per ``sample`` call, whatever the batch; a sampler's
+``evaluations`` do not count it.
 """
 
 from __future__ import annotations
