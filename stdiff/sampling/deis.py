@@ -4,38 +4,11 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from stdiff._validation import check_positive
-from stdiff.sampling.base import Endpoint, Sampler, _eps, alpha_sigma
+from stdiff.sampling.base import Endpoint, Sampler, _eps, alpha_sigma, ratio_grid
 from stdiff.schedules import NoiseSchedule
-
-
-def start_lambda(schedule: NoiseSchedule, lambda_start: float | None) -> tuple[float, float, float]:
-    """(λ where a grid starts, λ at ``t_max``, λ at ``t_min``), λ the half log-SNR log(α/σ): the
-    grid starts at ``lambda_start`` (None: at ``t_max``), or at ``t_max`` if that is later, and at
-    least one unit of λ before ``t_min``."""
-    ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
-    lam_end, lam_hi = (schedule.log_snr(ends) / 2).tolist()
-    if lambda_start is None:
-        return lam_end, lam_end, lam_hi
-    return max(lam_end, min(lambda_start, lam_hi - 1.0)), lam_end, lam_hi
-
-
-def ratio_grid(schedule: NoiseSchedule, intervals: int, rho: float, lambda_start: float | None = None) -> Tensor:
-    """``intervals + 1`` decreasing times whose noise-to-signal ratios ρ = σ/α are spaced as in
-    Karras et al. (2022, eq. 5) with exponent ``rho``, from ``lambda_start`` (``start_lambda``) to
-    ``t_min``: ρ_i^{1/rho} uniform, so the steps crowd where ρ is small."""
-    lam_lo, lam_end, lam_hi = start_lambda(schedule, lambda_start)
-    ramp = torch.linspace(0, 1, intervals + 1, dtype=torch.float64)
-    lo, hi = math.exp(-lam_lo / rho), math.exp(-lam_hi / rho)  # ρ^{1/rho} at both ends
-    lam = -rho * torch.log(lo + ramp * (hi - lo))
-    times = schedule.time_at_log_snr(2 * lam)
-    times[-1] = schedule.t_min
-    if lam_lo == lam_end:
-        times[0] = schedule.t_max
-    return times
 
 
 def exp_lagrange_weights(nodes: list[float], u_from: float, u_to: float) -> list[float]:

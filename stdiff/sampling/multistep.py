@@ -23,8 +23,10 @@ from stdiff.sampling.base import (
     _x0,
     alpha_sigma,
     endpoint_evaluations,
+    ratio_grid,
+    start_lambda,
 )
-from stdiff.sampling.deis import DEIS, ratio_grid, start_lambda
+from stdiff.sampling.deis import DEIS
 from stdiff.sampling.plan import FEWER_STEPS, make_plan, steps_window
 from stdiff.sampling.probe import probe
 from stdiff.schedules import NoiseSchedule
