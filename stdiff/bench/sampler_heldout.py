@@ -72,6 +72,7 @@ def stdiff_problem(number: int) -> list[dict]:
                    endpoint=_endpoint_label(sampler.resolved))  # fmt: skip
         for end in ENDPOINT_CHECKS:
             row[f"stdiff_{end}"] = stdiff_kl(p, b, lambda n, end=end: UniPC(steps=n, endpoint=end))
+        row["torch"] = torch.__version__  # the version that made the row, so that --render can name it anywhere
         rows.append(row)
     return rows
 
@@ -242,9 +243,14 @@ def markdown(rows: list[dict], versions: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def made_with(diffusers_versions: list[str], rows: list[dict]) -> str:
+    """The versions that made the rows (recorded in them, not the ones running now)."""
+    return f"diffusers {', '.join(diffusers_versions)}, torch {', '.join(sorted({r['torch'] for r in rows}))}"
+
+
 def read_rows(path: pathlib.Path) -> list[dict]:
     """The rows of a written ``sampler_heldout.csv``, numbers as numbers."""
-    text = {"split", "diffusers_setting", "diffusers_convention", "endpoint", "method"}
+    text = {"split", "diffusers_setting", "diffusers_convention", "endpoint", "method", "torch"}
     with open(path) as f:
         rows = [{k: (v if k in text else float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
     for r in rows:
@@ -264,7 +270,7 @@ def main() -> None:
     if args.render:
         rows = read_rows(args.out / "sampler_heldout.csv")
         made_by = sorted({r["diffusers"] for r in load_diffusers(args.out / "sampler_heldout_diffusers.csv.gz", [rows[0]["problem"]], 1, False)})
-        (args.out / "sampler_heldout.md").write_text(markdown(rows, f"diffusers {', '.join(made_by)}, torch {torch.__version__}"))
+        (args.out / "sampler_heldout.md").write_text(markdown(rows, made_with(made_by, rows)))
         return
     problems = generate(None if args.split == "all" else args.split)
     if args.numbers is not None:
@@ -275,9 +281,8 @@ def main() -> None:
     diffusers = load_diffusers(args.out / "sampler_heldout_diffusers.csv.gz", [q.number for q in problems], args.jobs,
                                args.rerun_diffusers)  # fmt: skip
     made_by = sorted({r["diffusers"] for r in diffusers})  # the version each cached row was made with
-    versions = f"diffusers {', '.join(made_by)}, torch {torch.__version__}"
     rows = stdiff_rows(problems, diffusers, args.jobs)
-    table = markdown(rows, versions)
+    table = markdown(rows, made_with(made_by, rows))
     print(table)
     if args.split == "all" and args.numbers is None:
         args.out.mkdir(parents=True, exist_ok=True)
