@@ -163,7 +163,8 @@ class StdiffCLI(LightningCLI):
         parser.add_lightning_class_args(LikelihoodReport, "likelihood")  # `stdiff test` only
         # Periodic and on-signal checkpoints (checkpoints/last.ckpt), and the non-finite check.
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        # checkpoints/best.ckpt (lowest val/loss) and a warning when val/loss keeps rising.
+        # checkpoints/best.ckpt (chosen by held-out forecasts, step 0 a candidate) and a warning when
+        # val/loss keeps rising.
         parser.add_lightning_class_args(BestCheckpoint, "best_checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_argument(
@@ -231,8 +232,9 @@ class StdiffCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # written beside last.ckpt, renamed over it
         # Diagnostics must run their epoch-end work before the EMA swaps the training weights back
         # in, so that they score the same (EMA) weights as val/loss.
-        first = [cb for cb in trainer.callbacks if isinstance(cb, GPDiagnostics)]
-        trainer.callbacks = first + [cb for cb in trainer.callbacks if not isinstance(cb, GPDiagnostics)]
+        # BestCheckpoint scores the same weights (its forecasts) in its own epoch-end hook.
+        first = [cb for kind in (GPDiagnostics, BestCheckpoint) for cb in trainer.callbacks if isinstance(cb, kind)]
+        trainer.callbacks = first + [cb for cb in trainer.callbacks if not isinstance(cb, (GPDiagnostics, BestCheckpoint))]
         return trainer
 
     def _preflight(self) -> None:

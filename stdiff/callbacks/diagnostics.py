@@ -11,7 +11,6 @@ network at random initialisation. Every ``sample_every`` validations during fit,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,7 +22,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from stdiff._validation import check_int, warn
-from stdiff.atomic import atomic_write
 from stdiff.callbacks.conditional import conditional_metrics, run_precision
 from stdiff.callbacks.reliability import stop_if_signalled
 from stdiff.callbacks.timing import Clock, FitTime, sampling_note
@@ -171,7 +169,7 @@ class GPDiagnostics(Callback):
         # end-of-fit summary and metrics.json then describe the final weights' samples
         due = self.sample_every > 0 and (self._validations % self.sample_every == 0 or trainer.should_stop)
         due = due or trainer.global_step in self.sample_at_steps
-        with_samples = not fitting or due
+        self._sampled = with_samples = not fitting or due
         self._report(trainer, pl_module, "val", with_samples)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
@@ -191,17 +189,24 @@ class GPDiagnostics(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self._fit_time is not None and self._fit_time.parts:  # what validation cost the fit, by part
             self.results.update(self._fit_time.results())
+        for cb in getattr(trainer, "callbacks", []):  # what BestCheckpoint chose: in the summary and metrics.json
+            self.results.update(cb.report() if getattr(cb, "state_key", None) == "BestCheckpoint" else {})
+        if self.truth is not None and self.results and not getattr(self, "_sampled", True) and trainer.global_step > 0:
+            # stopped after a validation without samples (EarlyStopping): sample the weights handed
+            # over (the fit's last, EMA-averaged where EMA runs) now, so the summary has its verdicts
+            self.clock = Clock(pl_module.device)
+            with torch.no_grad():
+                self._report(trainer, pl_module.eval(), "val", True, log=False)
         if self.truth is not None and self.results:
             self._write_json(trainer, "fit")
             self._print_summary(trainer, "fit")
         elif self.truth is None:  # nothing to check against: say where things are
-            run = self._run_dir(trainer)  # on every rank: it broadcasts
-            if not trainer.is_global_zero:
-                return
-            loss = trainer.callback_metrics.get("val/loss")
-            print(f"stdiff fit: step {trainer.global_step}" + (f", val/loss {float(loss):.4g}" if loss is not None else "")
-                  + f"; no known distribution to score against (a GP data module, or ArrayDataModule's reference, "
-                  f"gives one); checkpoints in {run}/checkpoints/", flush=True)  # fmt: skip
+            from stdiff.callbacks.summary import no_truth_summary
+
+            run, loss = self._run_dir(trainer), trainer.callback_metrics.get("val/loss")  # every rank: it broadcasts
+            if trainer.is_global_zero:
+                print(no_truth_summary(trainer.global_step, None if loss is None else float(loss), run, self.results,
+                                       type(getattr(pl_module, "denoiser", None)).__name__), flush=True)  # fmt: skip
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # which weights validate / test score: recorded in metrics.json and the summary
@@ -222,7 +227,7 @@ class GPDiagnostics(Callback):
 
     # --- the metrics -----------------------------------------------------------------------------
 
-    def _report(self, trainer, pl_module, stage: str, with_samples: bool) -> None:
+    def _report(self, trainer, pl_module, stage: str, with_samples: bool, log: bool = True) -> None:
         self._dir = self._run_dir(trainer)  # a collective call: every rank, before rank-0-only work
         clock = self.clock  # started with the validation epoch
         conditional_model = pl_module.mask is not None
@@ -240,9 +245,10 @@ class GPDiagnostics(Callback):
             warn(f"GPDiagnostics: {len(bad)} metrics are not finite ({', '.join(bad[:5])}): the samples or the "
                  "model's outputs hold NaN or inf (a schedule whose log-SNR range is too wide for the sampler, too "
                  "few steps, or a diverged model)")  # fmt: skip
-        for name, value in results.items():
-            if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
-                pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
+        if log:
+            for name, value in results.items():
+                if math.isfinite(value) and "/head" not in name:  # per-head values: metrics.json only
+                    pl_module.log(name, value, sync_dist=True)  # equal on every rank already; averaging keeps it
         if self.figures and trainer.is_global_zero:
             bins = [k.split("logsnr_")[1] for k in results if "/score_rel_error/logsnr_" in k]
             values = [v for k, v in results.items() if "/score_rel_error/logsnr_" in k]
@@ -252,8 +258,12 @@ class GPDiagnostics(Callback):
                 self.save_figure(trainer, f"{stage}_score_error", score_error_figure(bins, values))
         total, cost = clock.costs()  # what this validation cost, by part
         timing = {f"{stage}/seconds": total, **{f"{stage}/seconds/{k}": v for k, v in cost.items()}}
-        for name, value in timing.items():
+        for name, value in timing.items() if log else ():
             pl_module.log(name, value, rank_zero_only=True)
+        if not log and trainer.is_global_zero:  # after the fit, where Lightning's log() is closed
+            for logger in trainer.loggers:
+                logger.log_metrics({k: v for k, v in {**results, **timing}.items() if math.isfinite(v) and "/head" not in k},
+                                   trainer.global_step)  # fmt: skip
         if trainer.state.fn == "fit" and self._fit_time is not None:
             for k, v in cost.items():
                 self._fit_time.parts[k] += v
@@ -364,18 +374,9 @@ class GPDiagnostics(Callback):
         write(fig, os.path.join(self._dir, "figures"), name, self._step(trainer), tensorboard, close)
 
     def _print_summary(self, trainer, stage: str) -> None:
-        run = self._run_dir(trainer)  # on every rank: it broadcasts
-        if not trainer.is_global_zero:
-            return
-        from stdiff.callbacks.summary import summary
+        from stdiff.callbacks.summary import print_summary
 
-        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        checkpoint = self._checkpoint if stage != "fit" and trainer.ckpt_path else None
-        exact = getattr(trainer.datamodule, "truth_is_exact", True)
-        print(summary({**logged, **self.results}, stage, self.truth.dim, self.num_samples, run,
-                      exact, checkpoint, self._step(trainer), type(trainer.lightning_module.denoiser).__name__,
-                      getattr(trainer.datamodule, "reference_report", None)),
-              flush=True)  # fmt: skip
+        print_summary(self, trainer, stage, self._run_dir(trainer))  # on every rank: it broadcasts
 
     @staticmethod
     def _run_dir(trainer) -> str:
@@ -383,17 +384,6 @@ class GPDiagnostics(Callback):
         return trainer.log_dir or trainer.default_root_dir
 
     def _write_json(self, trainer, stage: str) -> None:
-        directory = self._run_dir(trainer)
-        if not trainer.is_global_zero:
-            return
-        from stdiff.callbacks.summary import metrics_document
+        from stdiff.callbacks.summary import write_metrics
 
-        logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # e.g. val/loss, train/loss
-        loaded = self._checkpoint if trainer.ckpt_path else None
-        document = metrics_document(stage, self._step(trainer), {**logged, **self.results}, self.truth, self.num_samples,
-                                    getattr(trainer.datamodule, "truth_is_exact", True), loaded,
-                                    type(trainer.lightning_module.denoiser).__name__,
-                                    getattr(trainer.datamodule, "reference_report", None), self.conditional_estimator)  # fmt: skip
-        os.makedirs(directory, exist_ok=True)
-        with atomic_write(os.path.join(directory, "metrics.json"), "w") as f:
-            json.dump(document, f, indent=1)
+        write_metrics(self, trainer, stage, self._run_dir(trainer))  # on every rank: it broadcasts

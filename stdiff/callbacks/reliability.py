@@ -258,7 +258,8 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str:
-    for cb in trainer.checkpoint_callbacks:
+    callbacks = trainer.checkpoint_callbacks  # last.ckpt's writer first, best.ckpt's (step 0 on) only if alone
+    for cb in sorted(callbacks, key=lambda cb: not cb.last_model_path):
         path = cb.last_model_path or cb.best_model_path
         if path:
             step = getattr(cb, "_last_global_step_saved", None)

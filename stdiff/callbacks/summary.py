@@ -108,12 +108,75 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     if kl_excess is None and get("samples/whitened_norm_excess") is None and get("samples/weights_tv") is None and not tasks:
         lines.append("  no sample metrics this time (diagnostics.sample_every=0, or a conditional model without "
                      "data.init_args.task)")  # fmt: skip
+    lines.extend(best_lines(results, model) if stage == "fit" else [])
     cost = _cost_line(results, stage, prefix)
     if cost:
         lines.append(cost)
     lines.append(f"  all metrics: {run_dir}/metrics.json; figures: {run_dir}/figures/; tensorboard --logdir "
                  f"{_logdir(run_dir)}")  # fmt: skip
     return "\n".join(lines)
+
+
+def print_summary(diagnostics, trainer, stage: str, run: str) -> None:
+    """Print ``summary`` of a ``GPDiagnostics``' results (rank 0)."""
+    if not trainer.is_global_zero:
+        return
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    checkpoint = diagnostics._checkpoint if stage != "fit" and trainer.ckpt_path else None
+    exact = getattr(trainer.datamodule, "truth_is_exact", True)
+    print(summary({**logged, **diagnostics.results}, stage, diagnostics.truth.dim, diagnostics.num_samples, run, exact,
+                  checkpoint, diagnostics._step(trainer), type(trainer.lightning_module.denoiser).__name__,
+                  getattr(trainer.datamodule, "reference_report", None)), flush=True)  # fmt: skip
+
+
+def write_metrics(diagnostics, trainer, stage: str, run: str) -> None:
+    """Write ``metrics_document`` of a ``GPDiagnostics``' results to ``<run>/metrics.json`` (rank 0)."""
+    import json
+    import os
+
+    from stdiff.atomic import atomic_write
+
+    if not trainer.is_global_zero:
+        return
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # e.g. val/loss, train/loss
+    loaded = diagnostics._checkpoint if trainer.ckpt_path else None
+    document = metrics_document(stage, diagnostics._step(trainer), {**logged, **diagnostics.results}, diagnostics.truth,
+                                diagnostics.num_samples, getattr(trainer.datamodule, "truth_is_exact", True), loaded,
+                                type(trainer.lightning_module.denoiser).__name__,
+                                getattr(trainer.datamodule, "reference_report", None), diagnostics.conditional_estimator)  # fmt: skip
+    os.makedirs(run, exist_ok=True)
+    with atomic_write(os.path.join(run, "metrics.json"), "w") as f:
+        json.dump(document, f, indent=1)
+
+
+def best_lines(results: dict[str, float], model: str) -> list[str]:
+    """What ``BestCheckpoint`` chose for ``checkpoints/best.ckpt`` (its ``report``), in words."""
+    step = results.get("fit/best/step")
+    if step is None:
+        return []
+    forecast = results.get("fit/best/forecast") == 1
+    what = "forecast CRPS" if forecast else "val/loss"
+    on = f" on {int(results.get('fit/best/cases', 0))} validation windows" if forecast else ""
+    zero = "the prior (the fitted Gaussian, step 0)" if model == "ResidualDenoiser" else "step 0 (the model as initialised)"
+    prior, candidate, ratio = (results.get(f"fit/best/{k}") for k in ("prior_score", "candidate_step", "ratio"))
+    against = f"{ratio:.3f} ± {results.get('fit/best/ratio_se', math.nan):.3f} × step 0's" if ratio is not None else ""
+    if step == 0 and candidate is None:
+        text = f"{zero}: no validation scored after it"
+    elif step == 0:
+        text = (f"{zero}, {what} {prior:.4g}{on}: no later weights beat it by more than 2 standard errors "
+                f"(the closest, step {int(candidate)}: {against})")  # fmt: skip
+    else:
+        text = f"step {int(step)}, {what} {results['fit/best/candidate_score']:.4g}{on}" + (
+            f": {against}, below it by more than 2 standard errors" if against else "")
+    return [f"  best checkpoint   {wrap(text + '; in checkpoints/best.ckpt', 20)}"]
+
+
+def no_truth_summary(step: int, loss: float | None, run: str, results: dict[str, float], model: str) -> str:
+    """The end of a fit with nothing to score against: where things are, and the best checkpoint."""
+    line = (f"stdiff fit: step {step}" + (f", val/loss {loss:.4g}" if loss is not None else "") + "; no known "
+            "distribution to score against (a GP data module, or ArrayDataModule's reference, gives one); checkpoints "
+            f"in {run}/checkpoints/")  # fmt: skip
+    return "\n".join([line, *best_lines(results, model)])
 
 
 def metrics_document(stage: str, step: int, results: dict[str, float], truth, num_samples: int, exact_truth: bool,

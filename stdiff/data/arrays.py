@@ -59,6 +59,10 @@ class ArrayDataModule(SequenceDataModule):
         train_stride: frames between consecutive training window starts (default: ``stride``);
             1 trains on every offset, the cheapest augmentation of a small data set (validation and
             test windows keep ``stride``).
+        train_fraction: the share of each series' training windows trained on, its last ones (next
+            to validation; at least one); validation and test are unchanged. Less data on purpose: how a
+            model does as the data grows (``python -m stdiff.bench data_sizes``). The reference is
+            fitted to the same share.
         reference: fit a separable Gaussian Γ ⊗ Σ (+ τ² I) to the training windows and score every
             run against it (``truth``, a fitted reference, not the data's true law): ``kernels``
             (the hyperparameters of ``reference_temporal`` and ``reference_spatial`` by maximum
@@ -91,6 +95,7 @@ class ArrayDataModule(SequenceDataModule):
         reference_nugget: bool = False,
         reference_steps: int = 500,
         coordinates: str | list[list[float]] | None = None,
+        train_fraction: float = 1.0,
         **kwargs,
     ) -> None:
         if kwargs.get("num_train") is not None:
@@ -107,6 +112,9 @@ class ArrayDataModule(SequenceDataModule):
         if reference not in ("none", "kernels", "flip_flop"):
             raise ValueError(f"reference must be 'none', 'kernels' or 'flip_flop', got {reference!r}")
         self.split, self.normalize_mode, self.reference = tuple(split), normalize, reference
+        if not (isinstance(train_fraction, (int, float)) and 0 < train_fraction <= 1):
+            raise ValueError(f"train_fraction must be a number in (0, 1], got {train_fraction!r}")
+        self.train_fraction = float(train_fraction)
         self.temporal, self.spatial = reference_temporal, reference_spatial
         self.reference_nugget, self.reference_steps = bool(reference_nugget), check_int("reference_steps", reference_steps, 1)
         self.readers = [open_array(p, key) for p in self.paths]
@@ -160,8 +168,10 @@ class ArrayDataModule(SequenceDataModule):
                     f"of {hi - lo} (data.init_args.split {list(self.split)} cuts every series in time, the first "
                     f"{self.split[0]:g} for training). Give series of at least {self._frames_needed()} frames, "
                     f"data.init_args.frames={self._longest_window(total)} or fewer, or another split")  # fmt: skip
-            step = self.train_stride if part == 0 else self.stride
-            rows += [(f, n, s) for n in range(r.shape[0]) for s in range(lo, hi - self.frames + 1, step)]
+            starts = list(range(lo, hi - self.frames + 1, self.train_stride if part == 0 else self.stride))
+            if part == 0 and self.train_fraction < 1:  # the last share of each series' training windows
+                starts = starts[len(starts) - max(1, round(self.train_fraction * len(starts))) :]
+            rows += [(f, n, s) for n in range(r.shape[0]) for s in starts]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
     def _segments(self, total: int) -> list[int]:
