@@ -39,6 +39,7 @@ BENCHMARKS = {
     "crps_noise": "CRPS ratio of exact posterior samples against exact posterior samples: its noise",
     "overfitting": "the real-data example's small-data recipe against plain training",
     "real_data": "residual and plain DiT on two real data sets: CRPS against training steps, beside three baselines",
+    "data_sizes": "the residual DiT's best checkpoint against the fitted Gaussian on 1/30 to all of two real data sets",
     "array_memory": "peak memory of training on a large array file",
     "predict_memory": "peak memory of predict with very many samples",
     "eigen_checks": "planted defects found by the eigen-direction statistics at d = 16,384, and every preset's exact-model floor",

@@ -10,7 +10,8 @@ already) and each denoiser (``--variants``: ``ResidualDenoiser``, ``Denoiser``, 
 one ``stdiff fit`` of the example's shipped config, with ``--model.denoiser`` set, every periodic
 checkpoint kept and at most ``--minutes`` of wall time
 (``trainer.max_time``). Every checkpoint, and the model as initialised (step 0), is then scored on
-the example's test windows (``stdiff.examples.scoring``: forecast and imputation, ``--samples``
+the example's test windows, and so is ``best.ckpt`` (``BestCheckpoint``: chosen by validation
+forecasts, step 0 a candidate; the verdicts read it) (``stdiff.examples.scoring``: forecast and imputation, ``--samples``
 per case): CRPS in the data's units, coverage, spread/skill, and the CRPS ratio to the fitted
 Gaussian with its bootstrap standard error over the cases. The baselines are scored once (they do
 not train). Training seconds per step are the fit's time less its validations'.
@@ -86,16 +87,27 @@ def checkpoints(run: Path) -> list[tuple[int, str | None]]:
     return [(0, None), *sorted(set(picked) | {found[-1]})]
 
 
+def selected(run: Path) -> tuple[int, str] | None:
+    """``(step, path)`` of the run's ``best.ckpt`` (``BestCheckpoint``'s choice), if any."""
+    import torch
+
+    path = run / "checkpoints" / "best.ckpt"
+    if not path.exists():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"]), str(path)
+
+
 def curve(example, spec: dict, run: Path, k: int, baselines: dict) -> list[dict]:
     """The model's scores at each checkpoint; fills ``baselines`` (once) from the first."""
     from stdiff.examples.scoring import evaluate, ratio
     from stdiff.paper.common import load_run
 
     rows = []
-    for step, checkpoint in checkpoints(run):
+    best = selected(run)
+    for step, checkpoint in [*checkpoints(run), *([best] if best else [])]:
         model, data = load_run(run, [], checkpoint=checkpoint)
         scored = evaluate(model, data, k, spec["context"], label="model", baselines=not baselines)
-        row = {"step": step}
+        row = {"step": step, "selected": checkpoint is not None and checkpoint.endswith("best.ckpt")}
         for task, methods in scored.items():
             methods.pop("_samples")
             if not baselines.get(task):
@@ -128,7 +140,8 @@ def report(name: str, results: dict) -> str:
         for label, run in results["runs"].items():
             for row in run["curve"]:
                 r = row[task]
-                lines.append(f"| {label} | {row['step']} | {r['crps']:.4f} | {r['ratio_to_gaussian']:.3f} ± {r['ratio_se']:.3f} | "
+                step = f"best.ckpt (step {row['step']})" if row.get("selected") else row["step"]
+                lines.append(f"| {label} | {step} | {r['crps']:.4f} | {r['ratio_to_gaussian']:.3f} ± {r['ratio_se']:.3f} | "
                              f"{r['coverage50']:.3f} | {r['coverage90']:.3f} | {r['spread_skill']:.3f} |")  # fmt: skip
         lines.append("")
     lines += ["## Training cost", "", (f"{results['training_windows']} training windows; {results['parameters']:,} parameters "
@@ -153,11 +166,12 @@ def verdicts(results: dict) -> list[str]:
         for task, base in results["baselines"].items():
             worst = max(run["curve"], key=lambda row: row[task]["ratio_to_gaussian"] - 2 * row[task]["ratio_se"])
             w = worst[task]
-            last = run["curve"][-1][task]
+            chosen = [row for row in run["curve"] if row.get("selected")]
+            last = (chosen or [row for row in run["curve"] if not row.get("selected")])[-1][task]
             beaten = [m for m in BASELINES if ratio(last, base[m])[0] < 1]
             out.append(f"{label}, {task}: worst ratio to the fitted Gaussian {w['ratio_to_gaussian']:.3f} ± {w['ratio_se']:.3f} "
                        f"(step {worst['step']}: {'within' if w['ratio_to_gaussian'] - 2 * w['ratio_se'] <= 1 else 'beyond'} two "
-                       f"standard errors of 1); at the last step {last['ratio_to_gaussian']:.3f} ± {last['ratio_se']:.3f}, "
+                       f"standard errors of 1); {'best.ckpt' if chosen else 'at the last step'} {last['ratio_to_gaussian']:.3f} ± {last['ratio_se']:.3f}, "
                        f"below {len(beaten)} of {len(BASELINES)} baselines ({', '.join(beaten) or 'none'})")  # fmt: skip
     return out
 
@@ -172,9 +186,10 @@ def figure(name: str, results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4))
     for ax, task in zip(axes, tasks):
         for (label, run), colour in zip(results["runs"].items(), ("tab:blue", "tab:red", "tab:cyan")):
-            steps = [row["step"] for row in run["curve"]]
-            crps = [row[task]["crps"] for row in run["curve"]]
-            se = [row[task]["ratio_se"] * row[task]["crps"] / row[task]["ratio_to_gaussian"] for row in run["curve"]]
+            curve = [row for row in run["curve"] if not row.get("selected")]
+            steps = [row["step"] for row in curve]
+            crps = [row[task]["crps"] for row in curve]
+            se = [row[task]["ratio_se"] * row[task]["crps"] / row[task]["ratio_to_gaussian"] for row in curve]
             ax.errorbar(steps, crps, yerr=se, marker="o", ms=3, capsize=2, color=colour, label=label)
         for (m, r), style in zip(results["baselines"][task].items(), ("-", "--", ":")):
             ax.axhline(r["crps"], color="grey" if m != "fitted Gaussian" else "black", ls=style, lw=1, label=m)

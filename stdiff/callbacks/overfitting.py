@@ -26,7 +26,8 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
     ``--ckpt_path best`` and the examples use.
 
     **What is compared** (``select``). ``forecast`` (``auto`` picks it for a conditional model on
-    data with a ``task``): at every validation, the model's conditional samples of ``cases``
+    data windows with a ``task``, such as ``ArrayDataModule``'s; on a known GP's draws, ``loss``,
+    where the diagnostics score against the truth): at every validation, the model's conditional samples of ``cases``
     validation windows, each observed at a mask of the data's task (and wherever the data has
     values), ``samples`` per case, scored by the fair CRPS on the hidden, really observed entries
     (standardised units), averaged per case. The cases, masks and sampler noise are the same at
@@ -98,7 +99,8 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
         if self.select == "forecast" and not possible:
             raise ValueError("BestCheckpoint.select=forecast needs a conditional model (model.mask) and data with a "
                              "task (data.init_args.task); use select: auto or loss")  # fmt: skip
-        self._mode = "forecast" if self.select != "loss" and possible else "loss"
+        held_out = not getattr(trainer.datamodule, "truth_is_exact", True)  # data windows, not a known GP's draws
+        self._mode = "forecast" if possible and (self.select == "forecast" or self.select == "auto" and held_out) else "loss"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.global_step != 0 or 0 in self.scores:

@@ -100,7 +100,7 @@ def fit_command(out: Path) -> list[str]:
             f"--trainer.default_root_dir={out}"]  # fmt: skip
 
 
-def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "last") -> dict:
+def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "best") -> dict:
     """Score the run's model and the baselines on the test windows (module docstring)."""
     from stdiff.paper.common import load_run
 

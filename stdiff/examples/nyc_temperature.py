@@ -124,7 +124,7 @@ def likelihoods(data, reference_report: dict) -> dict:
     return rows
 
 
-def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "last") -> dict:
+def evaluate(out: Path, run: Path, k: int = 100, checkpoint: str = "best") -> dict:
     """Score the run's conditional DiT and the baselines on the test windows (module docstring)."""
     from stdiff.paper.common import load_run
 

@@ -169,8 +169,9 @@ def main(example, argv: list[str] | None, write: Callable[[dict, Path], list[Pat
     parser.add_argument("step", choices=["all", "prepare", "score"])
     parser.add_argument("out", type=Path, help="folder for the data, the run and the results")
     parser.add_argument("--samples", type=int, default=100, help="samples per case (default 100)")
-    parser.add_argument("--checkpoint", default="last", choices=["best", "last"],
-                        help="the checkpoint scored: last (default; the end of the fit) or best (lowest val/loss)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                        help="the checkpoint scored: best (default: chosen by validation forecasts, the fitted Gaussian "
+                        "at step 0 a candidate; stdiff.callbacks.BestCheckpoint) or last (the end of the fit)")
     args, fit_args = parser.parse_known_args(argv)  # the rest: `stdiff fit` options, e.g. --trainer.max_steps=500
     out = args.out.resolve()
     if args.step in ("all", "prepare"):
