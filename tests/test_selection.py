@@ -12,7 +12,8 @@ from conftest import FEW_SAMPLES, QUICKSTART
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stdiff.bench.data_sizes import distinct_values, report, verdict
+from stdiff._validation import StdiffWarning
+from stdiff.bench.data_sizes import report, verdict
 from stdiff.callbacks import BestCheckpoint
 from stdiff.callbacks.overfitting import MARGIN, paired
 from stdiff.cli import main
@@ -77,9 +78,10 @@ def test_a_fit_that_cannot_beat_the_prior_hands_over_the_prior(tmp_path, capsys)
     its noise, so best.ckpt is step 0 (the correction's output layer still zero), and the summary
     and metrics.json say so with the numbers."""
     _stand_in(tmp_path)
-    main(["fit", *nyc_temperature.fit_command(tmp_path), "--trainer.max_steps=6", "--trainer.val_check_interval=3",
-          "--checkpoint.every_n_train_steps=3", "--best_checkpoint.cases=12", "--best_checkpoint.samples=4",
-          "--data.init_args.train_fraction=0.1", *FEW_SAMPLES, "--trainer.enable_progress_bar=false"])  # fmt: skip
+    with pytest.warns(StdiffWarning, match=r"245,\d{3} trainable parameters for 2,925 distinct training values \(84 per"):
+        main(["fit", *nyc_temperature.fit_command(tmp_path), "--trainer.max_steps=6", "--trainer.val_check_interval=3",
+              "--checkpoint.every_n_train_steps=3", "--best_checkpoint.cases=12", "--best_checkpoint.samples=4",
+              "--data.init_args.train_fraction=0.1", *FEW_SAMPLES, "--trainer.enable_progress_bar=false"])  # fmt: skip
     out = " ".join(capsys.readouterr().out.split())  # the summary's lines wrap
     (run,) = tmp_path.glob("lightning_logs/version_*")
     best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
@@ -118,7 +120,7 @@ def test_train_fraction_keeps_the_last_training_windows_of_each_series(tmp_path)
     assert full.num_train == 2 * 151 and part.num_train == 2 * 15
     assert part.index["train"][:, 2].tolist() == list(range(136, 151)) * 2  # the last windows, next to validation
     assert np.array_equal(part.index["val"], full.index["val"]) and np.array_equal(part.index["test"], full.index["test"])
-    assert distinct_values(part) == 2 * 24 * 3 - 1 and distinct_values(full) == 2 * 160 * 3 - 1
+    assert part.training_values == 2 * 24 * 3 and full.training_values == 2 * 160 * 3  # frames covered × points
     with pytest.raises(ValueError, match=r"train_fraction must be a number in \(0, 1\], got 0"):
         ArrayDataModule(str(tmp_path / "a.npy"), frames=10, train_fraction=0)
 

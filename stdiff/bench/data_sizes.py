@@ -69,31 +69,8 @@ def score(name: str, run: Path, k: int) -> dict:
             row[checkpoint] = {"crps": methods["model"]["crps"], "ratio": value, "se": se, "verdict": verdict(value, se),
                                "coverage90": methods["model"]["coverage90"]}  # fmt: skip
     out["training_windows"] = data.num_train
-    out["distinct_values"] = distinct_values(data)
+    out["distinct_values"] = data.training_values
     out["cases"] = len(data.evaluation_rows("test"))
-    return out
-
-
-def distinct_values(data) -> int:
-    """The observed values the training windows cover (each counted once)."""
-    import numpy as np
-
-    from stdiff.data.arrays import read_checked
-
-    total = 0
-    for (f, n), starts in _group(data.index["train"]).items():
-        covered = np.zeros(max(starts) + data.frames - min(starts), dtype=bool)
-        for s in starts:
-            covered[s - min(starts) : s - min(starts) + data.frames] = True
-        values = read_checked(data.readers[f], n, min(starts), max(starts) + data.frames)
-        total += int((~np.isnan(values[covered])).sum())
-    return total
-
-
-def _group(rows) -> dict[tuple[int, int], list[int]]:
-    out: dict[tuple[int, int], list[int]] = {}
-    for f, n, s in rows.tolist():
-        out.setdefault((f, n), []).append(s)
     return out
 
 

@@ -19,6 +19,7 @@ from stdiff.seeding import DIAGNOSTICS, generator
 
 SELECTION = 20  # the DIAGNOSTICS sub-stream of the selection's cases, masks and sampler noise
 MARGIN = 2.0  # a checkpoint displaces step 0 only when its CRPS is lower by this many standard errors
+PER_VALUE = 50  # trainable parameters per distinct training value above which a fit warns (the examples: 12, 3)
 
 
 class BestCheckpoint(FitOnlyState, ModelCheckpoint):
@@ -99,6 +100,9 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
         if self.select == "forecast" and not possible:
             raise ValueError("BestCheckpoint.select=forecast needs a conditional model (model.mask) and data with a "
                              "task (data.init_args.task); use select: auto or loss")  # fmt: skip
+        values = getattr(trainer.datamodule, "training_values", None)
+        if stage == "fit" and self.enabled and values:
+            size_warning(sum(p.numel() for p in pl_module.parameters() if p.requires_grad), values)
         held_out = not getattr(trainer.datamodule, "truth_is_exact", True)  # data windows, not a known GP's draws
         self._mode = "forecast" if possible and (self.select == "forecast" or self.select == "auto" and held_out) else "loss"
 
@@ -224,6 +228,18 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
                 "steps, or stop early (a lightning.pytorch.callbacks.EarlyStopping with monitor: val/loss in "
                 "trainer.callbacks)"
             )
+
+
+def size_warning(parameters: int, values: int) -> None:
+    """Warn when a model is large for its data: more than ``PER_VALUE`` trainable parameters per
+    distinct training value (``ArrayDataModule.training_values``)."""
+    if parameters > PER_VALUE * values:
+        warn(f"the model has {parameters:,} trainable parameters for {values:,} distinct training values "
+             f"({parameters / values:.0f} per value; the shipped real-data examples train 12 and 3): it can learn "
+             "its training windows by heart. best.ckpt keeps step 0 (a ResidualDenoiser's fitted Gaussian) unless "
+             "validation forecasts beat it beyond 2 standard errors; to learn more from so little: a narrower "
+             "backbone (model.denoiser.init_args.backbone.init_args.width), dropout, weight decay, fewer steps "
+             "(stdiff/guide/own_data.md, \"Data size\")")  # fmt: skip
 
 
 def _mean(values: list[float]) -> float:

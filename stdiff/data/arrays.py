@@ -11,6 +11,7 @@ of the observed entries), never scored, and usable as the missing part of a task
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,6 +219,15 @@ class ArrayDataModule(SequenceDataModule):
         return mean.float().expand(self.space_shape).clone(), std.float().expand(self.space_shape).clone()
 
     # --- the SequenceDataModule contract -------------------------------------------------------
+
+    @property
+    def training_values(self) -> int:
+        """The values the training windows cover, each counted once however they overlap (missing
+        ones included): what a model learns from (``BestCheckpoint``'s sizing warning)."""
+        rows = self.index["train"]  # (file, series, start), starts ascending within a series
+        same = (np.diff(rows[:, 0]) == 0) & (np.diff(rows[:, 1]) == 0)
+        overlap = np.where(same, np.clip(self.frames - np.diff(rows[:, 2]), 0, None), 0).sum()
+        return int(len(rows) * self.frames - overlap) * math.prod(self.space_shape)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
