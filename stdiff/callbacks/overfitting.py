@@ -107,8 +107,8 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
         self._mode = "forecast" if possible and (self.select == "forecast" or self.select == "auto" and held_out) else "loss"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or trainer.global_step != 0 or 0 in self.scores:
-            return  # resumed: step 0 was scored and written by the run's first process
+        if not self.enabled or trainer.global_step != 0 or 0 in self.scores or not trainer.enable_validation:
+            return  # resumed (step 0 was scored and written by the run's first process), or nothing to compare
         if self._mode == "forecast":
             self.scores[0] = self._forecast_scores(trainer, pl_module)
         self._write(trainer, 0)
