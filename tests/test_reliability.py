@@ -3,6 +3,7 @@ mid-training, then ``--ckpt_path last``, end bit-identical to an uninterrupted r
 data and on a fixed training set, mid-epoch and at an epoch's end; a NaN is
 caught at its step; concurrent runs get their own directories."""
 
+import json
 import multiprocessing
 import os
 import signal
@@ -181,6 +182,16 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert state["global_step"] == 10
     model = DiffusionModule.load_from_checkpoint(path, weights_only=True)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_fit_stopped_by_a_signal_still_prints_its_last_verdicts(tmp_path):
+    status, out = interrupt(tmp_path, signal.SIGTERM, stall_at=8, data=["--trainer.limit_val_batches=2",
+                            "--trainer.val_check_interval=5", "--diagnostics.num_samples=64"])  # fmt: skip
+    assert status == 143, out[-3000:]
+    assert "stdiff fit: step 9, against the exact GP" in out and "best checkpoint" in out, out[-3000:]
+    assert "stopped by a signal: the verdicts below are of the validation at step 5" in " ".join(out.split())
+    (run,) = (tmp_path / "lightning_logs").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["fit/verdict_step"] == 5
 
 
 def test_skip_policy_skips_and_counts_and_stops_past_the_limit(tmp_path):

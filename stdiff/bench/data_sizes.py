@@ -5,15 +5,15 @@ that share, and ``checkpoints/best.ckpt`` (``BestCheckpoint``: chosen by validat
 prior a candidate) scored on the test windows, beside ``last.ckpt``.
 
     python -m stdiff.bench data_sizes OUT [--examples nyc_temperature chicago_ridership]
-        [--fractions 0.0333 0.1 0.333 1] [--minutes 4] [--samples 32]
+        [--fractions 0.0333 0.1 0.333 1] [--steps 2000] [--samples 32]
 
-Each fit is the example's shipped recipe (its config, ``EarlyStopping`` included) with at most
-``--minutes`` of wall time. Scoring (``stdiff.examples.scoring``): forecast and imputation on the
+Each fit is the example's shipped recipe (its config, ``EarlyStopping`` included) stopped at
+``--steps`` training steps (the same on any machine; ``--minutes`` caps the wall time too). Scoring (``stdiff.examples.scoring``): forecast and imputation on the
 test windows, ``--samples`` per case, CRPS in the data's units; the ratio to the fitted Gaussian's
 exact posterior with a bootstrap standard error over the cases. A ratio is *worse* or *better*
 only beyond 2 standard errors, otherwise *level*. The goal: best.ckpt never worse at any size.
 
-Writes ``stdiff/bench/results/data_sizes.json`` and ``.md``. About 6 min per fit and scoring on 2 cores.
+Writes ``stdiff/bench/results/data_sizes.json`` and ``.md``. About 4 to 6 min per fit and scoring on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from stdiff.bench import RESULTS
 
 FRACTIONS = (1 / 30, 1 / 10, 1 / 3, 1.0)
@@ -37,13 +39,14 @@ def verdict(ratio: float, se: float) -> str:
     return "worse" if ratio - 2 * se > 1 else "better" if ratio + 2 * se < 1 else "level"
 
 
-def fit(example, data: Path, root: Path, fraction: float, minutes: float) -> tuple[Path, float]:
+def fit(example, data: Path, root: Path, fraction: float, steps: int, minutes: float) -> tuple[Path, float]:
     """One ``stdiff fit`` of the example on ``fraction`` of its training windows; its run and wall time."""
     args = [a for a in example.fit_command(data) if not a.startswith("--trainer.default_root_dir=")]
     stamp = f"00:00:{int(minutes):02d}:{round(60 * (minutes % 1)):02d}"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "stdiff", "fit", *args, f"--trainer.default_root_dir={root}",
-                           f"--data.init_args.train_fraction={fraction}", f"--trainer.max_time={stamp}",
+                           f"--data.init_args.train_fraction={fraction}", f"--trainer.max_steps={steps}",
+                           f"--trainer.max_time={stamp}",
                            "--trainer.enable_progress_bar=false"], check=False, capture_output=True, text=True)  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     (root / "fit.log").write_text(done.stdout + done.stderr)
@@ -59,7 +62,13 @@ def score(name: str, run: Path, k: int) -> dict:
     from stdiff.paper.common import load_run
 
     out: dict = {}
+    steps = {c: torch.load(run / "checkpoints" / f"{c}.ckpt", map_location="cpu", weights_only=True)["global_step"]
+             for c in ("best", "last")}  # fmt: skip
     for checkpoint in ("best", "last"):
+        if checkpoint == "last" and steps["last"] == steps["best"]:  # the same weights: scored once
+            for task in ("forecast", "impute"):
+                out[task]["last"] = out[task]["best"]
+            break
         model, data = load_run(run, [], checkpoint=checkpoint)
         scored = evaluate(model, data, k, CONTEXT[name], label="model", baselines=True)
         for task, methods in scored.items():
@@ -74,14 +83,14 @@ def score(name: str, run: Path, k: int) -> dict:
     return out
 
 
-def run_one(name: str, out: Path, fraction: float, minutes: float, k: int) -> dict:
+def run_one(name: str, out: Path, fraction: float, steps: int, minutes: float, k: int) -> dict:
     example = importlib.import_module(f"stdiff.examples.{name}")
     data = out / name
     marker = {"nyc_temperature": "temperature.npy", "chicago_ridership": "ridership.npy"}[name]
     if not (data / marker).exists():
         example.prepare(data)
     root = data / "sizes" / f"fraction_{fraction:.4f}"
-    run, wall = fit(example, data, root, fraction, minutes)
+    run, wall = fit(example, data, root, fraction, steps, minutes)
     fitted = json.loads((run / "metrics.json").read_text())
     row = {"example": name, "fraction": fraction, "run": str(run), "wall_seconds": wall, "steps": fitted["global_step"],
            "selection": {k: v for k, v in fitted["metrics"].items() if k.startswith("fit/best/")}, **score(name, run, k)}  # fmt: skip
@@ -118,21 +127,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder for the prepared data and the runs")
     parser.add_argument("--examples", nargs="+", choices=sorted(CONTEXT), default=list(CONTEXT))
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    parser.add_argument("--minutes", type=float, default=4.0, help="the most wall time of each fit (default 4)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of each fit (default 2000)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="the most wall time of each fit (default 30)")
     parser.add_argument("--samples", type=int, default=32, help="samples per test case (default 32)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
     args = parser.parse_args(argv)
     bad = [f for f in args.fractions if not 0 < f <= 1]
-    if bad or not 0 < args.minutes <= 60 or args.samples < 2:
-        parser.error(f"--fractions must be in (0, 1], --minutes in (0, 60], --samples >= 2; got {bad or args.fractions}, "
-                     f"{args.minutes}, {args.samples}")  # fmt: skip
+    if bad or not 0 < args.minutes <= 60 or args.samples < 2 or args.steps < 1:
+        parser.error(f"--fractions must be in (0, 1], --minutes in (0, 60], --samples >= 2, --steps >= 1; got "
+                     f"{bad or args.fractions}, {args.minutes}, {args.samples}, {args.steps}")  # fmt: skip
     command = (f"python -m stdiff.bench data_sizes OUT --examples {' '.join(args.examples)} --fractions "
-               f"{' '.join(f'{f:g}' for f in args.fractions)} --minutes {args.minutes:g} --samples {args.samples}")
+               f"{' '.join(f'{f:g}' for f in args.fractions)} --steps {args.steps} --samples {args.samples}")
     rows = []
     for name in args.examples:
         for fraction in args.fractions:
-            print(f"{name}: {fraction:g} of the training windows, at most {args.minutes:g} min", flush=True)
-            rows.append(run_one(name, args.out.resolve(), fraction, args.minutes, args.samples))
+            print(f"{name}: {fraction:g} of the training windows, {args.steps} steps", flush=True)
+            rows.append(run_one(name, args.out.resolve(), fraction, args.steps, args.minutes, args.samples))
             args.results.mkdir(parents=True, exist_ok=True)  # written after every row: nothing lost on failure
             (args.results / "data_sizes.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
             (args.results / "data_sizes.md").write_text(report(rows, command))

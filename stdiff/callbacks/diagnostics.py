@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from stdiff._validation import check_int, warn
 from stdiff.callbacks.conditional import conditional_metrics, run_precision
 from stdiff.callbacks.reliability import stop_if_signalled
+from stdiff.callbacks.summary import best_report, stopped_by_signal
 from stdiff.callbacks.timing import Clock, FitTime, sampling_note
 from stdiff.callbacks.verdicts import CLOSE_PER_DIM
 from stdiff.kernels import Kernel
@@ -171,6 +172,8 @@ class GPDiagnostics(Callback):
         due = due or trainer.global_step in self.sample_at_steps
         self._sampled = with_samples = not fitting or due
         self._report(trainer, pl_module, "val", with_samples)
+        if fitting:  # the step the verdicts describe, which a fit stopped by a signal reports
+            self.results["fit/verdict_step"] = float(trainer.global_step)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self.truth is not None:
@@ -189,8 +192,7 @@ class GPDiagnostics(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self._fit_time is not None and self._fit_time.parts:  # what validation cost the fit, by part
             self.results.update(self._fit_time.results())
-        for cb in getattr(trainer, "callbacks", []):  # what BestCheckpoint chose: in the summary and metrics.json
-            self.results.update(cb.report() if getattr(cb, "state_key", None) == "BestCheckpoint" else {})
+        self.results.update(best_report(trainer))  # what BestCheckpoint chose: in the summary and metrics.json
         if self.truth is not None and self.results and not getattr(self, "_sampled", True) and trainer.global_step > 0:
             # stopped after a validation without samples (EarlyStopping): sample the weights handed
             # over (the fit's last, EMA-averaged where EMA runs) now, so the summary has its verdicts
@@ -207,6 +209,13 @@ class GPDiagnostics(Callback):
             if trainer.is_global_zero:
                 print(no_truth_summary(trainer.global_step, None if loss is None else float(loss), run, self.results,
                                        type(getattr(pl_module, "denoiser", None)).__name__), flush=True)  # fmt: skip
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # a fit stopped by SIGTERM or Ctrl+C: the verdicts of its last validation, now (no new sampling)
+        if stopped_by_signal(trainer, exception) and self.truth is not None and self.results:
+            self.results.update(best_report(trainer))
+            self._write_json(trainer, "fit")
+            self._print_summary(trainer, "fit")
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # which weights validate / test score: recorded in metrics.json and the summary

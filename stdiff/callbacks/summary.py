@@ -45,6 +45,10 @@ def summary(results: dict[str, float], stage: str, d: int, num_samples: int, run
     else:
         where = f"step {step}" if stage == "fit" else f"{model}, no checkpoint"
     lines = [f"stdiff {stage}: {where}, against {against}"]
+    verdict_step = results.get("fit/verdict_step")
+    if stage == "fit" and verdict_step is not None and step is not None and int(verdict_step) != step:
+        lines.append(f"  stopped by a signal: the verdicts below are of the validation at step {int(verdict_step)}, not of "
+                     "the last weights (`stdiff validate --ckpt_path last` scores those)")  # fmt: skip
     if reference is not None and "held_out_log_likelihood_per_value" in reference:
         lines.append(f"  reference fit     log-likelihood {reference['log_likelihood_per_value']:.4g} nats per value on its "
                      f"training windows, {reference['held_out_log_likelihood_per_value']:.4g} on the validation windows")  # fmt: skip
@@ -147,6 +151,23 @@ def write_metrics(diagnostics, trainer, stage: str, run: str) -> None:
     os.makedirs(run, exist_ok=True)
     with atomic_write(os.path.join(run, "metrics.json"), "w") as f:
         json.dump(document, f, indent=1)
+
+
+def best_report(trainer) -> dict[str, float]:
+    """``BestCheckpoint.report()`` of the trainer's best-checkpoint callback, or nothing."""
+    for cb in getattr(trainer, "callbacks", []):
+        if getattr(cb, "state_key", None) == "BestCheckpoint":
+            return cb.report()
+    return {}
+
+
+def stopped_by_signal(trainer, exception: BaseException) -> bool:
+    """Whether a one-process fit is stopping on SIGTERM or Ctrl+C (its summary then reuses the last
+    validation's verdicts: under DDP the ranks may not all get there, so it says nothing)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return (trainer.state.fn == "fit" and trainer.world_size == 1
+            and isinstance(exception, (SIGTERMException, KeyboardInterrupt)))  # fmt: skip
 
 
 def best_lines(results: dict[str, float], model: str) -> list[str]:
