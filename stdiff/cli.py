@@ -232,8 +232,9 @@ class StdiffCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # written beside last.ckpt, renamed over it
         # Diagnostics must run their epoch-end work before the EMA swaps the training weights back
         # in, so that they score the same (EMA) weights as val/loss.
-        # BestCheckpoint scores the same weights (its forecasts) in its own epoch-end hook.
-        first = [cb for kind in (GPDiagnostics, BestCheckpoint) for cb in trainer.callbacks if isinstance(cb, kind)]
+        # BestCheckpoint scores the same weights (its forecasts) in its epoch-end hook, just before
+        # the diagnostics add up what the validation cost.
+        first = [cb for kind in (BestCheckpoint, GPDiagnostics) for cb in trainer.callbacks if isinstance(cb, kind)]
         trainer.callbacks = first + [cb for cb in trainer.callbacks if not isinstance(cb, (GPDiagnostics, BestCheckpoint))]
         return trainer
 

@@ -94,6 +94,7 @@ def test_a_fit_that_cannot_beat_the_prior_hands_over_the_prior(tmp_path, capsys)
     assert metrics["fit/best/candidate_step"] in (3, 6) and metrics["fit/best/ratio_se"] > 0
     assert "best checkpoint the prior (the fitted Gaussian, step 0), forecast CRPS" in out
     assert "no later weights beat it by more than 2 standard errors" in out
+    assert "best-checkpoint forecasts" in out  # its cost, in the fit's time line
 
 
 def test_a_fit_stopped_early_still_ends_with_its_sample_verdict(tmp_path, capsys):

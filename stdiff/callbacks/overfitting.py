@@ -5,6 +5,7 @@ Lightning's own ``EarlyStopping`` (``monitor: val/loss``), added in a config whe
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Literal
@@ -114,8 +115,9 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
         self._write(trainer, 0)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs with the validation's weights in the model (before EMA swaps the training ones back:
-        # StdiffCLI.instantiate_trainer puts this callback right after the diagnostics).
+        # Runs with the validation's weights in the model (before EMA swaps the training ones back),
+        # and before the diagnostics count the validation's time: StdiffCLI.instantiate_trainer
+        # puts this callback first.
         self._pending = None
         if not self.enabled or trainer.sanity_checking or trainer.state.fn != "fit" or self._mode != "forecast":
             return
@@ -200,7 +202,8 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
         g = generator(self.seed, DIAGNOSTICS, SELECTION, 2, device=pl_module.device)
         chunks, training = [], pl_module.training
         pl_module.eval()  # at step 0 the module is in training mode: no dropout in the samples
-        with torch.no_grad(), run_precision(trainer):
+        clocks = [cb.clock for cb in trainer.callbacks if trainer.validating and getattr(cb, "clock", None) is not None]
+        with torch.no_grad(), run_precision(trainer), clocks[0].part("selection") if clocks else contextlib.nullcontext():
             for o, m in zip(observed.split(512), masks.split(512)):
                 stop_if_signalled(trainer)
                 chunks.append(pl_module.sample_conditional(o, m, g).float().cpu())

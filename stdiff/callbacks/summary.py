@@ -317,9 +317,10 @@ def _cost_line(results: dict[str, float], stage: str, prefix: str) -> str | None
     key = "fit/validation_seconds" if stage == "fit" else f"{prefix}/seconds"
     if key not in results:
         return None
-    names = [("sampling", "sampling"), ("metrics", "metrics"), ("figures", "figures"), ("batches", "loss batches"),
-             ("other", "checkpoints and the rest")]  # fmt: skip
-    parts = ", ".join(f"{name} {results[f'{key}/{part}']:.3g} s" for part, name in names if f"{key}/{part}" in results)
+    names = [("sampling", "sampling"), ("selection", "best-checkpoint forecasts"), ("metrics", "metrics"),
+             ("figures", "figures"), ("batches", "loss batches"), ("other", "checkpoints and the rest")]  # fmt: skip
+    parts = ", ".join(f"{name} {results[f'{key}/{part}']:.3g} s" for part, name in names
+                      if f"{key}/{part}" in results and (part != "selection" or results[f"{key}/{part}"] > 0))  # fmt: skip
     total = results[key]
     if stage == "fit" and "fit/seconds" in results:
         wall = results["fit/seconds"]

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-PARTS = ("sampling", "metrics", "figures")  # timed by the diagnostics; the rest: the loss batches ("batches")
+PARTS = ("sampling", "selection", "metrics", "figures")  # timed by the diagnostics and BestCheckpoint; the rest: "batches"
 
 
 def now(device: torch.device) -> float:
