@@ -161,7 +161,7 @@ def preflight(subcommand: str, trainer, model, datamodule, kwargs: dict, data: d
         ckpt_path = kwargs["ckpt_path"] = _find_last(trainer, BEST, fits)
         if ckpt_path is None:
             raise RunError(f"--ckpt_path best: no {BEST} under {trainer.default_root_dir} (every fit with validation "
-                           f"keeps checkpoints/{BEST}, the lowest val/loss); pass --ckpt_path <run>/checkpoints/"
+                           f"keeps checkpoints/{BEST}: its validation forecasts' or val/loss's best, step 0 a candidate); pass --ckpt_path <run>/checkpoints/"
                            f"{BEST} or --ckpt_path last")  # fmt: skip
         if subcommand == "fit":
             rank_zero_info(f"--ckpt_path best: resuming from {ckpt_path}")

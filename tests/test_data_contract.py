@@ -48,7 +48,7 @@ def test_a_toy_subclass_trains_resumes_exactly_and_predicts(tmp_path):
     (samples,) = (tmp_path / "cut").glob("lightning_logs/version_0/predict_0/samples.npy")  # under the run
     x = np.load(samples)
     assert x.shape == (20, 8, 4) and np.isfinite(x).all()
-    # --ckpt_path best: the run's checkpoints/best.ckpt (lowest val/loss), beside its training too
+    # --ckpt_path best: the run's checkpoints/best.ckpt (BestCheckpoint's choice), beside its training too
     main(["predict", *ARGS, "--ckpt_path=best", "--data.init_args.num_predict=2", "--model.sampler.init_args.steps=3",
           f"--trainer.default_root_dir={tmp_path / 'cut'}"])  # fmt: skip
     meta = (tmp_path / "cut" / "lightning_logs" / "version_0" / "predict_1" / "samples.json").read_text()

@@ -41,7 +41,8 @@ class BestCheckpoint(FitOnlyState, ModelCheckpoint):
     weights replace it only when their CRPS is below step 0's by more than ``MARGIN`` (2) standard
     errors of the paired difference over the cases, and below the current best's: where nothing
     beats the prior beyond its noise, ``best.ckpt`` *is* the prior (ties go to the simpler model).
-    ``report()`` gives the numbers; the end-of-fit summary and ``metrics.json`` print them.
+    ``report()`` gives the numbers; the end-of-fit summary and ``metrics.json`` print them. No
+    validation in the fit (``limit_val_batches=0``): no ``best.ckpt``.
 
     Args:
         patience: validations in a row above the best ``val/loss`` before the overfitting warning
